@@ -1,0 +1,103 @@
+"""StateMiddleware: conversation memory, one turn at a time per session."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from ...statestore.base import StateStore
+from .._context import ExecutionContext, Next
+
+__all__ = ["StateMiddleware"]
+
+T = TypeVar("T")
+
+
+async def finish_shielded(work: Awaitable[T]) -> T:
+    """Await ``work`` to completion even if the caller is cancelled meanwhile.
+
+    A cancellation that arrives during the wait is re-raised once ``work`` is done, so
+    a save that has begun is never cut in half.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                # The work itself was cancelled (not just us): propagate.
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+class _SessionLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class StateMiddleware:
+    """Loads a session's history before the model runs and stores the turn after.
+
+    Put it first in the pipeline. For each turn it:
+
+    1. waits for earlier turns on the same session to finish (turns on one session are
+       serialised in arrival order; different sessions run fully concurrently);
+    2. loads the stored history (the newest ``max_history_messages`` if set) and puts it
+       in front of the new message in ``ctx.messages``;
+    3. runs the rest of the pipeline;
+    4. appends ``ctx.new_messages`` (the input, tool messages and the reply) to the store
+       in one atomic ``append``; history is never rewritten.
+
+    A turn is stored whole or not at all: if the provider (or any later middleware)
+    raises, or the turn is cancelled before step 4 starts, nothing of the turn is stored.
+    Once step 4 has started it runs to completion even if the turn is cancelled, and the
+    cancellation is re-raised afterwards.
+
+    Serialisation is per ``StateMiddleware`` instance, i.e. per pipeline. Turns that
+    reach one session from several pipelines or processes are still never lost or
+    interleaved (appends are atomic), but each may not see the other's in-flight turn.
+
+    Args:
+        store: where histories live (memory, SQLite, Redis...).
+        max_history_messages: load only the newest N stored messages per turn.
+    """
+
+    def __init__(self, store: StateStore, *, max_history_messages: int | None = None) -> None:
+        if max_history_messages is not None and max_history_messages < 0:
+            raise ValueError("max_history_messages must be >= 0, or None")
+        self.store = store
+        self.max_history_messages = max_history_messages
+        # One lock per session with turns running or waiting; dropped when unused so
+        # thousands of short-lived sessions do not accumulate.
+        self._locks: dict[str, _SessionLock] = {}
+
+    def __repr__(self) -> str:
+        return f"StateMiddleware(store={self.store!r})"
+
+    async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
+        session_id = ctx.session_id
+        entry = self._locks.get(session_id)
+        if entry is None:
+            entry = self._locks[session_id] = _SessionLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                history = await self.store.load(session_id, self.max_history_messages)
+                if history:
+                    ctx.messages[:0] = history
+                await next(ctx)
+                if ctx.response is not None and ctx.new_messages:
+                    await finish_shielded(self.store.append(session_id, ctx.new_messages))
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[session_id]

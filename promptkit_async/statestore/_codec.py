@@ -1,0 +1,131 @@
+"""The stored record format of a message, shared by every persistent store.
+
+A record is one compact JSON object per message::
+
+    {"v": 1, "role": "assistant", "content": "...",
+     "tool_calls": [{"id": "...", "name": "...", "arguments": "{...}"}],
+     "tool_call_id": "...", "name": "...", "metadata": {...}}
+
+``v`` is the schema version; empty optional fields are left out. Records are ASCII-only
+(non-ASCII is escaped), so they survive any byte-oriented transport. Decoding accepts
+every version this library ever wrote; a record from a newer version, or a corrupt one,
+raises :class:`~promptkit_async.errors.StoreDataError` naming the session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import InvalidMessageError, PromptKitError, StoreDataError
+from ..types import Message, ToolCall
+
+__all__ = ["SCHEMA_VERSION", "decode_message", "encode_message", "encode_messages"]
+
+#: The record version this library writes.
+SCHEMA_VERSION = 1
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+_loads = json.loads
+
+
+def encode_message(message: Message) -> str:
+    """The JSON record of ``message``.
+
+    Raises:
+        InvalidMessageError: if its metadata is not JSON-serialisable.
+    """
+    record: dict[str, Any] = {"v": SCHEMA_VERSION, "role": message.role, "content": message.content}
+    if message.tool_calls:
+        record["tool_calls"] = [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        record["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        record["name"] = message.name
+    if message.metadata:
+        record["metadata"] = message.metadata
+    try:
+        return _dumps(record)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMessageError(
+            f"message metadata is not JSON-serialisable ({exc}); store only JSON values"
+        ) from exc
+
+
+def decode_message(record: str | bytes, *, session_id: str = "?") -> Message:
+    """Rebuild a :class:`Message` from its record."""
+    try:
+        data = _loads(record)
+        if not isinstance(data, dict):
+            raise TypeError("record is not a JSON object")
+        version = data.get("v", 0)
+        if version == 1:
+            return _from_v1(data)
+        if version == 0:
+            return _from_v0(data)
+    except StoreDataError:
+        raise
+    except (ValueError, TypeError, KeyError, PromptKitError) as exc:
+        raise StoreDataError(
+            f"corrupt message record in session {session_id!r}: {exc}; delete or repair the session"
+        ) from exc
+    raise StoreDataError(
+        f"message record in session {session_id!r} has schema version {version!r}, newer "
+        f"than this library understands (max {SCHEMA_VERSION}); upgrade promptkit_async"
+    )
+
+
+def _tool_calls(raw: Any) -> tuple[ToolCall, ...]:
+    if not raw:
+        return ()
+    return tuple(ToolCall(str(c["id"]), str(c["name"]), str(c.get("arguments", "{}"))) for c in raw)
+
+
+def _metadata(raw: Any) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TypeError("metadata is not an object")
+    return raw
+
+
+def _from_v1(data: dict[str, Any]) -> Message:
+    content = data.get("content", "")
+    if not isinstance(content, str):
+        raise TypeError("content is not a string")
+    return Message(
+        data["role"],
+        content,
+        _tool_calls(data.get("tool_calls")),
+        data.get("tool_call_id"),
+        data.get("name"),
+        _metadata(data.get("metadata")),
+    )
+
+
+def _from_v0(data: dict[str, Any]) -> Message:
+    # Version 0: the unversioned record of PromptKit's Go runtime, which stored
+    # ``{"role", "content", "tool_calls": [{"id", "type", "function": {"name",
+    # "arguments"}}], "tool_call_id", "name"}``. Kept readable for migrated data.
+    calls = tuple(
+        ToolCall(str(c["id"]), str(fn["name"]), str(fn.get("arguments", "{}")))
+        for c in data.get("tool_calls") or ()
+        for fn in (c["function"],)
+    )
+    content = data.get("content") or ""
+    if not isinstance(content, str):
+        raise TypeError("content is not a string")
+    return Message(data["role"], content, calls, data.get("tool_call_id"), data.get("name"))
+
+
+def encode_messages(messages: Iterable[Message]) -> list[str]:
+    """Encode every message up front, so a bad one fails before any I/O."""
+    out = []
+    for m in messages:
+        if not isinstance(m, Message):
+            raise InvalidMessageError(f"expected Message, got {type(m).__name__}")
+        out.append(encode_message(m))
+    return out
