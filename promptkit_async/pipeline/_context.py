@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..types import Cost, Message, ProviderResponse, StreamChunk, TraceEvent, Usage
+
+if TYPE_CHECKING:
+    from ..statestore.base import StateStore
 
 __all__ = ["Emit", "ExecutionContext", "Middleware", "Next"]
 
@@ -37,6 +40,8 @@ class ExecutionContext:
         trace: notable events (retries, trims, fallbacks).
         metadata: free space for middleware; copied to the result.
         estimated_prompt_tokens: a local token count of what was sent, if computed.
+        store: the session's store, set by ``StateMiddleware`` (``None`` without one), so
+            later middleware can keep per-session data (``get_metadata``/``merge_metadata``).
         emit: send a chunk towards the streaming caller. A middleware may wrap it
             (replace ``ctx.emit`` before calling ``next``) to observe or transform chunks.
 
@@ -54,6 +59,7 @@ class ExecutionContext:
         "response",
         "session_id",
         "started",
+        "store",
         "trace",
         "usage",
     )
@@ -71,6 +77,7 @@ class ExecutionContext:
         self.trace: list[TraceEvent] = []
         self.metadata: dict[str, Any] = metadata if metadata is not None else {}
         self.estimated_prompt_tokens: int | None = None
+        self.store: StateStore | None = None
         self.emit: Emit = _discard
         self.started = time.perf_counter()
 

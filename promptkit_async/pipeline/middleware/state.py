@@ -89,6 +89,7 @@ class StateMiddleware:
         if entry is None:
             entry = self._locks[session_id] = _SessionLock()
         entry.users += 1
+        ctx.store = self.store
         try:
             async with entry.lock:
                 history = await self.store.load(session_id, self.max_history_messages)
