@@ -35,3 +35,21 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package."""
     session.install("-e", ".[test,lint]")
     session.run("mypy", "--strict", "promptkit_async")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (see docs/benchmarks.md); ``nox -s bench -- --smoke`` for seconds.
+
+    Arguments after ``--`` go to ``python -m bench.run`` (default: ``--suite full``).
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "bench.run", *(session.posargs or ["--suite", "full"]))
+
+
+@nox.session
+def bench_smoke(session: nox.Session) -> None:
+    """A few sessions per client and the micro-benchmarks at tiny sizes; seconds."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "bench.run", "--smoke", *session.posargs)
+    session.run("python", "-m", "bench.micro", "--smoke", "--no-docs")
