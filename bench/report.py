@@ -21,6 +21,7 @@ __all__ = [
     "run_key",
     "targets_markdown",
     "update_docs",
+    "update_profile",
     "update_section",
     "update_targets",
 ]
@@ -454,3 +455,22 @@ def targets_markdown(results: Path) -> str:
 def update_targets(doc: Path, results: Path) -> None:
     """Rewrite the targets block of ``doc`` from the stored results."""
     update_section(doc, "targets", targets_markdown(results))
+
+
+def update_profile(doc: Path, record: dict[str, Any], texts: dict[str, Path]) -> None:
+    """Put the flat self-time tables of profiled clients into the docs' profile block."""
+    p = record["params"]
+    parts = [
+        f"`{record['command']}` — {record['date']}; {p['sessions']:,} sessions × "
+        f"{p['turns']} turns, profile `{p['profile']}`, loop {', '.join(p['loops'])}. "
+        "Self time by function over the measured window (pyinstrument, CPU of the one "
+        "event-loop thread); the full call tree is in the `.txt` file named below.",
+        "",
+    ]
+    for client, path in texts.items():
+        if not path.exists():
+            continue
+        text = path.read_text()
+        flat = text.split("\n\n# call tree", 1)[0].strip()
+        parts += [f"**`{client}`** (`{path.name}`):", "", "```text", flat, "```", ""]
+    update_section(doc, "profile", "\n".join(parts))

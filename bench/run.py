@@ -425,6 +425,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.loops = [x.strip() for x in args.loops.split(",") if x.strip()]
     if args.upstream_loop is None:
         args.upstream_loop = "uvloop" if uvloop_available() else "asyncio"
+    if args.profiler != "none":
+        args.label = "-".join(x for x in (args.label, f"profiled-{args.profiler}") if x)
     if args.smoke and args.clients:
         # Smoke runs keep to what is importable; a full run reports what it skipped.
         reasons = available(args.clients)
@@ -437,6 +439,12 @@ def write_outputs(record: dict[str, Any], args: argparse.Namespace) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = args.out or RESULTS / f"{record['key']}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
+    if args.profiler != "none":
+        # A profiled run measures the profiler too: its figures go nowhere but the profile.
+        if args.update_docs and args.profiler == "pyinstrument":
+            texts = {c: _profile_path(args, c) for c in record["clients"]}
+            report.update_profile(args.docs, record, texts)
+        return out
     table = report.markdown(record)
     print(table)
     if args.update_docs:
