@@ -74,7 +74,7 @@ _SPECS: dict[str, _Spec] = {
     "cl100k_base": _Spec(
         "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
         "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
         {
             _ENDOFTEXT: 100257,
             _FIM_PREFIX: 100258,
@@ -98,8 +98,7 @@ def _spec(name: str) -> _Spec:
     spec = _SPECS.get(name)
     if spec is None:
         raise InvalidRequestError(
-            f"encoding {name!r} is not available offline; use one of: "
-            + ", ".join(sorted(_SPECS))
+            f"encoding {name!r} is not available offline; use one of: " + ", ".join(sorted(_SPECS))
         )
     return spec
 
@@ -126,7 +125,11 @@ def _read_ranks_file(name: str) -> tuple[bytes, str]:
         data = _read_verified(path, spec.sha256)
         if data is not None:
             return data, path
-    packaged = resources.files("promptkit_async.prompt").joinpath("_encodings", f"{name}.tiktoken")
+    packaged = (
+        resources.files("promptkit_async.prompt")
+        .joinpath("_encodings")
+        .joinpath(f"{name}.tiktoken")
+    )
     with resources.as_file(packaged) as path_obj:
         path = str(path_obj)
         data = _read_verified(path, spec.sha256)

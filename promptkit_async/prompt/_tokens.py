@@ -3,7 +3,7 @@
 How a chat request is counted (OpenAI's published formula for its chat models, from the
 "How to count tokens with tiktoken" cookbook)::
 
-    request  = sum(message) + 3              # every reply is primed with <|start|>assistant<|message|>
+    request  = sum(message) + 3              # reply priming: <|start|>assistant<|message|>
     message  = 3                             # <|start|>{role}<|message|> ... <|end|>
              + tokens(role) + tokens(content)
              + tokens(name) + 1              # only when the message has a name
@@ -148,7 +148,9 @@ class Tokenizer:
 
     def measure(self, messages: Iterable[Message] | str) -> TokenCount:
         """Like :meth:`count_messages` (or :meth:`count` for a str), with its trust level."""
-        tokens = self.count(messages) if isinstance(messages, str) else self.count_messages(messages)
+        tokens = (
+            self.count(messages) if isinstance(messages, str) else self.count_messages(messages)
+        )
         return TokenCount(tokens, self.encoding_name, self.estimated)
 
     def annotate(self, message: Message) -> Message:

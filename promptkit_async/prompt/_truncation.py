@@ -219,6 +219,10 @@ def truncate_messages(
     _check_budget(max_tokens, "max_tokens")
     if not messages:
         return []
+    if max_tokens < REPLY_PRIMING_TOKENS and not any(
+        m.role in ("system", "user") for m in messages
+    ):
+        return []  # nothing is required and nothing fits; an empty request costs 0
     tokenizer = get_tokenizer(model)
     window = fit_window(
         messages,
