@@ -59,6 +59,11 @@ class Window:
     pinned: list[int] = field(default_factory=list)
     tokens: int = 0
 
+    @property
+    def keeps_all(self) -> bool:
+        """True when nothing was dropped (everything before ``start`` is pinned)."""
+        return len(self.pinned) == self.start
+
     def apply(self, messages: Sequence[Message]) -> list[Message]:
         """The kept messages, in order."""
         out = [messages[i] for i in self.pinned]
@@ -113,10 +118,24 @@ def fit_window(
         if u >= lead:
             turn = u
             used += sum(count(messages[i]) for i in range(u, n))
-    if used > budget:
-        raise _exceeded(used, budget)
-
     pin_all = pin_system == "all"
+
+    def exceeded() -> ContextWindowExceededError:
+        # Everything that must be kept, for the error's count (off the hot path).
+        need = (
+            base
+            + sum(count(messages[k]) for k in range(lead))
+            + (sum(count(messages[k]) for k in range(turn, n)) if turn < n else 0)
+        )
+        if pin_all:
+            need += sum(
+                count(messages[k]) for k in range(lead, turn) if messages[k].role == "system"
+            )
+        return _exceeded(need, budget)
+
+    if used > budget:
+        raise exceeded()
+
     groups: list[tuple[int, int]] = []  # kept groups, newest first: (first index, cost)
     late_pins: list[int] = []  # pinned system messages met during the walk, newest first
     start = turn
@@ -133,7 +152,7 @@ def fit_window(
                 used -= cost
                 full = True
             if used > budget:
-                raise _exceeded(used, budget)
+                raise exceeded()
             start = groups[-1][0] if groups else turn
             i -= 1
             if full:
@@ -163,7 +182,7 @@ def fit_window(
             _, cost = groups.pop()
             used -= cost
         if used > budget:
-            raise _exceeded(used, budget)
+            raise exceeded()
         start = groups[-1][0] if groups else turn
         pinned.extend(older)
 

@@ -21,13 +21,13 @@ from promptkit_async.prompt import (
     TOKENS_PER_NAME,
     TOKENS_PER_TOOL_CALL,
     TokenCount,
+    _bpe,
     aget_tokenizer,
     count_message_tokens,
     count_tokens,
     get_tokenizer,
     measure_tokens,
 )
-from promptkit_async.prompt import _bpe
 from promptkit_async.statestore._codec import decode_message, encode_message
 from promptkit_async.types import Message, ToolCall
 

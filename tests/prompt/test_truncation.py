@@ -241,25 +241,26 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 @SETTINGS
 @given(histories(), st.integers(0, 400), st.sampled_from(["gpt-4o", "gpt-4", "claude-3-haiku"]))
 def test_truncate_properties(history: list[Message], budget: int, model: str) -> None:
+    newest_user = max((i for i, m in enumerate(history) if m.role == "user"), default=None)
+    error: ContextWindowExceededError | None = None
     try:
         result = truncate_messages(history, budget, model=model)
     except ContextWindowExceededError as exc:
+        error = exc
+    if error is not None:
         # Only when the system messages and the newest user turn cannot fit.
-        newest_user = max((i for i, m in enumerate(history) if m.role == "user"), default=None)
-        required = [m for m in history if m.role == "system"]
-        if newest_user is not None:
-            required = [
-                m
-                for i, m in enumerate(history)
-                if m.role == "system" and i < newest_user or i >= newest_user
-            ]
-        assert exc.required_tokens > budget
-        assert exc.max_tokens == budget
-        assert count_message_tokens(required, model) > budget
+        required = [
+            m
+            for i, m in enumerate(history)
+            if (m.role == "system" and (newest_user is None or i < newest_user))
+            or (newest_user is not None and i >= newest_user)
+        ]
+        assert error.required_tokens == count_message_tokens(required, model)
+        assert error.required_tokens > budget
+        assert error.max_tokens == budget
         return
     assert count_message_tokens(result, model) <= budget
     kept = check_structure(result, history)
-    newest_user = max((i for i, m in enumerate(history) if m.role == "user"), default=None)
     if newest_user is not None:
         assert set(range(newest_user, len(history))) <= kept
     if count_message_tokens(history, model) <= budget:

@@ -462,7 +462,7 @@ class ContextWindowMiddleware:
             plan.summary_state = "failed"
             plan.summary_error = "no room for the summary beside the current turn"
             return plan
-        if window.start == 0:
+        if window.keeps_all:
             plan = self._from_window(s, window, outside, old)
             plan.summary_state = "reused" if old is not None else None
             return plan
