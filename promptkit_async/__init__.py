@@ -37,8 +37,14 @@ from .errors import (
     UnprocessableEntityError,
 )
 from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
-from .pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
+from .pipeline.middleware import (
+    ContextWindowMiddleware,
+    ProviderMiddleware,
+    ProviderMiddlewareConfig,
+    StateMiddleware,
+)
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
+from .prompt import count_message_tokens, count_tokens, keep_last_messages, truncate_messages
 from .providers import BaseProvider, MockProvider, Provider, ProviderDefaults, ProviderRequest
 from .statestore import InMemoryStateStore, SessionPage, StateStore
 from .types import (
@@ -65,6 +71,7 @@ __all__ = [
     "ConflictError",
     "ContextLengthExceededError",
     "ContextWindowExceededError",
+    "ContextWindowMiddleware",
     "Cost",
     "ExecutionContext",
     "ExecutionResult",
@@ -113,7 +120,11 @@ __all__ = [
     "Usage",
     "__version__",
     "calculate_cost",
+    "count_message_tokens",
+    "count_tokens",
     "errors",
+    "keep_last_messages",
     "lookup_pricing",
     "register_pricing",
+    "truncate_messages",
 ]

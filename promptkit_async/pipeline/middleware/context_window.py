@@ -205,14 +205,19 @@ class ContextWindowMiddleware:
             summary, if any, stays in the session metadata. Off by default: the stored
             history stays whole and only the request is trimmed.
         estimate_margin: fraction of the budget held back when counts are estimated.
+        store_token_counts: store each new message with its token count in
+            ``metadata["promptkit.tokens"]``, so histories loaded from a persistent store
+            are never re-tokenized, however many sessions are active (without it, counts
+            come from a per-process LRU of :data:`~promptkit_async.prompt._tokens.
+            MESSAGE_CACHE_SIZE` messages). Not worth it with ``InMemoryStateStore``,
+            which deep-copies message metadata on every load.
 
     Raises:
         InvalidRequestError: bad settings, e.g. no ``max_tokens`` for a model whose
             window is unknown, or ``"summarize"`` without a ``summarizer``.
 
-    Each turn, the messages it adds are stored with their token count in
-    ``metadata["promptkit.tokens"]``, so a history loaded later is not tokenized again.
-    The first use of an encoding loads it in a worker thread.
+    Token counts are cached per message (see ``store_token_counts``); the first use of
+    an encoding loads it in a worker thread.
 
     Concurrency: keeps no per-turn state, so one instance can serve any number of
     pipelines and tasks; it relies on ``StateMiddleware``'s per-session lock for the
@@ -235,6 +240,7 @@ class ContextWindowMiddleware:
         load_history: bool = False,
         compact_store: bool = False,
         estimate_margin: float = 0.1,
+        store_token_counts: bool = False,
     ) -> None:
         if strategy not in ("truncate", "summarize", "fail"):
             raise InvalidRequestError(
@@ -286,6 +292,7 @@ class ContextWindowMiddleware:
         self.summary_timeout = summary_timeout
         self.load_history = load_history
         self.compact_store = compact_store
+        self.store_token_counts = store_token_counts
 
     def __repr__(self) -> str:
         return (
@@ -328,10 +335,11 @@ class ContextWindowMiddleware:
 
         if ctx.response is None:
             return
-        # Store each new message with its token count, so it is never tokenized again.
-        new = ctx.new_messages
-        for i, message in enumerate(new):
-            new[i] = tokenizer.annotate(message)
+        if self.store_token_counts:
+            # Store each new message with its token count: never tokenized again.
+            new = ctx.new_messages
+            for i, message in enumerate(new):
+                new[i] = tokenizer.annotate(message)
         if (
             self.compact_store
             and plan.dropped

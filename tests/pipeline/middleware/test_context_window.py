@@ -94,9 +94,14 @@ async def test_the_provider_gets_a_trimmed_view_while_the_store_keeps_everything
     await pipe.shutdown()
 
 
-async def test_new_messages_are_stored_with_their_token_counts() -> None:
+async def test_new_messages_can_be_stored_with_their_token_counts() -> None:
     store = InMemoryStateStore()
     pipe, _ = build(store, ContextWindowMiddleware(max_tokens=1000, model=MODEL))
+    await pipe.execute(SID, "user", "hello there")
+    assert all(not m.metadata for m in await store.load(SID))  # off by default
+    await store.delete(SID)
+    window = ContextWindowMiddleware(max_tokens=1000, model=MODEL, store_token_counts=True)
+    pipe, _ = build(store, window)
     await pipe.execute(SID, "user", "hello there")
     tokenizer = get_tokenizer(MODEL)
     for message in await store.load(SID):
