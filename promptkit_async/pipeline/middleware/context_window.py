@@ -134,6 +134,7 @@ class _Situation:
     record: _Record
     store: StateStore | None
     note: str | None = None  # why the record could not be used, if it could not
+    stored: bool = True  # region really is the stored history (False: compaction is off)
 
     @property
     def messages(self) -> list[Message]:
@@ -219,6 +220,16 @@ class ContextWindowMiddleware:
     Token counts are cached per message (see ``store_token_counts``); the first use of
     an encoding loads it in a worker thread.
 
+    The trace event's detail (also ``ctx.metadata["context_window"]``): ``strategy``,
+    ``budget``, ``tokens`` (the estimate of what was sent), ``encoding``, ``estimated``,
+    ``messages`` (how many it considered: the loaded history and the new message),
+    ``sent``, ``dropped``, ``summary`` (``None``, ``"created"``, ``"reused"``,
+    ``"failed"`` with ``summary_error``, or ``"unavailable"``) and sometimes ``note``.
+
+    With ``StateMiddleware(max_history_messages=N)`` only the N loaded messages are seen,
+    so system messages older than them cannot be pinned (and ``compact_store`` would
+    drop them): use ``load_history=True`` instead, which keeps them in its record.
+
     Concurrency: keeps no per-turn state, so one instance can serve any number of
     pipelines and tasks; it relies on ``StateMiddleware``'s per-session lock for the
     session record. Cancelling a turn during a summary call abandons it (nothing is
@@ -289,6 +300,8 @@ class ContextWindowMiddleware:
         elif type(summary_chunk_tokens) is not int or summary_chunk_tokens < 0:
             raise InvalidRequestError("summary_chunk_tokens must be a non-negative int")
         self.summary_chunk_tokens = summary_chunk_tokens
+        if summary_timeout is not None and not summary_timeout > 0:
+            raise InvalidRequestError("summary_timeout must be positive seconds, or None")
         self.summary_timeout = summary_timeout
         self.load_history = load_history
         self.compact_store = compact_store
@@ -344,6 +357,7 @@ class ContextWindowMiddleware:
             self.compact_store
             and plan.dropped
             and situation.store is not None
+            and situation.stored
             and plan.summary_state != "failed"  # keep them for the next summary attempt
         ):
             await finish_shielded(self._compact(ctx, situation, plan))
@@ -391,7 +405,9 @@ class ContextWindowMiddleware:
         cut = len(messages) - len(new)
         if cut < 0 or messages[cut:] != new:
             # Another middleware reshaped ctx.messages: trim it as it is.
-            return _Situation(list(messages), [], None, _Record(), store, "messages reshaped")
+            return _Situation(
+                list(messages), [], None, _Record(), store, "messages reshaped", stored=False
+            )
         history = messages[:cut]
         if self.strategy != "summarize":
             return _Situation(history, new, None, _Record(), store)

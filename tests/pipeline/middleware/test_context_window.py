@@ -214,8 +214,9 @@ def summarizer_mock(*replies: str | BaseException) -> MockProvider:
     return MockProvider(list(replies), model="gpt-4o-mini", id="summarizer")
 
 
-async def test_summaries_are_stored_and_reused_not_recomputed() -> None:
-    store = InMemoryStateStore()
+@pytest.mark.parametrize("lazy", [False, True], ids=["full-load", "windowed-load"])
+async def test_summaries_are_stored_and_reused_not_recomputed(lazy: bool) -> None:
+    store = RecordingStore()
     await store.save(SID, [SYSTEM])
     summarizer = summarizer_mock("SUMMARY-ONE: the user asks about treasure.", "SUMMARY-TWO")
     window = ContextWindowMiddleware(
@@ -225,8 +226,9 @@ async def test_summaries_are_stored_and_reused_not_recomputed() -> None:
         summarizer=summarizer,
         summary_max_tokens=60,
         summary_chunk_tokens=150,
+        load_history=lazy,
     )
-    pipe, provider = build(store, window)
+    pipe, provider = build(store, window, lazy=lazy)
     first_summary_turn = None
     states = []
     for i in range(30):
@@ -268,6 +270,9 @@ async def test_summaries_are_stored_and_reused_not_recomputed() -> None:
     second = summarizer.requests[1].messages[-1].content
     assert "Earlier summary:\nSUMMARY-ONE" in second
     assert "user: Question number" in second
+    if lazy:
+        # Once summarized, turns load only what is not behind the summary.
+        assert max(n for n in store.loads[-3:] if n is not None) < 20
     # The summarizer never saw the system prompt as something to summarize.
     assert SYSTEM.content not in summarizer.requests[0].messages[-1].content
     await pipe.shutdown()
@@ -421,3 +426,18 @@ async def test_a_hung_summarizer_times_out_into_the_fallback() -> None:
     assert result.metadata["context_window"]["summary"] == "failed"
     assert "TimeoutError" in result.metadata["context_window"]["summary_error"]
     assert count_message_tokens(provider.requests[-1].messages, MODEL) <= 250
+
+
+async def test_windowed_truncation_with_compaction_clears_the_record() -> None:
+    store = InMemoryStateStore()
+    await store.save(SID, [SYSTEM])
+    window = ContextWindowMiddleware(
+        max_tokens=250, model=MODEL, load_history=True, compact_store=True
+    )
+    pipe, provider = build(store, window, lazy=True)
+    for i in range(30):
+        result = await pipe.execute(SID, "user", question(i))
+        stored = await store.load(SID)
+        assert stored[:-1] == list(provider.requests[-1].messages)
+        assert stored[-1] == result.messages[-1]
+    assert RECORD_KEY not in await store.get_metadata(SID)
