@@ -221,8 +221,16 @@ def count_tokens(text: str, model: str | None = None) -> int:
 def count_message_tokens(messages: Sequence[Message], model: str | None = None) -> int:
     """Tokens a chat request made of ``messages`` takes for ``model``.
 
-    Follows the formula in this module's docs (per-message overhead, names, tool calls,
-    reply priming). Loads the encoding synchronously on first use.
+    OpenAI's published formula, plus our estimate for tool calls::
+
+        request   = sum(message) + 3            # reply priming (0 for no messages)
+        message   = 3 + tokens(role) + tokens(content)
+                  + (tokens(name) + 1 if name) + sum(tool_call)
+        tool_call = 3 + tokens(name) + tokens(arguments)
+
+    Exact for OpenAI chat models without tools (it matches the API's prompt_tokens);
+    tool definitions sent with a request are not included. Loads the encoding
+    synchronously on first use; see :func:`measure_tokens` for whether it is estimated.
     """
     return get_tokenizer(model).count_messages(messages)
 

@@ -441,3 +441,64 @@ async def test_windowed_truncation_with_compaction_clears_the_record() -> None:
         assert stored[:-1] == list(provider.requests[-1].messages)
         assert stored[-1] == result.messages[-1]
     assert RECORD_KEY not in await store.get_metadata(SID)
+
+
+async def test_cancelling_during_a_summary_records_and_stores_nothing() -> None:
+    import asyncio
+
+    entered, never = asyncio.Event(), asyncio.Event()
+
+    async def hang(request: ProviderRequest) -> str:
+        entered.set()
+        await never.wait()
+        return "unreachable"
+
+    store = InMemoryStateStore()
+    history = [SYSTEM]
+    for i in range(12):
+        history += [Message("user", question(i)), Message("assistant", "Arr " * 20)]
+    await store.save(SID, history)
+    window = ContextWindowMiddleware(
+        max_tokens=250,
+        model=MODEL,
+        strategy="summarize",
+        summarizer=MockProvider(handler=hang, model="gpt-4o-mini"),
+        summary_max_tokens=40,
+        summary_timeout=None,
+    )
+    pipe, provider = build(store, window)
+    turn = asyncio.ensure_future(pipe.execute(SID, "user", "one more"))
+    waiting = asyncio.ensure_future(entered.wait())
+    await asyncio.wait({turn, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    assert not turn.done(), "the summarizer was never called"
+    turn.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await turn
+    assert provider.requests == []
+    assert await store.load(SID) == history
+    assert RECORD_KEY not in await store.get_metadata(SID)
+
+
+async def test_one_window_serves_many_sessions_at_once() -> None:
+    import asyncio
+
+    store = InMemoryStateStore()
+    window = ContextWindowMiddleware(max_tokens=200, model=MODEL, load_history=True)
+    pipe, provider = build(store, window, lazy=True)
+    sessions = [f"user-{k}" for k in range(20)]
+    for sid in sessions:
+        await store.save(sid, [Message("system", f"You serve {sid}.")])
+
+    async def chat(sid: str) -> None:
+        for i in range(8):
+            result = await pipe.execute(sid, "user", f"{sid} asks question {i}")
+            assert result.estimated_prompt_tokens is not None
+            assert result.estimated_prompt_tokens <= 200
+
+    await asyncio.gather(*(chat(sid) for sid in sessions))
+    for request in provider.requests:
+        owner = request.messages[0].content.split()[-1].rstrip(".")
+        assert all(owner in m.content for m in request.messages if m.role == "user")
+    for sid in sessions:
+        assert await store.count(sid) == 1 + 2 * 8
+    await pipe.shutdown()
