@@ -329,7 +329,9 @@ class SchemaCompiler:
         kinds = {_json_type(v) for v in values}
         if len(kinds) == 1:
             schema = {"type": kinds.pop(), "enum": values}
-        description, _ = parse_docstring(cls.__doc__ if cls.__doc__ != enum.Enum.__doc__ else None)
+        # Python 3.10 gives every enum the docstring "An enumeration.": no description.
+        doc = cls.__doc__ if cls.__doc__ != "An enumeration." else None
+        description, _ = parse_docstring(doc)
         schema = _describe(schema, description)
         by_value = {(type(m.value), m.value): m for m in members}
 
