@@ -41,7 +41,7 @@ from .pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, S
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
 from .providers import BaseProvider, MockProvider, Provider, ProviderDefaults, ProviderRequest
 from .statestore import InMemoryStateStore, SessionPage, StateStore
-from .tools import Tool, ToolPolicy, ToolRegistry, tool
+from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
 from .types import (
     Cost,
     ExecutionResult,
@@ -107,6 +107,7 @@ __all__ = [
     "StreamIdleTimeoutError",
     "Tool",
     "ToolCall",
+    "ToolCallAssembler",
     "ToolCallDelta",
     "ToolDefinition",
     "ToolError",

@@ -25,11 +25,13 @@ A tool's failure never fails the turn: exceptions, timeouts, unknown or blocked 
 malformed arguments all come back to the model as the tool's result, so it can recover.
 """
 
+from ._assemble import ToolCallAssembler
 from ._registry import Tool, ToolLike, ToolPolicy, ToolRegistry, tool
 from ._runner import result_text
 
 __all__ = [
     "Tool",
+    "ToolCallAssembler",
     "ToolLike",
     "ToolPolicy",
     "ToolRegistry",

@@ -551,7 +551,8 @@ class ToolPolicy:
             ``"tool_calls_dropped"`` trace event names them).
         tool_choice: sent with the turn's first request: ``"auto"``, ``"none"``,
             ``"required"``, a tool's name (force that tool), or ``None`` (the provider's
-            default, i.e. auto). A forced choice (``"required"`` or a name) applies to the
+            default, i.e. auto). With ``"none"``, tool calls the model makes anyway are
+            dropped, not run. A forced choice (``"required"`` or a name) applies to the
             first request only; after a tool round the model may answer (``"auto"``), so a
             forced tool cannot loop forever.
         blocklist: tool names never offered to the model and never run; a call to one gets

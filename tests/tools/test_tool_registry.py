@@ -25,7 +25,7 @@ async def add(a: int, b: int = 1) -> int:
 
 
 def test_public_names_are_exported() -> None:
-    for name in ("Tool", "ToolPolicy", "ToolRegistry", "tool"):
+    for name in ("Tool", "ToolCallAssembler", "ToolPolicy", "ToolRegistry", "tool"):
         assert name in promptkit_async.__all__
         assert getattr(promptkit_async, name) is getattr(promptkit_async.tools, name)
     assert tool_decorator is tool

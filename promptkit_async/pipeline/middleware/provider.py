@@ -11,6 +11,7 @@ from typing import Any
 
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import Provider, ProviderRequest
+from ...tools._assemble import ToolCallAssembler
 from ...tools._registry import ToolLike, ToolPolicy, ToolRegistry, as_registry
 from ...tools._runner import run_tool_calls
 from ...types import Message, ProviderResponse, ToolCall, ToolDefinition, TraceEvent
@@ -48,7 +49,8 @@ class ProviderMiddleware:
     """Calls the model with the turn's messages, runs its tool calls, and records its answer.
 
     Put it last. It sends ``ctx.messages`` with the config's settings, forwards streamed
-    chunks (text and tool-call fragments) to ``ctx.emit``, sets ``ctx.response``, adds
+    chunks (text and tool-call fragments) to ``ctx.emit`` (fragments are also assembled,
+    for a provider whose final response leaves its calls out), sets ``ctx.response``, adds
     each call's usage and cost to ``ctx.usage`` / ``ctx.cost``, appends its messages to
     ``ctx.new_messages`` and calls ``next``. Provider errors propagate unchanged (the turn
     is then not stored).
@@ -66,9 +68,10 @@ class ProviderMiddleware:
        the model is asked again.
 
     After ``max_rounds`` rounds the model is asked once more with ``tool_choice="none"``
-    (a ``"tool_rounds_exhausted"`` trace event marks it); tool calls in that last answer
-    are not run and are dropped from the stored reply, so the history stays valid for
-    every provider. ``ctx.response`` is the last response; ``ctx.usage`` / ``ctx.cost``
+    (a ``"tool_rounds_exhausted"`` trace event marks it). Tool calls in an answer to a
+    ``"none"`` request are not run: they are dropped from the reply (a
+    ``"tool_calls_dropped"`` trace event names them), so the stored history stays valid
+    for every provider. ``ctx.response`` is the last response; ``ctx.usage`` / ``ctx.cost``
     sum every round. Since ``StateMiddleware`` stores ``ctx.new_messages`` only after the
     whole loop, a turn's tool-call messages, tool results and final reply are stored
     together or not at all. Cancelling the turn cancels running tools (and waits for
@@ -141,6 +144,7 @@ class ProviderMiddleware:
         if not self.config.stream:
             return await self.provider.complete(request)
         response: ProviderResponse | None = None
+        assembler: ToolCallAssembler | None = None
         emit = ctx.emit
         stream = self.provider.stream(request)
         async with aclosing(stream) as chunks:  # type: ignore[type-var]
@@ -148,11 +152,18 @@ class ProviderMiddleware:
                 if chunk.response is not None:
                     response = chunk.response
                 else:
+                    if chunk.tool_call_deltas:
+                        if assembler is None:
+                            assembler = ToolCallAssembler()
+                        assembler.add(chunk.tool_call_deltas)
                     await emit(chunk)
         if response is None:
             raise IncompleteStreamError(
                 "the provider's stream ended without a final response", provider=self.provider.id
             )
+        if assembler and not response.tool_calls:
+            # The provider streamed calls but left them out of its final response.
+            response = replace(response, tool_calls=assembler.calls())
         return response
 
     @staticmethod
@@ -195,9 +206,10 @@ class ProviderMiddleware:
             self._account(ctx, response)
             if not response.tool_calls:
                 break
-            if rounds >= policy.max_rounds:
-                # Asked with tool_choice="none" and it still called tools: do not run them,
-                # and keep them out of the history (unanswered calls break the next turn).
+            if choice == "none":
+                # Asked with tool_choice="none" (the policy's, or after max_rounds) and it
+                # still called tools: do not run them, and keep them out of the history
+                # (unanswered calls would break the next turn on every provider).
                 ctx.trace.append(
                     TraceEvent(
                         "tool_calls_dropped",

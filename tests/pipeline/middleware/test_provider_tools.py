@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
 import pytest
 
 from promptkit_async import (
+    BaseProvider,
     ExecutionContext,
     InMemoryStateStore,
     Message,
@@ -20,8 +21,10 @@ from promptkit_async import (
     ProviderRequest,
     ProviderResponse,
     StateMiddleware,
+    StreamChunk,
     Tool,
     ToolCall,
+    ToolCallDelta,
     ToolError,
     ToolPolicy,
     ToolRegistry,
@@ -299,6 +302,25 @@ async def test_tool_calls_after_the_last_round_are_dropped_not_run() -> None:
     assert stored[-1] == Message("assistant", "partial")
     answered = {m.tool_call_id for m in stored if m.role == "tool"}
     assert {c.id for m in stored for c in m.tool_calls} == answered
+
+
+async def test_calls_despite_tool_choice_none_are_not_run() -> None:
+    weather = Weather()
+    provider = MockProvider(
+        [ProviderResponse("From memory: sunny.", tool_calls=(ToolCall("c1", "get_weather"),))]
+    )
+    pipe, store = pipeline(provider, [weather.tool], ToolPolicy(tool_choice="none"))
+
+    result = await pipe.execute(SESSION, "user", "Paris?")
+
+    assert provider.requests[0].tool_choice == "none"
+    assert weather.calls == []
+    assert len(provider.requests) == 1
+    assert [e.kind for e in result.trace] == ["tool_calls_dropped"]
+    assert await store.load(SESSION) == [
+        Message("user", "Paris?"),
+        Message("assistant", "From memory: sunny."),
+    ]
 
 
 async def test_forced_tool_choice_applies_to_the_first_request_only() -> None:
@@ -732,3 +754,37 @@ async def test_non_string_results_are_sent_as_json() -> None:
     await pipe.execute(SESSION, "user", "go")
 
     assert tool_messages(provider.requests[1])[0].content == '{"squares": [0, 1, 4]}'
+
+
+class DeltasOnlyProvider(BaseProvider):
+    """Streams tool calls only as fragments; its final response lists none."""
+
+    def __init__(self) -> None:
+        super().__init__("deltas", "mock-model")
+        self.requests: list[ProviderRequest] = []
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamChunk]:
+        self.requests.append(request)
+        if len(self.requests) == 1:
+            yield StreamChunk(tool_call_deltas=(ToolCallDelta(0, "c1", "get_weather"),))
+            yield StreamChunk(tool_call_deltas=(ToolCallDelta(0, arguments='{"city": '),))
+            yield StreamChunk(tool_call_deltas=(ToolCallDelta(0, arguments='"Nice"}'),))
+            yield StreamChunk(response=ProviderResponse(finish_reason="tool_calls"))
+        else:
+            yield StreamChunk(delta="Sunny in Nice.")
+            yield StreamChunk(response=ProviderResponse("Sunny in Nice.", finish_reason="stop"))
+
+
+async def test_streamed_fragments_are_assembled_when_the_response_omits_the_calls() -> None:
+    weather = Weather()
+    provider = DeltasOnlyProvider()
+    store = InMemoryStateStore()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider, [weather.tool]))
+
+    result = await pipe.execute(SESSION, "user", "Nice?")
+
+    assert weather.calls == [("Nice", "C")]
+    assert result.response.content == "Sunny in Nice."
+    assert (await store.load(SESSION))[1].tool_calls == (
+        ToolCall("c1", "get_weather", '{"city": "Nice"}'),
+    )
