@@ -31,6 +31,7 @@ from promptkit_async import (
     Usage,
     tool,
 )
+from promptkit_async.statestore._codec import decode_message, encode_message
 
 SESSION = "user-1"
 
@@ -788,3 +789,14 @@ async def test_streamed_fragments_are_assembled_when_the_response_omits_the_call
     assert (await store.load(SESSION))[1].tool_calls == (
         ToolCall("c1", "get_weather", '{"city": "Nice"}'),
     )
+
+
+async def test_a_tool_turn_survives_the_persistent_record_format() -> None:
+    weather = Weather()
+    provider = MockProvider([calls(("c1", "get_weather", '{"city": "Paris"}')), "Sunny."])
+    pipe, store = pipeline(provider, [weather.tool])
+
+    await pipe.execute(SESSION, "user", "Paris?")
+
+    stored = await store.load(SESSION)
+    assert [decode_message(encode_message(m)) for m in stored] == stored
