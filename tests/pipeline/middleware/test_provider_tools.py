@@ -41,7 +41,7 @@ def calls(*items: tuple[str, str, str]) -> ProviderResponse:
     return ProviderResponse(tool_calls=tuple(ToolCall(*c) for c in items))
 
 
-def pipeline(
+def make_pipeline(
     provider: MockProvider,
     tools: object,
     policy: ToolPolicy | None = None,
@@ -87,7 +87,7 @@ async def test_single_tool_round_sends_definitions_then_results() -> None:
     provider = MockProvider(
         [calls(("c1", "get_weather", '{"city": "Paris"}')), "It is sunny in Paris."]
     )
-    pipe, _ = pipeline(provider, [weather.tool])
+    pipe, _ = make_pipeline(provider, [weather.tool])
 
     result = await pipe.execute(SESSION, "user", "Weather in Paris?")
 
@@ -122,7 +122,7 @@ async def test_usage_and_cost_sum_every_round_and_trace_records_the_round() -> N
         ],
         model="gpt-4o-mini",
     )
-    pipe, _ = pipeline(provider, [weather.tool])
+    pipe, _ = make_pipeline(provider, [weather.tool])
 
     result = await pipe.execute(SESSION, "user", "Oslo?")
 
@@ -148,7 +148,7 @@ async def test_streamed_text_of_every_round_reaches_the_caller() -> None:
         ],
         chunk_size=4,
     )
-    pipe, store = pipeline(provider, [weather.tool])
+    pipe, store = make_pipeline(provider, [weather.tool])
 
     chunks = [c async for c in pipe.stream(SESSION, "user", "Rome?")]
 
@@ -168,7 +168,7 @@ async def test_streamed_text_of_every_round_reaches_the_caller() -> None:
 async def test_non_streaming_config_runs_the_same_loop() -> None:
     weather = Weather()
     provider = MockProvider([calls(("c1", "get_weather", '{"city": "Lima"}')), "Mild."])
-    pipe, store = pipeline(
+    pipe, store = make_pipeline(
         provider, [weather.tool], config=ProviderMiddlewareConfig(stream=False, max_tokens=50)
     )
 
@@ -203,7 +203,7 @@ async def test_parallel_calls_in_one_message_run_concurrently_and_answer_in_orde
 
     provider = MockProvider([calls(("c1", "slow_a", "{}"), ("c2", "fast_b", "{}")), "done"])
     # If the calls ran one after the other, slow_a would hit this timeout.
-    pipe, _ = pipeline(provider, [slow_a, fast_b], ToolPolicy(timeout=10))
+    pipe, _ = make_pipeline(provider, [slow_a, fast_b], ToolPolicy(timeout=10))
 
     result = await pipe.execute(SESSION, "user", "go")
 
@@ -229,7 +229,7 @@ async def test_one_failing_call_does_not_spoil_its_siblings() -> None:
     provider = MockProvider(
         [calls(("c1", "broken", "{}"), ("c2", "ok", "{}"), ("c3", "missing", "{}")), "ok"]
     )
-    pipe, _ = pipeline(provider, [ok, broken])
+    pipe, _ = make_pipeline(provider, [ok, broken])
 
     await pipe.execute(SESSION, "user", "go")
 
@@ -259,7 +259,7 @@ async def test_max_rounds_then_one_final_request_without_tools() -> None:
         return "pong"
 
     provider = MockProvider(handler=always_calls_tools)
-    pipe, store = pipeline(provider, [ping], ToolPolicy(max_rounds=2))
+    pipe, store = make_pipeline(provider, [ping], ToolPolicy(max_rounds=2))
 
     result = await pipe.execute(SESSION, "user", "loop")
 
@@ -289,7 +289,7 @@ async def test_tool_calls_after_the_last_round_are_dropped_not_run() -> None:
             ProviderResponse("partial", tool_calls=(ToolCall("c2", "ping"),)),
         ]
     )
-    pipe, store = pipeline(provider, [ping], ToolPolicy(max_rounds=1))
+    pipe, store = make_pipeline(provider, [ping], ToolPolicy(max_rounds=1))
 
     result = await pipe.execute(SESSION, "user", "loop")
 
@@ -310,7 +310,7 @@ async def test_calls_despite_tool_choice_none_are_not_run() -> None:
     provider = MockProvider(
         [ProviderResponse("From memory: sunny.", tool_calls=(ToolCall("c1", "get_weather"),))]
     )
-    pipe, store = pipeline(provider, [weather.tool], ToolPolicy(tool_choice="none"))
+    pipe, store = make_pipeline(provider, [weather.tool], ToolPolicy(tool_choice="none"))
 
     result = await pipe.execute(SESSION, "user", "Paris?")
 
@@ -327,7 +327,7 @@ async def test_calls_despite_tool_choice_none_are_not_run() -> None:
 async def test_forced_tool_choice_applies_to_the_first_request_only() -> None:
     weather = Weather()
     provider = MockProvider([calls(("c1", "get_weather", '{"city": "Bern"}')), "Snow."])
-    pipe, _ = pipeline(provider, [weather.tool], ToolPolicy(tool_choice="get_weather"))
+    pipe, _ = make_pipeline(provider, [weather.tool], ToolPolicy(tool_choice="get_weather"))
 
     await pipe.execute(SESSION, "user", "Bern?")
 
@@ -356,7 +356,7 @@ async def test_tool_exception_goes_back_to_the_model() -> None:
         raise ValueError(f"no such city: {city}")
 
     provider = MockProvider([calls(("c1", "lookup", '{"city": "Atlantis"}')), "Sorry."])
-    pipe, store = pipeline(provider, [lookup])
+    pipe, store = make_pipeline(provider, [lookup])
 
     result = await pipe.execute(SESSION, "user", "Atlantis?")
 
@@ -375,7 +375,7 @@ async def test_tool_raising_its_own_timeout_error_is_an_error_not_a_timeout() ->
         raise TimeoutError("upstream took too long")
 
     provider = MockProvider([calls(("c1", "flaky", "{}")), "ok"])
-    pipe, _ = pipeline(provider, [flaky], ToolPolicy(timeout=10))
+    pipe, _ = make_pipeline(provider, [flaky], ToolPolicy(timeout=10))
 
     result = await pipe.execute(SESSION, "user", "go")
 
@@ -397,7 +397,7 @@ async def test_hanging_async_tool_times_out_and_is_cancelled() -> None:
         return "unreachable"
 
     provider = MockProvider([calls(("c1", "hang", "{}")), "It timed out."])
-    pipe, _ = pipeline(provider, [hang], ToolPolicy(timeout=0.05))
+    pipe, _ = make_pipeline(provider, [hang], ToolPolicy(timeout=0.05))
 
     result = await pipe.execute(SESSION, "user", "go")
 
@@ -420,7 +420,7 @@ async def test_hanging_sync_tool_times_out_without_blocking_the_loop() -> None:
 
     # The tool's own timeout overrides the policy's "no limit".
     provider = MockProvider([calls(("c1", "block", "{}")), "ok"])
-    pipe, _ = pipeline(provider, [Tool(block, timeout=0.05)], ToolPolicy(timeout=None))
+    pipe, _ = make_pipeline(provider, [Tool(block, timeout=0.05)], ToolPolicy(timeout=None))
     try:
         result = await pipe.execute(SESSION, "user", "go")
     finally:
@@ -439,7 +439,7 @@ async def test_sync_tools_run_in_a_worker_thread() -> None:
         return "here"
 
     provider = MockProvider([calls(("c1", "where", "{}")), "ok"])
-    pipe, _ = pipeline(provider, [where])
+    pipe, _ = make_pipeline(provider, [where])
 
     await pipe.execute(SESSION, "user", "go")
 
@@ -450,7 +450,7 @@ async def test_sync_tools_run_in_a_worker_thread() -> None:
 async def test_unknown_tool_name_gets_a_tool_result_saying_so() -> None:
     weather = Weather()
     provider = MockProvider([calls(("c1", "get_wether", '{"city": "Paris"}')), "Oops."])
-    pipe, _ = pipeline(provider, [weather.tool])
+    pipe, _ = make_pipeline(provider, [weather.tool])
 
     result = await pipe.execute(SESSION, "user", "Paris?")
 
@@ -473,7 +473,7 @@ async def test_blocklisted_tool_is_not_offered_and_not_run() -> None:
         return "deleted"
 
     provider = MockProvider([calls(("c1", "delete_account", '{"user": "bob"}')), "Cannot."])
-    pipe, _ = pipeline(
+    pipe, _ = make_pipeline(
         provider, [weather.tool, delete_account], ToolPolicy(blocklist=["delete_account"])
     )
 
@@ -502,7 +502,7 @@ async def test_blocklisted_tool_is_not_offered_and_not_run() -> None:
 async def test_bad_arguments_get_a_tool_result_saying_so(arguments: str, expected: str) -> None:
     weather = Weather()
     provider = MockProvider([calls(("c1", "get_weather", arguments)), "Let me retry."])
-    pipe, store = pipeline(provider, [weather.tool])
+    pipe, store = make_pipeline(provider, [weather.tool])
 
     result = await pipe.execute(SESSION, "user", "Paris?")
 
@@ -522,7 +522,7 @@ async def test_empty_arguments_text_means_no_arguments() -> None:
         return "noon"
 
     provider = MockProvider([calls(("c1", "now", "")), "It is noon."])
-    pipe, _ = pipeline(provider, [now])
+    pipe, _ = make_pipeline(provider, [now])
 
     await pipe.execute(SESSION, "user", "time?")
 
@@ -532,7 +532,7 @@ async def test_empty_arguments_text_means_no_arguments() -> None:
 async def test_calls_without_an_id_get_one_shared_by_call_and_result() -> None:
     weather = Weather()
     provider = MockProvider([calls(("", "get_weather", '{"city": "Kyiv"}')), "ok"])
-    pipe, store = pipeline(provider, [weather.tool])
+    pipe, store = make_pipeline(provider, [weather.tool])
 
     await pipe.execute(SESSION, "user", "Kyiv?")
 
@@ -557,7 +557,7 @@ async def test_stored_turn_is_whole_and_the_next_turn_replays_it() -> None:
             "You asked about Paris and Rome.",
         ]
     )
-    pipe, store = pipeline(provider, [weather.tool])
+    pipe, store = make_pipeline(provider, [weather.tool])
 
     first = await pipe.execute(SESSION, "user", "Paris and Rome?")
     stored = await store.load(SESSION)
@@ -593,7 +593,7 @@ async def test_provider_error_in_a_later_round_stores_nothing() -> None:
     provider = MockProvider(
         [calls(("c1", "get_weather", '{"city": "Paris"}')), RuntimeError("provider down")]
     )
-    pipe, store = pipeline(provider, [weather.tool])
+    pipe, store = make_pipeline(provider, [weather.tool])
 
     with pytest.raises(RuntimeError, match="provider down"):
         await pipe.execute(SESSION, "user", "Paris?")
@@ -627,7 +627,7 @@ async def test_cancelling_the_turn_during_tool_runs_cancels_them_and_stores_noth
     one = Tool(gate.wait, name="one")
     two = Tool(gate.wait, name="two")
     provider = MockProvider([calls(("c1", "one", "{}"), ("c2", "two", "{}")), "never"])
-    pipe, store = pipeline(provider, [one, two], ToolPolicy(timeout=None))
+    pipe, store = make_pipeline(provider, [one, two], ToolPolicy(timeout=None))
 
     turn = asyncio.create_task(pipe.execute(SESSION, "user", "go"))
     await gate.started.wait()
@@ -646,7 +646,7 @@ async def test_closing_a_stream_during_a_tool_run_stores_nothing() -> None:
     provider = MockProvider(
         [ProviderResponse("Checking...", tool_calls=(ToolCall("c1", "one"), ToolCall("c2", "two")))]
     )
-    pipe, store = pipeline(
+    pipe, store = make_pipeline(
         provider, [Tool(gate.wait, name="one"), Tool(gate.wait, name="two")], ToolPolicy()
     )
 
@@ -660,7 +660,7 @@ async def test_closing_a_stream_during_a_tool_run_stores_nothing() -> None:
     assert await store.load(SESSION) == []
     # The session is usable again at once.
     provider2 = MockProvider(["hello"])
-    pipe2, _ = pipeline(provider2, None, store=store)
+    pipe2, _ = make_pipeline(provider2, None, store=store)
     await pipe2.execute(SESSION, "user", "hi")
     assert [m.role for m in await store.load(SESSION)] == ["user", "assistant"]
 
@@ -698,7 +698,7 @@ async def test_positional_and_keyword_forms_and_a_live_registry() -> None:
 
 async def test_without_tools_nothing_tool_related_is_sent() -> None:
     provider = MockProvider(["hi"])
-    pipe, _ = pipeline(provider, None)
+    pipe, _ = make_pipeline(provider, None)
 
     await pipe.execute(SESSION, "user", "hello")
 
@@ -708,7 +708,7 @@ async def test_without_tools_nothing_tool_related_is_sent() -> None:
 
 async def test_empty_registry_sends_no_tool_choice() -> None:
     provider = MockProvider(["hi"])
-    pipe, _ = pipeline(provider, ToolRegistry(), ToolPolicy(tool_choice="required"))
+    pipe, _ = make_pipeline(provider, ToolRegistry(), ToolPolicy(tool_choice="required"))
 
     await pipe.execute(SESSION, "user", "hello")
 
@@ -735,7 +735,7 @@ async def test_tool_receives_the_turn_context() -> None:
 
     assert "ctx" not in whoami.parameters["properties"]
     provider = MockProvider([calls(("c1", "whoami", "{}")), "ok"])
-    pipe, _ = pipeline(provider, [whoami])
+    pipe, _ = make_pipeline(provider, [whoami])
 
     await pipe.execute(SESSION, "user", "me?", metadata={"tenant": "acme"})
 
@@ -750,7 +750,7 @@ async def test_non_string_results_are_sent_as_json() -> None:
         return {"squares": [i * i for i in range(n)]}
 
     provider = MockProvider([calls(("c1", "stats", '{"n": 3}')), "ok"])
-    pipe, _ = pipeline(provider, [stats])
+    pipe, _ = make_pipeline(provider, [stats])
 
     await pipe.execute(SESSION, "user", "go")
 
@@ -794,7 +794,7 @@ async def test_streamed_fragments_are_assembled_when_the_response_omits_the_call
 async def test_a_tool_turn_survives_the_persistent_record_format() -> None:
     weather = Weather()
     provider = MockProvider([calls(("c1", "get_weather", '{"city": "Paris"}')), "Sunny."])
-    pipe, store = pipeline(provider, [weather.tool])
+    pipe, store = make_pipeline(provider, [weather.tool])
 
     await pipe.execute(SESSION, "user", "Paris?")
 
