@@ -152,7 +152,7 @@ class ProviderMiddleware:
                 if chunk.response is not None:
                     response = chunk.response
                 else:
-                    if chunk.tool_call_deltas:
+                    if chunk.tool_call_deltas and self.tools is not None:
                         if assembler is None:
                             assembler = ToolCallAssembler()
                         assembler.add(chunk.tool_call_deltas)
