@@ -41,6 +41,7 @@ from .pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, S
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
 from .providers import BaseProvider, MockProvider, Provider, ProviderDefaults, ProviderRequest
 from .statestore import InMemoryStateStore, SessionPage, StateStore
+from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
 from .types import (
     Cost,
     ExecutionResult,
@@ -104,10 +105,14 @@ __all__ = [
     "StoreUnavailableError",
     "StreamChunk",
     "StreamIdleTimeoutError",
+    "Tool",
     "ToolCall",
+    "ToolCallAssembler",
     "ToolCallDelta",
     "ToolDefinition",
     "ToolError",
+    "ToolPolicy",
+    "ToolRegistry",
     "TraceEvent",
     "UnprocessableEntityError",
     "Usage",
@@ -116,4 +121,5 @@ __all__ = [
     "errors",
     "lookup_pricing",
     "register_pricing",
+    "tool",
 ]
