@@ -50,6 +50,7 @@ from .providers import (
     RetryPolicy,
 )
 from .statestore import InMemoryStateStore, SessionPage, StateStore
+from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
 from .types import (
     Cost,
     ExecutionResult,
@@ -116,10 +117,14 @@ __all__ = [
     "StoreUnavailableError",
     "StreamChunk",
     "StreamIdleTimeoutError",
+    "Tool",
     "ToolCall",
+    "ToolCallAssembler",
     "ToolCallDelta",
     "ToolDefinition",
     "ToolError",
+    "ToolPolicy",
+    "ToolRegistry",
     "TraceEvent",
     "UnprocessableEntityError",
     "Usage",
@@ -128,4 +133,5 @@ __all__ = [
     "errors",
     "lookup_pricing",
     "register_pricing",
+    "tool",
 ]
