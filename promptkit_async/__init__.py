@@ -41,7 +41,9 @@ from .pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, S
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
 from .providers import (
     AiohttpTransport,
+    AnthropicProvider,
     BaseProvider,
+    GeminiProvider,
     MockProvider,
     OpenAIProvider,
     Provider,
@@ -70,6 +72,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AiohttpTransport",
+    "AnthropicProvider",
     "AuthenticationError",
     "BadRequestError",
     "BaseProvider",
@@ -79,6 +82,7 @@ __all__ = [
     "Cost",
     "ExecutionContext",
     "ExecutionResult",
+    "GeminiProvider",
     "InMemoryStateStore",
     "IncompleteStreamError",
     "InternalServerError",
