@@ -16,7 +16,11 @@ How the library's one shape maps onto the Messages API:
   results become ``tool_result`` blocks of a user turn (all results of one round in one
   turn, ahead of any text), so a stored tool round replays as the API requires;
 * ``max_tokens`` is required by the API: the request's, else ``defaults.max_tokens``,
-  else :data:`DEFAULT_MAX_TOKENS`; ``seed`` has no Anthropic equivalent and is not sent;
+  else :data:`DEFAULT_MAX_TOKENS`;
+* ``temperature`` and ``top_p`` are not sent: the Messages API deprecated them (current
+  models reject them with a 400 and the official SDK no longer has the fields). For an
+  older model that still takes them, pass ``extra_body={"temperature": 0.2}``. ``seed``
+  has no Anthropic equivalent and is not sent either;
 * usage: ``prompt_tokens`` = input + cache reads + cache writes, ``cached_tokens`` = cache
   reads (``cache_read_input_tokens``), ``cache_write_tokens`` = cache writes
   (``cache_creation_input_tokens``), each priced at its own rate;
@@ -33,6 +37,7 @@ providers (:mod:`promptkit_async.providers._http`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -55,6 +60,8 @@ from ._retry import RetryPolicy
 from .base import ProviderDefaults, ProviderRequest
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicProvider"]
+
+logger = logging.getLogger("promptkit_async.providers")
 
 #: The ``anthropic-version`` header sent with every request.
 ANTHROPIC_VERSION = "2023-06-01"
@@ -221,8 +228,8 @@ class AnthropicProvider(HTTPProvider):
         model: the model, e.g. ``"claude-sonnet-4-5"``.
         api_key: the API key, sent as ``x-api-key``; ``None`` reads ``ANTHROPIC_API_KEY``
             (or ``api_key_env``). Never shown in ``repr``, logs or errors.
-        defaults: temperature / max_tokens / top_p used when a request leaves them unset,
-            and a pricing override.
+        defaults: ``max_tokens`` used when a request leaves it unset, and a pricing
+            override (``temperature`` / ``top_p`` are ignored: see the module docstring).
         include_raw_output: put the raw payload in ``response.raw`` (the list of event
             payloads when streaming, the message payload otherwise).
         base_url: the API root (default ``ANTHROPIC_BASE_URL`` or
@@ -301,6 +308,12 @@ class AnthropicProvider(HTTPProvider):
             api_key_env=api_key_env,
         )
         self.default_max_tokens = default_max_tokens
+        if self.defaults.temperature is not None or self.defaults.top_p is not None:
+            logger.warning(
+                "%s: ProviderDefaults temperature/top_p are not sent to the Messages API "
+                "(deprecated there); use extra_body for a model that still takes them",
+                id,
+            )
         self._endpoint = httpx.URL(f"{self.base_url}/v1/messages")
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
@@ -311,9 +324,9 @@ class AnthropicProvider(HTTPProvider):
     def build_body(self, request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
         """The Messages API request body for ``request`` (what is sent, as a dict).
 
-        Request fields left ``None`` fall back to the provider's ``defaults``;
-        ``extra_body`` is merged last and wins (e.g. ``{"thinking": ...}`` or
-        ``{"metadata": ...}``).
+        ``max_tokens`` falls back to ``defaults.max_tokens``, then ``default_max_tokens``;
+        ``temperature`` / ``top_p`` are never sent (see the module docstring);
+        ``extra_body`` is merged last and wins (e.g. ``{"metadata": ...}``).
 
         Raises:
             InvalidRequestError: no user or assistant message to send.
@@ -330,14 +343,6 @@ class AnthropicProvider(HTTPProvider):
         body: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "messages": turns}
         if system:
             body["system"] = system
-        temperature = (
-            request.temperature if request.temperature is not None else defaults.temperature
-        )
-        if temperature is not None:
-            body["temperature"] = temperature
-        top_p = request.top_p if request.top_p is not None else defaults.top_p
-        if top_p is not None:
-            body["top_p"] = top_p
         if request.stop:
             body["stop_sequences"] = list(request.stop)
         if request.tools:
