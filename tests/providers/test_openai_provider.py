@@ -777,3 +777,26 @@ def test_repr_shows_identity_only(fakes) -> None:
 def test_base_url_from_environment(monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://proxy.local:4000/v1/")
     assert OpenAIProvider("openai", "gpt-4o-mini").base_url == "http://proxy.local:4000/v1"
+
+
+async def test_silence_after_done_ends_the_stream_quietly(provider, router, fakes) -> None:
+    # [DONE] arrived but the server never ends the body: the answer is complete, so the
+    # stream ends after a short grace instead of waiting for the read timeout.
+    stream = fakes.TrackedStream([fakes.hello_stream()], after="hang")
+    router.post(fakes.CHAT_URL).mock(return_value=fakes.sse_response(stream))
+    provider.end_grace = 0.02
+    chunks = await collect(provider, HELLO)
+    response = chunks[-1].response
+    assert response is not None
+    assert response.content == "Hello there!"
+    assert stream.closed
+
+
+async def test_broken_tail_after_done_is_ignored(provider, router, fakes) -> None:
+    stream = fakes.TrackedStream([fakes.hello_stream()], after=httpx.ReadError("reset"))
+    route = router.post(fakes.CHAT_URL).mock(return_value=fakes.sse_response(stream))
+    chunks = await collect(provider, HELLO)
+    response = chunks[-1].response
+    assert response is not None
+    assert response.usage.total_tokens == 17
+    assert route.call_count == 1
