@@ -97,6 +97,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HTTPProvider",
     "SSEStream",
+    "json_dumps",
     "json_loads",
     "error_class_for_status",
     "is_context_length_message",
@@ -105,15 +106,24 @@ __all__ = [
 
 logger = logging.getLogger("promptkit_async.providers")
 
+
+def _stdlib_dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 #: Parses JSON text or bytes: orjson when installed (several times faster on the many small
 #: payloads of a stream), else the standard library. Both raise ValueError subclasses.
 json_loads: Callable[[str | bytes], Any]
+#: Compact JSON bytes, via orjson when installed; raises TypeError or ValueError.
+json_dumps: Callable[[Any], bytes]
 try:
     import orjson
 
     json_loads = orjson.loads
+    json_dumps = orjson.dumps
 except ImportError:  # pragma: no cover - depends on the environment
     json_loads = json.loads
+    json_dumps = _stdlib_dumps
 
 #: Per-attempt timeouts when none are given: 5 s to connect, 10 minutes for the rest (a
 #: long non-streamed answer can take minutes).
@@ -458,7 +468,7 @@ class HTTPProvider(BaseProvider):
 
     def _encode(self, body: Mapping[str, Any]) -> bytes:
         try:
-            return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            return json_dumps(body)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(
                 f"the request body is not JSON-serialisable ({exc}); check extra_body and "
@@ -894,44 +904,6 @@ class SSEStream:
         """
         if self._done:
             return []
-        return await self._fill()
-
-    async def _connect(self) -> None:
-        response, _ = await self._provider._send(self._call, read_body=False)
-        self.response = response
-        self.request_id = self._provider._request_id(response.headers)
-        read = direct_reader(response)
-        if read is None:
-            self._iterator = response.aiter_bytes()
-            iterator = self._iterator
-
-            async def read() -> bytes:
-                chunk: bytes = await anext(iterator, b"")
-                return chunk
-
-        self._read = read
-        content_type = response.headers.get("content-type", "")
-        if content_type.startswith("application/json"):
-            await self._json_instead_of_events()
-
-    async def _json_instead_of_events(self) -> NoReturn:
-        # Some servers answer a streaming request with a plain JSON error (or body).
-        provider = self._provider
-        content = await provider._read_error_body(self.response)  # type: ignore[arg-type]
-        self._done = True
-        try:
-            payload = json.loads(content)
-        except ValueError:
-            payload = None
-        if isinstance(payload, Mapping) and "error" in payload:
-            raise provider._payload_error(payload, self.request_id)
-        raise APIResponseError(
-            "expected a server-sent event stream but got a JSON body",
-            provider=provider.id,
-            request_id=self.request_id,
-        )
-
-    async def _fill(self) -> list[ServerSentEvent]:
         call = self._call
         watchdog = call.watchdog
         provider = self._provider
@@ -992,6 +964,41 @@ class SSEStream:
                 return events
             if self._done:
                 return events
+
+    async def _connect(self) -> None:
+        response, _ = await self._provider._send(self._call, read_body=False)
+        self.response = response
+        self.request_id = self._provider._request_id(response.headers)
+        read = direct_reader(response)
+        if read is None:
+            self._iterator = response.aiter_bytes()
+            iterator = self._iterator
+
+            async def read() -> bytes:
+                chunk: bytes = await anext(iterator, b"")
+                return chunk
+
+        self._read = read
+        content_type = response.headers.get("content-type", "")
+        if content_type.startswith("application/json"):
+            await self._json_instead_of_events()
+
+    async def _json_instead_of_events(self) -> NoReturn:
+        # Some servers answer a streaming request with a plain JSON error (or body).
+        provider = self._provider
+        content = await provider._read_error_body(self.response)  # type: ignore[arg-type]
+        self._done = True
+        try:
+            payload = json.loads(content)
+        except ValueError:
+            payload = None
+        if isinstance(payload, Mapping) and "error" in payload:
+            raise provider._payload_error(payload, self.request_id)
+        raise APIResponseError(
+            "expected a server-sent event stream but got a JSON body",
+            provider=provider.id,
+            request_id=self.request_id,
+        )
 
     async def _drop_response(self) -> None:
         response, self.response = self.response, None
