@@ -800,3 +800,22 @@ async def test_broken_tail_after_done_is_ignored(provider, router, fakes) -> Non
     assert response is not None
     assert response.usage.total_tokens == 17
     assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"bogus_field": 1},
+        {"messages": [{"role": "user", "content": "x", "bogus": 1}]},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"messages": [{"role": "tool", "content": "x"}]},  # no tool_call_id
+        {"stream": False},
+        {"tool_choice": "sometimes"},
+    ],
+)
+def test_the_request_validator_itself_rejects_bad_bodies(fakes, change) -> None:
+    # Guards the guard: the SDK-type check used above must not accept anything.
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    body |= {"stream": True, **change}
+    with pytest.raises(Exception):  # noqa: B017 (pydantic or assertion, either is a "no")
+        fakes.validate_request(body, stream=True)
