@@ -39,7 +39,16 @@ from .errors import (
 from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
 from .pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
-from .providers import BaseProvider, MockProvider, Provider, ProviderDefaults, ProviderRequest
+from .providers import (
+    AiohttpTransport,
+    BaseProvider,
+    MockProvider,
+    OpenAIProvider,
+    Provider,
+    ProviderDefaults,
+    ProviderRequest,
+    RetryPolicy,
+)
 from .statestore import InMemoryStateStore, SessionPage, StateStore
 from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
 from .types import (
@@ -60,6 +69,7 @@ __all__ = [
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
+    "AiohttpTransport",
     "AuthenticationError",
     "BadRequestError",
     "BaseProvider",
@@ -82,6 +92,7 @@ __all__ = [
     "ModelPricing",
     "Next",
     "NotFoundError",
+    "OpenAIProvider",
     "PermissionDeniedError",
     "Pipeline",
     "PipelineClosedError",
@@ -97,6 +108,7 @@ __all__ = [
     "ProviderResponse",
     "RateLimitError",
     "ResultStream",
+    "RetryPolicy",
     "SessionPage",
     "StateMiddleware",
     "StateStore",
