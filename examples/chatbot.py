@@ -70,9 +70,12 @@ async def main() -> None:
     config = ProviderMiddlewareConfig(max_tokens=500, temperature=0.7)
     total_cost = 0.0
     try:
-        async with provider, Pipeline(
-            StateMiddleware(store), ProviderMiddleware(provider, None, None, config)
-        ) as pipe:
+        async with (
+            provider,
+            Pipeline(
+                StateMiddleware(store), ProviderMiddleware(provider, None, None, config)
+            ) as pipe,
+        ):
             print("=== Chatbot ===")
             print(f"Session: {session_id}")
             print("Commands: 'exit' to quit, 'clear' to reset conversation\n")
