@@ -15,12 +15,16 @@ import json
 import multiprocessing
 import os
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import httpx
 from aiohttp import web
+
+if "--no-orjson" in sys.argv:  # before promptkit_async is imported
+    sys.modules["orjson"] = None  # type: ignore[assignment]
 
 from promptkit_async.providers._sse import SSEDecoder
 
@@ -182,6 +186,9 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.002, help="server seconds per chunk")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant (best kept)")
     parser.add_argument("--profile", action="store_true", help="cProfile the last variant")
+    parser.add_argument(
+        "--no-orjson", action="store_true", help="make the providers parse JSON with the stdlib"
+    )
     parser.add_argument("--only", default="", help="comma-separated variants (default: all)")
     args = parser.parse_args()
 

@@ -21,6 +21,34 @@ sends requests with :meth:`HTTPProvider._post_json` (whole JSON answer) or
 Cancellation: cancelling the task that awaits a call, or closing a stream, closes the HTTP
 response at once; a cancelled retry wait simply ends. ``CancelledError`` is never caught
 and swallowed (only ``Exception`` is).
+
+Writing a provider on top (Anthropic, Gemini...)::
+
+    class MyProvider(HTTPProvider):
+        default_base_url = "https://api.example.com/v1"
+        default_api_key_env = "EXAMPLE_API_KEY"
+        request_id_headers = ("request-id",)
+
+        def _auth_headers(self, api_key):            # vendor auth (+ version headers)
+            return {"x-api-key": api_key}
+
+        async def complete(self, request):
+            payload, call, request_id = await self._post_json(url, body)
+            ...                                      # parse; call.trace, call.started
+
+        async def stream(self, request):
+            events = self._post_events(url, body)   # an SSEStream
+            try:
+                while batch := await events.next_batch():
+                    for event in batch:             # event.event / event.data
+                        payload = json_loads(event.data)   # except ValueError:
+                        #   raise self._event_error(event.data, events.request_id, events.ended)
+                        # vendor error event -> raise self._payload_error(payload, ...)
+                        # final event -> events.expect_end(self.end_grace)
+                        yield StreamChunk(delta=...)
+            finally:
+                await events.aclose()
+            yield StreamChunk(response=ProviderResponse(..., trace=tuple(events.trace)))
 """
 
 from __future__ import annotations
@@ -39,6 +67,7 @@ from typing import Any, ClassVar, NoReturn
 import aiohttp
 import httpx
 
+from .._version import __version__
 from ..errors import (
     APIConnectionError,
     APIResponseError,
@@ -68,6 +97,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HTTPProvider",
     "SSEStream",
+    "json_dumps",
     "json_loads",
     "error_class_for_status",
     "is_context_length_message",
@@ -76,15 +106,24 @@ __all__ = [
 
 logger = logging.getLogger("promptkit_async.providers")
 
+
+def _stdlib_dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 #: Parses JSON text or bytes: orjson when installed (several times faster on the many small
 #: payloads of a stream), else the standard library. Both raise ValueError subclasses.
 json_loads: Callable[[str | bytes], Any]
+#: Compact JSON bytes, via orjson when installed; raises TypeError or ValueError.
+json_dumps: Callable[[Any], bytes]
 try:
     import orjson
 
     json_loads = orjson.loads
+    json_dumps = orjson.dumps
 except ImportError:  # pragma: no cover - depends on the environment
     json_loads = json.loads
+    json_dumps = _stdlib_dumps
 
 #: Per-attempt timeouts when none are given: 5 s to connect, 10 minutes for the rest (a
 #: long non-streamed answer can take minutes).
@@ -223,6 +262,14 @@ class _Watchdog:
     def disarm(self) -> None:
         self.armed = False
 
+    def set_idle(self, idle: float) -> None:
+        """Change the idle limit (takes effect from the next :meth:`arm`)."""
+        self.idle = idle
+        self.active = True
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
     def remaining(self) -> float | None:
         if self.deadline is None:
             return None
@@ -297,8 +344,8 @@ class HTTPProvider(BaseProvider):
         timeout: per-attempt timeouts: seconds or an ``httpx.Timeout``. ``None`` keeps an
             injected client's own timeouts, else :data:`DEFAULT_TIMEOUT`.
         max_retries: retries after the first attempt (0 disables retrying).
-        stream_idle_timeout: seconds a stream may go without a byte before
-            :class:`~promptkit_async.errors.StreamIdleTimeoutError`.
+        stream_idle_timeout: seconds a stream may go without a byte, once its response
+            headers arrived, before :class:`~promptkit_async.errors.StreamIdleTimeoutError`.
         deadline: seconds for a whole call: every attempt, the waits between them and
             reading the answer to its end (:class:`~promptkit_async.errors.APITimeoutError`).
         retry_policy: backoff timing (see :class:`RetryPolicy`).
@@ -359,6 +406,9 @@ class HTTPProvider(BaseProvider):
         self.stream_idle_timeout = stream_idle_timeout
         self.deadline = deadline
         self.retry_policy = retry_policy or RetryPolicy()
+        #: Seconds a stream may stay silent after the answer is complete (OpenAI's
+        #: ``[DONE]``) before we stop waiting for the body's end and close it.
+        self.end_grace = 5.0
         self._timeout: httpx.Timeout | None = None if timeout is None else httpx.Timeout(timeout)
         # With our own client we send straight through its transport (see _start).
         self._transport: AiohttpTransport | None = None
@@ -374,7 +424,11 @@ class HTTPProvider(BaseProvider):
             self._owns_client = False
         self._client = http_client
         self._closed = False
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"promptkit-async/{__version__}",
+        }
         if default_headers:
             headers.update(default_headers)
         if self._api_key:
@@ -414,14 +468,14 @@ class HTTPProvider(BaseProvider):
 
     def _encode(self, body: Mapping[str, Any]) -> bytes:
         try:
-            return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            return json_dumps(body)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(
                 f"the request body is not JSON-serialisable ({exc}); check extra_body and "
                 "tool parameter schemas"
             ) from None
 
-    def _start(self, url: httpx.URL, content: bytes, *, stream: bool) -> _Call:
+    def _start(self, url: httpx.URL | str, content: bytes, *, stream: bool) -> _Call:
         if self._closed:
             raise ProviderError(
                 f"the {self.id} provider is closed; create a new one", provider=self.id
@@ -584,6 +638,25 @@ class HTTPProvider(BaseProvider):
             status, message or "the provider reported an error", code, body, request_id
         )
 
+    def _event_error(self, data: str, request_id: str | None, at_end: bool) -> APIResponseError:
+        """The error for an event whose data cannot be parsed.
+
+        ``at_end``: the event was flushed at the end of the body (``SSEStream.ended``),
+        i.e. cut off mid-event: :class:`~promptkit_async.errors.IncompleteStreamError`.
+        """
+        snippet = redact(data[:200], self._api_key)
+        if at_end:
+            return IncompleteStreamError(
+                f"the stream ended inside an event: {snippet!r}",
+                provider=self.id,
+                request_id=request_id,
+            )
+        return APIResponseError(
+            f"the event stream carried invalid JSON: {snippet!r}",
+            provider=self.id,
+            request_id=request_id,
+        )
+
     async def _read_error_body(self, response: httpx.Response) -> bytes:
         """Up to 64 KiB of an error response's body; always closes the response."""
         parts: list[bytes] = []
@@ -703,7 +776,7 @@ class HTTPProvider(BaseProvider):
             watchdog.disarm()
 
     async def _post_json(
-        self, url: httpx.URL, body: Mapping[str, Any]
+        self, url: httpx.URL | str, body: Mapping[str, Any]
     ) -> tuple[Any, _Call, str | None]:
         """POST ``body`` and return the decoded JSON answer, the call and its request id.
 
@@ -727,7 +800,7 @@ class HTTPProvider(BaseProvider):
             ) from None
         return payload, call, request_id
 
-    def _post_events(self, url: httpx.URL, body: Mapping[str, Any]) -> SSEStream:
+    def _post_events(self, url: httpx.URL | str, body: Mapping[str, Any]) -> SSEStream:
         """POST ``body`` and stream the answer's server-sent events (see :class:`SSEStream`).
 
         Nothing is sent until the first ``__anext__``. Close the stream (``aclose``) when
@@ -785,6 +858,7 @@ class SSEStream:
         "_decoder",
         "_delivered",
         "_done",
+        "_ending",
         "_events",
         "_iterator",
         "_provider",
@@ -801,6 +875,7 @@ class SSEStream:
         self._events: deque[ServerSentEvent] = deque()
         self._delivered = False
         self._done = False
+        self._ending = False
         self._read: Callable[[], Awaitable[bytes]] | None = None
         self._iterator: Any = None
         self.response: httpx.Response | None = None
@@ -818,6 +893,15 @@ class SSEStream:
     def started(self) -> float:
         """``time.perf_counter()`` at the start of the call."""
         return self._call.started
+
+    def expect_end(self, grace: float = 5.0) -> None:
+        """The provider has its whole answer (e.g. OpenAI's ``[DONE]``): keep reading only
+        to the end of the body, so the connection goes back to the pool, but for at most
+        ``grace`` idle seconds; then, or on any error, just end quietly."""
+        self._ending = True
+        watchdog = self._call.watchdog
+        if watchdog.idle is None or watchdog.idle > grace:
+            watchdog.set_idle(grace)
 
     def __aiter__(self) -> SSEStream:
         return self
@@ -839,7 +923,66 @@ class SSEStream:
         """
         if self._done:
             return []
-        return await self._fill()
+        call = self._call
+        watchdog = call.watchdog
+        provider = self._provider
+        while True:
+            if self._read is None:
+                await self._connect()
+            if watchdog.fired is not None:
+                await self.aclose()
+                if self._ending:
+                    return []
+                raise provider._timeout_error(call, self.request_id)
+            if watchdog.active:
+                watchdog.arm(idle=True)
+            try:
+                chunk = await self._read()  # type: ignore[misc]
+            except asyncio.CancelledError:
+                await self.aclose()
+                if watchdog.absorb():
+                    if self._ending:
+                        return []
+                    raise provider._timeout_error(call, self.request_id) from None
+                raise
+            except Exception as exc:
+                await self._drop_response()
+                if self._ending:  # the answer is complete; a broken tail does not matter
+                    await self.aclose()
+                    return []
+                error = provider._connection_error(exc, self.request_id)
+                if error is None:
+                    await self.aclose()
+                    raise
+                if (
+                    not self._delivered
+                    and isinstance(error, APIConnectionError)
+                    and call.retries < provider.max_retries
+                ):
+                    await provider._wait_to_retry(call, error, None, None, exc)
+                    self._decoder = SSEDecoder()
+                    continue
+                await self.aclose()
+                if self._delivered and isinstance(exc, httpx.RemoteProtocolError):
+                    raise IncompleteStreamError(
+                        f"the server closed the stream before it finished ({error.message})",
+                        provider=provider.id,
+                        request_id=self.request_id,
+                    ) from exc
+                raise error from exc
+            finally:
+                watchdog.armed = False
+            if chunk:
+                events = self._decoder.feed(chunk)
+            else:
+                events = self._decoder.flush()
+                self._done = self.ended = True
+                await self.aclose()
+            if events:
+                self._delivered = True
+                return events
+            if self._done:
+                return events
 
     async def _connect(self) -> None:
         response, _ = await self._provider._send(self._call, read_body=False)
@@ -875,61 +1018,6 @@ class SSEStream:
             provider=provider.id,
             request_id=self.request_id,
         )
-
-    async def _fill(self) -> list[ServerSentEvent]:
-        call = self._call
-        watchdog = call.watchdog
-        provider = self._provider
-        while True:
-            if self._read is None:
-                await self._connect()
-            if watchdog.fired is not None:
-                await self.aclose()
-                raise provider._timeout_error(call, self.request_id)
-            if watchdog.active:
-                watchdog.arm(idle=True)
-            try:
-                chunk = await self._read()  # type: ignore[misc]
-            except asyncio.CancelledError:
-                await self.aclose()
-                if watchdog.absorb():
-                    raise provider._timeout_error(call, self.request_id) from None
-                raise
-            except Exception as exc:
-                await self._drop_response()
-                error = provider._connection_error(exc, self.request_id)
-                if error is None:
-                    await self.aclose()
-                    raise
-                if (
-                    not self._delivered
-                    and isinstance(error, APIConnectionError)
-                    and call.retries < provider.max_retries
-                ):
-                    await provider._wait_to_retry(call, error, None, None, exc)
-                    self._decoder = SSEDecoder()
-                    continue
-                await self.aclose()
-                if self._delivered and isinstance(exc, httpx.RemoteProtocolError):
-                    raise IncompleteStreamError(
-                        f"the server closed the stream before it finished ({error.message})",
-                        provider=provider.id,
-                        request_id=self.request_id,
-                    ) from exc
-                raise error from exc
-            finally:
-                watchdog.armed = False
-            if chunk:
-                events = self._decoder.feed(chunk)
-            else:
-                events = self._decoder.flush()
-                self._done = self.ended = True
-                await self.aclose()
-            if events:
-                self._delivered = True
-                return events
-            if self._done:
-                return events
 
     async def _drop_response(self) -> None:
         response, self.response = self.response, None

@@ -33,7 +33,7 @@ from ..types import (
     ToolDefinition,
     Usage,
 )
-from ._http import HTTPProvider, json_loads, redact
+from ._http import HTTPProvider, json_loads
 from ._retry import RetryPolicy
 from .base import ProviderDefaults, ProviderRequest
 
@@ -113,8 +113,9 @@ class OpenAIProvider(HTTPProvider):
             By default the provider owns a client over aiohttp, closed by :meth:`aclose`.
         timeout: per-attempt timeouts (seconds or ``httpx.Timeout``).
         max_retries: retries of 408/409/429/5xx and connection errors (default 2).
-        stream_idle_timeout: seconds without a streamed byte before
-            :class:`~promptkit_async.errors.StreamIdleTimeoutError`.
+        stream_idle_timeout: seconds without a streamed byte, once the response headers
+            arrived, before :class:`~promptkit_async.errors.StreamIdleTimeoutError` (the
+            wait for the headers is bounded by the read timeout).
         deadline: seconds for a whole call including retries and the full answer.
         retry_policy: backoff timing.
         default_headers: headers added to every request (e.g. ``OpenAI-Organization``).
@@ -319,13 +320,14 @@ class OpenAIProvider(HTTPProvider):
                     data = event.data
                     if data == "[DONE]":
                         done = True
+                        events.expect_end(self.end_grace)
                         break
                     try:
                         payload = loads(data)
                     except ValueError:
-                        raise self._bad_event(data, events.request_id, events.ended) from None
+                        raise self._event_error(data, events.request_id, events.ended) from None
                     if type(payload) is not dict:
-                        raise self._bad_event(data, events.request_id, False)
+                        raise self._event_error(data, events.request_id, False)
                     if raw is not None:
                         raw.append(payload)
                     if event.event == "error" or payload.get("error"):
@@ -412,18 +414,3 @@ class OpenAIProvider(HTTPProvider):
                 entry[2].append(arguments)
             deltas.append(ToolCallDelta(index, call_id, name, arguments))
         return tuple(deltas)
-
-    def _bad_event(self, data: str, request_id: str | None, at_end: bool) -> APIResponseError:
-        snippet = redact(data[:200], self._api_key)
-        if at_end:
-            # A half-written event at the end of the body: the stream was cut off.
-            return IncompleteStreamError(
-                f"the stream ended inside an event: {snippet!r}",
-                provider=self.id,
-                request_id=request_id,
-            )
-        return APIResponseError(
-            f"the event stream carried invalid JSON: {snippet!r}",
-            provider=self.id,
-            request_id=request_id,
-        )

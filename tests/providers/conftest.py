@@ -18,6 +18,7 @@ import httpx
 import pydantic
 import pytest
 import respx
+import typing_extensions
 from aiohttp import web
 from anthropic.types import message_create_params as anthropic_params
 from anthropic.types import raw_message_delta_event as anthropic_message_delta
@@ -64,12 +65,12 @@ def _conforms(value: Any, tp: Any, path: str) -> str | None:
         return None
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is typing.Annotated:
+    if origin in (typing.Annotated, typing_extensions.Annotated):
         return _conforms(value, args[0], path)
-    if typing.is_typeddict(tp):
+    if typing_extensions.is_typeddict(tp):
         if not isinstance(value, dict):
             return f"{path}: expected an object for {tp.__name__}"
-        hints = typing.get_type_hints(tp)
+        hints = typing_extensions.get_type_hints(tp)
         unknown = set(value) - set(hints)
         if unknown:
             return f"{path}: {tp.__name__} has no field(s) {sorted(unknown)}"
@@ -86,7 +87,7 @@ def _conforms(value: Any, tp: Any, path: str) -> str | None:
         if all(problems):
             return " | ".join(p for p in problems if p)
         return None
-    if origin is typing.Literal:
+    if origin in (typing.Literal, typing_extensions.Literal):
         return None if value in args else f"{path}: {value!r} not in {args}"
     if tp is type(None):
         return None if value is None else f"{path}: expected null"

@@ -777,3 +777,45 @@ def test_repr_shows_identity_only(fakes) -> None:
 def test_base_url_from_environment(monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://proxy.local:4000/v1/")
     assert OpenAIProvider("openai", "gpt-4o-mini").base_url == "http://proxy.local:4000/v1"
+
+
+async def test_silence_after_done_ends_the_stream_quietly(provider, router, fakes) -> None:
+    # [DONE] arrived but the server never ends the body: the answer is complete, so the
+    # stream ends after a short grace instead of waiting for the read timeout.
+    stream = fakes.TrackedStream([fakes.hello_stream()], after="hang")
+    router.post(fakes.CHAT_URL).mock(return_value=fakes.sse_response(stream))
+    provider.end_grace = 0.02
+    chunks = await collect(provider, HELLO)
+    response = chunks[-1].response
+    assert response is not None
+    assert response.content == "Hello there!"
+    assert stream.closed
+
+
+async def test_broken_tail_after_done_is_ignored(provider, router, fakes) -> None:
+    stream = fakes.TrackedStream([fakes.hello_stream()], after=httpx.ReadError("reset"))
+    route = router.post(fakes.CHAT_URL).mock(return_value=fakes.sse_response(stream))
+    chunks = await collect(provider, HELLO)
+    response = chunks[-1].response
+    assert response is not None
+    assert response.usage.total_tokens == 17
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"bogus_field": 1},
+        {"messages": [{"role": "user", "content": "x", "bogus": 1}]},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"messages": [{"role": "tool", "content": "x"}]},  # no tool_call_id
+        {"stream": False},
+        {"tool_choice": "sometimes"},
+    ],
+)
+def test_the_request_validator_itself_rejects_bad_bodies(fakes, change) -> None:
+    # Guards the guard: the SDK-type check used above must not accept anything.
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    body |= {"stream": True, **change}
+    with pytest.raises(Exception):  # noqa: B017 (pydantic or assertion, either is a "no")
+        fakes.validate_request(body, stream=True)
