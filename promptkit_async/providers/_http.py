@@ -592,25 +592,6 @@ class HTTPProvider(BaseProvider):
             retry_after=retry_after,
         )
 
-    def _bad_event(self, data: str, request_id: str | None, at_end: bool) -> APIResponseError:
-        """The error for a streamed event whose data is not a JSON object.
-
-        ``at_end``: the event was flushed at the end of the body, i.e. cut off mid-event
-        (:class:`~promptkit_async.errors.IncompleteStreamError`).
-        """
-        snippet = redact(data[:200], self._api_key)
-        if at_end:
-            return IncompleteStreamError(
-                f"the stream ended inside an event: {snippet!r}",
-                provider=self.id,
-                request_id=request_id,
-            )
-        return APIResponseError(
-            f"the event stream carried invalid JSON: {snippet!r}",
-            provider=self.id,
-            request_id=request_id,
-        )
-
     def _payload_error(self, payload: Mapping[str, Any], request_id: str | None) -> ProviderError:
         """The typed error for an error payload sent inside a 2xx stream or body.
 

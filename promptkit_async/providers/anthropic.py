@@ -357,7 +357,7 @@ class AnthropicProvider(HTTPProvider):
 
     # --- errors -----------------------------------------------------------------------------
 
-    def _event_error(self, payload: Mapping[str, Any], request_id: str | None) -> ProviderError:
+    def _anthropic_error(self, payload: Mapping[str, Any], request_id: str | None) -> ProviderError:
         """The typed error for an ``error`` event (or error body) inside a 2xx answer."""
         body = redact(payload, self._api_key)
         error = body.get("error") if isinstance(body.get("error"), Mapping) else body
@@ -396,7 +396,7 @@ class AnthropicProvider(HTTPProvider):
                 "the response is not a JSON object", provider=self.id, request_id=request_id
             )
         if payload.get("type") == "error" or "error" in payload:
-            raise self._event_error(payload, request_id)
+            raise self._anthropic_error(payload, request_id)
         content_blocks = payload.get("content")
         if not isinstance(content_blocks, list):
             raise self._bad_payload("no content list", request_id)
@@ -477,9 +477,11 @@ class AnthropicProvider(HTTPProvider):
                     try:
                         payload = loads(event.data)
                     except ValueError:
-                        raise self._bad_event(event.data, events.request_id, events.ended) from None
+                        raise self._event_error(
+                            event.data, events.request_id, events.ended
+                        ) from None
                     if type(payload) is not dict:
-                        raise self._bad_event(event.data, events.request_id, False)
+                        raise self._event_error(event.data, events.request_id, False)
                     if raw is not None:
                         raw.append(payload)
                     kind = payload.get("type") or event.event
@@ -534,9 +536,10 @@ class AnthropicProvider(HTTPProvider):
                         counts.update(payload.get("usage"))
                     elif kind == "message_stop":
                         done = True
+                        events.expect_end(self.end_grace)
                         break
                     elif kind == "error":
-                        raise self._event_error(payload, events.request_id)
+                        raise self._anthropic_error(payload, events.request_id)
                     # ping, content_block_stop and unknown future events need nothing
         finally:
             await events.aclose()

@@ -520,7 +520,9 @@ class GeminiProvider(HTTPProvider):
                     try:
                         payload = loads(event.data)
                     except ValueError:
-                        raise self._bad_event(event.data, events.request_id, events.ended) from None
+                        raise self._event_error(
+                            event.data, events.request_id, events.ended
+                        ) from None
                     payload = self._check(payload, events.request_id)
                     if raw is not None:
                         raw.append(payload)
@@ -561,8 +563,10 @@ class GeminiProvider(HTTPProvider):
                             request_id=events.request_id,
                         ) from None
                     reason = candidate.get("finishReason")
-                    if reason:
+                    if reason and not finished:
                         finish, finished = _finish(reason), True
+                        # The answer is complete: read on to the body's end only briefly.
+                        events.expect_end(self.end_grace)
         finally:
             await events.aclose()
         if not finished:

@@ -669,3 +669,29 @@ def test_repr_shows_identity_only(afakes) -> None:
     provider = AnthropicProvider("anthropic", afakes.MODEL, afakes.API_KEY)
     assert afakes.API_KEY not in repr(provider)
     assert repr(provider).startswith("AnthropicProvider(id='anthropic'")
+
+
+def test_exported_names() -> None:
+    import promptkit_async
+    import promptkit_async.providers as providers
+    from promptkit_async.providers import anthropic, gemini
+
+    assert promptkit_async.AnthropicProvider is providers.AnthropicProvider
+    assert providers.AnthropicProvider is anthropic.AnthropicProvider
+    assert promptkit_async.GeminiProvider is providers.GeminiProvider is gemini.GeminiProvider
+    assert {"AnthropicProvider", "GeminiProvider"} <= set(promptkit_async.__all__)
+    assert {"AnthropicProvider", "GeminiProvider"} <= set(providers.__all__)
+
+
+async def test_a_silent_tail_after_message_stop_ends_after_the_grace(
+    anthropic_provider, router, afakes
+) -> None:
+    # The answer is complete at message_stop: a server that then keeps the body open
+    # does not hold the turn (the read timeout would be minutes).
+    stream = afakes.TrackedStream([afakes.hello_stream()], after="hang")
+    router.post(afakes.URL).mock(return_value=afakes.sse_response(stream))
+    anthropic_provider.end_grace = 0.02
+    response = (await collect(anthropic_provider, HELLO))[-1].response
+    assert response is not None
+    assert response.content == "Hello there!"
+    assert stream.closed

@@ -605,3 +605,24 @@ async def test_api_key_never_in_urls_errors_reprs_or_logs(
     for text in texts:
         assert key not in text
     assert "[REDACTED]" in error.message
+
+
+async def test_a_silent_tail_after_the_finish_reason_ends_after_the_grace(
+    gemini_provider, router, gfakes
+) -> None:
+    stream = gfakes.TrackedStream([gfakes.hello_stream()], after="hang")
+    router.post(gfakes.STREAM_URL).mock(return_value=gfakes.sse_response(stream))
+    gemini_provider.end_grace = 0.02
+    response = (await collect(gemini_provider, HELLO))[-1].response
+    assert response is not None
+    assert response.content == "Hello there!"
+    assert stream.closed
+
+
+async def test_a_broken_tail_after_the_finish_reason_is_ignored(gemini_provider, router, gfakes):
+    stream = gfakes.TrackedStream([gfakes.hello_stream()], after=httpx.ReadError("reset"))
+    route = router.post(gfakes.STREAM_URL).mock(return_value=gfakes.sse_response(stream))
+    response = (await collect(gemini_provider, HELLO))[-1].response
+    assert response is not None
+    assert response.usage == Usage(10, 5, 15)
+    assert route.call_count == 1
