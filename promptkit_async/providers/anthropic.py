@@ -30,6 +30,8 @@ How the library's one shape maps onto the Messages API:
 
 Only ``text`` and ``tool_use`` content is read; ``thinking`` blocks are skipped (so
 extended thinking combined with tool use, which needs them replayed, is not supported).
+The API refuses ``tool_use`` / ``tool_result`` blocks in a request without ``tools``, so a
+session holding tool rounds must keep being sent with its tools.
 Retries, timeouts, error mapping and the HTTP client are shared with the other HTTP
 providers (:mod:`promptkit_async.providers._http`).
 """
