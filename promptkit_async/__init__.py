@@ -45,8 +45,20 @@ from .pipeline.middleware import (
 )
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
 from .prompt import count_message_tokens, count_tokens, keep_last_messages, truncate_messages
-from .providers import BaseProvider, MockProvider, Provider, ProviderDefaults, ProviderRequest
+from .providers import (
+    AiohttpTransport,
+    AnthropicProvider,
+    BaseProvider,
+    GeminiProvider,
+    MockProvider,
+    OpenAIProvider,
+    Provider,
+    ProviderDefaults,
+    ProviderRequest,
+    RetryPolicy,
+)
 from .statestore import InMemoryStateStore, SessionPage, StateStore
+from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
 from .types import (
     Cost,
     ExecutionResult,
@@ -65,6 +77,8 @@ __all__ = [
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
+    "AiohttpTransport",
+    "AnthropicProvider",
     "AuthenticationError",
     "BadRequestError",
     "BaseProvider",
@@ -75,6 +89,7 @@ __all__ = [
     "Cost",
     "ExecutionContext",
     "ExecutionResult",
+    "GeminiProvider",
     "InMemoryStateStore",
     "IncompleteStreamError",
     "InternalServerError",
@@ -88,6 +103,7 @@ __all__ = [
     "ModelPricing",
     "Next",
     "NotFoundError",
+    "OpenAIProvider",
     "PermissionDeniedError",
     "Pipeline",
     "PipelineClosedError",
@@ -103,6 +119,7 @@ __all__ = [
     "ProviderResponse",
     "RateLimitError",
     "ResultStream",
+    "RetryPolicy",
     "SessionPage",
     "StateMiddleware",
     "StateStore",
@@ -111,10 +128,14 @@ __all__ = [
     "StoreUnavailableError",
     "StreamChunk",
     "StreamIdleTimeoutError",
+    "Tool",
     "ToolCall",
+    "ToolCallAssembler",
     "ToolCallDelta",
     "ToolDefinition",
     "ToolError",
+    "ToolPolicy",
+    "ToolRegistry",
     "TraceEvent",
     "UnprocessableEntityError",
     "Usage",
@@ -126,5 +147,6 @@ __all__ = [
     "keep_last_messages",
     "lookup_pricing",
     "register_pricing",
+    "tool",
     "truncate_messages",
 ]
