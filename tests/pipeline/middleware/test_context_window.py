@@ -502,3 +502,56 @@ async def test_one_window_serves_many_sessions_at_once() -> None:
     for sid in sessions:
         assert await store.count(sid) == 1 + 2 * 8
     await pipe.shutdown()
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["full-load", "windowed-load"])
+async def test_tool_rounds_are_never_split_in_what_is_sent(lazy: bool) -> None:
+    from itertools import count as counter
+
+    from promptkit_async import ProviderResponse, ToolCall, ToolRegistry, tool
+
+    @tool
+    async def get_weather(city: str) -> str:
+        """Current weather for a city.
+
+        Args:
+            city: the city name.
+        """
+        return f"sunny and 21 C in {city}, light breeze from the west"
+
+    ids = counter()
+
+    def handler(request: ProviderRequest) -> ProviderResponse | str:
+        if request.messages[-1].role == "user":
+            call = ToolCall(f"call-{next(ids)}", "get_weather", '{"city": "Paris"}')
+            return ProviderResponse(tool_calls=(call,))
+        return "It is sunny in Paris, the tool says. Enjoy your walk by the river."
+
+    store = InMemoryStateStore()
+    await store.save(SID, [SYSTEM])
+    provider = MockProvider(handler=handler, model=MODEL)
+    window = ContextWindowMiddleware(max_tokens=300, model=MODEL, load_history=lazy)
+    pipe = Pipeline(
+        StateMiddleware(store, load_history=not lazy),
+        window,
+        ProviderMiddleware(provider, ToolRegistry([get_weather])),
+    )
+    for i in range(15):
+        await pipe.execute(SID, "user", f"What is the weather in Paris today? ({i})")
+    assert len(provider.requests) == 30  # a tool round and a reply per turn
+    for request in provider.requests:
+        sent = list(request.messages)
+        assert sent[0] == SYSTEM
+        assert sent[1].role == "user"
+        for k, m in enumerate(sent):
+            if m.role == "assistant" and m.tool_calls:
+                answered = {r.tool_call_id for r in sent[k + 1 : k + 1 + len(m.tool_calls)]}
+                assert answered == {c.id for c in m.tool_calls}
+            if m.role == "tool":
+                j = k
+                while sent[j].role == "tool":
+                    j -= 1
+                assert m.tool_call_id in {c.id for c in sent[j].tool_calls}
+    assert await store.count(SID) == 1 + 4 * 15  # user, call, result, reply per turn
+    assert len(provider.requests[-1].messages) < 20  # it was trimmed
+    await pipe.shutdown()
