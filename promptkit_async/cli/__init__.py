@@ -103,7 +103,8 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
         say(f"Store:   {store_label}")
         if name == "demo":
             keys = ", ".join(v[0] for v in KEY_VARIABLES.values())
-            say("Model:   demo (an offline, rule-based demo model)")
+            priced = f", priced as {provider.model}" if provider.model != "demo" else ""
+            say(f"Model:   demo (an offline, rule-based demo model{priced})")
             say("  It knows only what this conversation tells it: try 'My name is Alice',")
             say("  then 'What's my name?'. For a real model set one of")
             say(f"  {keys}, or pass --provider ollama.")

@@ -21,9 +21,9 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..pricing import ModelPricing
+from ..pricing import ModelPricing, lookup_pricing
 from ..types import Message, ProviderResponse, StreamChunk, Usage
 from .base import BaseProvider, ProviderDefaults, ProviderRequest
 
@@ -239,17 +239,30 @@ class DemoProvider(BaseProvider):
     Args:
         chunk_delay: seconds to wait between streamed chunks (the first chunk is sent at
             once), to make streaming visible. ``0`` streams as fast as possible.
-        model / id: names reported in responses (``"demo"`` by default).
+        model / id: names reported in responses (``"demo"`` by default). Named after a
+            model in the price table (say ``"gpt-4o-mini"``), costs are what that model
+            would charge for the estimated tokens; otherwise they are zero.
+        defaults: as for real providers (``defaults.pricing`` sets the price).
 
     It answers from ``request.messages`` only (see :func:`answer`): state lives in the
-    pipeline. Usage is estimated at about 4 characters per token and the cost is always
-    zero. Safe to share between any number of tasks; it holds no state.
+    pipeline. Usage is estimated at about 4 characters per token. Safe to share between
+    any number of tasks; it holds no state.
     """
 
-    def __init__(self, *, chunk_delay: float = 0.0, model: str = "demo", id: str = "demo") -> None:
+    def __init__(
+        self,
+        *,
+        chunk_delay: float = 0.0,
+        model: str = "demo",
+        id: str = "demo",
+        defaults: ProviderDefaults | None = None,
+    ) -> None:
         if chunk_delay < 0:
             raise ValueError("chunk_delay must be >= 0 seconds")
-        super().__init__(id, model, ProviderDefaults(pricing=_FREE))
+        if defaults is None or defaults.pricing is None:
+            pricing = lookup_pricing(model) or _FREE
+            defaults = replace(defaults or ProviderDefaults(), pricing=pricing)
+        super().__init__(id, model, defaults)
         self.chunk_delay = chunk_delay
 
     def _response(self, request: ProviderRequest, started: float) -> ProviderResponse:
