@@ -62,7 +62,8 @@ def test_token_line_shows_running_total_for_a_priced_model(spawn_chat: Spawn) ->
     child.sendline("My name is Bob")
     child.expect(TOKENS)
     this2, total2 = float(child.match.group(2)), float(child.match.group(3))
-    assert this1 > 0 and this2 > 0
+    assert this1 > 0
+    assert this2 > 0
     assert total1 == this1
     assert total2 == pytest.approx(this1 + this2, abs=2e-6)
     child.expect_exact("You: ")
