@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -319,4 +320,6 @@ class ResultStream(AsyncIterator[StreamChunk]):
     def __del__(self) -> None:
         task = self._task
         if task is not None and not task.done():
-            task.cancel()
+            # Dropped mid-turn: cancel it (nothing is stored). The loop may be gone already.
+            with contextlib.suppress(RuntimeError):
+                task.cancel()
