@@ -39,7 +39,14 @@ from .errors import (
 from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
 from .pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
-from .providers import BaseProvider, MockProvider, Provider, ProviderDefaults, ProviderRequest
+from .providers import (
+    BaseProvider,
+    DemoProvider,
+    MockProvider,
+    Provider,
+    ProviderDefaults,
+    ProviderRequest,
+)
 from .statestore import InMemoryStateStore, SessionPage, StateStore
 from .types import (
     Cost,
@@ -66,6 +73,7 @@ __all__ = [
     "ContextLengthExceededError",
     "ContextWindowExceededError",
     "Cost",
+    "DemoProvider",
     "ExecutionContext",
     "ExecutionResult",
     "InMemoryStateStore",
