@@ -48,6 +48,7 @@ from .providers import (
     ProviderRequest,
 )
 from .statestore import InMemoryStateStore, SessionPage, StateStore
+from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
 from .types import (
     Cost,
     ExecutionResult,
@@ -112,10 +113,14 @@ __all__ = [
     "StoreUnavailableError",
     "StreamChunk",
     "StreamIdleTimeoutError",
+    "Tool",
     "ToolCall",
+    "ToolCallAssembler",
     "ToolCallDelta",
     "ToolDefinition",
     "ToolError",
+    "ToolPolicy",
+    "ToolRegistry",
     "TraceEvent",
     "UnprocessableEntityError",
     "Usage",
@@ -124,4 +129,5 @@ __all__ = [
     "errors",
     "lookup_pricing",
     "register_pricing",
+    "tool",
 ]
