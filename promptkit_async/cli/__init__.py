@@ -12,6 +12,7 @@ options.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -37,16 +38,16 @@ __all__ = ["main"]
 
 
 def _context_window(max_tokens: int, out: TextIO) -> Middleware | None:
-    try:
-        from ..pipeline.middleware import ContextWindowMiddleware  # type: ignore[attr-defined]
-    except ImportError:
+    middleware = importlib.import_module("promptkit_async.pipeline.middleware")
+    window = getattr(middleware, "ContextWindowMiddleware", None)
+    if window is None:
         print(
             "Note: --max-context-tokens needs ContextWindowMiddleware, which this "
             "installation lacks; the whole history will be sent.",
             file=out,
         )
         return None
-    layer: Middleware = ContextWindowMiddleware(max_tokens=max_tokens)
+    layer: Middleware = window(max_tokens=max_tokens)
     return layer
 
 
