@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -133,3 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C before the chat started (or where loop signal handlers are unsupported).
         print("\nInterrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output was piped into something that quit (``| head``): stop quietly, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

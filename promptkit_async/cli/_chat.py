@@ -244,6 +244,7 @@ class Chat:
         finally:
             self._reply = None
         if not reply.cancelled():
+            reply.result()  # re-raise anything unexpected (say, a closed stdout)
             return
         # The store says what happened: a save that had begun is finished, not cut.
         try:

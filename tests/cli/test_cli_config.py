@@ -86,3 +86,29 @@ def test_reads_from_a_pipe_or_a_file(tmp_path: Path) -> None:
         )
     assert "Bot: Your name is Zed." in from_file.stdout
     assert "Goodbye!" in from_file.stdout
+
+
+def test_output_closed_early_ends_quietly() -> None:
+    # As with ``promptkit-chat | head -1``: no traceback, no "exception never retrieved".
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(PYTHONPATH=str(ROOT), PROMPTKIT_DEMO_CHUNK_DELAY="0")
+    command = [sys.executable, "-m", "promptkit_async", "--store", "memory"]
+    with subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        assert child.stderr is not None
+        assert child.stdout.readline().startswith("=== promptkit-chat")
+        child.stdout.close()
+        child.stdin.write("hi\nhello\n")
+        child.stdin.close()
+        errors = child.stderr.read()
+        assert child.wait(timeout=60) == 1
+    assert "Traceback" not in errors
+    assert "never retrieved" not in errors
