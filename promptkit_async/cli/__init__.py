@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import TextIO
 
-from ..errors import PromptKitError
+from ..errors import InvalidRequestError, PromptKitError
 from ..pipeline import Middleware, Pipeline
 from ..pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
 from ._chat import PERSONA_KEY, Chat, Persona
@@ -38,17 +38,31 @@ from ._config import (
 __all__ = ["main"]
 
 
-def _context_window(max_tokens: int, out: TextIO) -> Middleware | None:
+def _context_window(
+    max_tokens: int | None, model: str, reserve: int, out: TextIO
+) -> Middleware | None:
+    """A ContextWindowMiddleware for ``model``: ``max_tokens`` if given, else the model's
+    known window; ``None`` when neither is known (everything is then sent).
+
+    Raises:
+        UsageError: ``max_tokens`` was given but cannot be honoured.
+    """
     middleware = importlib.import_module("promptkit_async.pipeline.middleware")
     window = getattr(middleware, "ContextWindowMiddleware", None)
     if window is None:
-        print(
-            "Note: --max-context-tokens needs ContextWindowMiddleware, which this "
-            "installation lacks; the whole history will be sent.",
-            file=out,
-        )
+        if max_tokens:
+            print(
+                "Note: --max-context-tokens needs ContextWindowMiddleware, which this "
+                "installation lacks; the whole history will be sent.",
+                file=out,
+            )
         return None
-    layer: Middleware = window(max_tokens=max_tokens)
+    try:
+        layer: Middleware = window(max_tokens, reserve_output_tokens=reserve, model=model)
+    except InvalidRequestError as exc:
+        if max_tokens:
+            raise UsageError(f"--max-context-tokens {max_tokens}: {exc}") from exc
+        return None  # a model with no known window and no budget given: send everything
     return layer
 
 
@@ -90,10 +104,13 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
             await store.merge_metadata(session_id, {PERSONA_KEY: args.system})
 
         layers: list[Middleware] = [StateMiddleware(store), persona]
-        if args.max_context_tokens:
-            window = _context_window(args.max_context_tokens, out)
-            if window is not None:
-                layers.append(window)
+        try:
+            window = _context_window(args.max_context_tokens, provider.model, args.max_tokens, out)
+        except UsageError as exc:
+            print(f"promptkit-chat: error: {exc}", file=sys.stderr)
+            return 2
+        if window is not None:
+            layers.append(window)
         config = ProviderMiddlewareConfig(max_tokens=args.max_tokens)
         layers.append(ProviderMiddleware(provider, config=config))
         pipeline = Pipeline(*layers)

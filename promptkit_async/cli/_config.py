@@ -258,13 +258,8 @@ async def _open_redis(url: str) -> StateStore:
         redis_store = importlib.import_module("promptkit_async.statestore").RedisStateStore
     except (ImportError, AttributeError) as exc:
         raise StoreError("the Redis store is not available in this installation") from exc
+    # connect() checks the server answers: an unreachable one is found now.
     store: StateStore = await redis_store.connect(url)
-    try:
-        # Touch the server once, so an unreachable one is found now, not mid-conversation.
-        await store.count("promptkit-chat:probe")
-    except BaseException:
-        await store.aclose()
-        raise
     return store
 
 
