@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -10,6 +11,11 @@ from pathlib import Path
 
 import pexpect
 import pytest
+
+# The real redis-server fixtures arrive with the stores branch; until then the Redis
+# tests skip (they are marked so).
+with contextlib.suppress(ImportError):
+    from tests._redis_server import redis_server  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 # Variables that would change which provider, store or session the CLI picks.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pexpect
 import pytest
@@ -196,6 +198,37 @@ def _has_store(name: str) -> bool:
 needs_sqlite = pytest.mark.skipif(
     not _has_store("SQLiteStateStore"), reason="SQLiteStateStore not merged yet"
 )
+
+
+needs_redis = pytest.mark.skipif(
+    not _has_store("RedisStateStore"), reason="RedisStateStore not merged yet"
+)
+
+
+@needs_redis
+@pytest.mark.redis
+def test_restart_with_same_session_continues_on_redis(spawn_chat: Spawn, redis_server: Any) -> None:
+    session = f"redis-{uuid.uuid4().hex}"  # the server is shared with other tests
+    args = ("--store", "redis", "--session", session)
+    child = spawn_chat(*args, env={"REDIS_URL": redis_server.url})
+    child.expect_exact(f"Store:   redis at {redis_server.url}")
+    say(child, "My name is Alice", "Hello Alice!")
+    say(child, "I love pizza", "That's great! Pizza is delicious.")
+    finish(child)
+
+    # --redis-url instead of REDIS_URL, and Ctrl-D to quit.
+    child = spawn_chat(*args, "--redis-url", redis_server.url)
+    child.expect_exact(f"Session: {session} (continuing, 4 message(s))")
+    say(child, "What's my name?", "Your name is Alice.")
+    say(child, "What food do I love?", "You mentioned that you love pizza!")
+    child.expect_exact("You: ")
+    child.sendline("clear")
+    child.expect_exact("[Conversation cleared]")
+    finish(child, how="eof")
+
+    child = spawn_chat(*args, env={"REDIS_URL": redis_server.url})
+    child.expect_exact(f"Session: {session} (new)")
+    finish(child)
 
 
 @needs_sqlite

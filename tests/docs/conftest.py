@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import pytest
 
+# The real redis-server fixtures arrive with the stores branch.
+with contextlib.suppress(ImportError):
+    from tests._redis_server import redis_server  # noqa: F401 (fixture)
 
-@pytest.fixture
-def closed_redis_url() -> str:
-    """A Redis URL on a loopback port nobody listens on (examples take their fallback)."""
+
+def _closed_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def docs_redis(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """``(url, real)``: a real redis-server's URL, so the examples' Redis code runs.
+
+    Without the fixture (or, outside CI, without a redis-server binary) a loopback port
+    nobody listens on (``real`` false): the examples then take their documented fallback.
+    """
+    try:
+        server = request.getfixturevalue("redis_server")
+    except (pytest.FixtureLookupError, pytest.skip.Exception):
+        return _closed_url(), False
+    url: str = server.url
+    return url, True
