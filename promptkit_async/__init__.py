@@ -40,12 +40,15 @@ from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
 from .pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
 from .providers import (
+    AiohttpTransport,
     BaseProvider,
     DemoProvider,
     MockProvider,
+    OpenAIProvider,
     Provider,
     ProviderDefaults,
     ProviderRequest,
+    RetryPolicy,
 )
 from .statestore import InMemoryStateStore, SessionPage, StateStore
 from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
@@ -67,6 +70,7 @@ __all__ = [
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
+    "AiohttpTransport",
     "AuthenticationError",
     "BadRequestError",
     "BaseProvider",
@@ -90,6 +94,7 @@ __all__ = [
     "ModelPricing",
     "Next",
     "NotFoundError",
+    "OpenAIProvider",
     "PermissionDeniedError",
     "Pipeline",
     "PipelineClosedError",
@@ -105,6 +110,7 @@ __all__ = [
     "ProviderResponse",
     "RateLimitError",
     "ResultStream",
+    "RetryPolicy",
     "SessionPage",
     "StateMiddleware",
     "StateStore",

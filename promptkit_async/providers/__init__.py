@@ -1,15 +1,23 @@
 """Model providers: one module per wire format, one shape for the rest of the library."""
 
+from . import presets
+from ._retry import RetryPolicy
+from ._transport import AiohttpTransport
 from .base import BaseProvider, Provider, ProviderDefaults, ProviderRequest
 from .demo import DemoProvider
 from .mock import MockProvider, MockReply
+from .openai import OpenAIProvider
 
 __all__ = [
+    "AiohttpTransport",
     "BaseProvider",
     "DemoProvider",
     "MockProvider",
     "MockReply",
+    "OpenAIProvider",
     "Provider",
     "ProviderDefaults",
     "ProviderRequest",
+    "RetryPolicy",
+    "presets",
 ]
