@@ -283,3 +283,40 @@ def test_persona_survives_a_restart(spawn_chat: Spawn) -> None:
     child.expect_exact("Persona: Talk like a pirate")
     say(child, "What's my name?", "Arr! Your name is Alice.")
     finish(child)
+
+
+def _has_provider(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(f"promptkit_async.providers.{module}") is not None
+
+
+@pytest.mark.skipif(not _has_provider("openai"), reason="OpenAIProvider not merged yet")
+def test_real_provider_over_http_with_key_from_environment(
+    spawn_chat: Spawn, fake_openai: Any
+) -> None:
+    key = "sk-test-do-not-print-0123456789"
+    env = {"OPENAI_API_KEY": key, "OPENAI_BASE_URL": fake_openai.url}
+    # No --provider: a key in the environment selects OpenAI.
+    child = spawn_chat("--store", "memory", env=env)
+    child.expect_exact("Model:   gpt-4o-mini via openai")
+    child.expect_exact("You: ")
+    child.sendline("My name is Alice")
+    child.expect_exact("Bot: You sent 1 message(s); the first: My name is Alice")
+    # 1000 prompt + 100 completion tokens at gpt-4o-mini prices: $0.000150 + $0.000060.
+    child.expect_exact("[Tokens: 1100 | This: $0.000210 | Total: $0.000210]")
+    child.expect_exact("You: ")
+    child.sendline("What's my name?")
+    child.expect_exact("Bot: You sent 3 message(s); the first: My name is Alice")
+    child.expect_exact("[Tokens: 1100 | This: $0.000210 | Total: $0.000420]")
+    finish(child)
+    assert fake_openai.auth == [f"Bearer {key}"] * 2
+    assert [m["role"] for m in fake_openai.requests[1]["messages"]] == [
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert fake_openai.requests[0]["stream"] is True
+    transcript = child.logfile_read.getvalue()
+    assert "You sent 3 message(s)" in transcript
+    assert key not in transcript
