@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Iterator
 
 import pytest
+
+from tests._fake_openai import FakeOpenAI
 
 # The real redis-server fixtures arrive with the stores branch.
 with contextlib.suppress(ImportError):
@@ -32,3 +35,10 @@ def docs_redis(request: pytest.FixtureRequest) -> tuple[str, bool]:
         return _closed_url(), False
     url: str = server.url
     return url, True
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A loopback OpenAI-compatible server, for the examples' "with a key" path."""
+    with FakeOpenAI() as server:
+        yield server

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import io
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,12 +99,51 @@ def test_page_examples_run(
     capsys: pytest.CaptureFixture[str],
     docs_redis: tuple[str, bool],
 ) -> None:
+    """Offline: no keys, so the examples use DemoProvider; their output is checked."""
+    run_page(page, tmp_path, monkeypatch, docs_redis)
+    out = capsys.readouterr().out
+    for expected in EXPECTED_OUTPUT.get(page_id(page), []):
+        assert expected in out, f"{page_id(page)} should print {expected!r}"
+    if docs_redis[1]:
+        assert "unavailable" not in out, "with a Redis server running, no fallback is taken"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("promptkit_async.providers.openai") is None,
+    reason="OpenAIProvider not merged yet",
+)
+@pytest.mark.parametrize("page", RUNNABLE, ids=page_id)
+def test_page_examples_run_with_an_openai_key(
+    page: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    docs_redis: tuple[str, bool],
+    fake_openai: Any,
+) -> None:
+    """With OPENAI_API_KEY set, the examples' real-provider path runs (against loopback)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-docs-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.url)
+    run_page(page, tmp_path, monkeypatch, docs_redis, keep_keys=True)
+    if any("OPENAI_API_KEY" in code for _, code in blocks(page)):
+        assert fake_openai.requests, f"{page_id(page)} never called the OpenAI server"
+
+
+def run_page(
+    page: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    docs_redis: tuple[str, bool],
+    *,
+    keep_keys: bool = False,
+) -> None:
+    """Run the page's blocks in order in one namespace, each with the conversation on stdin."""
     name = page_id(page)
     if name in PENDING:
         pytest.skip(f"needs {PENDING[name]} (not merged yet)")
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        monkeypatch.delenv(variable, raising=False)
-    redis_url, real_redis = docs_redis
+        if not (keep_keys and variable == "OPENAI_API_KEY"):
+            monkeypatch.delenv(variable, raising=False)
+    redis_url, _ = docs_redis
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("REDIS_ADDR", redis_url)
     monkeypatch.chdir(tmp_path)
@@ -117,8 +158,3 @@ def test_page_examples_run(
         # A block must not leave an event loop behind for the next one.
         with pytest.raises(RuntimeError):
             asyncio.get_running_loop()
-    out = capsys.readouterr().out
-    for expected in EXPECTED_OUTPUT.get(name, []):
-        assert expected in out, f"{name} should print {expected!r}"
-    if real_redis:
-        assert "unavailable" not in out, "with a Redis server running, no fallback is taken"
