@@ -100,7 +100,8 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package."""
-    session.install("-e", ".[test,lint]")
+    # "speed" too: the package imports orjson when it is installed, and mypy must see it.
+    session.install("-e", ".[test,lint,speed]")
     session.run("mypy", "--strict", "promptkit_async")
 
 
