@@ -37,10 +37,29 @@ from .errors import (
     UnprocessableEntityError,
 )
 from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
-from .pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
+from .pipeline.middleware import (
+    ContextWindowMiddleware,
+    ProviderMiddleware,
+    ProviderMiddlewareConfig,
+    StateMiddleware,
+)
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
-from .providers import BaseProvider, MockProvider, Provider, ProviderDefaults, ProviderRequest
+from .prompt import count_message_tokens, count_tokens, keep_last_messages, truncate_messages
+from .providers import (
+    AiohttpTransport,
+    AnthropicProvider,
+    BaseProvider,
+    DemoProvider,
+    GeminiProvider,
+    MockProvider,
+    OpenAIProvider,
+    Provider,
+    ProviderDefaults,
+    ProviderRequest,
+    RetryPolicy,
+)
 from .statestore import InMemoryStateStore, SessionPage, StateStore
+from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
 from .types import (
     Cost,
     ExecutionResult,
@@ -59,15 +78,20 @@ __all__ = [
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
+    "AiohttpTransport",
+    "AnthropicProvider",
     "AuthenticationError",
     "BadRequestError",
     "BaseProvider",
     "ConflictError",
     "ContextLengthExceededError",
     "ContextWindowExceededError",
+    "ContextWindowMiddleware",
     "Cost",
+    "DemoProvider",
     "ExecutionContext",
     "ExecutionResult",
+    "GeminiProvider",
     "InMemoryStateStore",
     "IncompleteStreamError",
     "InternalServerError",
@@ -81,6 +105,7 @@ __all__ = [
     "ModelPricing",
     "Next",
     "NotFoundError",
+    "OpenAIProvider",
     "PermissionDeniedError",
     "Pipeline",
     "PipelineClosedError",
@@ -96,6 +121,7 @@ __all__ = [
     "ProviderResponse",
     "RateLimitError",
     "ResultStream",
+    "RetryPolicy",
     "SessionPage",
     "StateMiddleware",
     "StateStore",
@@ -104,16 +130,25 @@ __all__ = [
     "StoreUnavailableError",
     "StreamChunk",
     "StreamIdleTimeoutError",
+    "Tool",
     "ToolCall",
+    "ToolCallAssembler",
     "ToolCallDelta",
     "ToolDefinition",
     "ToolError",
+    "ToolPolicy",
+    "ToolRegistry",
     "TraceEvent",
     "UnprocessableEntityError",
     "Usage",
     "__version__",
     "calculate_cost",
+    "count_message_tokens",
+    "count_tokens",
     "errors",
+    "keep_last_messages",
     "lookup_pricing",
     "register_pricing",
+    "tool",
+    "truncate_messages",
 ]

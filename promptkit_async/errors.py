@@ -245,6 +245,9 @@ class StoreDataError(StoreError):
 class ContextWindowExceededError(PromptKitError):
     """The pinned system prompt plus the newest user message do not fit the token budget.
 
+    Also raised by ``ContextWindowMiddleware(strategy="fail")`` when the whole
+    conversation does not fit. Nothing of the turn is stored.
+
     Attributes:
         required_tokens: tokens the unavoidable messages need.
         max_tokens: the budget they had to fit in.

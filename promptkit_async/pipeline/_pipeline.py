@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -222,11 +224,41 @@ class _Failed:
 _END = object()
 
 
-async def _produce(pipeline: Pipeline, ctx: ExecutionContext, queue: asyncio.Queue[object]) -> None:
-    # Runs the turn in its own task and forwards chunks through an unbounded queue, so a
-    # slow reader never stalls the provider's socket (chunks are bounded by max_tokens).
-    # It holds no reference to the ResultStream, so a dropped stream can be collected.
-    put = queue.put_nowait
+class _Channel:
+    """A one-producer, one-consumer hand-off from the turn's task to the reader.
+
+    Lighter than ``asyncio.Queue`` (no task accounting, no getter/putter deques): the
+    reader parks on one future, and chunks put while it runs are drained without waking
+    it again. Unbounded, so a slow reader never stalls the provider's socket (chunks are
+    bounded by ``max_tokens``).
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[object] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: object) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def get(self) -> object:
+        items = self._items
+        while not items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
+        return items.popleft()
+
+
+async def _produce(pipeline: Pipeline, ctx: ExecutionContext, channel: _Channel) -> None:
+    # Runs the turn in its own task. It holds no reference to the ResultStream, so a
+    # dropped stream can be collected (and its __del__ cancels this task).
+    put = channel.put
 
     async def emit(chunk: StreamChunk) -> None:
         put(chunk)
@@ -261,7 +293,7 @@ class ResultStream(AsyncIterator[StreamChunk]):
     def __init__(self, pipeline: Pipeline, ctx: ExecutionContext) -> None:
         self._pipeline = pipeline
         self._ctx = ctx
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._channel = _Channel()
         self._task: asyncio.Task[None] | None = None
         self._finished = False
         #: The turn's result, once the last chunk was read.
@@ -279,10 +311,10 @@ class ResultStream(AsyncIterator[StreamChunk]):
             raise StopAsyncIteration
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                _produce(self._pipeline, self._ctx, self._queue)
+                _produce(self._pipeline, self._ctx, self._channel)
             )
         try:
-            item = await self._queue.get()
+            item = await self._channel.get()
         except asyncio.CancelledError:
             # The reader was cancelled (e.g. the web client went away): cancel the turn.
             self._finished = True
@@ -319,4 +351,6 @@ class ResultStream(AsyncIterator[StreamChunk]):
     def __del__(self) -> None:
         task = self._task
         if task is not None and not task.done():
-            task.cancel()
+            # Dropped mid-turn: cancel it (nothing is stored). The loop may be gone already.
+            with contextlib.suppress(RuntimeError):
+                task.cancel()

@@ -1,13 +1,27 @@
 """Model providers: one module per wire format, one shape for the rest of the library."""
 
+from . import presets
+from ._retry import RetryPolicy
+from ._transport import AiohttpTransport
+from .anthropic import AnthropicProvider
 from .base import BaseProvider, Provider, ProviderDefaults, ProviderRequest
+from .demo import DemoProvider
+from .gemini import GeminiProvider
 from .mock import MockProvider, MockReply
+from .openai import OpenAIProvider
 
 __all__ = [
+    "AiohttpTransport",
+    "AnthropicProvider",
     "BaseProvider",
+    "DemoProvider",
+    "GeminiProvider",
     "MockProvider",
     "MockReply",
+    "OpenAIProvider",
     "Provider",
     "ProviderDefaults",
     "ProviderRequest",
+    "RetryPolicy",
+    "presets",
 ]

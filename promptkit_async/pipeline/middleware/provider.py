@@ -1,18 +1,26 @@
-"""ProviderMiddleware: sends the conversation to a model and records its answer."""
+"""ProviderMiddleware: sends the conversation to a model, runs its tools, records its answer."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import Provider, ProviderRequest
-from ...types import ProviderResponse
+from ...tools._assemble import ToolCallAssembler
+from ...tools._registry import ToolLike, ToolPolicy, ToolRegistry, as_registry
+from ...tools._runner import run_tool_calls
+from ...types import Message, ProviderResponse, ToolCall, ToolDefinition, TraceEvent
 from .._context import ExecutionContext, Next
 
 __all__ = ["ProviderMiddleware", "ProviderMiddlewareConfig"]
+
+_NOT_FORCING = frozenset(("auto", "none"))  # tool choices that do not force a call
+_KEYWORDS = frozenset(("auto", "none", "required"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,18 +46,48 @@ class ProviderMiddlewareConfig:
 
 
 class ProviderMiddleware:
-    """Calls the model with the turn's messages and fills in the response.
+    """Calls the model with the turn's messages, runs its tool calls, and records its answer.
 
     Put it last. It sends ``ctx.messages`` with the config's settings, forwards streamed
-    text chunks to ``ctx.emit``, then sets ``ctx.response``, adds the call's usage and
-    cost to ``ctx.usage`` / ``ctx.cost``, appends the reply to ``ctx.new_messages`` and
-    calls ``next``. Provider errors propagate unchanged (the turn is not stored).
+    chunks (text and tool-call fragments) to ``ctx.emit`` (fragments are also assembled,
+    for a provider whose final response leaves its calls out), sets ``ctx.response``, adds
+    each call's usage and cost to ``ctx.usage`` / ``ctx.cost``, appends its messages to
+    ``ctx.new_messages`` and calls ``next``. Provider errors propagate unchanged (the turn
+    is then not stored).
+
+    With tools, one turn is a loop. Each request carries the tools' definitions (minus
+    the policy's blocklist). While the model answers with tool calls:
+
+    1. its assistant message (with ``tool_calls``) is appended to ``ctx.messages`` and
+       ``ctx.new_messages``;
+    2. the calls run concurrently, each limited by the policy's (or the tool's) timeout;
+       a failing, hanging, unknown or blocked tool, or malformed arguments, produce a
+       tool result explaining the problem rather than an exception;
+    3. one ``role="tool"`` message per call (with its ``tool_call_id``), in call order,
+       is appended to both lists, a ``"tool_round"`` trace event records the calls, and
+       the model is asked again.
+
+    After ``max_rounds`` rounds the model is asked once more with ``tool_choice="none"``
+    (a ``"tool_rounds_exhausted"`` trace event marks it). Tool calls in an answer to a
+    ``"none"`` request are not run: they are dropped from the reply (a
+    ``"tool_calls_dropped"`` trace event names them), so the stored history stays valid
+    for every provider. ``ctx.response`` is the last response; ``ctx.usage`` / ``ctx.cost``
+    sum every round. Since ``StateMiddleware`` stores ``ctx.new_messages`` only after the
+    whole loop, a turn's tool-call messages, tool results and final reply are stored
+    together or not at all. Cancelling the turn cancels running tools (and waits for
+    them to finish cancelling); sync tools' threads run on, their results discarded.
 
     Args:
         provider: any :class:`~promptkit_async.providers.base.Provider`; shared freely.
-        tools: tools the model may call (tool calling arrives with the tool registry).
-        tool_policy: limits on the tool loop.
+        tools: a :class:`~promptkit_async.tools.ToolRegistry` (used live: tools added
+            later are offered from the next request on) or a sequence of tools /
+            functions; ``None`` for no tools.
+        tool_policy: limits of the tool loop (default ``ToolPolicy()``).
         config: request settings.
+
+    Raises:
+        ToolError: a ``tool_choice`` naming a tool that is not registered or is blocked,
+            or ``tools`` of the wrong kind.
 
     Safe to share between pipelines and tasks: it keeps no per-turn state.
     """
@@ -57,29 +95,48 @@ class ProviderMiddleware:
     def __init__(
         self,
         provider: Provider,
-        tools: Any = None,
-        tool_policy: Any = None,
+        tools: ToolRegistry | Iterable[ToolLike] | None = None,
+        tool_policy: ToolPolicy | None = None,
         config: ProviderMiddlewareConfig | None = None,
     ) -> None:
-        if tools is not None or tool_policy is not None:
-            raise ToolError(
-                "tools are not supported by this version of ProviderMiddleware; pass None"
-            )
+        if tool_policy is not None and not isinstance(tool_policy, ToolPolicy):
+            raise ToolError(f"tool_policy must be a ToolPolicy, not {type(tool_policy).__name__}")
         self.provider = provider
+        self.tools: ToolRegistry | None = as_registry(tools)
+        self.tool_policy = tool_policy or ToolPolicy()
         self.config = config or ProviderMiddlewareConfig()
+        choice = self.tool_policy.tool_choice
+        if self.tools is not None and choice is not None and choice not in _KEYWORDS:
+            if choice not in self.tools:
+                raise ToolError(
+                    f"tool_choice names {choice!r}, which is not registered; registered: "
+                    f"{', '.join(self.tools.names) or 'none'}"
+                )
+            if choice in self.tool_policy.blocklist:
+                raise ToolError(f"tool_choice names {choice!r}, which the blocklist forbids")
+        self._definitions: tuple[ToolDefinition, ...] = ()
+        self._definitions_version = -1
 
     def __repr__(self) -> str:
-        return f"ProviderMiddleware(provider={self.provider!r})"
+        tools = f", tools={list(self.tools.names)!r}" if self.tools is not None else ""
+        return f"ProviderMiddleware(provider={self.provider!r}{tools})"
 
-    def _request(self, ctx: ExecutionContext) -> ProviderRequest:
+    def _request(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition] = (),
+        tool_choice: str | None = None,
+    ) -> ProviderRequest:
         c = self.config
         return ProviderRequest(
-            messages=ctx.messages,
+            messages=messages,
             max_tokens=c.max_tokens,
             temperature=c.temperature,
             top_p=c.top_p,
             stop=c.stop,
             seed=c.seed,
+            tools=tools,
+            tool_choice=tool_choice,
             extra_body=c.extra_body,
         )
 
@@ -87,6 +144,7 @@ class ProviderMiddleware:
         if not self.config.stream:
             return await self.provider.complete(request)
         response: ProviderResponse | None = None
+        assembler: ToolCallAssembler | None = None
         emit = ctx.emit
         stream = self.provider.stream(request)
         async with aclosing(stream) as chunks:  # type: ignore[type-var]
@@ -94,19 +152,109 @@ class ProviderMiddleware:
                 if chunk.response is not None:
                     response = chunk.response
                 else:
+                    if chunk.tool_call_deltas and self.tools is not None:
+                        if assembler is None:
+                            assembler = ToolCallAssembler()
+                        assembler.add(chunk.tool_call_deltas)
                     await emit(chunk)
         if response is None:
             raise IncompleteStreamError(
                 "the provider's stream ended without a final response", provider=self.provider.id
             )
+        if assembler and not response.tool_calls:
+            # The provider streamed calls but left them out of its final response.
+            response = replace(response, tool_calls=assembler.calls())
         return response
 
-    async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
-        response = await self._call(ctx, self._request(ctx))
-        ctx.response = response
+    @staticmethod
+    def _account(ctx: ExecutionContext, response: ProviderResponse) -> None:
         ctx.usage += response.usage
         ctx.cost += response.cost
         if response.trace:
             ctx.trace.extend(response.trace)
-        ctx.new_messages.append(response.to_message())
+
+    async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
+        if self.tools is None:
+            response = await self._call(ctx, self._request(ctx.messages))
+            self._account(ctx, response)
+            ctx.response = response
+            ctx.new_messages.append(response.to_message())
+        else:
+            await self._tool_loop(ctx, self.tools)
         await next(ctx)
+
+    def _tool_definitions(self, tools: ToolRegistry) -> tuple[ToolDefinition, ...]:
+        # Cached per registry version: rebuilt only when tools were added or removed.
+        if self._definitions_version != tools.version:
+            self._definitions = tools.definitions(exclude=self.tool_policy.blocklist)
+            self._definitions_version = tools.version
+        return self._definitions
+
+    async def _tool_loop(self, ctx: ExecutionContext, tools: ToolRegistry) -> None:
+        policy = self.tool_policy
+        choice = policy.tool_choice
+        # One list when a middleware made them the same: append each message once.
+        shared = ctx.messages is ctx.new_messages
+        rounds = 0
+        while True:
+            definitions = self._tool_definitions(tools)
+            # A snapshot: the request must not change when the loop appends messages.
+            request = self._request(
+                tuple(ctx.messages), definitions, choice if definitions else None
+            )
+            response = await self._call(ctx, request)
+            self._account(ctx, response)
+            if not response.tool_calls:
+                break
+            if choice == "none":
+                # Asked with tool_choice="none" (the policy's, or after max_rounds) and it
+                # still called tools: do not run them, and keep them out of the history
+                # (unanswered calls would break the next turn on every provider).
+                ctx.trace.append(
+                    TraceEvent(
+                        "tool_calls_dropped",
+                        {"calls": tuple(c.name for c in response.tool_calls), "round": rounds},
+                    )
+                )
+                response = replace(response, tool_calls=())
+                break
+            calls = _with_ids(response.tool_calls)
+            if calls is not response.tool_calls:
+                response = replace(response, tool_calls=calls)
+            started = time.perf_counter()
+            assistant = response.to_message()
+            ctx.new_messages.append(assistant)
+            if not shared:
+                ctx.messages.append(assistant)
+            results, records = await run_tool_calls(tools, calls, policy, ctx)
+            ctx.new_messages.extend(results)
+            if not shared:
+                ctx.messages.extend(results)
+            rounds += 1
+            ctx.trace.append(
+                TraceEvent(
+                    "tool_round",
+                    {
+                        "round": rounds,
+                        "calls": tuple(records),
+                        "seconds": time.perf_counter() - started,
+                    },
+                )
+            )
+            if rounds >= policy.max_rounds:
+                choice = "none"
+                ctx.trace.append(TraceEvent("tool_rounds_exhausted", {"max_rounds": rounds}))
+            elif choice is not None and choice not in _NOT_FORCING:
+                choice = "auto"  # a forced call was made; let the model answer now
+        ctx.response = response
+        ctx.new_messages.append(response.to_message())
+
+
+def _with_ids(calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
+    """``calls``, with a unique id made up for any call the provider sent without one.
+
+    Tool results are matched to calls by id, and a stored tool message needs one.
+    """
+    if all(c.id for c in calls):
+        return calls
+    return tuple(c if c.id else replace(c, id=f"call_{secrets.token_hex(12)}") for c in calls)

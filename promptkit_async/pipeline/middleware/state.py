@@ -69,13 +69,24 @@ class StateMiddleware:
     Args:
         store: where histories live (memory, SQLite, Redis...).
         max_history_messages: load only the newest N stored messages per turn.
+        load_history: ``False`` skips step 2 and leaves loading to a later middleware
+            that loads only what it needs through ``ctx.store``, still under this
+            middleware's session lock: ``ContextWindowMiddleware(load_history=True)``
+            loads just its window, so a turn's cost does not grow with the history.
     """
 
-    def __init__(self, store: StateStore, *, max_history_messages: int | None = None) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        max_history_messages: int | None = None,
+        load_history: bool = True,
+    ) -> None:
         if max_history_messages is not None and max_history_messages < 0:
             raise ValueError("max_history_messages must be >= 0, or None")
         self.store = store
         self.max_history_messages = max_history_messages
+        self.load_history = load_history
         # One lock per session with turns running or waiting; dropped when unused so
         # thousands of short-lived sessions do not accumulate.
         self._locks: dict[str, _SessionLock] = {}
@@ -92,9 +103,10 @@ class StateMiddleware:
         ctx.store = self.store
         try:
             async with entry.lock:
-                history = await self.store.load(session_id, self.max_history_messages)
-                if history:
-                    ctx.messages[:0] = history
+                if self.load_history:
+                    history = await self.store.load(session_id, self.max_history_messages)
+                    if history:
+                        ctx.messages[:0] = history
                 await next(ctx)
                 if ctx.response is not None and ctx.new_messages:
                     await finish_shielded(self.store.append(session_id, ctx.new_messages))

@@ -1,0 +1,290 @@
+"""A lean httpx transport over one aiohttp ``ClientSession``: the providers' default.
+
+Why not httpx's own (httpcore) pool: it scans every pooled connection on each request, which
+costs milliseconds of CPU per request once hundreds of streams share it. aiohttp's connector
+keeps per-host deques, so the cost per request stays flat at thousands of concurrent streams.
+Why not the ``httpx-aiohttp`` package: its error mapping turns any aiohttp connection error
+(a reset, a server disconnect) into ``ConnectTimeout`` and it does per-request work we do not
+need. This transport maps every aiohttp error to the matching httpx error (which the
+providers then map to :mod:`promptkit_async.errors`), closes the aiohttp response on every
+exit path, and leaves cookies, redirects and content decoding to httpx.
+
+Concurrency: one transport (and its session) serves any number of concurrent requests on one
+event loop. The session is created lazily on the first request, inside the running loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import httpx
+from yarl import URL
+
+__all__ = ["AiohttpTransport", "direct_reader"]
+
+_HTTP11 = {"http_version": b"HTTP/1.1"}
+
+
+def _map_error(exc: BaseException, request: httpx.Request, *, reading: bool) -> Exception | None:
+    """The httpx error matching an aiohttp/OS error, or ``None`` for anything else."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # aiohttp's connect timeout also covers waiting for a pooled connection.
+        return httpx.ConnectTimeout(f"connect or pool timeout: {message}", request=request)
+    if isinstance(exc, (aiohttp.SocketTimeoutError, aiohttp.ServerTimeoutError)):
+        return httpx.ReadTimeout(f"read timeout: {message}", request=request)
+    if isinstance(exc, asyncio.TimeoutError):
+        return httpx.ReadTimeout(f"timeout: {message}", request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message, request=request)
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+        return httpx.RemoteProtocolError(message, request=request)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError(message, request=request)
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
+        return httpx.UnsupportedProtocol(message, request=request)
+    if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
+        if reading:
+            return httpx.ReadError(message, request=request)
+        return httpx.ConnectError(message, request=request)
+    if isinstance(exc, aiohttp.ClientError):
+        return httpx.TransportError(message, request=request)
+    return None
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The body of one aiohttp response, as httpx reads it."""
+
+    __slots__ = ("_request", "_response")
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def read(self) -> bytes:
+        """The next piece of the body as it arrives; ``b""`` at its end.
+
+        A direct path for the providers' stream readers: no async generator per chunk.
+        """
+        try:
+            return await self._response.content.readany()
+        except Exception as exc:
+            self._response.close()
+            mapped = _map_error(exc, self._request, reading=True)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await self.read()
+            if not chunk:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        # close() drops the connection if the body was not fully received (a cancelled
+        # stream must not hand a half-read connection back to the pool); once the body is
+        # complete aiohttp has already returned the connection and close() is a no-op.
+        self._response.close()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An ``httpx.AsyncBaseTransport`` that sends requests through aiohttp.
+
+    Args:
+        max_connections: open connections allowed at once (across hosts); requests beyond
+            it wait for a free connection (bounded by the pool timeout). ``None`` for no
+            limit. The default suits thousands of concurrent streams.
+        keepalive_expiry: seconds an idle pooled connection is kept.
+        verify: ``True`` (certifi's CA bundle, or ``SSL_CERT_FILE``), ``False`` (no
+            verification: tests only) or an ``ssl.SSLContext``.
+        proxy: a proxy URL for every request. With ``trust_env`` and no ``proxy``, the
+            ``HTTP(S)_PROXY`` / ``NO_PROXY`` environment variables are read once per host.
+        trust_env: honour proxy and certificate environment variables.
+        session: an aiohttp session to use instead of creating one; it is not closed by
+            :meth:`aclose`.
+
+    HTTP/1.1 only. Response bodies are passed through undecoded; httpx decodes them.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int | None = 4096,
+        keepalive_expiry: float | None = 30.0,
+        verify: ssl.SSLContext | bool = True,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._max_connections = max_connections or 0
+        self._keepalive = keepalive_expiry
+        self._verify = verify
+        self._proxy = proxy
+        self._trust_env = trust_env
+        self._session = session
+        self._owns_session = session is None
+        self._ssl: ssl.SSLContext | bool | None = None
+        self._proxies: dict[tuple[str, str], str | None] = {}
+        self._env_proxies: dict[str, str] | None = None
+        self._urls: dict[str, URL] = {}
+        self._timeout_key: tuple[float | None, float | None, float | None] | None = None
+        self._timeout = aiohttp.ClientTimeout()
+        self._closed = False
+
+    def _create_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            limit_per_host=0,
+            keepalive_timeout=self._keepalive if self._keepalive is not None else 3600.0,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            # httpx owns cookies, redirects and decoding; aiohttp must not do them twice.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(),
+            trust_env=False,  # per-request env lookups run in threads; we resolve once
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        if self._ssl is None:
+            if isinstance(self._verify, ssl.SSLContext):
+                self._ssl = self._verify
+            elif self._verify:
+                # certifi's bundle like httpx, so behaviour does not depend on the OS store.
+                self._ssl = httpx.create_ssl_context(trust_env=self._trust_env)
+            else:
+                self._ssl = False
+        return self._ssl
+
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        if self._proxy is not None or not self._trust_env:
+            return self._proxy
+        key = (url.scheme, url.host)
+        try:
+            return self._proxies[key]
+        except KeyError:
+            pass
+        if self._env_proxies is None:
+            self._env_proxies = urllib.request.getproxies_environment()
+        proxies = self._env_proxies
+        proxy = proxies.get(url.scheme) or proxies.get("all")
+        if proxy and _bypass(url.host, proxies.get("no", "")):
+            proxy = None
+        self._proxies[key] = proxy or None
+        return proxy or None
+
+    def _client_timeout(self, timeouts: dict[str, float | None]) -> aiohttp.ClientTimeout:
+        connect = timeouts.get("connect")
+        read = timeouts.get("read")
+        pool = timeouts.get("pool")
+        key = (connect, read, pool)
+        if key != self._timeout_key:
+            self._timeout_key = key
+            self._timeout = aiohttp.ClientTimeout(
+                total=None,
+                # aiohttp's "connect" covers waiting for the pool plus connecting.
+                connect=None if pool is None else pool + (connect or 0.0),
+                sock_connect=connect,
+                sock_read=read,
+            )
+        return self._timeout
+
+    def _yarl(self, url: httpx.URL) -> URL:
+        text = str(url)
+        found = self._urls.get(text)
+        if found is None:
+            if len(self._urls) > 512:
+                self._urls.clear()
+            # httpx has already percent-encoded the URL; do not let yarl encode it again.
+            found = self._urls[text] = URL(text, encoded=True)
+        return found
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and return the response with its body still unread."""
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        session = self._session
+        if session is None:
+            session = self._session = self._create_session()
+        url = request.url
+        data: bytes | AsyncIterator[bytes] | None
+        try:
+            data = request.content or None
+        except httpx.RequestNotRead:
+            data = _body(request.stream)
+        headers = request.headers.multi_items()
+        if not isinstance(request.stream, httpx.ByteStream):
+            # aiohttp frames a streamed body itself.
+            headers = [h for h in headers if h[0].lower() != "transfer-encoding"]
+        try:
+            response = await session.request(
+                request.method,
+                self._yarl(url),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self._client_timeout(request.extensions.get("timeout", {})),
+                ssl=self._ssl_context() if url.scheme == "https" else True,
+                proxy=self._proxy_for(url),
+            )
+        except Exception as exc:
+            mapped = _map_error(exc, request, reading=False)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        try:
+            extensions = _HTTP11
+            if response.reason:
+                extensions = {**_HTTP11, "reason_phrase": response.reason.encode()}
+            return httpx.Response(
+                response.status,
+                headers=response.raw_headers,
+                stream=_ResponseStream(response, request),
+                request=request,
+                extensions=extensions,
+            )
+        except BaseException:
+            response.close()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the session (and its connections) if this transport created it."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+
+def direct_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]] | None:
+    """A function returning the next raw body piece of ``response`` (``b""`` at the end),
+    when the response came from :class:`AiohttpTransport` and needs no content decoding;
+    else ``None`` (use ``response.aiter_bytes()``)."""
+    stream = response.stream
+    if type(stream) is _ResponseStream and "content-encoding" not in response.headers:
+        return stream.read
+    return None
+
+
+def _bypass(host: str, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` (comma-separated hosts / domain suffixes, or ``*``) covers host."""
+    for entry in no_proxy.replace(" ", "").split(","):
+        entry = entry.lstrip(".").lower()
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return True
+    return False
+
+
+async def _body(stream: httpx.AsyncByteStream | httpx.SyncByteStream) -> AsyncIterator[bytes]:
+    if isinstance(stream, httpx.AsyncByteStream):
+        async for chunk in stream:
+            yield chunk
+    else:
+        for chunk in stream:
+            yield chunk

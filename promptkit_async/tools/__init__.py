@@ -1,0 +1,40 @@
+"""Tool calling: Python functions the model may call during a turn.
+
+::
+
+    from promptkit_async.tools import ToolPolicy, ToolRegistry, tool
+
+    @tool
+    async def get_weather(city: str, unit: Literal["C", "F"] = "C") -> str:
+        \"\"\"Current weather for a city.
+
+        Args:
+            city: the city name, e.g. "Paris".
+        \"\"\"
+        return await weather_api(city, unit)
+
+    ProviderMiddleware(provider, [get_weather], ToolPolicy(max_rounds=5, timeout=10))
+
+:class:`Tool` wraps a function and derives the JSON schema of its parameters from its
+type hints and docstring (or takes an explicit one); :class:`ToolRegistry` holds tools by
+name; :class:`ToolPolicy` limits the loop that
+:class:`~promptkit_async.pipeline.middleware.ProviderMiddleware` runs: model → tool calls
+(concurrent, time-limited) → tool results → model, until the model answers.
+
+A tool's failure never fails the turn: exceptions, timeouts, unknown or blocked names and
+malformed arguments all come back to the model as the tool's result, so it can recover.
+"""
+
+from ._assemble import ToolCallAssembler
+from ._registry import Tool, ToolLike, ToolPolicy, ToolRegistry, tool
+from ._runner import result_text
+
+__all__ = [
+    "Tool",
+    "ToolCallAssembler",
+    "ToolLike",
+    "ToolPolicy",
+    "ToolRegistry",
+    "result_text",
+    "tool",
+]

@@ -1,0 +1,173 @@
+"""Running one assistant message's tool calls: concurrently, time-limited, never raising.
+
+Every call ends as a ``role="tool"`` message answering its ``tool_call_id``: the tool's
+result, or a sentence telling the model what went wrong (unknown or blocked tool, bad
+arguments, an exception, a timeout), so the model can recover. Only cancellation of the
+turn propagates, after the running tools were cancelled and have finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import enum
+import json
+import logging
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from ..pipeline._context import ExecutionContext
+from ..types import Message, ToolCall
+from ._registry import AnyTool, ToolPolicy, ToolRegistry
+from ._schema import ArgumentError
+
+__all__ = ["result_text", "run_tool_calls"]
+
+logger = logging.getLogger("promptkit_async.tools")
+
+_MAX_LISTED = 20  # tool names listed in an "unknown tool" answer
+
+
+def _jsonable(value: Any) -> Any:
+    # json.dumps' fallback for common non-JSON types a tool may return.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    dump = getattr(value, "model_dump", None)  # pydantic models, without importing pydantic
+    if callable(dump):
+        return dump(mode="json")
+    return str(value)
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, default=_jsonable).encode
+
+
+def result_text(value: Any) -> str:
+    """The tool-message content for a tool's return value.
+
+    A ``str`` is sent as is; anything else as JSON (dataclasses, enums, sets, dates and
+    pydantic models included; other objects as their ``str``, JSON-quoted). ``None`` becomes
+    ``null``.
+    """
+    if isinstance(value, str):
+        return value
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError):  # e.g. NaN-free but circular structures
+        return str(value)
+
+
+def _short(name: str) -> str:
+    return repr(name if len(name) <= 80 else name[:80] + "...")
+
+
+async def _invoke(tool: AnyTool, kwargs: dict[str, Any], ctx: ExecutionContext) -> tuple[str, str]:
+    # Catches the tool's own exceptions here, inside any timeout, so a TimeoutError the
+    # tool raises itself is reported as its error, not as our time limit.
+    try:
+        value = await tool._run(kwargs, ctx)
+    except Exception as exc:
+        logger.warning(
+            "tool %r raised %s: %s",
+            tool.name,
+            type(exc).__name__,
+            exc,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
+        )
+        return "error", f"Error: the tool {tool.name!r} failed: {type(exc).__name__}: {exc}"
+    return "ok", result_text(value)
+
+
+async def _outcome(
+    registry: ToolRegistry, call: ToolCall, policy: ToolPolicy, ctx: ExecutionContext
+) -> tuple[str, str]:
+    name = call.name
+    if name in policy.blocklist:
+        return "blocked", f"Error: the tool {_short(name)} is not allowed. Do not call it again."
+    tool = registry.get(name)
+    if tool is None:
+        offered = [n for n in registry.names if n not in policy.blocklist]
+        listed = ", ".join(offered[:_MAX_LISTED]) + (", ..." if len(offered) > _MAX_LISTED else "")
+        return "unknown", (
+            f"Error: there is no tool named {_short(name)}. Available tools: {listed or 'none'}."
+        )
+    try:
+        kwargs = tool._convert(call.arguments)
+    except ArgumentError as exc:
+        if exc.kind == "json":
+            return "bad_arguments", (
+                f"Error: the arguments for {name!r} are {exc}. "
+                "Call the tool again with a valid JSON object."
+            )
+        return "bad_arguments", (
+            f"Error: invalid arguments for {name!r}: {exc}. "
+            "Call the tool again with arguments that match its schema."
+        )
+    timeout = tool.timeout if tool.timeout is not None else policy.timeout
+    if timeout is None:
+        return await _invoke(tool, kwargs, ctx)
+    try:
+        return await asyncio.wait_for(_invoke(tool, kwargs, ctx), timeout)
+    except asyncio.TimeoutError:
+        logger.warning("tool %r timed out after %gs", name, timeout)
+        return "timeout", (
+            f"Error: the tool {name!r} did not finish within {timeout:g} seconds and was cancelled."
+        )
+
+
+#: A call's tool message and its trace record.
+_Result = tuple[Message, dict[str, Any]]
+
+
+async def _run_call(
+    registry: ToolRegistry, call: ToolCall, policy: ToolPolicy, ctx: ExecutionContext
+) -> _Result:
+    started = time.perf_counter()
+    status, text = await _outcome(registry, call, policy, ctx)
+    record = {
+        "id": call.id,
+        "name": call.name,
+        "status": status,
+        "seconds": time.perf_counter() - started,
+    }
+    return Message("tool", text, tool_call_id=call.id, name=call.name), record
+
+
+async def _all(work: Sequence[Coroutine[Any, Any, _Result]]) -> list[_Result]:
+    if len(work) <= 1:  # the common case: no task needed
+        return [await w for w in work]
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(w) for w in work]
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        # The turn was cancelled: cancel every running tool and let them clean up
+        # before the cancellation goes on.
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks)
+        raise
+    return [t.result() for t in tasks]
+
+
+async def run_tool_calls(
+    registry: ToolRegistry,
+    calls: Sequence[ToolCall],
+    policy: ToolPolicy,
+    ctx: ExecutionContext,
+) -> tuple[list[Message], list[dict[str, Any]]]:
+    """Run ``calls`` concurrently; return their tool messages (in call order) and records.
+
+    Each record is ``{"id", "name", "status", "seconds"}`` with status ``"ok"``,
+    ``"error"``, ``"timeout"``, ``"unknown"``, ``"blocked"`` or ``"bad_arguments"``.
+    Never raises for a tool's failure; cancellation cancels the running tools.
+    """
+    results = await _all([_run_call(registry, c, policy, ctx) for c in calls])
+    return [m for m, _ in results], [r for _, r in results]

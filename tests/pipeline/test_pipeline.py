@@ -1,0 +1,395 @@
+"""Pipeline: the onion, execute/stream on one path, shutdown, concurrency cap, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator
+
+import pytest
+
+from promptkit_async import (
+    BaseProvider,
+    ExecutionContext,
+    InMemoryStateStore,
+    InvalidMessageError,
+    InvalidRoleError,
+    InvalidSessionIdError,
+    MockProvider,
+    Next,
+    Pipeline,
+    PipelineClosedError,
+    PipelineError,
+    PipelineTimeoutError,
+    ProviderMiddleware,
+    ProviderRequest,
+    ProviderResponse,
+    StateMiddleware,
+    StreamChunk,
+)
+from promptkit_async.types import Message
+
+
+class GatedProvider(BaseProvider):
+    """Streams one chunk, then waits for ``release`` before finishing; records closes."""
+
+    def __init__(self) -> None:
+        super().__init__("gated", "gpt-4o-mini")
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.closed = 0
+        self.calls = 0
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamChunk]:
+        self.calls += 1
+        try:
+            yield StreamChunk(delta="partial ")
+            self.started.set()
+            await self.release.wait()
+            yield StreamChunk(delta="done")
+            yield StreamChunk(response=ProviderResponse("partial done", finish_reason="stop"))
+        finally:
+            self.closed += 1
+
+
+async def test_execute_returns_response_usage_and_cost(pipeline: Pipeline) -> None:
+    result = await pipeline.execute("user-123", "user", "My name is Alice")
+    assert result.response.content == "reply to My name is Alice"
+    assert result.response.finish_reason == "stop"
+    assert result.usage.total_tokens == result.response.usage.total_tokens > 0
+    assert result.cost.total_cost > 0
+    assert [m.role for m in result.messages] == ["user", "assistant"]
+    assert result.session_id == "user-123"
+    assert result.latency > 0
+
+
+async def test_second_turn_sees_history(
+    pipeline: Pipeline, echo_provider: MockProvider, store: InMemoryStateStore
+) -> None:
+    await pipeline.execute("s", "user", "My name is Alice")
+    await pipeline.execute("s", "user", "What's my name?")
+    sent = echo_provider.requests[-1].messages
+    assert [m.content for m in sent] == [
+        "My name is Alice",
+        "reply to My name is Alice",
+        "What's my name?",
+    ]
+    assert len(await store.load("s")) == 4
+
+
+async def test_stream_yields_deltas_then_final_chunk(
+    pipeline: Pipeline, store: InMemoryStateStore
+) -> None:
+    chunks = [c async for c in pipeline.stream("s", "user", "hello there")]
+    text = "".join(c.delta for c in chunks)
+    assert text == "reply to hello there"
+    last = chunks[-1]
+    assert last.finish_reason == "stop"
+    assert last.final_result is not None
+    assert last.final_result.response.content == text
+    assert all(c.final_result is None for c in chunks[:-1])
+    # The final chunk arrives after the turn was stored.
+    assert len(await store.load("s")) == 2
+
+
+async def test_result_stream_exposes_result_and_context_manager(pipeline: Pipeline) -> None:
+    async with pipeline.stream("s", "user", "hi") as chunks:
+        async for _ in chunks:
+            pass
+    assert chunks.result is not None
+    assert chunks.result.response.content == "reply to hi"
+
+
+async def test_middleware_forms_and_onion_order(echo_provider: MockProvider) -> None:
+    order: list[str] = []
+
+    async def plain(ctx: ExecutionContext, next: Next) -> None:
+        order.append("plain:before")
+        await next(ctx)
+        order.append("plain:after")
+
+    class AsClass:
+        async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
+            order.append("class:before")
+            await next(ctx)
+            order.append("class:after")
+
+    pipe = Pipeline(plain, AsClass(), ProviderMiddleware(echo_provider))
+    await pipe.execute("s", "user", "x")
+    assert order == ["plain:before", "class:before", "class:after", "plain:after"]
+
+
+async def test_middleware_may_answer_without_calling_next(
+    store: InMemoryStateStore, echo_provider: MockProvider
+) -> None:
+    async def canned(ctx: ExecutionContext, next: Next) -> None:
+        if ctx.input.content == "ping":
+            ctx.response = ProviderResponse("pong", finish_reason="stop")
+            ctx.new_messages.append(ctx.response.to_message())
+            return
+        await next(ctx)
+
+    pipe = Pipeline(StateMiddleware(store), canned, ProviderMiddleware(echo_provider))
+    result = await pipe.execute("s", "user", "ping")
+    assert result.response.content == "pong"
+    assert echo_provider.requests == []
+    assert [m.content for m in await store.load("s")] == ["ping", "pong"]
+
+
+async def test_middleware_observes_and_transforms_stream(echo_provider: MockProvider) -> None:
+    seen: list[str] = []
+
+    async def shout(ctx: ExecutionContext, next: Next) -> None:
+        downstream = ctx.emit
+
+        async def emit(chunk: StreamChunk) -> None:
+            seen.append(chunk.delta)
+            await downstream(StreamChunk(delta=chunk.delta.upper()))
+
+        ctx.emit = emit
+        await next(ctx)
+
+    pipe = Pipeline(shout, ProviderMiddleware(echo_provider))
+    chunks = [c.delta async for c in pipe.stream("s", "user", "quiet words")]
+    assert "".join(seen) == "reply to quiet words"
+    assert "".join(chunks) == "REPLY TO QUIET WORDS"
+    # execute runs the same onion: the middleware sees the chunks there too.
+    seen.clear()
+    await pipe.execute("s", "user", "again")
+    assert "".join(seen) == "reply to again"
+
+
+async def test_no_response_is_a_pipeline_error(store: InMemoryStateStore) -> None:
+    async def nothing(ctx: ExecutionContext, next: Next) -> None:
+        await next(ctx)
+
+    pipe = Pipeline(StateMiddleware(store), nothing)
+    with pytest.raises(PipelineError, match="ProviderMiddleware"):
+        await pipe.execute("s", "user", "hi")
+    assert await store.load("s") == []
+
+
+def test_non_callable_middleware_is_rejected() -> None:
+    with pytest.raises(TypeError, match="async callable"):
+        Pipeline("not a middleware")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("session_id", "error"),
+    [
+        ("", InvalidSessionIdError),
+        ("   ", InvalidSessionIdError),
+        ("x" * 1025, InvalidSessionIdError),
+        ("a\x00b", InvalidSessionIdError),
+        ("\ud800", InvalidSessionIdError),
+        (123, InvalidSessionIdError),
+    ],
+)
+async def test_bad_session_ids_fail_before_any_io(
+    pipeline: Pipeline,
+    echo_provider: MockProvider,
+    store: InMemoryStateStore,
+    session_id: object,
+    error: type[Exception],
+) -> None:
+    with pytest.raises(error):
+        await pipeline.execute(session_id, "user", "hi")  # type: ignore[arg-type]
+    with pytest.raises(error):
+        pipeline.stream(session_id, "user", "hi")  # type: ignore[arg-type]
+    assert echo_provider.requests == []
+    assert (await store.list_sessions()).session_ids == ()
+
+
+async def test_longest_allowed_session_id_works(pipeline: Pipeline) -> None:
+    result = await pipeline.execute("x" * 1024, "user", "hi")
+    assert result.session_id == "x" * 1024
+
+
+@pytest.mark.parametrize(
+    ("role", "content", "error"),
+    [
+        ("robot", "hi", InvalidRoleError),
+        ("tool", "hi", InvalidRoleError),
+        ("user", "", InvalidMessageError),
+        ("user", "  \n", InvalidMessageError),
+        ("user", b"bytes", InvalidMessageError),
+    ],
+)
+async def test_bad_role_or_content_fail_before_any_io(
+    pipeline: Pipeline,
+    echo_provider: MockProvider,
+    store: InMemoryStateStore,
+    role: str,
+    content: object,
+    error: type[Exception],
+) -> None:
+    with pytest.raises(error):
+        await pipeline.execute("s", role, content)  # type: ignore[arg-type]
+    assert echo_provider.requests == []
+    assert await store.load("s") == []
+
+
+async def test_invalid_input_errors_are_value_errors(pipeline: Pipeline) -> None:
+    with pytest.raises(ValueError, match="unknown role 'robot'"):
+        await pipeline.execute("s", "robot", "hi")
+
+
+async def test_shutdown_drains_in_flight_and_refuses_new_turns(
+    store: InMemoryStateStore,
+) -> None:
+    provider = GatedProvider()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    turn = asyncio.create_task(pipe.execute("s", "user", "hi"))
+    await provider.started.wait()
+    assert pipe.in_flight == 1
+
+    shutting = asyncio.create_task(pipe.shutdown())
+    await asyncio.sleep(0)  # one loop step: lets the shutdown task start
+    with pytest.raises(PipelineClosedError):
+        await pipe.execute("s", "user", "too late")
+    with pytest.raises(PipelineClosedError):
+        pipe.stream("s", "user", "too late")
+    assert not shutting.done()
+
+    provider.release.set()
+    result = await turn
+    await shutting
+    assert result.response.content == "partial done"
+    assert [m.content for m in await store.load("s")] == ["hi", "partial done"]
+    assert pipe.closed
+    await pipe.shutdown()  # twice is fine
+
+
+async def test_shutdown_timeout_reports_running_turns(store: InMemoryStateStore) -> None:
+    provider = GatedProvider()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    turn = asyncio.create_task(pipe.execute("s", "user", "hi"))
+    await provider.started.wait()
+    with pytest.raises(PipelineTimeoutError, match="1 turn"):
+        await pipe.shutdown(timeout=0.01)
+    provider.release.set()
+    await turn
+    await pipe.shutdown(timeout=1)
+
+
+async def test_async_with_shuts_down(echo_provider: MockProvider) -> None:
+    async with Pipeline(ProviderMiddleware(echo_provider)) as pipe:
+        await pipe.execute("s", "user", "hi")
+    assert pipe.closed
+    with pytest.raises(PipelineClosedError):
+        await pipe.execute("s", "user", "hi")
+
+
+async def test_max_concurrency_caps_running_turns() -> None:
+    running = 0
+    peak = 0
+    gate = asyncio.Event()
+    entered = asyncio.Queue[None]()
+
+    async def handler(request: ProviderRequest) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        entered.put_nowait(None)
+        await gate.wait()
+        running -= 1
+        return "ok"
+
+    pipe = Pipeline(ProviderMiddleware(MockProvider(handler=handler)), max_concurrency=2)
+    turns = [asyncio.create_task(pipe.execute(f"s{i}", "user", "hi")) for i in range(6)]
+    await entered.get()
+    await entered.get()
+    gate.set()
+    await asyncio.gather(*turns)
+    assert peak == 2
+
+
+async def test_cancelling_stream_consumer_cancels_turn_and_stores_nothing(
+    store: InMemoryStateStore,
+) -> None:
+    provider = GatedProvider()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _chunk in pipe.stream("s", "user", "hi"):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await first.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await pipe.shutdown(timeout=5)  # the turn's task has finished its clean-up
+    assert provider.closed == 1
+    assert await store.load("s") == []
+
+
+async def test_aclose_mid_stream_cancels_and_cleans_up(store: InMemoryStateStore) -> None:
+    provider = GatedProvider()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    stream = pipe.stream("s", "user", "hi")
+    chunk = await stream.__anext__()
+    assert chunk.delta == "partial "
+    await stream.aclose()
+    assert provider.closed == 1
+    assert pipe.in_flight == 0
+    assert await store.load("s") == []
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+
+
+async def test_dropped_stream_is_cancelled(store: InMemoryStateStore) -> None:
+    provider = GatedProvider()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+
+    async def read_one_and_drop() -> None:
+        async for _chunk in pipe.stream("s", "user", "hi"):
+            break
+
+    await read_one_and_drop()
+    gc.collect()
+    await pipe.shutdown(timeout=5)
+    assert provider.closed == 1
+    assert await store.load("s") == []
+
+
+async def test_cancelling_execute_stores_nothing(store: InMemoryStateStore) -> None:
+    provider = GatedProvider()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    task = asyncio.create_task(pipe.execute("s", "user", "hi"))
+    await provider.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert provider.closed == 1
+    assert pipe.in_flight == 0
+    assert await store.load("s") == []
+    # The session is usable afterwards (its lock was released).
+    provider.release.set()
+    result = await pipe.execute("s", "user", "again")
+    assert result.response.content == "partial done"
+
+
+async def test_stream_error_is_raised_to_reader_and_nothing_stored(
+    store: InMemoryStateStore,
+) -> None:
+    provider = MockProvider([RuntimeError("model exploded")])
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    with pytest.raises(RuntimeError, match="model exploded"):
+        async for _ in pipe.stream("s", "user", "hi"):
+            pass
+    assert await store.load("s") == []
+
+
+async def test_system_prompt_is_kept_first(
+    pipeline: Pipeline, store: InMemoryStateStore, echo_provider: MockProvider
+) -> None:
+    persona = Message("system", "You speak like a pirate.")
+    await store.save("s", [persona])
+    await pipeline.execute("s", "user", "hello")
+    await pipeline.execute("s", "user", "again")
+    assert echo_provider.requests[-1].messages[0] == persona
+    stored = await store.load("s")
+    assert stored[0] == persona
+    assert len(stored) == 5

@@ -1,0 +1,221 @@
+"""The default transport (httpx over aiohttp) against a real loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+import pytest
+
+from promptkit_async.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    IncompleteStreamError,
+    RateLimitError,
+    StreamIdleTimeoutError,
+)
+from promptkit_async.providers import (
+    AiohttpTransport,
+    OpenAIProvider,
+    ProviderRequest,
+    RetryPolicy,
+)
+from promptkit_async.types import Message, StreamChunk
+
+HELLO = ProviderRequest([Message("user", "Hi")])
+
+
+async def drain(chunks: AsyncIterator[StreamChunk], seen: list[str]) -> None:
+    """Read a stream to its end (or error), keeping the text deltas in ``seen``."""
+    async for chunk in chunks:
+        seen.append(chunk.delta)
+
+
+FAST = RetryPolicy(initial_delay=0.001, max_delay=0.002)
+
+
+def provider_for(server: Any, mode: str, **kwargs: Any) -> OpenAIProvider:
+    kwargs.setdefault("retry_policy", FAST)
+    return OpenAIProvider(
+        "openai", "gpt-4o-mini", "sk-loop", base_url=f"{server.url}/{mode}/v1", **kwargs
+    )
+
+
+async def test_streaming_and_non_streaming_end_to_end(loopback, fakes) -> None:
+    async with provider_for(loopback, "ok") as provider:
+        chunks = [c async for c in provider.stream(HELLO)]
+        completed = await provider.complete(HELLO)
+    streamed = chunks[-1].response
+    assert streamed is not None
+    assert "".join(c.delta for c in chunks) == streamed.content == "Hello there!"
+    assert streamed.usage.total_tokens == 17
+    assert streamed.request_id == "req_loop"
+    assert completed.content == "Hello there!"
+    assert completed.request_id == "req_json"
+    fakes.validate_request(loopback.bodies[0], stream=True)
+    fakes.validate_request(loopback.bodies[1], stream=False)
+    assert loopback.headers[0]["Authorization"] == "Bearer sk-loop"
+    assert loopback.headers[0]["Accept"] == "text/event-stream"
+
+
+async def test_connections_are_reused(loopback) -> None:
+    # Reading each stream to its end hands the connection back to the pool.
+    async with provider_for(loopback, "ok") as provider:
+        for _ in range(5):
+            [c async for c in provider.stream(HELLO)]
+            await provider.complete(HELLO)
+    assert loopback.requests == 10
+    assert len(loopback.peers) == 1
+
+
+async def test_status_errors_through_the_real_transport(loopback) -> None:
+    async with provider_for(loopback, "status/429", max_retries=1) as provider:
+        with pytest.raises(RateLimitError) as caught:
+            [c async for c in provider.stream(HELLO)]
+    assert caught.value.request_id == "req_429"
+    assert caught.value.message == "failure 429"
+    assert loopback.requests == 2
+
+
+async def test_connection_refused_is_a_connection_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    async with OpenAIProvider(
+        "openai", "m", base_url=f"http://127.0.0.1:{port}/v1", retry_policy=FAST
+    ) as provider:
+        with pytest.raises(APIConnectionError, match="check base_url") as caught:
+            await provider.complete(HELLO)
+        assert type(caught.value) is APIConnectionError  # not a timeout
+        with pytest.raises(APIConnectionError):
+            [c async for c in provider.stream(HELLO)]
+
+
+async def test_server_dropping_the_connection_midway(loopback) -> None:
+    seen = []
+    async with provider_for(loopback, "cut") as provider:
+        with pytest.raises(IncompleteStreamError):
+            await drain(provider.stream(HELLO), seen)
+    assert seen == ["partial"]
+    assert loopback.requests == 1  # text had reached the caller: not retried
+
+
+async def test_read_timeout_maps_to_timeout_error(loopback) -> None:
+    timeout = httpx.Timeout(5.0, read=0.05)
+    async with provider_for(loopback, "stall", timeout=timeout, max_retries=0) as provider:
+        with pytest.raises(APITimeoutError) as caught:
+            [c async for c in provider.stream(HELLO)]
+    assert type(caught.value) is APITimeoutError
+    await loopback.wait_for(lambda: loopback.disconnects == 1)
+
+
+async def test_idle_timeout_closes_the_connection(loopback) -> None:
+    async with provider_for(loopback, "hang", stream_idle_timeout=0.05) as provider:
+        with pytest.raises(StreamIdleTimeoutError):
+            [c async for c in provider.stream(HELLO)]
+    # The server saw the client leave: the response was closed, not left dangling.
+    await loopback.wait_for(lambda: loopback.disconnects == 1)
+
+
+async def test_cancelling_mid_stream_closes_the_connection(loopback) -> None:
+    async with provider_for(loopback, "hang") as provider:
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async with aclosing(provider.stream(HELLO)) as chunks:
+                async for _ in chunks:
+                    first.set()
+
+        task = asyncio.create_task(consume())
+        await first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await loopback.wait_for(lambda: loopback.disconnects == 1)
+
+
+async def test_pool_survives_1000_cancelled_streams(loopback) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a leaked socket or session fails the test
+        async with provider_for(loopback, "hang") as provider:
+
+            async def consume(first: asyncio.Event) -> None:
+                async with aclosing(provider.stream(HELLO)) as chunks:
+                    async for _ in chunks:
+                        first.set()
+
+            for _ in range(10):  # 100 concurrent streams at a time, each cancelled
+                firsts = [asyncio.Event() for _ in range(100)]
+                tasks = [asyncio.create_task(consume(first)) for first in firsts]
+                await asyncio.gather(*(first.wait() for first in firsts))
+                for task in tasks:
+                    task.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                assert all(isinstance(r, asyncio.CancelledError) for r in results)
+            # Every response was closed: the server saw every client leave.
+            await loopback.wait_for(lambda: loopback.disconnects == 1000, timeout=30)
+
+            # The same pool still serves new requests, streamed and not.
+            ok = OpenAIProvider(
+                "openai",
+                "gpt-4o-mini",
+                "sk-loop",
+                base_url=f"{loopback.url}/ok/v1",
+                http_client=provider.http_client,
+            )
+            chunks = [c async for c in ok.stream(HELLO)]
+            assert chunks[-1].response is not None
+            assert (await ok.complete(HELLO)).content == "Hello there!"
+        gc.collect()
+
+
+async def test_a_small_pool_is_not_exhausted_by_cancelled_streams(loopback) -> None:
+    # With 5 connections, leaking even 5 of 50 cancelled streams would leave nothing for
+    # the next request, which would then fail with a pool timeout.
+    transport = AiohttpTransport(max_connections=5)
+    async with httpx.AsyncClient(
+        transport=transport, timeout=httpx.Timeout(10.0, pool=2.0)
+    ) as client:
+        hang = OpenAIProvider(
+            "openai",
+            "m",
+            base_url=f"{loopback.url}/hang/v1",
+            http_client=client,
+            max_retries=0,
+        )
+        for _ in range(50):
+            async with aclosing(hang.stream(HELLO)) as chunks:
+                await anext(chunks)
+        ok = OpenAIProvider(
+            "openai", "m", base_url=f"{loopback.url}/ok/v1", http_client=client, max_retries=0
+        )
+        assert (await ok.complete(HELLO)).content == "Hello there!"
+
+
+async def test_no_proxy_and_proxy_variables(loopback, monkeypatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    async with provider_for(loopback, "ok", max_retries=0) as provider:
+        with pytest.raises(APIConnectionError):  # the (dead) proxy was used
+            await provider.complete(HELLO)
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    async with provider_for(loopback, "ok", max_retries=0) as provider:
+        assert (await provider.complete(HELLO)).content == "Hello there!"
+
+
+async def test_transport_refuses_use_after_close(loopback) -> None:
+    transport = AiohttpTransport()
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.post(f"{loopback.url}/ok/v1/chat/completions", json={})
+        assert response.status_code == 200
+        assert response.json()["object"] == "chat.completion"
+    with pytest.raises(RuntimeError, match="closed"):
+        await transport.handle_async_request(httpx.Request("GET", loopback.url))

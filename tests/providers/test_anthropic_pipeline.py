@@ -1,0 +1,193 @@
+"""Whole turns through Pipeline(StateMiddleware, ProviderMiddleware(AnthropicProvider)): a
+tool round, then a second turn whose request replays the stored tool_use / tool_result
+blocks, every request checked against the ``anthropic`` SDK's param types."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from promptkit_async.errors import InternalServerError
+from promptkit_async.pipeline import Pipeline
+from promptkit_async.pipeline.middleware import (
+    ProviderMiddleware,
+    ProviderMiddlewareConfig,
+    StateMiddleware,
+)
+from promptkit_async.statestore import InMemoryStateStore
+from promptkit_async.tools import tool
+from promptkit_async.types import Message, ToolCall
+
+
+@tool
+async def get_weather(city: str) -> str:
+    """Current weather for a city.
+
+    Args:
+        city: the city name.
+    """
+    return {"Paris": "18C", "Oslo": "-3C"}[city]
+
+
+@tool
+async def get_time(tz: str) -> str:
+    """The time in a time zone.
+
+    Args:
+        tz: an IANA zone name.
+    """
+    raise RuntimeError(f"no clock for {tz}")
+
+
+def bodies(route: Any) -> list[dict[str, Any]]:
+    return [json.loads(call.request.content) for call in route.calls]
+
+
+@pytest.fixture
+def store() -> InMemoryStateStore:
+    return InMemoryStateStore()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_tool_round_then_the_next_turn_replays_it(
+    anthropic_provider, store, router, afakes, stream
+) -> None:
+    await store.append("s1", [Message("system", "You are a weather bot.")])
+    if stream:
+        calls = afakes.sse_response(
+            afakes.start(afakes.usage(50, 1))
+            + afakes.text_block(0, "Checking.")
+            + afakes.tool_block(1, "toolu_1", "get_weather", '{"city": "Paris"}')
+            + afakes.tool_block(2, "toolu_2", "get_time", '{"tz": "Europe/Paris"}')
+            + afakes.finish("tool_use", 30)
+        )
+        answer = afakes.sse_response(afakes.hello_stream("Paris: 18C."))
+        second = afakes.sse_response(afakes.hello_stream("You're welcome."))
+    else:
+        calls = httpx.Response(
+            200,
+            json=afakes.message(
+                "Checking.",
+                tool_uses=[
+                    ("toolu_1", "get_weather", {"city": "Paris"}),
+                    ("toolu_2", "get_time", {"tz": "Europe/Paris"}),
+                ],
+                stop_reason="tool_use",
+                usage_=afakes.usage(50, 30),
+            ),
+        )
+        answer = httpx.Response(200, json=afakes.message("Paris: 18C."))
+        second = httpx.Response(200, json=afakes.message("You're welcome."))
+    route = router.post(afakes.URL).mock(side_effect=[calls, answer, second])
+    pipe = Pipeline(
+        StateMiddleware(store),
+        ProviderMiddleware(
+            anthropic_provider,
+            tools=[get_weather, get_time],
+            config=ProviderMiddlewareConfig(stream=stream),
+        ),
+    )
+    async with pipe:
+        first = await pipe.execute("s1", "user", "Weather and time in Paris?")
+        assert first.response.content == "Paris: 18C."
+        # Both calls' usage and cost are summed into the turn.
+        assert first.usage.prompt_tokens == 60
+        assert first.cost.total_cost == pytest.approx(
+            anthropic_provider.calculate_cost(first.usage).total_cost
+        )
+        result = await pipe.execute("s1", "user", "Thanks!")
+    assert result.response.content == "You're welcome."
+
+    sent = bodies(route)
+    assert len(sent) == 3
+    for body in sent:
+        afakes.validate_request(body, stream=stream)
+        assert body["system"] == "You are a weather bot."
+        assert [t["name"] for t in body["tools"]] == ["get_weather", "get_time"]
+    tool_round = [
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Checking."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "get_weather",
+                    "input": {"city": "Paris"},
+                },
+                {
+                    "type": "tool_use",
+                    "id": "toolu_2",
+                    "name": "get_time",
+                    "input": {"tz": "Europe/Paris"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_2",
+                    "content": "Error: the tool 'get_time' failed: RuntimeError: "
+                    "no clock for Europe/Paris",
+                },
+            ],
+        },
+    ]
+    # The loop's second request carries the round it just ran...
+    assert sent[1]["messages"] == [
+        {"role": "user", "content": "Weather and time in Paris?"},
+        *tool_round,
+    ]
+    # ...and the next turn replays it from the store, whole and in order.
+    assert sent[2]["messages"] == [
+        {"role": "user", "content": "Weather and time in Paris?"},
+        *tool_round,
+        {"role": "assistant", "content": "Paris: 18C."},
+        {"role": "user", "content": "Thanks!"},
+    ]
+    history = await store.load("s1")
+    assert [m.role for m in history] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    assert history[2].tool_calls == (
+        ToolCall("toolu_1", "get_weather", '{"city": "Paris"}'),
+        ToolCall("toolu_2", "get_time", '{"tz": "Europe/Paris"}'),
+    )
+
+
+async def test_overloaded_then_success_inside_a_turn(anthropic_provider, store, router, afakes):
+    router.post(afakes.URL).mock(
+        side_effect=[
+            httpx.Response(529, json=afakes.error_body("overloaded_error", "Overloaded")),
+            afakes.sse_response(afakes.hello_stream("Hi!")),
+        ]
+    )
+    async with Pipeline(StateMiddleware(store), ProviderMiddleware(anthropic_provider)) as pipe:
+        result = await pipe.execute("s2", "user", "Hello")
+    assert result.response.content == "Hi!"
+    assert [event.kind for event in result.trace] == ["retry"]
+    assert result.trace[0].detail["status"] == 529
+
+
+async def test_overloaded_mid_stream_stores_nothing(anthropic_provider, store, router, afakes):
+    body = (
+        afakes.start() + afakes.text_block(0, "Hel") + afakes.error_event("overloaded_error", "x")
+    )
+    router.post(afakes.URL).mock(return_value=afakes.sse_response(body))
+    async with Pipeline(StateMiddleware(store), ProviderMiddleware(anthropic_provider)) as pipe:
+        with pytest.raises(InternalServerError):
+            await pipe.execute("s3", "user", "Hello")
+    assert await store.load("s3") == []

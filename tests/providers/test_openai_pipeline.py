@@ -1,0 +1,195 @@
+"""Whole turns through Pipeline(StateMiddleware, ProviderMiddleware(OpenAIProvider)), with
+HTTP served by respx through an injected client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from promptkit_async.errors import IncompleteStreamError, InternalServerError, RateLimitError
+from promptkit_async.pipeline import Pipeline
+from promptkit_async.pipeline.middleware import (
+    ProviderMiddleware,
+    ProviderMiddlewareConfig,
+    StateMiddleware,
+)
+from promptkit_async.providers.openai import OpenAIProvider
+from promptkit_async.statestore import InMemoryStateStore
+from promptkit_async.types import Message, ToolCall
+
+
+@pytest.fixture
+def store() -> InMemoryStateStore:
+    return InMemoryStateStore()
+
+
+@pytest.fixture
+def pipe(provider: OpenAIProvider, store: InMemoryStateStore) -> Pipeline:
+    return Pipeline(
+        StateMiddleware(store),
+        ProviderMiddleware(
+            provider, None, None, ProviderMiddlewareConfig(max_tokens=500, temperature=0.7)
+        ),
+    )
+
+
+async def test_execute_then_stream_a_conversation(pipe, store, router, fakes) -> None:
+    # execute drains the same streamed path as stream: both replies arrive via SSE.
+    route = router.post(fakes.CHAT_URL).mock(
+        side_effect=[
+            fakes.sse_response(fakes.hello_stream("Nice to meet you, Alice!")),
+            fakes.sse_response(fakes.hello_stream("Your name is Alice.")),
+        ]
+    )
+    async with pipe:
+        result = await pipe.execute("user-123", "user", "My name is Alice")
+        assert result.response.content == "Nice to meet you, Alice!"
+        assert result.response.usage.total_tokens == 17
+        assert result.cost.total_cost == pytest.approx(result.response.cost.total_cost)
+        assert result.cost.total_cost > 0
+
+        chunks = [c async for c in pipe.stream("user-123", "user", "What's my name?")]
+    text = "".join(c.delta for c in chunks)
+    assert text == "Your name is Alice."
+    final = chunks[-1]
+    assert final.finish_reason == "stop"
+    assert final.final_result is not None
+    assert final.final_result.response.content == text
+
+    history = await store.load("user-123")
+    assert [(m.role, m.content) for m in history] == [
+        ("user", "My name is Alice"),
+        ("assistant", "Nice to meet you, Alice!"),
+        ("user", "What's my name?"),
+        ("assistant", "Your name is Alice."),
+    ]
+    second = json.loads(route.calls[1].request.content)
+    fakes.validate_request(second, stream=True)
+    assert second["messages"] == [
+        {"role": "user", "content": "My name is Alice"},
+        {"role": "assistant", "content": "Nice to meet you, Alice!"},
+        {"role": "user", "content": "What's my name?"},
+    ]
+    assert second["max_completion_tokens"] == 500
+    assert second["temperature"] == 0.7
+
+
+async def test_non_streaming_config(provider, store, router, fakes) -> None:
+    route = router.post(fakes.CHAT_URL).mock(
+        return_value=httpx.Response(200, json=fakes.completion("Hi"))
+    )
+    async with Pipeline(
+        StateMiddleware(store),
+        ProviderMiddleware(provider, config=ProviderMiddlewareConfig(stream=False)),
+    ) as pipe:
+        result = await pipe.execute("s", "user", "Hello")
+    assert result.response.content == "Hi"
+    fakes.validate_request(json.loads(route.calls.last.request.content), stream=False)
+    assert len(await store.load("s")) == 2
+
+
+async def test_a_cancelled_stream_stores_nothing_and_closes_the_response(
+    pipe, store, router, fakes
+) -> None:
+    stream = fakes.TrackedStream([fakes.sse(fakes.chunk("Hel"), done=False)], after="hang")
+    router.post(fakes.CHAT_URL).mock(return_value=fakes.sse_response(stream))
+    async with pipe, pipe.stream("user-1", "user", "Tell me a story") as chunks:
+        first = await anext(chunks)
+        assert first.delta == "Hel"
+        # Leaving the block cancelled the turn and waited for its clean-up.
+    assert stream.closed
+    assert await store.load("user-1") == []
+
+
+async def test_a_stream_cancelled_by_its_reader_stores_nothing(pipe, store, router, fakes) -> None:
+    stream = fakes.TrackedStream([fakes.sse(fakes.chunk("Hel"), done=False)], after="hang")
+    router.post(fakes.CHAT_URL).mock(return_value=fakes.sse_response(stream))
+    got_first = asyncio.Event()
+
+    async def reader() -> None:
+        async for _ in pipe.stream("user-2", "user", "Hi"):
+            got_first.set()
+
+    async with pipe:
+        task = asyncio.create_task(reader())
+        await got_first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(stream.close_event.wait(), 10)
+    assert await store.load("user-2") == []
+
+
+async def test_provider_errors_store_nothing(pipe, store, router, fakes) -> None:
+    router.post(fakes.CHAT_URL).mock(
+        return_value=httpx.Response(429, json={"error": {"message": "Rate limit reached"}})
+    )
+    async with pipe:
+        with pytest.raises(RateLimitError):
+            await pipe.execute("user-3", "user", "Hi")
+        with pytest.raises(RateLimitError):
+            [c async for c in pipe.stream("user-3", "user", "Hi")]
+    assert await store.load("user-3") == []
+
+
+async def test_stream_broken_midway_stores_nothing(pipe, store, router, fakes) -> None:
+    router.post(fakes.CHAT_URL).mock(
+        return_value=fakes.sse_response(fakes.sse(fakes.chunk("Hel"), done=False))
+    )
+    async with pipe:
+        with pytest.raises(IncompleteStreamError):
+            [c async for c in pipe.stream("user-4", "user", "Hi")]
+    assert await store.load("user-4") == []
+
+
+async def test_retries_show_up_in_the_turn_trace(pipe, router, fakes) -> None:
+    router.post(fakes.CHAT_URL).mock(
+        side_effect=[
+            httpx.Response(500, json={}),
+            fakes.sse_response(fakes.hello_stream()),
+        ]
+    )
+    async with pipe:
+        result = await pipe.execute("user-5", "user", "Hi")
+    assert [event.kind for event in result.trace] == ["retry"]
+    assert result.trace[0].detail["status"] == 500
+
+
+async def test_stored_tool_turns_replay_as_valid_openai_messages(
+    pipe, store, router, fakes
+) -> None:
+    await store.append(
+        "user-6",
+        [
+            Message("system", "You are a weather bot."),
+            Message("user", "Weather in Oslo?"),
+            Message("assistant", "", tool_calls=[ToolCall("c1", "weather", '{"city": "Oslo"}')]),
+            Message("tool", "-3C", tool_call_id="c1"),
+            Message("assistant", "It is -3C in Oslo."),
+        ],
+    )
+    route = router.post(fakes.CHAT_URL).mock(return_value=fakes.sse_response(fakes.hello_stream()))
+    async with pipe:
+        await pipe.execute("user-6", "user", "And tomorrow?")
+    body = json.loads(route.calls.last.request.content)
+    fakes.validate_request(body, stream=True)
+    assert [m["role"] for m in body["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+
+
+async def test_server_errors_exhaust_retries_then_store_nothing(pipe, store, router, fakes) -> None:
+    route = router.post(fakes.CHAT_URL).mock(return_value=httpx.Response(503, json={}))
+    async with pipe:
+        with pytest.raises(InternalServerError):
+            await pipe.execute("user-7", "user", "Hi")
+    assert route.call_count == 3
+    assert await store.load("user-7") == []
