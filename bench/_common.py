@@ -187,3 +187,34 @@ def machine_facts() -> dict[str, Any]:
         "versions": {d: version_of(d) for d in dists},
         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def sched_wait_seconds() -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of this thread so far.
+
+    From ``/proc/self/schedstat``. On a shared machine the waiting time shows how much
+    of a run's wall time the client lost to other processes; None where unavailable.
+    """
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, waiting, _ = f.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+def steal_ticks(cpus: set[int] | None = None) -> int | None:
+    """Hypervisor steal ticks so far, summed over ``cpus`` (all when None), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            lines = [line.split() for line in f if line.startswith("cpu")]
+    except OSError:
+        return None
+    total = 0
+    for fields in lines:
+        name = fields[0]
+        if name == "cpu":
+            continue
+        if cpus is None or int(name[3:]) in cpus:
+            total += int(fields[8])
+    return total

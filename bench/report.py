@@ -65,9 +65,12 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_key[(r["client"], r["loop"])].append(r)
     # Baseline throughput per (loop, repeat), for ratios taken within one repeat.
     base: dict[tuple[str, str, int], float] = {}
+    base_cpu: dict[tuple[str, int], float] = {}
     for r in good:
         if r["client"] in (*BASELINES, "openai", "promptkit-memory"):
             base[(r["client"], r["loop"], r.get("repeat", 0))] = r["turns_per_s"]
+        if r["client"] == "aiohttp" and r["cpu_per_turn_ms"]:
+            base_cpu[(r["loop"], r.get("repeat", 0))] = r["cpu_per_turn_ms"]
     summary = []
     for (client, loop), rs in by_key.items():
         entry: dict[str, Any] = {
@@ -90,6 +93,16 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for q in ("p50", "p99"):
                 vals = [r[metric][q] for r in rs if r[metric][q] is not None]
                 entry[f"{metric}_{q}"] = statistics.median(vals) if vals else None
+        waits = [r["runqueue_wait_share"] for r in rs if r.get("runqueue_wait_share") is not None]
+        entry["runqueue_wait_share"] = statistics.median(waits) if waits else None
+        # CPU efficiency against aiohttp: robust when neighbours steal wall-clock time.
+        cpu_ratios = [
+            base_cpu[(loop, r.get("repeat", 0))] / r["cpu_per_turn_ms"]
+            for r in rs
+            if r["cpu_per_turn_ms"] and (loop, r.get("repeat", 0)) in base_cpu
+        ]
+        if cpu_ratios:
+            entry["cpu_x_aiohttp"] = _spread(cpu_ratios)
         if any("redis_busy" in r for r in rs):
             entry["redis_busy_max"] = max(r.get("redis_busy", 0.0) for r in rs)
         for ref in (*BASELINES, "openai", "promptkit-memory"):
@@ -142,8 +155,9 @@ def markdown(record: dict[str, Any]) -> str:
     p = record["params"]
     lines = [
         "| client | loop | turns/s | TTFC p50 / p99 ms | turn p50 / p99 ms | CPU/turn ms "
-        "| CPU s | peak RSS MB | errors | × aiohttp | × httpx |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s | peak RSS MB | errors | × aiohttp turns/s | × aiohttp CPU/turn "
+        "| × httpx turns/s | CPU wait |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in record["summary"]:
         lines.append(
@@ -160,7 +174,11 @@ def markdown(record: dict[str, Any]) -> str:
                     _f(e["peak_rss_mb"]["max"], 0),
                     str(e["errors"]),
                     _range(e.get("x_aiohttp"), 2),
+                    _range(e.get("cpu_x_aiohttp"), 2),
                     _range(e.get("x_httpx"), 1),
+                    "–"
+                    if e.get("runqueue_wait_share") is None
+                    else f"{e['runqueue_wait_share']:.0%}",
                 ]
             )
             + " |"
@@ -189,6 +207,13 @@ def markdown(record: dict[str, Any]) -> str:
             + ", ".join(f"`{e['client']}` ({e['loop']})" for e in bad)
             + "."
         )
+    notes.append(
+        "× aiohttp turns/s: throughput ratio to the raw aiohttp loop of the same repeat; "
+        "× aiohttp CPU/turn: aiohttp's CPU per turn divided by this client's (1.0 = as "
+        "cheap, higher is cheaper), which neighbours on a shared machine cannot distort; "
+        "CPU wait: share of the wall time the client's loop was runnable but waiting for "
+        "its CPU (other processes), the cause of the turns/s spread."
+    )
     busy = max((e["upstream_busy_max"] for e in record["summary"]), default=0.0)
     notes.append(
         f"{p['sessions']:,} sessions × {p['turns']} turns, profile `{p['profile']}`, "
@@ -321,9 +346,10 @@ def _machine(record: dict[str, Any]) -> str:
 
 def update_docs(doc: Path, record: dict[str, Any], chart_path: Path | None) -> None:
     """Write one run's section: command, date, machine, table, chart."""
-    parts = [
-        f"`{record['command']}` — {record['date']}",
-        "",
+    parts = [f"`{record['command']}` — {record['date']}", ""]
+    for earlier in record.get("merged_commands", []):
+        parts += [f"Merged with the stored runs of other clients from {earlier}", ""]
+    parts += [
         f"Machine: {_machine(record)}",
         "",
         markdown(record),
@@ -463,8 +489,9 @@ def update_profile(doc: Path, record: dict[str, Any], texts: dict[str, Path]) ->
     parts = [
         f"`{record['command']}` — {record['date']}; {p['sessions']:,} sessions × "
         f"{p['turns']} turns, profile `{p['profile']}`, loop {', '.join(p['loops'])}. "
-        "Self time by function over the measured window (pyinstrument, CPU of the one "
-        "event-loop thread); the full call tree is in the `.txt` file named below.",
+        f"Profiler: {p.get('profiler', '?')} (CPU samples of the event-loop thread; "
+        "py-spy keeps only samples inside the running loop, pyinstrument only the measured "
+        "window and adds its own overhead).",
         "",
     ]
     for client, path in texts.items():

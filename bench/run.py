@@ -50,6 +50,7 @@ from ._common import (
     raise_fd_limit,
     uvloop_available,
 )
+from ._profile import summarize_collapsed
 from .clients import CLIENTS, DEFAULT_CLIENTS, available
 
 __all__ = ["main", "run_benchmark"]
@@ -251,6 +252,7 @@ def run_worker(
     if "failed" in result:
         result["stderr_tail"] = (stderr or "")[-2000:]
     result["process_s"] = elapsed
+    result["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     result["profiled"] = profiled
     result["upstream"] = stats
     wall = result.get("wall_s")
@@ -270,18 +272,20 @@ def run_worker(
 
 
 def _spy_cmd(args: argparse.Namespace, client: str, worker_cmd: list[str]) -> list[str]:
-    # py-spy samples the whole worker (imports and set-up included) from outside.
+    # py-spy samples the worker from outside (low overhead, no pauses with
+    # --nonblocking); bench._profile keeps only the samples inside the event loop.
     spy = shutil.which("py-spy")
     if spy is None:
         raise RuntimeError("py-spy is not installed (pip install py-spy)")
-    target = _profile_path(args, client).with_suffix(".speedscope.json")
+    target = _profile_path(args, client).with_suffix(".collapsed")
     return [
         spy,
         "record",
         "--rate",
-        "250",
+        "500",
+        "--nonblocking",
         "--format",
-        "speedscope",
+        "raw",
         "-o",
         str(target),
         "--",
@@ -322,6 +326,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": args.repeat,
             "max_connections": args.max_connections,
             "upstream_loop": args.upstream_loop,
+            "profiler": args.profiler,
             "pinned": {
                 "upstream_and_redis": sorted(server_cpus) if server_cpus else None,
                 "client": sorted(client_cpus) if client_cpus else None,
@@ -387,6 +392,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-docs", dest="update_docs", action="store_false")
     parser.add_argument("--label", default="", help="suffix for the result key")
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the stored runs of clients not run now (e.g. re-run only promptkit-*)",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="a few sessions on the instant profile, available fast clients, no docs",
@@ -434,15 +444,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def merge_stored(record: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """Add the stored runs of (client, loop) pairs this record did not run again."""
+    fresh = {(r["client"], r["loop"]) for r in record["runs"]}
+    kept = [r for r in stored.get("runs", []) if (r["client"], r["loop"]) not in fresh]
+    if not kept:
+        return record
+    record["runs"] = kept + record["runs"]
+    record["clients"] = {**stored.get("clients", {}), **record["clients"]}
+    ran = {r["client"] for r in record["runs"]}
+    record["skipped"] = {k: v for k, v in record["skipped"].items() if k not in ran}
+    earlier = [*stored.get("merged_commands", []), f"{stored['date']}: {stored['command']}"]
+    record["merged_commands"] = earlier
+    record["summary"] = report.aggregate(record["runs"])
+    return record
+
+
 def write_outputs(record: dict[str, Any], args: argparse.Namespace) -> Path:
     """Write the JSON, the chart and (unless disabled) the docs section."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = args.out or RESULTS / f"{record['key']}.json"
+    if args.merge and out.exists():
+        record = merge_stored(record, json.loads(out.read_text()))
     out.write_text(json.dumps(record, indent=1) + "\n")
     if args.profiler != "none":
         # A profiled run measures the profiler too: its figures go nowhere but the profile.
-        if args.update_docs and args.profiler == "pyinstrument":
-            texts = {c: _profile_path(args, c) for c in record["clients"]}
+        texts = {c: _profile_path(args, c) for c in record["clients"]}
+        if args.profiler == "py-spy":
+            for path in texts.values():
+                collapsed = path.with_suffix(".collapsed")
+                if collapsed.exists():
+                    path.write_text(summarize_collapsed(collapsed) + "\n")
+        for path in texts.values():
+            if path.exists():
+                print(f"profile: {path}\n{path.read_text()[:3000]}")
+        if args.update_docs:
             report.update_profile(args.docs, record, texts)
         return out
     table = report.markdown(record)

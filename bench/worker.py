@@ -27,7 +27,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ._common import LOOPS, cpu_seconds, current_rss_mb, peak_rss_mb, pin_to, raise_fd_limit, run_on
+from ._common import (
+    LOOPS,
+    cpu_seconds,
+    current_rss_mb,
+    peak_rss_mb,
+    pin_to,
+    raise_fd_limit,
+    run_on,
+    sched_wait_seconds,
+    steal_ticks,
+)
 from .clients import CLIENTS, ClientConfig, make_client
 
 __all__ = ["main", "percentiles", "run_clients"]
@@ -50,6 +60,33 @@ def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float |
         "max": ordered[-1] * scale,
         "mean": sum(ordered) / n * scale,
     }
+
+
+def flat_profile(profiler: Any, wall: float, top: int = 30) -> str:
+    """The functions with the most self time in a pyinstrument session, as a table."""
+    session = profiler.last_session
+    root = session.root_frame() if session is not None else None
+    if root is None:
+        return "(no samples)"
+    totals: Counter[str] = Counter()
+    stack = [root]
+    while stack:
+        frame = stack.pop()
+        if frame.is_synthetic:
+            continue  # "[self]" leaves are counted with their parent below
+        stack.extend(frame.children)
+        # Self time: the synthetic "[self]" children plus anything no child accounts for.
+        own = frame.time - sum(c.time for c in frame.children if not c.is_synthetic_leaf)
+        if own > 0:
+            totals[f"{frame.function}  {frame.file_path_short}:{frame.line_no}"] += own
+    sampled = sum(totals.values()) or 1.0
+    lines = [
+        f"sampled {sampled:.2f} s of {wall:.2f} s wall; self time, top {top}:",
+        "   self s   share  function  file:line",
+    ]
+    for where, seconds in totals.most_common(top):
+        lines.append(f"{seconds:9.3f}  {seconds / sampled:6.1%}  {where}")
+    return "\n".join(lines)
 
 
 def user_text(session: int, turn: int) -> str:
@@ -103,9 +140,11 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
     if args.profiler == "pyinstrument":
         from pyinstrument import Profiler
 
-        profiler = Profiler(interval=0.0005, async_mode="disabled")
+        profiler = Profiler(interval=0.001, async_mode="disabled")
     gc.collect()
     rss_before = current_rss_mb()
+    cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    sched0, steal0 = sched_wait_seconds(), steal_ticks(cpus)
     cpu0 = cpu_seconds()
     t0 = perf()
     if profiler is not None:
@@ -115,6 +154,15 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
         profiler.stop()
     wall = perf() - t0
     cpu = cpu_seconds() - cpu0
+    sched1, steal1 = sched_wait_seconds(), steal_ticks(cpus)
+    # Time the loop thread was runnable but another process had the CPU: on a shared
+    # machine this is what makes wall-clock figures noisy while CPU per turn is not.
+    waited = sched1[1] - sched0[1] if sched0 and sched1 else None
+    stolen = (
+        (steal1 - steal0) / os.sysconf("SC_CLK_TCK")
+        if steal0 is not None and steal1 is not None
+        else None
+    )
     rss_after = current_rss_mb()
 
     # Correctness, outside the measured window.
@@ -130,7 +178,9 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
         base = Path(args.profile_out).with_suffix("")
         # After the measured window; a blocking write is harmless here.
         base.with_suffix(".txt").write_text(
-            profiler.output_text(unicode=True, color=False, show_all=False)
+            flat_profile(profiler, wall)
+            + "\n\n# call tree\n\n"
+            + profiler.output_text(unicode=True, color=False, show_all=False)
         )
         base.with_suffix(".html").write_text(profiler.output_html())
 
@@ -154,6 +204,9 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": cpu,
         "cpu_per_turn_ms": cpu / done * 1000 if done else None,
         "cpu_util": cpu / wall if wall > 0 else None,
+        "runqueue_wait_s": waited,
+        "runqueue_wait_share": waited / wall if waited is not None and wall > 0 else None,
+        "steal_s": stolen,
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_mb": rss_before,
         "rss_after_mb": rss_after,

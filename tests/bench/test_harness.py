@@ -188,3 +188,24 @@ def test_run_key_names_the_scenario() -> None:
     assert report.run_key(args) == "fast-1000x5"
     args.stream, args.label = False, "x"
     assert report.run_key(args) == "fast-1000x5-nostream-x"
+
+
+def test_merge_keeps_only_runs_not_repeated(smoke_record: dict[str, Any]) -> None:
+    from bench.run import merge_stored
+
+    stored = json.loads(json.dumps(smoke_record))
+    for r in stored["runs"]:
+        r["turns_per_s"] *= 2  # mark the old runs
+    fresh = json.loads(json.dumps(smoke_record))
+    fresh["runs"] = [r for r in fresh["runs"] if r["client"] == "aiohttp"]
+    merged = merge_stored(fresh, stored)
+    pairs = [(r["client"], r["loop"]) for r in merged["runs"]]
+    assert len(pairs) == len(set(pairs)) == len(smoke_record["runs"])
+    old = {(r["client"], r["loop"]): r for r in stored["runs"]}
+    for r in merged["runs"]:
+        if r["client"] == "aiohttp":
+            assert r["turns_per_s"] != old[(r["client"], r["loop"])]["turns_per_s"]
+        else:
+            assert r["turns_per_s"] == old[(r["client"], r["loop"])]["turns_per_s"]
+    assert merged["merged_commands"] == [f"{stored['date']}: {stored['command']}"]
+    assert {e["client"] for e in merged["summary"]} == {c for c, _ in pairs}
