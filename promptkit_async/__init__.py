@@ -3,6 +3,8 @@
 Everything public is importable from here as well as from its home module.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from . import errors
 from ._version import __version__
 from .errors import (
@@ -40,7 +42,7 @@ from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
 from .pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
 from .providers import BaseProvider, MockProvider, Provider, ProviderDefaults, ProviderRequest
-from .statestore import InMemoryStateStore, SessionPage, StateStore
+from .statestore import InMemoryStateStore, SessionPage, SQLiteStateStore, StateStore
 from .types import (
     Cost,
     ExecutionResult,
@@ -53,6 +55,9 @@ from .types import (
     TraceEvent,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from .statestore.redis import RedisStateStore
 
 __all__ = [
     "APIConnectionError",
@@ -95,7 +100,9 @@ __all__ = [
     "ProviderRequest",
     "ProviderResponse",
     "RateLimitError",
+    "RedisStateStore",
     "ResultStream",
+    "SQLiteStateStore",
     "SessionPage",
     "StateMiddleware",
     "StateStore",
@@ -117,3 +124,13 @@ __all__ = [
     "lookup_pricing",
     "register_pricing",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStateStore is imported on first use: redis-py takes about 0.1 s to import.
+    if name == "RedisStateStore":
+        from .statestore.redis import RedisStateStore
+
+        globals()[name] = RedisStateStore
+        return RedisStateStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
