@@ -16,6 +16,7 @@ the TTL of both keys, so a session expires as a whole.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -37,7 +38,7 @@ from .._validation import check_session_id
 from ..errors import InvalidRequestError, StoreDataError, StoreError, StoreUnavailableError
 from ..types import Message
 from ._batch import Batcher, Command
-from ._codec import decode_message, encode_messages
+from ._codec import decode_messages, encode_messages
 from ._common import (
     check_last_n,
     check_limit,
@@ -104,6 +105,7 @@ _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 _ENCODED_ID = re.compile(r"[A-Za-z0-9_.~%-]+")
 _WRITES = frozenset(("append", "save", "fork", "merge_metadata", "delete"))
 _SCAN_CALLS_PER_PAGE = 16
+_KEY_CACHE_SIZE = 4096
 # Node names in list_sessions cursors: a standalone server, and "scan finished".
 _STANDALONE = "*"
 _DONE = "-"
@@ -123,6 +125,29 @@ def _pairs(reply: Any) -> list[Any]:
     if isinstance(reply, dict):
         return [x for kv in reply.items() for x in kv]
     return list(reply)
+
+
+def _pack(commands: list[Command]) -> bytes:
+    """The RESP request bytes of ``commands`` (str arguments UTF-8, ints as digits).
+
+    A lean equivalent of redis-py's ``pack_commands`` for the few argument types this
+    store sends; on the hot path it costs a fraction of the general one.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for command in commands:
+        append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if type(arg) is str:
+                data = arg.encode()
+            elif type(arg) is bytes:
+                data = arg
+            else:
+                data = b"%d" % arg
+            append(b"$%d\r\n" % len(data))
+            append(data)
+            append(b"\r\n")
+    return b"".join(parts)
 
 
 def _parse_address(address: str) -> tuple[str | None, str, int]:
@@ -179,6 +204,10 @@ class RedisStateStore:
         refresh_ttl_on_read: also restart the TTL on ``load`` and ``get_metadata``
             (sent in the same round trip as the read).
         max_in_flight: how many pipelined batches may be on the wire at once.
+        timeout: seconds one round trip (a whole batch: taking a pooled connection,
+            sending, reading every reply) may take on a standalone server before it
+            fails with :class:`~promptkit_async.errors.StoreUnavailableError`. ``None``
+            leaves timing to the client's own ``socket_timeout``.
 
     Round trips: ``load``, ``append``, ``save``, ``count``, ``delete``,
     ``get_metadata`` and ``merge_metadata`` are one round trip each (``append`` and the
@@ -211,6 +240,7 @@ class RedisStateStore:
         ttl: float | None = None,
         refresh_ttl_on_read: bool = False,
         max_in_flight: int = 4,
+        timeout: float | None = None,
     ) -> None:
         if not isinstance(client, (aioredis.Redis, RedisCluster)):
             raise TypeError(
@@ -230,7 +260,11 @@ class RedisStateStore:
         self._closed = False
         self._address = self._describe(client)
         self._head = prefix + ":{"
+        self._key_cache: dict[str, tuple[str, str]] = {}
         self._scan_pattern = _glob_escape(prefix) + ":{*}:[mh]"
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be positive seconds, or None")
+        self.timeout = timeout
         self._batcher = Batcher(
             self._execute_cluster if self._cluster else self._execute_standalone, max_in_flight
         )
@@ -283,7 +317,9 @@ class RedisStateStore:
         url, host, port = _parse_address(address)
         options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
-            "socket_timeout": socket_timeout,
+            # A standalone store times whole batches itself (cheaper than a timer per
+            # reply); redis-py's cluster client times each read.
+            "socket_timeout": socket_timeout if cluster else None,
             "retry": Retry(NoBackoff(), 0),
         }
         if password is not None:
@@ -314,6 +350,7 @@ class RedisStateStore:
             ttl=ttl,
             refresh_ttl_on_read=refresh_ttl_on_read,
             max_in_flight=max_in_flight,
+            timeout=None if cluster else socket_timeout,
         )
         store._owns_client = True
         store._address = f"{host}:{port}" if url is None or not url.startswith("unix") else url
@@ -354,9 +391,17 @@ class RedisStateStore:
         )
 
     def _keys(self, session_id: str) -> tuple[str, str]:
-        check_session_id(session_id)
-        base = self._head + quote(session_id, safe="")
-        return base + "}:m", base + "}:h"
+        """The session's (list, hash) keys; validates the id first (before any I/O)."""
+        cache = self._key_cache
+        keys = cache.get(session_id) if type(session_id) is str else None
+        if keys is None:
+            check_session_id(session_id)  # only valid ids ever enter the cache
+            base = self._head + quote(session_id, safe="")
+            keys = base + "}:m", base + "}:h"
+            if len(cache) >= _KEY_CACHE_SIZE:
+                del cache[next(iter(cache))]
+            cache[session_id] = keys
+        return keys
 
     def _id_of(self, key: bytes | str) -> tuple[str, str] | None:
         """(session id, "m" or "h") of one of our keys, or None for a foreign key."""
@@ -447,13 +492,23 @@ class RedisStateStore:
         return StoreError(f"{where} failed {op}: {detail}")
 
     async def _execute_standalone(self, commands: list[Command]) -> list[Any]:
+        if self.timeout is None:
+            return await self._send_batch(commands)
+        try:
+            # wait_for cancels the batch once (asyncio's edge-triggered cancellation), so
+            # its clean-up below can still await: the connection is dropped and released.
+            return await asyncio.wait_for(self._send_batch(commands), self.timeout)
+        except asyncio.TimeoutError:
+            raise rexc.TimeoutError(f"no reply within {self.timeout}s") from None
+
+    async def _send_batch(self, commands: list[Command]) -> list[Any]:
         # One connection, one write of every command, then one reply per command. Raw
         # replies (no redis-py callbacks) and no redis-py retries: a replayed batch
         # could apply an append twice.
         pool = self.client.connection_pool  # type: ignore[union-attr]
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            await conn.send_packed_command(_pack(commands), check_health=False)
             results: list[Any] = []
             for _ in commands:
                 try:
@@ -508,7 +563,7 @@ class RedisStateStore:
             return []
         start = 0 if last_n is None else -last_n
         results = await self._call("load", (("LRANGE", keys[0], start, -1), *touch))
-        return [decode_message(r, session_id=session_id) for r in results[0]]
+        return decode_messages(results[0], session_id=session_id)
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
         """Append ``messages`` at the end, all together, in one atomic script."""
