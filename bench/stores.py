@@ -7,7 +7,9 @@ Each run drives ``sessions`` conversations concurrently, ``turns`` turns each, t
 ``Pipeline(StateMiddleware(store), ProviderMiddleware(MockProvider(...)))`` and reports
 turns/s (wall clock), client CPU per turn (this process only; redis-server's CPU is not
 included), Redis round trips per turn (counted on the client's connections) and, for
-Redis, the ratio to the in-memory throughput. Every run uses fresh sessions.
+Redis, the ratio to the in-memory throughput. Every run uses fresh sessions. Each
+figure is the best of ``--repeat`` runs (CPU: the lowest), since on a shared machine
+the slower runs mostly measure the neighbours.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import gc
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,12 +112,15 @@ async def run(
     }
 
 
+ROW = "{:8} {:>8} {:>9} {:>12} {:>8} {:>9}"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis", help="redis:// URL (default: start a private redis-server)")
     parser.add_argument("--sessions", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--turns", type=int, default=5, help="turns per session")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median shown)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per figure (best shown)")
     parser.add_argument("--stores", nargs="+", default=["memory", "redis", "sqlite"])
     options = parser.parse_args()
 
@@ -126,12 +130,9 @@ async def main() -> None:
         if redis_url is None and "redis" in options.stores:
             process, redis_url = start_redis(directory)
         try:
-            print(
-                f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {options.turns} turns/session"
-            )
-            print(
-                f"{'store':8} {'sessions':>8} {'turns/s':>9} {'CPU µs/turn':>12} {'RT/turn':>8} {'vs memory':>9}"
-            )
+            print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, ", end="")
+            print(f"{options.turns} turns per session, best of {options.repeat}")
+            print(ROW.format("store", "sessions", "turns/s", "CPU µs/turn", "RT/turn", "vs memory"))
             for sessions in options.sessions:
                 memory_rate = None
                 for kind in options.stores:
@@ -139,15 +140,20 @@ async def main() -> None:
                         await run(kind, sessions, options.turns, redis_url or "", directory)
                         for _ in range(options.repeat)
                     ]
-                    rate = statistics.median(r["turns_per_s"] for r in results)
-                    cpu = statistics.median(r["cpu_us_per_turn"] for r in results)
-                    trips = statistics.median(r["round_trips_per_turn"] for r in results)
+                    # Best of N: on a shared machine the slow runs measure the neighbours.
+                    best = max(results, key=lambda r: r["turns_per_s"])
+                    rate = best["turns_per_s"]
                     if kind == "memory":
                         memory_rate = rate
-                    ratio = f"{rate / memory_rate:.2f}x" if memory_rate else ""
-                    trips_text = f"{trips:.2f}" if kind == "redis" else "-"
                     print(
-                        f"{kind:8} {sessions:>8} {rate:>9.0f} {cpu:>12.0f} {trips_text:>8} {ratio:>9}"
+                        ROW.format(
+                            kind,
+                            sessions,
+                            f"{rate:.0f}",
+                            f"{min(r['cpu_us_per_turn'] for r in results):.0f}",
+                            f"{best['round_trips_per_turn']:.3f}" if kind == "redis" else "-",
+                            f"{rate / memory_rate:.2f}x" if memory_rate else "",
+                        )
                     )
         finally:
             if process is not None:

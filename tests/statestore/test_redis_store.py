@@ -690,3 +690,41 @@ def test_constructor_checks_its_arguments() -> None:
         RedisStateStore(client, ttl=0)
     with pytest.raises(TypeError, match="connect"):
         RedisStateStore("localhost:6379")  # type: ignore[arg-type]
+
+
+async def test_one_failing_operation_does_not_fail_its_batch(
+    store: RedisStateStore, raw: aioredis.Redis
+) -> None:
+    await raw.set(f"{store.prefix}:{{broken}}:m", "not a list")
+    results = await asyncio.gather(
+        store.load("broken"),
+        store.append("fine", [user("x")]),
+        store.append("broken", [user("y")]),
+        store.count("fine"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], StoreError)
+    assert results[1] is None
+    assert isinstance(results[2], StoreError)
+    assert results[3] == 1  # sent after the append, in the same batch
+    assert contents(await store.load("fine")) == ["x"]
+
+
+async def test_a_stalled_server_times_out_and_the_store_recovers(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    async with await RedisStateStore.connect(
+        redis_server.url, prefix=unique_prefix(), socket_timeout=0.2, max_connections=2
+    ) as store:
+        await store.append("s", [user("x")])
+        # Writes stall (reads and CLIENT UNPAUSE still run, so the test can end it).
+        await raw.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+        try:
+            for _ in range(4):  # more timeouts than pooled connections
+                with pytest.raises(StoreUnavailableError, match="did not answer append in time"):
+                    await store.append("stalled", [user("?")])
+        finally:
+            await raw.execute_command("CLIENT", "UNPAUSE")
+        # Timed-out connections were dropped and given back: the pool still works.
+        await store.append("s", [user("y")])
+        assert contents(await store.load("s")) == ["x", "y"]

@@ -263,3 +263,34 @@ def test_constructor_checks_its_arguments(tmp_path: Path) -> None:
         SQLiteStateStore(tmp_path / "x", ttl=-1)
     with pytest.raises(ValueError, match="busy_timeout"):
         SQLiteStateStore(tmp_path / "x", busy_timeout=-1)
+
+
+async def test_one_failing_operation_does_not_fail_its_batch(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    async with SQLiteStateStore(path) as store:
+        await store.merge_metadata("broken", {"k": 1})
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE promptkit_sessions SET metadata = '{oops'")
+        db.close()
+
+        results = await asyncio.gather(
+            store.append("fine", [user("x")]),
+            store.merge_metadata("broken", {"k": 2}),  # fails after reading: rolled back
+            store.append("fine", [user("y")]),
+            return_exceptions=True,
+        )
+
+        assert results[0] is None
+        assert isinstance(results[1], StoreDataError)
+        assert results[2] is None
+        assert contents(await store.load("fine")) == ["x", "y"]
+
+
+async def test_a_cancelled_operation_that_was_not_started_is_not_applied(tmp_path: Path) -> None:
+    async with SQLiteStateStore(tmp_path / "chat.sqlite3") as store:
+        task = asyncio.create_task(store.append("s", [user("never")]))
+        await asyncio.sleep(0)  # queued for the next batch, not yet in the worker thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await store.load("s") == []
