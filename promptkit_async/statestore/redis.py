@@ -151,7 +151,10 @@ def _pack(commands: list[Command]) -> bytes:
 
 
 def _parse_address(address: str) -> tuple[str | None, str, int]:
-    """(url or None, host, port) of ``"host:port"``, ``"[v6]:port"`` or a redis URL."""
+    """(url or None, host, port) of ``"host:port"``, ``"[v6]:port"`` or a redis URL.
+
+    For a ``unix://`` URL, ``host`` is the socket path and ``port`` is 0.
+    """
     if not isinstance(address, str) or not address.strip():
         raise InvalidRequestError(
             f"Redis address must be 'host:port' or a redis:// URL, not {address!r}"
@@ -162,11 +165,13 @@ def _parse_address(address: str) -> tuple[str | None, str, int]:
             raise InvalidRequestError(
                 f"unsupported Redis URL scheme {parts.scheme!r}; use redis://, rediss:// or unix://"
             )
+        if parts.scheme == "unix":
+            return address, parts.path, 0
         try:
             port = parts.port or 6379
         except ValueError:
-            raise InvalidRequestError(f"invalid port in Redis URL {address!r}") from None
-        return address, parts.hostname or ("localhost" if parts.scheme != "unix" else ""), port
+            raise InvalidRequestError("invalid port in the Redis URL") from None
+        return address, parts.hostname or "localhost", port
     host, sep, port_text = address.rpartition(":")
     if not sep or "]" in port_text:
         host, port_text = address, "6379"
@@ -251,6 +256,9 @@ class RedisStateStore:
         self.ttl = check_ttl(ttl)
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be positive seconds, or None")
+        self.timeout = timeout
         self.prefix = prefix
         self.refresh_ttl_on_read = bool(refresh_ttl_on_read)
         self.client = client
@@ -262,9 +270,6 @@ class RedisStateStore:
         self._head = prefix + ":{"
         self._key_cache: dict[str, tuple[str, str]] = {}
         self._scan_pattern = _glob_escape(prefix) + ":{*}:[mh]"
-        if timeout is not None and not timeout > 0:
-            raise ValueError("timeout must be positive seconds, or None")
-        self.timeout = timeout
         self._batcher = Batcher(
             self._execute_cluster if self._cluster else self._execute_standalone, max_in_flight
         )
@@ -353,7 +358,8 @@ class RedisStateStore:
             timeout=None if cluster else socket_timeout,
         )
         store._owns_client = True
-        store._address = f"{host}:{port}" if url is None or not url.startswith("unix") else url
+        # Never the URL itself: it may carry a password.
+        store._address = f"unix://{host}" if port == 0 else f"{host}:{port}"
         try:
             if isinstance(client, RedisCluster):
                 await client.initialize()
@@ -376,7 +382,7 @@ class RedisStateStore:
     @staticmethod
     def _describe(client: RedisClient) -> str:
         if isinstance(client, RedisCluster):
-            nodes = client.startup_nodes or client.get_nodes()
+            nodes = client.nodes_manager.startup_nodes.values() or client.get_nodes()
             return ",".join(n.name for n in nodes) or "the cluster"
         kwargs = client.connection_pool.connection_kwargs
         if kwargs.get("path"):
@@ -480,8 +486,10 @@ class RedisStateStore:
             rexc.ReadOnlyError,
             OSError,
         )
-        if isinstance(exc, unavailable) or (
-            isinstance(exc, rexc.RedisClusterException) and "cannot be connected" in detail
+        if (
+            isinstance(exc, unavailable)
+            or (isinstance(exc, rexc.RedisClusterException) and "cannot be connected" in detail)
+            or (isinstance(exc, rexc.ResponseError) and detail.startswith("BUSY "))
         ):
             return StoreUnavailableError(f"cannot reach {where} during {op}: {detail}; {check}")
         if isinstance(exc, rexc.ResponseError) and detail.startswith("OOM"):

@@ -728,3 +728,14 @@ async def test_a_stalled_server_times_out_and_the_store_recovers(
         # Timed-out connections were dropped and given back: the pool still works.
         await store.append("s", [user("y")])
         assert contents(await store.load("s")) == ["x", "y"]
+
+
+async def test_a_unix_socket_url_works(
+    redis_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "redis.sock"
+    redis_factory("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    async with await RedisStateStore.connect(f"unix://{socket_path}", prefix="p") as store:
+        await store.append("s", [user("over a unix socket")])
+        assert contents(await store.load("s")) == ["over a unix socket"]
+        assert f"unix://{socket_path}" in repr(store)
