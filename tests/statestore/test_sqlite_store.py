@@ -12,6 +12,7 @@ import pytest
 
 from promptkit_async import (
     InMemoryStateStore,
+    InvalidSessionIdError,
     Message,
     MockProvider,
     Pipeline,
@@ -56,6 +57,17 @@ async def test_the_constructor_does_no_io(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailableError, match="missing-directory") as caught:
         await store.load("s")
     assert "directory exists" in str(caught.value)
+    await store.aclose()
+
+
+async def test_session_ids_are_checked_before_any_io(tmp_path: Path) -> None:
+    # The directory does not exist: any I/O would fail with StoreUnavailableError.
+    store = SQLiteStateStore(tmp_path / "missing" / "chat.sqlite3")
+    for call in (store.load(""), store.append(" ", [user("x")]), store.fork("ok", "a\x00")):
+        with pytest.raises(InvalidSessionIdError):
+            await call
+    with pytest.raises(StoreUnavailableError):
+        await store.load("fine")
     await store.aclose()
 
 
