@@ -17,7 +17,6 @@ from promptkit_async.statestore import (
     SQLiteStateStore,
     StateStore,
 )
-from tests._redis_server import redis_cluster, redis_server  # noqa: F401 (fixtures)
 from tests.contract._harness import FakeClock, StoreHarness, shift_redis_ttls
 
 KINDS = [
