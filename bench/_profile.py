@@ -3,7 +3,7 @@
 ``py-spy record --format raw`` writes one line per distinct stack,
 ``frame;frame;...;leaf <count>``, each frame ``function (file:line)``. Idle samples are
 left out by py-spy, so the counts are CPU samples. Only samples taken inside the event
-loop (a ``run_until_complete`` frame) count: imports and process start-up are dropped.
+loop (a ``run_until_complete`` frame) count: process start-up and imports are dropped.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def summarize_collapsed(path: Path, top: int = 25) -> str:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit() or "run_until_complete" not in stack:
             continue
+        if "_find_and_load" in stack:
+            continue  # imports done lazily while the client opens: not per-turn work
         n = int(count)
         total += n
         frames = stack.split(";")

@@ -502,7 +502,7 @@ FULL_SUITE: list[list[str]] = [
         "--repeat",
         "1",
         "--loops",
-        "asyncio",
+        "asyncio,uvloop",
         "--clients",
         "aiohttp,promptkit-memory,promptkit-sqlite,promptkit-redis,promptkit-shim-memory",
     ],
