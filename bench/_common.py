@@ -105,7 +105,19 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (ru_maxrss is KiB on Linux)."""
+    """Peak resident set size of this process in MB.
+
+    Linux: ``VmHWM`` from /proc, the high-water mark of this program's own memory.
+    ``ru_maxrss`` is not used there because it survives ``exec``: a worker started by a
+    large harness process would report the harness's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.platform == "darwin":  # bytes there
         kib //= 1024

@@ -388,93 +388,98 @@ def targets_markdown(results: Path) -> str:
     main = _load(results, "fast-1000x5")
     big = _load(results, "fast-2000x5")
     micro = _load(results, "micro")
-    rows: list[tuple[str, str, str]] = []
+    loops = ("asyncio", "uvloop")
+    rows: list[str] = []
 
-    def verdict(ok: bool | None) -> str:
-        return "not measured" if ok is None else ("met" if ok else "**missed**")
+    def status(oks: list[bool | None]) -> str:
+        known = [ok for ok in oks if ok is not None]
+        if not known:
+            return "not measured"
+        if all(known):
+            return "met"
+        if not any(known):
+            return "**missed**"
+        return "; ".join(
+            f"{loop} {'met' if ok else '**missed**'}"
+            for loop, ok in zip(loops, oks, strict=True)
+            if ok is not None
+        )
 
-    for client in ("promptkit-memory", "promptkit-shim-memory"):
-        label = (
-            "promptkit_async (OpenAIProvider, in-memory)"
-            if client == "promptkit-memory"
-            else "pipeline over the bench aiohttp shim (interim: no OpenAIProvider)"
-        )
-        for loop in ("asyncio", "uvloop"):
-            e = _entry(main, client, loop)
-            why = "" if e else " (no result yet)"
-            x_a = e.get("x_aiohttp") if e else None
-            x_o = e.get("x_openai") if e else None
-            cpu = e["cpu_per_turn_ms"] if e else None
-            rss = e["peak_rss_mb"] if e else None
-            rows.append(
-                (
-                    f"{label}, {loop}: ≥ 0.8× raw aiohttp",
-                    f"{_range(x_a, 2)}×{why}" if x_a else f"–{why}",
-                    verdict(None if not x_a else x_a["median"] >= 0.8),
-                )
+    def row(label: str, cells: list[tuple[str, bool | None]]) -> None:
+        texts = [c[0] for c in cells]
+        rows.append(f"| {label} | {' | '.join(texts)} | {status([c[1] for c in cells])} |")
+
+    def per_loop(
+        record: dict[str, Any] | None, client: str, pick: Any, unit: str, test: Any
+    ) -> list[tuple[str, bool | None]]:
+        out: list[tuple[str, bool | None]] = []
+        for loop in loops:
+            e = _entry(record, client, loop)
+            value = pick(e) if e else None
+            if not value:
+                out.append(("–", None))
+            else:
+                out.append((f"{_range(value, 2)}{unit}", bool(test(value["median"]))))
+        return out
+
+    pk = "promptkit-memory"
+    row(
+        "1,000 sessions × 5 turns, fast: `promptkit-memory` ≥ 0.8× raw aiohttp turns/s",
+        per_loop(main, pk, lambda e: e.get("x_aiohttp"), "×", lambda v: v >= 0.8),
+    )
+    row(
+        "… ≥ 10× the openai SDK's turns/s",
+        per_loop(main, pk, lambda e: e.get("x_openai"), "×", lambda v: v >= 10),
+    )
+    row(
+        "… ≤ 1 ms client CPU per turn",
+        per_loop(main, pk, lambda e: e["cpu_per_turn_ms"], " ms", lambda v: v <= 1.0),
+    )
+    row(
+        "… peak RSS ≤ 100 MB",
+        per_loop(
+            main,
+            pk,
+            lambda e: dict.fromkeys(("median", "min", "max"), e["peak_rss_mb"]["max"]),
+            " MB",
+            lambda v: v <= 100,
+        ),
+    )
+    for client in ("promptkit-memory", "promptkit-sqlite", "promptkit-redis"):
+        cells: list[tuple[str, bool | None]] = []
+        for loop in loops:
+            e = _entry(big, client, loop)
+            cells.append(
+                (f"{e['errors']} in {e['turns_ok'] + e['errors']:,} turns", e["errors"] == 0)
+                if e
+                else ("–", None)
             )
-            rows.append(
-                (
-                    f"{label}, {loop}: ≥ 10× openai SDK",
-                    f"{_range(x_o, 1)}×" if x_o else f"–{why}",
-                    verdict(None if not x_o else x_o["median"] >= 10),
-                )
-            )
-            rows.append(
-                (
-                    f"{label}, {loop}: ≤ 1 ms client CPU per turn",
-                    f"{_range(cpu, 2)} ms" if cpu else f"–{why}",
-                    verdict(None if not cpu else cpu["median"] <= 1.0),
-                )
-            )
-            rows.append(
-                (
-                    f"{label}, {loop}: peak RSS ≤ 100 MB",
-                    f"{_f(rss['max'], 0)} MB" if rss else f"–{why}",
-                    verdict(None if not rss else rss["max"] <= 100),
-                )
-            )
-    for client in (
-        "promptkit-memory",
-        "promptkit-redis",
-        "promptkit-sqlite",
-        "promptkit-shim-memory",
-    ):
-        e = _entry(big, client, "asyncio")
-        rows.append(
-            (
-                f"2,000 sessions, `{client}`: zero errors",
-                f"{e['errors']} errors in {e['turns_ok']:,} turns" if e else "– (no result yet)",
-                verdict(None if e is None else e["errors"] == 0),
-            )
-        )
-    for loop in ("asyncio", "uvloop"):
-        e = _entry(main, "promptkit-redis", loop)
-        x = e.get("x_promptkit-memory") if e else None
-        rows.append(
-            (
-                f"Redis store ≥ 0.8× in-memory ({loop})",
-                f"{_range(x, 2)}×" if x else "– (no result yet)",
-                verdict(None if not x else x["median"] >= 0.8),
-            )
-        )
+        row(f"2,000 sessions: `{client}` zero errors", cells)
+    row(
+        "Redis store ≥ 0.8× the in-memory store's turns/s (1,000 × 5)",
+        per_loop(
+            main, "promptkit-redis", lambda e: e.get("x_promptkit-memory"), "×", lambda v: v >= 0.8
+        ),
+    )
     idle = micro.get("idle_sessions") if micro else None
     if idle:
         figure = idle["rss_delta_mb"]
         rows.append(
-            (
-                f"{idle['sessions']:,} idle sessions × {idle['messages_per_session']} messages "
-                "≤ 100 MB",
-                f"{figure:.1f} MB RSS ({idle['tracemalloc_mb']:.1f} MB traced)",
-                verdict(figure <= 100),
-            )
+            f"| {idle['sessions']:,} idle sessions × {idle['messages_per_session']} messages "
+            f"(in-memory store) ≤ 100 MB | {figure:.1f} MB RSS "
+            f"({idle['tracemalloc_mb']:.1f} MB traced) | (no loop) | "
+            f"{'met' if figure <= 100 else '**missed**'} |"
         )
     else:
-        rows.append(
-            ("10,000 idle sessions × 20 messages ≤ 100 MB", "– (run bench.micro)", verdict(None))
-        )
-    out = ["| target | measured | status |", "|---|---|---|"]
-    out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+        rows.append("| 10,000 idle sessions × 20 messages ≤ 100 MB | – | – | not measured |")
+    # Not a target, but the figure that survives a noisy machine.
+    info = per_loop(main, pk, lambda e: e.get("cpu_x_aiohttp"), "×", lambda v: True)
+    rows.append(
+        "| (diagnostic) raw aiohttp CPU per turn ÷ `promptkit-memory` CPU per turn | "
+        + " | ".join(c[0] for c in info)
+        + " | – |"
+    )
+    out = ["| target | asyncio | uvloop | status |", "|---|---|---|---|", *rows]
     return "\n".join(out) + "\n"
 
 

@@ -32,6 +32,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -523,8 +524,18 @@ FULL_SUITE: list[list[str]] = [
 ]
 
 
+def _stop_on_sigterm() -> None:
+    # SIGTERM becomes SystemExit, so the upstream, redis-server and a running worker
+    # (subprocess.run kills its child on any exception) are stopped, not orphaned.
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point: ``python -m bench.run --help``."""
+    _stop_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--suite" in argv:
         rest = [a for a in argv if a not in ("--suite", "full")]
