@@ -14,9 +14,9 @@
    the RSS delta, and separately with ``tracemalloc``; the text itself is reported too,
    so the store's overhead per message is visible.
 3. **Truncation vs history length**: owned by ``bench/truncation.py`` (the prompt
-   package's engineer). If that module exists and defines ``run(smoke: bool) -> dict``,
-   its result is stored under ``truncation`` here and shown in the docs (a list of flat
-   dicts under ``rows`` becomes a table).
+   package's engineer). If it defines ``run(smoke: bool) -> dict``, its result is stored
+   under ``truncation`` (a list of flat dicts under ``rows`` becomes a table); otherwise
+   ``python -m bench.truncation`` is run and its printed table kept.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -202,19 +203,33 @@ def idle_sessions(sessions: int = 10_000, per_session: int = 20) -> dict[str, An
 
 
 def truncation(smoke: bool) -> dict[str, Any]:
-    """Run ``bench/truncation.py`` if it exists (see the module docstring)."""
-    try:
-        module = importlib.import_module("bench.truncation")
-    except ModuleNotFoundError as exc:
-        if exc.name != "bench.truncation":
-            return {"status": f"bench/truncation.py failed to import: {exc}"}
+    """Run ``bench/truncation.py`` if it exists (see the module docstring).
+
+    Preferred: its ``run(smoke)`` returning a dict. A module with only a ``main()`` that
+    prints a table (as written for issue 4) is run as ``python -m bench.truncation`` in a
+    child process and its output kept as ``text``; smoke runs skip that (about 30 s).
+    """
+    if importlib.util.find_spec("bench.truncation") is None:
         return {"status": "bench/truncation.py is not written yet (prompt package, issue 4)"}
+    module = importlib.import_module("bench.truncation")
     run = getattr(module, "run", None)
-    if run is None:
-        return {"status": "bench/truncation.py has no run(smoke) function"}
-    result: dict[str, Any] = run(smoke=smoke)
-    result.setdefault("status", "ok")
-    return result
+    if run is not None:
+        result: dict[str, Any] = run(smoke=smoke)
+        result.setdefault("status", "ok")
+        return result
+    if smoke:
+        return {"status": "skipped in smoke runs (python -m bench.truncation takes ~30 s)"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.truncation"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return {"status": f"python -m bench.truncation failed: {proc.stderr.strip()[-500:]}"}
+    return {"status": "from `python -m bench.truncation`", "text": proc.stdout.rstrip()}
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -254,6 +269,8 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     trunc = record["truncation"]
     out.append(f"**Truncation vs history length**: {trunc.get('status')}.")
+    if trunc.get("text"):
+        out += ["", "```text", trunc["text"], "```"]
     table = trunc.get("rows")
     if isinstance(table, list) and table and isinstance(table[0], dict):
         keys = list(table[0])

@@ -282,6 +282,8 @@ def chart(record: dict[str, Any], path: Path) -> Path | None:
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         if metric == "cpu_per_turn_ms":
+            # Log scale: 0.3 ms and 17 ms clients must both stay readable.
+            ax.set_xscale("log")
             ax.axvline(1.0, color="#c00", lw=0.8, ls="--")
     axes[0].legend(fontsize=8, loc="lower right")
     p = record["params"]
@@ -410,7 +412,12 @@ def targets_markdown(results: Path) -> str:
         rows.append(f"| {label} | {' | '.join(texts)} | {status([c[1] for c in cells])} |")
 
     def per_loop(
-        record: dict[str, Any] | None, client: str, pick: Any, unit: str, test: Any
+        record: dict[str, Any] | None,
+        client: str,
+        pick: Any,
+        unit: str,
+        test: Any,
+        digits: int = 2,
     ) -> list[tuple[str, bool | None]]:
         out: list[tuple[str, bool | None]] = []
         for loop in loops:
@@ -419,7 +426,7 @@ def targets_markdown(results: Path) -> str:
             if not value:
                 out.append(("–", None))
             else:
-                out.append((f"{_range(value, 2)}{unit}", bool(test(value["median"]))))
+                out.append((f"{_range(value, digits)}{unit}", bool(test(value["median"]))))
         return out
 
     pk = "promptkit-memory"
@@ -443,6 +450,7 @@ def targets_markdown(results: Path) -> str:
             lambda e: dict.fromkeys(("median", "min", "max"), e["peak_rss_mb"]["max"]),
             " MB",
             lambda v: v <= 100,
+            digits=0,
         ),
     )
     for client in ("promptkit-memory", "promptkit-sqlite", "promptkit-redis"):
