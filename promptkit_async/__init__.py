@@ -3,6 +3,8 @@
 Everything public is importable from here as well as from its home module.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from . import errors
 from ._version import __version__
 from .errors import (
@@ -57,7 +59,7 @@ from .providers import (
     ProviderRequest,
     RetryPolicy,
 )
-from .statestore import InMemoryStateStore, SessionPage, StateStore
+from .statestore import InMemoryStateStore, SessionPage, SQLiteStateStore, StateStore
 from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
 from .types import (
     Cost,
@@ -71,6 +73,9 @@ from .types import (
     TraceEvent,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from .statestore.redis import RedisStateStore
 
 __all__ = [
     "APIConnectionError",
@@ -118,8 +123,10 @@ __all__ = [
     "ProviderRequest",
     "ProviderResponse",
     "RateLimitError",
+    "RedisStateStore",
     "ResultStream",
     "RetryPolicy",
+    "SQLiteStateStore",
     "SessionPage",
     "StateMiddleware",
     "StateStore",
@@ -150,3 +157,13 @@ __all__ = [
     "tool",
     "truncate_messages",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStateStore is imported on first use: redis-py takes about 0.1 s to import.
+    if name == "RedisStateStore":
+        from .statestore.redis import RedisStateStore
+
+        globals()[name] = RedisStateStore
+        return RedisStateStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

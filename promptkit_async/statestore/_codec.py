@@ -14,6 +14,7 @@ raises :class:`~promptkit_async.errors.StoreDataError` naming the session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -21,13 +22,19 @@ from typing import Any
 from ..errors import InvalidMessageError, PromptKitError, StoreDataError
 from ..types import Message, ToolCall
 
-__all__ = ["SCHEMA_VERSION", "decode_message", "encode_message", "encode_messages"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "decode_message",
+    "decode_messages",
+    "encode_message",
+    "encode_messages",
+]
 
 #: The record version this library writes.
 SCHEMA_VERSION = 1
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
-_loads = json.loads
+_decode = json.JSONDecoder().decode
 
 
 def encode_message(message: Message) -> str:
@@ -58,7 +65,8 @@ def encode_message(message: Message) -> str:
 def decode_message(record: str | bytes, *, session_id: str = "?") -> Message:
     """Rebuild a :class:`Message` from its record."""
     try:
-        data = _loads(record)
+        # Decoding bytes here is cheaper than json.loads' encoding detection.
+        data = _decode(record.decode("utf-8") if isinstance(record, bytes) else record)
         if not isinstance(data, dict):
             raise TypeError("record is not a JSON object")
         version = data.get("v", 0)
@@ -128,4 +136,32 @@ def encode_messages(messages: Iterable[Message]) -> list[str]:
         if not isinstance(m, Message):
             raise InvalidMessageError(f"expected Message, got {type(m).__name__}")
         out.append(encode_message(m))
+    return out
+
+
+# Decoded records without metadata, by record text. Such a Message is immutable all the
+# way down (frozen, str and tuple fields), so one object can be handed to every load; a
+# message with metadata carries a mutable dict and is decoded afresh each time. Every
+# turn reloads the history it loaded the turn before, so most records hit. Bounded in
+# entries and record size (at most _CACHE_ENTRIES * _CACHE_RECORD_BYTES of records).
+_CACHE_ENTRIES = 8192
+_CACHE_RECORD_BYTES = 2048
+_cache: dict[str | bytes, Message] = {}
+
+
+def decode_messages(records: Iterable[str | bytes], *, session_id: str = "?") -> list[Message]:
+    """Decode a session's records, oldest first (reusing recently decoded messages)."""
+    cache = _cache
+    out = []
+    for record in records:
+        message = cache.get(record)
+        if message is None:
+            message = decode_message(record, session_id=session_id)
+            if not message.metadata and len(record) <= _CACHE_RECORD_BYTES:
+                if len(cache) >= _CACHE_ENTRIES:
+                    # Drop the oldest entry (another thread may race us: harmless).
+                    with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                        del cache[next(iter(cache))]
+                cache[record] = message
+        out.append(message)
     return out

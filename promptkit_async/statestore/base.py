@@ -11,6 +11,13 @@ Guarantees every store gives (and ``tests/contract`` checks for each):
 * Loaded messages are copies: changing them cannot change what is stored.
 * Session ids are validated before any I/O (see :func:`check_session_id`); any other
   text, including ``:``, ``*``, ``{`` and non-ASCII, is stored without collisions.
+  Other bad arguments (``last_n < 0``, ``limit < 1``, a message that is not a
+  :class:`~promptkit_async.types.Message` or whose metadata is not JSON) raise an
+  :class:`~promptkit_async.errors.InvalidRequestError` subclass, also before any I/O.
+* A session exists while it holds at least one message or one metadata key; it is
+  listed, counted by ``delete``'s return value and copied by ``fork`` only then.
+* With a TTL, a session expires as a whole (history and metadata together), the TTL
+  restarting at every write (and, if the store is configured so, every read).
 * Failures are :class:`~promptkit_async.errors.StoreError` subclasses.
 
 Concurrency: store objects are safe to share between tasks. They do not serialise whole
@@ -68,7 +75,11 @@ class StateStore(Protocol):
         ...
 
     async def list_sessions(self, *, cursor: str | None = None, limit: int = 100) -> SessionPage:
-        """A page of session ids (no order promised); follow ``next_cursor``."""
+        """A page of at most ``limit`` session ids (no order promised); follow ``next_cursor``.
+
+        Every session that exists for the whole listing is returned at least once;
+        sessions created or deleted meanwhile may or may not be.
+        """
         ...
 
     async def fork(self, source_id: str, target_id: str) -> int:

@@ -17,6 +17,7 @@ from .._validation import check_session_id
 from ..errors import InvalidMessageError
 from ..types import Message
 from ._codec import encode_message
+from ._common import check_last_n, check_limit, copy_json_object, split_patch
 from .base import SessionPage
 
 __all__ = ["InMemoryStateStore"]
@@ -42,14 +43,6 @@ def _own(message: Message) -> Message:
     return replace(message, metadata=json.loads(encode_message(message))["metadata"])
 
 
-def _copy_json(value: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        copied: dict[str, Any] = json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise InvalidMessageError(f"metadata is not JSON-serialisable ({exc})") from exc
-    return copied
-
-
 class InMemoryStateStore:
     """Keeps histories in a dict in this process.
 
@@ -62,6 +55,10 @@ class InMemoryStateStore:
     Reads and writes copy, so callers cannot corrupt stored history. Every operation runs
     without awaiting inside, so each is atomic with respect to other tasks on the loop.
     Not shared between processes: use SQLite or Redis for that.
+
+    Like every store, a session exists while it holds a message or a metadata key: saving
+    an empty history to a session without metadata (or removing its last metadata key
+    from a session without messages) deletes it.
     """
 
     def __init__(
@@ -107,6 +104,12 @@ class InMemoryStateStore:
             self._evict()
         return session
 
+    def _drop_if_empty(self, session_id: str, session: _Session) -> None:
+        # The persistent stores cannot hold an empty session (Redis has no empty lists),
+        # so no store keeps one: the contract suite checks they all agree.
+        if not session.messages and not session.metadata:
+            self._sessions.pop(session_id, None)
+
     def _evict(self) -> None:
         now = self._clock()
         # Oldest-touched first: drop expired ones, then the least recently used past the cap.
@@ -123,8 +126,7 @@ class InMemoryStateStore:
     async def load(self, session_id: str, last_n: int | None = None) -> list[Message]:
         """The session's messages, oldest first (the newest ``last_n`` if given)."""
         check_session_id(session_id)
-        if last_n is not None and last_n < 0:
-            raise ValueError("last_n must be >= 0")
+        check_last_n(last_n)
         session = self._get(session_id, touch=self.refresh_on_read)
         if session is None:
             return []
@@ -144,7 +146,9 @@ class InMemoryStateStore:
         """Replace the whole history (metadata is kept)."""
         check_session_id(session_id)
         owned = [_own(m) for m in messages]
-        self._for_write(session_id).messages = owned
+        session = self._for_write(session_id)
+        session.messages = owned
+        self._drop_if_empty(session_id, session)
 
     async def delete(self, session_id: str) -> bool:
         """Forget the session; True if it existed."""
@@ -161,8 +165,7 @@ class InMemoryStateStore:
 
     async def list_sessions(self, *, cursor: str | None = None, limit: int = 100) -> SessionPage:
         """Session ids in sorted order, ``limit`` at a time."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
+        check_limit(limit)
         now = self._clock()
         ids = sorted(
             sid for sid, s in self._sessions.items() if s.expires_at is None or s.expires_at > now
@@ -181,7 +184,7 @@ class InMemoryStateStore:
             self._sessions.pop(target_id, None)
             return 0
         messages = list(source.messages)
-        metadata = _copy_json(source.metadata)
+        metadata = copy_json_object(source.metadata)
         target = self._for_write(target_id)
         target.messages = messages
         target.metadata = metadata
@@ -191,19 +194,19 @@ class InMemoryStateStore:
         """A copy of the session's metadata."""
         check_session_id(session_id)
         session = self._get(session_id, touch=self.refresh_on_read)
-        return {} if session is None else _copy_json(session.metadata)
+        return {} if session is None else copy_json_object(session.metadata)
 
     async def merge_metadata(self, session_id: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         """Shallow-merge ``patch``; ``None`` values delete keys."""
         check_session_id(session_id)
-        patch = _copy_json(patch)
-        metadata = self._for_write(session_id).metadata
-        for key, value in patch.items():
-            if value is None:
-                metadata.pop(key, None)
-            else:
-                metadata[key] = value
-        return _copy_json(metadata)
+        updates, removals = split_patch(patch)
+        session = self._for_write(session_id)
+        metadata = session.metadata
+        metadata.update(updates)
+        for key in removals:
+            metadata.pop(key, None)
+        self._drop_if_empty(session_id, session)
+        return copy_json_object(metadata)
 
     async def aclose(self) -> None:
         """Nothing to release; present for the common store shape."""

@@ -1,0 +1,67 @@
+"""Checks and JSON helpers shared by every store, so they all reject the same input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import InvalidMessageError, InvalidRequestError
+
+__all__ = [
+    "check_last_n",
+    "check_limit",
+    "check_ttl",
+    "copy_json_object",
+    "dumps_value",
+    "split_patch",
+]
+
+#: Compact, ASCII-only JSON with no NaN/Infinity: the same rules as the record codec.
+dumps_value = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+
+
+def check_last_n(last_n: object) -> None:
+    """``last_n`` must be ``None`` or an int >= 0."""
+    if last_n is None:
+        return
+    if not isinstance(last_n, int) or isinstance(last_n, bool) or last_n < 0:
+        raise InvalidRequestError(
+            f"last_n must be None or an int >= 0, not {last_n!r}; pass None for everything"
+        )
+
+
+def check_limit(limit: object) -> None:
+    """A page size must be an int >= 1."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise InvalidRequestError(f"limit must be an int >= 1, not {limit!r}")
+
+
+def check_ttl(ttl: object) -> float | None:
+    """A TTL is ``None`` (never expire) or a positive number of seconds."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise ValueError(f"ttl must be positive seconds, or None; got {ttl!r}")
+    return float(ttl)
+
+
+def copy_json_object(value: object, what: str = "metadata") -> dict[str, Any]:
+    """A deep copy of a JSON object, or :class:`InvalidMessageError` if it is not one."""
+    if not isinstance(value, Mapping):
+        raise InvalidMessageError(f"{what} must be a mapping, not {type(value).__name__}")
+    try:
+        copied: dict[str, Any] = json.loads(dumps_value(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidMessageError(
+            f"{what} is not JSON-serialisable ({exc}); store only JSON values"
+        ) from exc
+    return copied
+
+
+def split_patch(patch: object) -> tuple[dict[str, Any], list[str]]:
+    """Validate a metadata patch: (keys to set with their values, keys to delete)."""
+    copied = copy_json_object(patch, "metadata patch")
+    updates = {k: v for k, v in copied.items() if v is not None}
+    removals = [k for k, v in copied.items() if v is None]
+    return updates, removals

@@ -1,0 +1,751 @@
+"""A state store in Redis or Redis Cluster: shared by processes, survives restarts.
+
+Layout (``P`` is the prefix, ``E`` the session id percent-encoded, see below)::
+
+    P:{E}:m   a list, one JSON record per message (schema-versioned, see _codec)
+    P:{E}:h   a hash, one field per metadata key, each value JSON
+
+``{E}`` is a Redis Cluster hash tag, so both keys of a session live in one slot and every
+write touches one node atomically. ``E`` is the UTF-8 id percent-encoded with only
+``A-Z a-z 0-9 - . _ ~`` left as they are: it is reversible (``list_sessions`` recovers the
+ids from the keys), it never contains ``{``, ``}``, ``:`` or a glob character, so ids
+cannot collide, cannot leave the prefix or the hash tag, and need no escaping in SCAN
+patterns. Writes run one Lua script (atomic on the server, one command) that also sets
+the TTL of both keys, so a session expires as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Union
+from urllib.parse import quote, unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from typing_extensions import Self
+
+from .._validation import check_session_id
+from ..errors import InvalidRequestError, StoreDataError, StoreError, StoreUnavailableError
+from ..types import Message
+from ._batch import Batcher, Command
+from ._codec import decode_messages, encode_messages
+from ._common import (
+    check_last_n,
+    check_limit,
+    check_ttl,
+    dumps_value,
+    split_patch,
+)
+from .base import SessionPage
+
+__all__ = ["RedisStateStore"]
+
+#: A client the store can use: a standalone client or a cluster client.
+RedisClient = Union[aioredis.Redis, RedisCluster]  # noqa: UP007 (runtime alias on 3.10)
+
+# One script for every write. KEYS[1] = the message list, KEYS[2] = the metadata hash;
+# ARGV[1] = operation, ARGV[2] = TTL in ms (0 = none). Lists of values are pushed in
+# chunks of 1000 because Lua's unpack() has a stack limit near 8000.
+_SCRIPT = """
+local op, ttl, m, h = ARGV[1], tonumber(ARGV[2]), KEYS[1], KEYS[2]
+local function push(cmd, key, first, last)
+  for i = first, last, 1000 do
+    redis.call(cmd, key, unpack(ARGV, i, math.min(i + 999, last)))
+  end
+end
+local function touch()
+  if ttl > 0 then
+    redis.call('PEXPIRE', m, ttl)
+    redis.call('PEXPIRE', h, ttl)
+  else
+    redis.call('PERSIST', m)
+    redis.call('PERSIST', h)
+  end
+end
+if op == 'append' then
+  push('RPUSH', m, 3, #ARGV)
+  touch()
+  return #ARGV - 2
+elseif op == 'save' then
+  redis.call('DEL', m)
+  push('RPUSH', m, 3, #ARGV)
+  touch()
+  return #ARGV - 2
+elseif op == 'merge' then
+  local last_set = 3 + 2 * tonumber(ARGV[3])
+  push('HSET', h, 4, last_set)
+  push('HDEL', h, last_set + 1, #ARGV)
+  touch()
+  return redis.call('HGETALL', h)
+elseif op == 'replace' then
+  redis.call('DEL', m, h)
+  local last_record = 3 + tonumber(ARGV[3])
+  push('RPUSH', m, 4, last_record)
+  push('HSET', h, last_record + 1, #ARGV)
+  touch()
+  return last_record - 3
+elseif op == 'delete' then
+  return redis.call('DEL', m, h)
+end
+return redis.error_reply('ERR unknown promptkit_async store operation ' .. tostring(op))
+"""
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+
+# Characters an encoded id may contain (quote() with safe="" leaves only these).
+_ENCODED_ID = re.compile(r"[A-Za-z0-9_.~%-]+")
+_WRITES = frozenset(("append", "save", "fork", "merge_metadata", "delete"))
+_SCAN_CALLS_PER_PAGE = 16
+_KEY_CACHE_SIZE = 4096
+# Node names in list_sessions cursors: a standalone server, and "scan finished".
+_STANDALONE = "*"
+_DONE = "-"
+_GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _pairs(reply: Any) -> list[Any]:
+    """A flat [field, value, ...] list from HGETALL (RESP2 list or RESP3 / parsed dict)."""
+    if isinstance(reply, dict):
+        return [x for kv in reply.items() for x in kv]
+    return list(reply)
+
+
+def _pack(commands: list[Command]) -> bytes:
+    """The RESP request bytes of ``commands`` (str arguments UTF-8, ints as digits).
+
+    A lean equivalent of redis-py's ``pack_commands`` for the few argument types this
+    store sends; on the hot path it costs a fraction of the general one.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for command in commands:
+        append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if type(arg) is str:
+                data = arg.encode()
+            elif type(arg) is bytes:
+                data = arg
+            else:
+                data = b"%d" % arg
+            append(b"$%d\r\n" % len(data))
+            append(data)
+            append(b"\r\n")
+    return b"".join(parts)
+
+
+def _parse_address(address: str) -> tuple[str | None, str, int]:
+    """(url or None, host, port) of ``"host:port"``, ``"[v6]:port"`` or a redis URL.
+
+    For a ``unix://`` URL, ``host`` is the socket path and ``port`` is 0.
+    """
+    if not isinstance(address, str) or not address.strip():
+        raise InvalidRequestError(
+            f"Redis address must be 'host:port' or a redis:// URL, not {address!r}"
+        )
+    if "://" in address:
+        parts = urlsplit(address)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise InvalidRequestError(
+                f"unsupported Redis URL scheme {parts.scheme!r}; use redis://, rediss:// or unix://"
+            )
+        if parts.scheme == "unix":
+            return address, parts.path, 0
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise InvalidRequestError("invalid port in the Redis URL") from None
+        return address, parts.hostname or "localhost", port
+    host, sep, port_text = address.rpartition(":")
+    if not sep or "]" in port_text:
+        host, port_text = address, "6379"
+    host = host.strip("[]") or "localhost"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise InvalidRequestError(
+            f"invalid Redis address {address!r}; use 'host:port', e.g. 'localhost:6379'"
+        ) from None
+    return None, host, port
+
+
+class RedisStateStore:
+    """Conversation histories in Redis or Redis Cluster.
+
+    Create one with :meth:`connect` (the store then owns its client)::
+
+        store = await RedisStateStore.connect("localhost:6379")
+        store = await RedisStateStore.connect("rediss://:secret@cache.example.com:6380/2")
+        store = await RedisStateStore.connect("10.0.0.5:7000", cluster=True)
+
+    or wrap a client you own (``redis.asyncio.Redis`` or
+    ``redis.asyncio.cluster.RedisCluster``); :meth:`aclose` then leaves it open::
+
+        store = RedisStateStore(redis.asyncio.Redis(host="localhost"), ttl=3600)
+
+    Args:
+        client: the client to use.
+        prefix: start of every key (no ``{`` or ``}``); stores with different prefixes
+            never see each other's sessions.
+        ttl: seconds a session lives after its last write (sliding; both of its keys
+            expire together); ``None`` keeps sessions forever (and a write by such a
+            store removes a TTL set earlier).
+        refresh_ttl_on_read: also restart the TTL on ``load`` and ``get_metadata``
+            (sent in the same round trip as the read).
+        max_in_flight: how many pipelined batches may be on the wire at once.
+        timeout: seconds one round trip (a whole batch: taking a pooled connection,
+            sending, reading every reply) may take on a standalone server before it
+            fails with :class:`~promptkit_async.errors.StoreUnavailableError`. ``None``
+            leaves timing to the client's own ``socket_timeout``.
+
+    Round trips: ``load``, ``append``, ``save``, ``count``, ``delete``,
+    ``get_metadata`` and ``merge_metadata`` are one round trip each (``append`` and the
+    other writes are one atomic Lua script), so a pipeline turn costs two. ``fork``
+    costs two (read the source, write the target). Operations that concurrent tasks
+    start during the same event-loop iteration share a round trip: they are sent as one
+    pipeline, each still atomic on its own.
+
+    Concurrency: safe to share between any number of tasks on one event loop (not
+    between loops or threads). Processes sharing one Redis never lose or interleave
+    appends: each append is one script, and the order of the list is Redis's order.
+    Cancelling an operation before it was sent drops it; once sent, a write completes
+    on the server even though the caller stopped waiting.
+
+    Failures: an unreachable or failing server raises
+    :class:`~promptkit_async.errors.StoreUnavailableError` naming the address; a
+    timed-out write may or may not have been applied (it is never applied in part).
+    Other Redis errors raise :class:`~promptkit_async.errors.StoreError`. The store
+    reconnects on the next operation, so a restarted server needs no new store.
+
+    Scripts: writes use ``EVALSHA`` and fall back to ``EVAL`` once when the server does
+    not know the script yet (a fresh or restarted server).
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "promptkit",
+        ttl: float | None = None,
+        refresh_ttl_on_read: bool = False,
+        max_in_flight: int = 4,
+        timeout: float | None = None,
+    ) -> None:
+        if not isinstance(client, (aioredis.Redis, RedisCluster)):
+            raise TypeError(
+                "client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster; "
+                "use RedisStateStore.connect(address) to create one"
+            )
+        self._check_prefix(prefix)
+        self.ttl = check_ttl(ttl)
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be positive seconds, or None")
+        self.timeout = timeout
+        self.prefix = prefix
+        self.refresh_ttl_on_read = bool(refresh_ttl_on_read)
+        self.client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._ttl_ms = "0" if self.ttl is None else str(max(1, math.ceil(self.ttl * 1000)))
+        self._owns_client = False
+        self._closed = False
+        self._address = self._describe(client)
+        self._head = prefix + ":{"
+        self._key_cache: dict[str, tuple[str, str]] = {}
+        self._scan_pattern = _glob_escape(prefix) + ":{*}:[mh]"
+        self._batcher = Batcher(
+            self._execute_cluster if self._cluster else self._execute_standalone, max_in_flight
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str = "localhost:6379",
+        password: str | None = None,
+        db: int = 0,
+        *,
+        prefix: str = "promptkit",
+        ttl: float | None = None,
+        refresh_ttl_on_read: bool = False,
+        cluster: bool = False,
+        connect_timeout: float | None = 3.0,
+        socket_timeout: float | None = 5.0,
+        max_connections: int = 32,
+        max_in_flight: int = 4,
+        **client_options: Any,
+    ) -> RedisStateStore:
+        """Connect to Redis and check that it answers; the store owns the connection.
+
+        Args:
+            address: ``"host:port"`` (``"localhost:6379"``), or a ``redis://``,
+                ``rediss://`` (TLS) or ``unix://`` URL. A URL's own password and db
+                take precedence over the arguments.
+            password: the server password (``requirepass`` / ACL); never logged.
+            db: the database number (must be 0 for a cluster).
+            prefix / ttl / refresh_ttl_on_read / max_in_flight: see the class.
+            cluster: connect to a Redis Cluster (``address`` is any one of its nodes).
+            connect_timeout: seconds to wait for a TCP (and TLS) connection.
+            socket_timeout: seconds to wait for any reply. With these two an
+                unreachable or stuck server fails fast instead of hanging.
+            max_connections: connections to open at most (per node on a cluster);
+                further operations wait for a free one, up to ``socket_timeout``.
+            **client_options: passed to the redis-py client (e.g. ``username``,
+                ``ssl_ca_certs``, ``client_name``).
+
+        Raises:
+            StoreUnavailableError: the server cannot be reached or does not answer; the
+                message names the address and how to check it (``redis-cli ping``).
+            StoreError: the server refused the credentials.
+
+        redis-py's own command retries are disabled: a retried write whose first attempt
+        did reach the server would be applied twice.
+        """
+        cls._check_prefix(prefix)
+        check_ttl(ttl)
+        url, host, port = _parse_address(address)
+        options: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            # A standalone store times whole batches itself (cheaper than a timer per
+            # reply); redis-py's cluster client times each read.
+            "socket_timeout": socket_timeout if cluster else None,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if password is not None:
+            options["password"] = password
+        options.update(client_options)
+        client: RedisClient
+        if cluster:
+            if db:
+                raise InvalidRequestError("a Redis Cluster has only db 0")
+            options["max_connections"] = max_connections
+            if url is not None:
+                client = RedisCluster.from_url(url, **options)
+            else:
+                client = RedisCluster(host=host, port=port, **options)
+        else:
+            options["max_connections"] = max_connections
+            options["timeout"] = socket_timeout  # waiting for a free pooled connection
+            if url is not None:
+                if db:
+                    options["db"] = db
+                pool = BlockingConnectionPool.from_url(url, **options)
+            else:
+                pool = BlockingConnectionPool(host=host, port=port, db=db, **options)
+            client = aioredis.Redis.from_pool(pool)
+        store = cls(
+            client,
+            prefix=prefix,
+            ttl=ttl,
+            refresh_ttl_on_read=refresh_ttl_on_read,
+            max_in_flight=max_in_flight,
+            timeout=None if cluster else socket_timeout,
+        )
+        store._owns_client = True
+        # Never the URL itself: it may carry a password.
+        store._address = f"unix://{host}" if port == 0 else f"{host}:{port}"
+        try:
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+            else:
+                await store._call("connect", (("PING",),))
+        except BaseException as exc:
+            await store.aclose()
+            if isinstance(exc, (rexc.RedisError, rexc.RedisClusterException, OSError)):
+                raise store._translate(exc, "connect") from exc
+            raise
+        return store
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_prefix(prefix: object) -> None:
+        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix must be a non-empty str without '{{' or '}}', not {prefix!r}")
+
+    @staticmethod
+    def _describe(client: RedisClient) -> str:
+        if isinstance(client, RedisCluster):
+            nodes = client.nodes_manager.startup_nodes.values() or client.get_nodes()
+            return ",".join(n.name for n in nodes) or "the cluster"
+        kwargs = client.connection_pool.connection_kwargs
+        if kwargs.get("path"):
+            return f"unix://{kwargs['path']}"
+        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+    def __repr__(self) -> str:
+        kind = "cluster" if self._cluster else "redis"
+        return (
+            f"RedisStateStore({kind} {self._address}, prefix={self.prefix!r}, ttl={self.ttl}, "
+            f"closed={self._closed})"
+        )
+
+    def _keys(self, session_id: str) -> tuple[str, str]:
+        """The session's (list, hash) keys; validates the id first (before any I/O)."""
+        cache = self._key_cache
+        keys = cache.get(session_id) if type(session_id) is str else None
+        if keys is None:
+            check_session_id(session_id)  # only valid ids ever enter the cache
+            base = self._head + quote(session_id, safe="")
+            keys = base + "}:m", base + "}:h"
+            if len(cache) >= _KEY_CACHE_SIZE:
+                del cache[next(iter(cache))]
+            cache[session_id] = keys
+        return keys
+
+    def _id_of(self, key: bytes | str) -> tuple[str, str] | None:
+        """(session id, "m" or "h") of one of our keys, or None for a foreign key."""
+        text = _text(key)
+        if not text.startswith(self._head) or text[-3:] not in ("}:m", "}:h"):
+            return None
+        encoded = text[len(self._head) : -3]
+        if not _ENCODED_ID.fullmatch(encoded):
+            return None
+        try:
+            session_id = unquote(encoded, errors="strict")
+        except UnicodeDecodeError:
+            return None
+        if quote(session_id, safe="") != encoded:
+            return None  # not written by us: we only ever write the canonical form
+        return session_id, text[-1]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("this RedisStateStore is closed; create a new one")
+
+    async def _call(self, op: str, commands: Sequence[Command]) -> list[Any]:
+        """Send ``commands`` in one round trip; Redis errors become StoreErrors here."""
+        self._check_open()
+        try:
+            results = await self._batcher.call(commands)
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
+            raise self._translate(exc, op) from exc
+        for result in results:
+            if isinstance(result, Exception):
+                raise self._translate(result, op) from result
+        return results
+
+    async def _script(self, op: str, keys: tuple[str, str], args: Sequence[Any]) -> Any:
+        try:
+            results = await self._call(op, (("EVALSHA", _SCRIPT_SHA, 2, *keys, *args),))
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, rexc.NoScriptError):
+                raise
+            # A fresh or restarted server: EVAL runs the script and caches it.
+            results = await self._call(op, (("EVAL", _SCRIPT, 2, *keys, *args),))
+        return results[0]
+
+    def _translate(self, exc: BaseException, op: str) -> StoreError:
+        """The one place where redis-py errors become this library's errors."""
+        where = f"Redis at {self._address}"
+        host, _, port = self._address.rpartition(":")
+        check = (
+            f"check that it is running and reachable: redis-cli -h {host} -p {port} ping"
+            if host and port.isdigit() and "," not in self._address
+            else "check that it is running and reachable (redis-cli ping)"
+        )
+        detail = str(exc).rstrip(".") or type(exc).__name__
+        if isinstance(exc, (rexc.AuthenticationError, rexc.AuthorizationError)) or (
+            isinstance(exc, rexc.ResponseError)
+            and (str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")))
+        ):
+            return StoreError(
+                f"{where} refused {op}: {detail}; check the password (and username/ACL)"
+            )
+        if isinstance(exc, rexc.TimeoutError):
+            maybe = (
+                " The write may or may not have been applied (never in part)."
+                if op in _WRITES
+                else ""
+            )
+            return StoreUnavailableError(
+                f"{where} did not answer {op} in time ({detail}).{maybe} It is overloaded, "
+                f"stuck or unreachable; {check}"
+            )
+        unavailable = (
+            rexc.ConnectionError,
+            rexc.ClusterDownError,
+            rexc.TryAgainError,
+            rexc.SlotNotCoveredError,
+            rexc.ReadOnlyError,
+            OSError,
+        )
+        if (
+            isinstance(exc, unavailable)
+            or (isinstance(exc, rexc.RedisClusterException) and "cannot be connected" in detail)
+            or (isinstance(exc, rexc.ResponseError) and detail.startswith("BUSY "))
+        ):
+            return StoreUnavailableError(f"cannot reach {where} during {op}: {detail}; {check}")
+        if isinstance(exc, rexc.ResponseError) and detail.startswith("OOM"):
+            return StoreUnavailableError(
+                f"{where} is out of memory and refused {op}: {detail}; raise maxmemory or "
+                "set a ttl so old sessions expire"
+            )
+        return StoreError(f"{where} failed {op}: {detail}")
+
+    async def _execute_standalone(self, commands: list[Command]) -> list[Any]:
+        if self.timeout is None:
+            return await self._send_batch(commands)
+        try:
+            # wait_for cancels the batch once (asyncio's edge-triggered cancellation), so
+            # its clean-up below can still await: the connection is dropped and released.
+            return await asyncio.wait_for(self._send_batch(commands), self.timeout)
+        except asyncio.TimeoutError:
+            raise rexc.TimeoutError(f"no reply within {self.timeout}s") from None
+
+    async def _send_batch(self, commands: list[Command]) -> list[Any]:
+        # One connection, one write of every command, then one reply per command. Raw
+        # replies (no redis-py callbacks) and no redis-py retries: a replayed batch
+        # could apply an append twice.
+        pool = self.client.connection_pool  # type: ignore[union-attr]
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(_pack(commands), check_health=False)
+            results: list[Any] = []
+            for _ in commands:
+                try:
+                    results.append(await conn.read_response())
+                except rexc.ResponseError as exc:
+                    results.append(exc)
+        except BaseException:
+            # The connection's state is unknown (a reply may be half-read): drop it.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+        return results
+
+    async def _execute_cluster(self, commands: list[Command]) -> list[Any]:
+        # The cluster pipeline routes each command to the node owning its slot (all of
+        # a session's keys share one) and sends each node's share in one write.
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
+
+    def _touch_commands(self, keys: tuple[str, str]) -> tuple[Command, ...]:
+        if not self.refresh_ttl_on_read or self.ttl is None:
+            return ()
+        return (("PEXPIRE", keys[0], self._ttl_ms), ("PEXPIRE", keys[1], self._ttl_ms))
+
+    @staticmethod
+    def _decode_metadata(reply: Any, session_id: str) -> dict[str, Any]:
+        flat = _pairs(reply)
+        try:
+            return {_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+        except ValueError as exc:
+            raise StoreDataError(
+                f"corrupt metadata in session {session_id!r}: {exc}; delete or repair it"
+            ) from exc
+
+    # --- the StateStore contract ------------------------------------------------------
+
+    async def load(self, session_id: str, last_n: int | None = None) -> list[Message]:
+        """The session's messages, oldest first (the newest ``last_n`` if given).
+
+        One round trip: ``LRANGE key -last_n -1`` (plus ``PEXPIRE`` in the same
+        pipeline when ``refresh_ttl_on_read`` is set).
+        """
+        keys = self._keys(session_id)
+        check_last_n(last_n)
+        touch = self._touch_commands(keys)
+        if last_n == 0:
+            if touch:
+                await self._call("load", touch)
+            return []
+        start = 0 if last_n is None else -last_n
+        results = await self._call("load", (("LRANGE", keys[0], start, -1), *touch))
+        return decode_messages(results[0], session_id=session_id)
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Append ``messages`` at the end, all together, in one atomic script."""
+        keys = self._keys(session_id)
+        records = encode_messages(messages)
+        if records:
+            await self._script("append", keys, ("append", self._ttl_ms, *records))
+
+    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Replace the whole history atomically (metadata is kept)."""
+        keys = self._keys(session_id)
+        records = encode_messages(messages)
+        await self._script("save", keys, ("save", self._ttl_ms, *records))
+
+    async def delete(self, session_id: str) -> bool:
+        """Remove the session's history and metadata; True if it existed."""
+        keys = self._keys(session_id)
+        return bool(await self._script("delete", keys, ("delete", 0)))
+
+    async def count(self, session_id: str) -> int:
+        """Number of stored messages (``LLEN``)."""
+        keys = self._keys(session_id)
+        return int((await self._call("count", (("LLEN", keys[0]),)))[0])
+
+    async def list_sessions(self, *, cursor: str | None = None, limit: int = 100) -> SessionPage:
+        """A page of at most ``limit`` session ids, found with ``SCAN`` (never ``KEYS``).
+
+        On a cluster every master is scanned in turn. A page may hold fewer ids than
+        ``limit``, even none, before the last one; the cursor is opaque.
+        """
+        check_limit(limit)
+        self._check_open()
+        nodes = await self._scan_nodes()
+        node, scan, pending = self._parse_cursor(cursor, nodes)
+        found = dict.fromkeys(pending)
+        calls = 0
+        while node is not None and len(found) < limit and calls < _SCAN_CALLS_PER_PAGE:
+            scan, keys = await self._scan(node, scan, max(limit, 10))
+            calls += 1
+            for session_id in await self._session_ids(keys):
+                found.setdefault(session_id)
+            if scan == 0:
+                later = [n for n in nodes if n > node]
+                node = later[0] if later else None
+        ids = list(found)
+        page, rest = ids[:limit], ids[limit:]
+        if node is None and not rest:
+            return SessionPage(tuple(page), None)
+        # Opaque to callers: "<node>|<SCAN cursor>|<ids found but not returned yet>". SCAN
+        # may find more keys than asked; they wait in the cursor, so pages keep the limit.
+        encoded = ",".join(quote(s, safe="") for s in rest)
+        return SessionPage(tuple(page), f"{_DONE if node is None else node}|{scan}|{encoded}")
+
+    async def fork(self, source_id: str, target_id: str) -> int:
+        """Replace ``target_id`` with a copy of ``source_id``; returns messages copied.
+
+        Two round trips: the source is read in one (a consistent snapshot), then the
+        target is replaced in one atomic script.
+        """
+        source = self._keys(source_id)
+        target = self._keys(target_id)
+        records, fields = await self._call(
+            "fork", (("LRANGE", source[0], 0, -1), ("HGETALL", source[1]))
+        )
+        flat = _pairs(fields)
+        if not records and not flat:
+            await self._script("fork", target, ("delete", 0))
+            return 0
+        args = ("replace", self._ttl_ms, len(records), *records, *flat)
+        return int(await self._script("fork", target, args))
+
+    async def get_metadata(self, session_id: str) -> dict[str, Any]:
+        """The session's metadata (``{}`` when none); one round trip."""
+        keys = self._keys(session_id)
+        touch = self._touch_commands(keys)
+        results = await self._call("get_metadata", (("HGETALL", keys[1]), *touch))
+        return self._decode_metadata(results[0], session_id)
+
+    async def merge_metadata(self, session_id: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Shallow-merge ``patch`` (``None`` values delete keys) in one atomic script."""
+        keys = self._keys(session_id)
+        updates, removals = split_patch(patch)
+        args: list[Any] = ["merge", self._ttl_ms, len(updates)]
+        for key, value in updates.items():
+            args += (key, dumps_value(value))
+        args += removals
+        reply = await self._script("merge_metadata", keys, args)
+        return self._decode_metadata(reply, session_id)
+
+    async def aclose(self) -> None:
+        """Wait for operations in flight, then close the client if this store created it.
+
+        A client passed to the constructor is left open: its owner closes it. Safe to
+        call more than once; the store refuses operations afterwards.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        await self._batcher.drain()
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- listing internals --------------------------------------------------------------
+
+    async def _scan_nodes(self) -> list[str]:
+        if not isinstance(self.client, RedisCluster):
+            return [_STANDALONE]
+        try:
+            await self.client.initialize()  # a no-op once the client knows the cluster
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
+            raise self._translate(exc, "list_sessions") from exc
+        return sorted(n.name for n in self.client.get_primaries())
+
+    @staticmethod
+    def _parse_cursor(cursor: str | None, nodes: list[str]) -> tuple[str | None, int, list[str]]:
+        if cursor is None:
+            return nodes[0], 0, []
+        try:
+            node, scan_text, encoded = cursor.split("|", 2)
+            scan = int(scan_text)
+            pending = [unquote(e, errors="strict") for e in encoded.split(",") if e]
+        except (AttributeError, ValueError, UnicodeDecodeError):
+            raise InvalidRequestError(
+                f"invalid cursor {cursor!r}; pass the next_cursor of a previous page"
+            ) from None
+        if node == _DONE:
+            return None, 0, pending
+        if node in nodes:
+            return node, scan, pending
+        # That master left the cluster meanwhile: go on with the next one by name.
+        later = [n for n in nodes if n > node]
+        return (later[0] if later else None), 0, pending
+
+    async def _scan(self, node: str, cursor: int, count: int) -> tuple[int, list[Any]]:
+        command = ("SCAN", cursor, "MATCH", self._scan_pattern, "COUNT", count)
+        if not isinstance(self.client, RedisCluster):
+            reply = (await self._call("list_sessions", (command,)))[0]
+            return int(reply[0]), list(reply[1])
+        target = self.client.get_node(node_name=node)
+        if target is None:
+            return 0, []
+        try:
+            reply = await target.execute_command(*command)
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
+            raise self._translate(exc, "list_sessions") from exc
+        return int(reply[0]), list(reply[1])
+
+    async def _session_ids(self, keys: list[Any]) -> list[str]:
+        ids: list[str] = []
+        metadata_only: list[str] = []
+        for key in keys:
+            parsed = self._id_of(key)
+            if parsed is None:
+                continue
+            if parsed[1] == "m":
+                ids.append(parsed[0])
+            else:
+                metadata_only.append(parsed[0])
+        if metadata_only:
+            # A session with metadata but no messages has only its hash; one with both is
+            # reported for its list, so skip hashes whose list exists.
+            exists = await self._call(
+                "list_sessions", [("EXISTS", self._keys(s)[0]) for s in metadata_only]
+            )
+            ids += [s for s, n in zip(metadata_only, exists, strict=True) if not n]
+        return ids

@@ -1,0 +1,608 @@
+"""A state store in one SQLite file: durable, embedded, no server.
+
+Tables (created on first use; ``PRAGMA user_version`` records the layout version)::
+
+    promptkit_sessions (id TEXT PRIMARY KEY, metadata TEXT, next_seq INTEGER, expires_at REAL)
+    promptkit_messages (session_id TEXT, seq INTEGER, record TEXT, PRIMARY KEY (session_id, seq))
+
+``record`` is the shared JSON record of a message (see ``_codec``), so histories move
+between SQLite and Redis unchanged. Session ids are stored as they are (SQL parameters,
+never string formatting), so any id is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import anyio
+import anyio.to_thread
+from typing_extensions import Self
+
+from .._validation import check_session_id
+from ..errors import StoreDataError, StoreError, StoreUnavailableError
+from ..types import Message
+from ._batch import Batcher, Command
+from ._codec import decode_messages, encode_messages
+from ._common import check_last_n, check_limit, check_ttl, dumps_value, split_patch
+from .base import SessionPage
+
+__all__ = ["SQLiteStateStore"]
+
+T = TypeVar("T")
+
+#: The table layout this version writes (stored in ``PRAGMA user_version``).
+LAYOUT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS promptkit_sessions (
+    id TEXT PRIMARY KEY NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    next_seq INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS promptkit_sessions_expiry
+    ON promptkit_sessions (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS promptkit_messages (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+"""
+
+# A session row counts only while it has not expired.
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_SWEEP_INTERVAL = 60.0
+
+
+class SQLiteStateStore:
+    """Conversation histories in a SQLite database file.
+
+    Restart your program with the same file and session id and the conversation
+    continues. Nothing happens in the constructor: the file is opened (and the tables
+    created) by the first operation, in a worker thread.
+
+    Args:
+        path: the database file (created if missing; its directory must exist), or
+            ``":memory:"`` for a private in-memory database.
+        ttl: seconds a session lives after its last write (sliding); ``None`` = forever.
+            Expired sessions read as absent and are purged lazily.
+        refresh_ttl_on_read: also restart the TTL on ``load`` and ``get_metadata``.
+        busy_timeout: seconds to wait for another process's write lock before failing.
+        clock: wall-clock time source in seconds (``time.time``; injectable for tests).
+            Expiry times are stored, so they must survive restarts: not monotonic.
+
+    Threads and concurrency: all SQLite calls run in anyio worker threads, never on the
+    event loop. The store has one connection, used by one thread at a time (a capacity
+    limiter of one), so tasks sharing a store never contend for SQLite's locks and never
+    see "database is locked". Operations that tasks start during one event-loop
+    iteration run together in one trip to the worker thread and one transaction, each
+    inside its own savepoint (so each is still all-or-nothing, and a failing one undoes
+    only itself); results are handed back once the transaction has committed. The
+    database uses WAL mode, so readers in other processes are never blocked; writers in
+    other processes wait up to ``busy_timeout`` for each other (write transactions begin
+    with ``BEGIN IMMEDIATE``, so waiting is all they do). Safe to share between tasks on
+    one event loop.
+
+    Cancellation: an operation cancelled before its batch went to the worker thread
+    never runs; once there it completes with its batch, the caller just stops waiting.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ttl: float | None = None,
+        refresh_ttl_on_read: bool = False,
+        busy_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.ttl = check_ttl(ttl)
+        if busy_timeout < 0:
+            raise ValueError("busy_timeout must be >= 0 seconds")
+        self.refresh_ttl_on_read = bool(refresh_ttl_on_read)
+        self.busy_timeout = busy_timeout
+        self._clock = clock
+        self._db = _Database(self.path, busy_timeout)
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._closed = False
+        self._next_sweep = 0.0
+        self._batcher = Batcher(self._execute, max_in_flight=1)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStateStore({self.path!r}, ttl={self.ttl}, closed={self._closed})"
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None and db.conn is not None and not db.closed:
+            _warn(
+                f"unclosed {self!r}; use 'async with' or await aclose()",
+                ResourceWarning,
+                source=self,
+            )
+
+    # --- running in the worker thread ------------------------------------------------
+
+    async def _run(self, op: str, writes: bool, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(conn, *args)`` in the worker thread, in the next batch."""
+        if self._closed:
+            raise StoreError("this SQLiteStateStore is closed; create a new one")
+        try:
+            result = (await self._batcher.call(((func, args, writes),)))[0]
+        except sqlite3.Error as exc:  # the whole batch failed (open, BEGIN, COMMIT)
+            raise self._translate(exc, op) from exc
+        if isinstance(result, sqlite3.Error):
+            raise self._translate(result, op) from result
+        if isinstance(result, Exception):
+            raise result
+        return cast(T, result)
+
+    async def _execute(self, operations: list[Command]) -> list[Any]:
+        if self._limiter is None:
+            # Created on first use, inside the running loop (never at import time).
+            self._limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(self._db.run, operations, limiter=self._limiter)
+
+    def _translate(self, exc: sqlite3.Error, op: str) -> StoreError:
+        """The one place where sqlite3 errors become this library's errors."""
+        detail = str(exc)
+        where = f"SQLite database {self.path!r}"
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in detail or "busy" in detail:
+                return StoreUnavailableError(
+                    f"{where} stayed locked by another process for more than "
+                    f"{self.busy_timeout}s during {op}; raise busy_timeout or find the "
+                    "process holding a long write transaction"
+                )
+            if "unable to open" in detail or "readonly" in detail or "disk" in detail:
+                return StoreUnavailableError(
+                    f"cannot use {where} during {op}: {detail}; check that the directory "
+                    "exists, is writable and has free space"
+                )
+        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in detail:
+            return StoreDataError(f"{where} is not a SQLite database ({detail})")
+        return StoreError(f"{where} failed {op}: {detail}")
+
+    def _expiry(self, now: float) -> float | None:
+        return None if self.ttl is None else now + self.ttl
+
+    def _sweep_due(self, now: float) -> bool:
+        if now < self._next_sweep:
+            return False
+        self._next_sweep = now + _SWEEP_INTERVAL
+        return True
+
+    # --- the StateStore contract ------------------------------------------------------
+
+    async def load(self, session_id: str, last_n: int | None = None) -> list[Message]:
+        """The session's messages, oldest first (the newest ``last_n`` if given)."""
+        check_session_id(session_id)
+        check_last_n(last_n)
+        now = self._clock()
+        refresh = self._expiry(now) if self.refresh_ttl_on_read else None
+        records = await self._run(
+            "load", refresh is not None, _load, session_id, last_n, now, refresh
+        )
+        return decode_messages(records, session_id=session_id)
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Append ``messages`` at the end, all together, in one transaction."""
+        check_session_id(session_id)
+        records = encode_messages(messages)
+        if records:
+            now = self._clock()
+            expires, sweep = self._expiry(now), self._sweep_due(now)
+            await self._run("append", True, _append, session_id, records, now, expires, sweep)
+
+    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Replace the whole history atomically (metadata is kept)."""
+        check_session_id(session_id)
+        records = encode_messages(messages)
+        now = self._clock()
+        await self._run("save", True, _save, session_id, records, now, self._expiry(now))
+
+    async def delete(self, session_id: str) -> bool:
+        """Remove the session's history and metadata; True if it existed."""
+        check_session_id(session_id)
+        return await self._run("delete", True, _delete, session_id, self._clock())
+
+    async def count(self, session_id: str) -> int:
+        """Number of stored messages."""
+        check_session_id(session_id)
+        return await self._run("count", False, _count, session_id, self._clock())
+
+    async def list_sessions(self, *, cursor: str | None = None, limit: int = 100) -> SessionPage:
+        """Session ids in sorted order, ``limit`` at a time (the cursor is the last id)."""
+        check_limit(limit)
+        ids = await self._run("list_sessions", False, _list, cursor, limit + 1, self._clock())
+        if len(ids) > limit:
+            return SessionPage(tuple(ids[:limit]), ids[limit - 1])
+        return SessionPage(tuple(ids), None)
+
+    async def fork(self, source_id: str, target_id: str) -> int:
+        """Replace ``target_id`` with a copy of ``source_id`` in one transaction."""
+        check_session_id(source_id)
+        check_session_id(target_id)
+        now = self._clock()
+        return await self._run("fork", True, _fork, source_id, target_id, now, self._expiry(now))
+
+    async def get_metadata(self, session_id: str) -> dict[str, Any]:
+        """The session's metadata (``{}`` when none)."""
+        check_session_id(session_id)
+        now = self._clock()
+        refresh = self._expiry(now) if self.refresh_ttl_on_read else None
+        text = await self._run(
+            "get_metadata", refresh is not None, _get_metadata, session_id, now, refresh
+        )
+        return _decode_metadata(text, session_id)
+
+    async def merge_metadata(self, session_id: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Shallow-merge ``patch`` (``None`` values delete keys) in one transaction."""
+        check_session_id(session_id)
+        updates, removals = split_patch(patch)
+        now = self._clock()
+        text = await self._run(
+            "merge_metadata", True, _merge, session_id, updates, removals, now, self._expiry(now)
+        )
+        return _decode_metadata(text, session_id)
+
+    async def aclose(self) -> None:
+        """Wait for operations in flight, then close the database. Safe to repeat."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._batcher.drain()
+        if self._db.conn is None:
+            self._db.closed = True
+            return
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        # Through the limiter: the connection is closed only after the batch using it.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+# --- the worker-thread side --------------------------------------------------------------
+
+
+class _Database:
+    """The connection and all that worker threads touch.
+
+    Kept apart from the store so that an idle worker thread, which may hold on to the
+    last function it ran, never keeps the store itself alive (and its ResourceWarning
+    for a forgotten ``aclose`` silent).
+    """
+
+    __slots__ = ("busy_timeout", "closed", "conn", "path")
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.conn: sqlite3.Connection | None = None
+        self.closed = False
+
+    def run(self, operations: list[Command]) -> list[Any]:
+        """Run a batch of operations in one transaction, one savepoint each."""
+        if self.closed:
+            raise StoreError("this SQLiteStateStore is closed; create a new one")
+        conn = self.conn
+        if conn is None:
+            conn = self.conn = self._open()
+        writes = any(op[2] for op in operations)
+        conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+        results: list[Any] = []
+        try:
+            for func, args, _ in operations:
+                conn.execute("SAVEPOINT operation")
+                try:
+                    results.append(func(conn, *args))
+                except Exception as exc:  # undo this operation only; the others stand
+                    conn.execute("ROLLBACK TO operation")
+                    results.append(exc)
+                conn.execute("RELEASE operation")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def close(self) -> None:
+        self.closed = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        # Connections opening a new file at the same moment race to switch it to WAL,
+        # and SQLite answers the loser "database is locked" at once (no busy wait):
+        # setting up is idempotent, so try again until busy_timeout has passed.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return self._try_open()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)  # a worker thread: sleeping blocks no event loop
+
+    def _try_open(self) -> sqlite3.Connection:
+        # check_same_thread=False: the limiter guarantees one thread at a time, but not
+        # always the same worker thread.
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable at every checkpoint, fast
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != LAYOUT_VERSION:
+                with _write(conn):
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if version > LAYOUT_VERSION:
+                        raise StoreDataError(
+                            f"{self.path} was written by a newer promptkit_async (layout "
+                            f"{version}, this one knows {LAYOUT_VERSION}); upgrade"
+                        )
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+# --- the SQL of each operation (run in the worker thread) ----------------------------
+
+
+@contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction, committed whole or rolled back whole.
+
+    ``BEGIN IMMEDIATE`` takes the write lock up front (waiting up to the busy timeout),
+    so a transaction never fails half-way because another writer got there first.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _decode_metadata(text: str | None, session_id: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise StoreDataError(f"corrupt metadata in session {session_id!r}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise StoreDataError(f"corrupt metadata in session {session_id!r}: not an object")
+    return value
+
+
+def _session(conn: sqlite3.Connection, session_id: str, now: float) -> tuple[str, int] | None:
+    """(metadata, next_seq) of a live session; an expired one is purged (in a write)."""
+    row = conn.execute(
+        "SELECT metadata, next_seq, expires_at FROM promptkit_sessions WHERE id = ?",
+        (session_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    if row[2] is not None and row[2] <= now:
+        _purge(conn, session_id)
+        return None
+    return row[0], row[1]
+
+
+def _purge(conn: sqlite3.Connection, session_id: str) -> None:
+    conn.execute("DELETE FROM promptkit_messages WHERE session_id = ?", (session_id,))
+    conn.execute("DELETE FROM promptkit_sessions WHERE id = ?", (session_id,))
+
+
+def _sweep(conn: sqlite3.Connection, now: float) -> None:
+    conn.execute(
+        "DELETE FROM promptkit_messages WHERE session_id IN "
+        "(SELECT id FROM promptkit_sessions WHERE expires_at <= ?)",
+        (now,),
+    )
+    conn.execute("DELETE FROM promptkit_sessions WHERE expires_at <= ?", (now,))
+
+
+def _insert(conn: sqlite3.Connection, session_id: str, first: int, records: list[str]) -> None:
+    conn.executemany(
+        "INSERT INTO promptkit_messages (session_id, seq, record) VALUES (?, ?, ?)",
+        [(session_id, first + i, r) for i, r in enumerate(records)],
+    )
+
+
+def _has_messages(conn: sqlite3.Connection, session_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM promptkit_messages WHERE session_id = ? LIMIT 1", (session_id,)
+    ).fetchone()
+    return row is not None
+
+
+def _refresh(conn: sqlite3.Connection, session_id: str, now: float, expires: float) -> None:
+    conn.execute(
+        f"UPDATE promptkit_sessions SET expires_at = ? WHERE id = ? AND {_LIVE}",
+        (expires, session_id, now),
+    )
+
+
+def _load(
+    conn: sqlite3.Connection,
+    session_id: str,
+    last_n: int | None,
+    now: float,
+    refresh: float | None,
+) -> list[str]:
+    if refresh is not None:
+        _refresh(conn, session_id, now, refresh)
+    if last_n == 0:
+        return []
+    rows = conn.execute(
+        "SELECT record FROM promptkit_messages WHERE session_id = ? AND EXISTS ("
+        f"SELECT 1 FROM promptkit_sessions WHERE id = ? AND {_LIVE}) "
+        "ORDER BY seq DESC LIMIT ?",
+        (session_id, session_id, now, -1 if last_n is None else last_n),
+    ).fetchall()
+    rows.reverse()
+    return [r[0] for r in rows]
+
+
+def _append(
+    conn: sqlite3.Connection,
+    session_id: str,
+    records: list[str],
+    now: float,
+    expires: float | None,
+    sweep: bool,
+) -> None:
+    if sweep:
+        _sweep(conn, now)
+    session = _session(conn, session_id, now)
+    first = 0 if session is None else session[1]
+    _insert(conn, session_id, first, records)
+    conn.execute(
+        "INSERT INTO promptkit_sessions (id, next_seq, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET next_seq = excluded.next_seq, "
+        "expires_at = excluded.expires_at",
+        (session_id, first + len(records), expires),
+    )
+
+
+def _save(
+    conn: sqlite3.Connection,
+    session_id: str,
+    records: list[str],
+    now: float,
+    expires: float | None,
+) -> None:
+    session = _session(conn, session_id, now)
+    conn.execute("DELETE FROM promptkit_messages WHERE session_id = ?", (session_id,))
+    metadata = "{}" if session is None else session[0]
+    if not records and metadata == "{}":
+        conn.execute("DELETE FROM promptkit_sessions WHERE id = ?", (session_id,))
+        return
+    _insert(conn, session_id, 0, records)
+    conn.execute(
+        "INSERT OR REPLACE INTO promptkit_sessions (id, metadata, next_seq, expires_at) "
+        "VALUES (?, ?, ?, ?)",
+        (session_id, metadata, len(records), expires),
+    )
+
+
+def _delete(conn: sqlite3.Connection, session_id: str, now: float) -> bool:
+    existed = _session(conn, session_id, now) is not None
+    _purge(conn, session_id)
+    return existed
+
+
+def _count(conn: sqlite3.Connection, session_id: str, now: float) -> int:
+    row = conn.execute(
+        "SELECT COUNT(*) FROM promptkit_messages WHERE session_id = ? AND EXISTS ("
+        f"SELECT 1 FROM promptkit_sessions WHERE id = ? AND {_LIVE})",
+        (session_id, session_id, now),
+    ).fetchone()
+    return int(row[0])
+
+
+def _list(conn: sqlite3.Connection, cursor: str | None, limit: int, now: float) -> list[str]:
+    rows = conn.execute(
+        f"SELECT id FROM promptkit_sessions WHERE id > ? AND {_LIVE} ORDER BY id LIMIT ?",
+        ("" if cursor is None else cursor, now, limit),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _fork(
+    conn: sqlite3.Connection,
+    source_id: str,
+    target_id: str,
+    now: float,
+    expires: float | None,
+) -> int:
+    source = _session(conn, source_id, now)
+    if source_id == target_id:
+        if source is None:
+            return 0
+        conn.execute(
+            "UPDATE promptkit_sessions SET expires_at = ? WHERE id = ?", (expires, target_id)
+        )
+        return _count(conn, target_id, now)
+    _purge(conn, target_id)
+    if source is None:
+        return 0
+    copied = conn.execute(
+        "INSERT INTO promptkit_messages (session_id, seq, record) "
+        "SELECT ?, seq, record FROM promptkit_messages WHERE session_id = ?",
+        (target_id, source_id),
+    ).rowcount
+    conn.execute(
+        "INSERT INTO promptkit_sessions (id, metadata, next_seq, expires_at) VALUES (?, ?, ?, ?)",
+        (target_id, source[0], source[1], expires),
+    )
+    return int(copied)
+
+
+def _get_metadata(
+    conn: sqlite3.Connection, session_id: str, now: float, refresh: float | None
+) -> str | None:
+    if refresh is not None:
+        _refresh(conn, session_id, now, refresh)
+    row = conn.execute(
+        f"SELECT metadata FROM promptkit_sessions WHERE id = ? AND {_LIVE}", (session_id, now)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _merge(
+    conn: sqlite3.Connection,
+    session_id: str,
+    updates: dict[str, Any],
+    removals: list[str],
+    now: float,
+    expires: float | None,
+) -> str:
+    session = _session(conn, session_id, now)
+    metadata = _decode_metadata(None if session is None else session[0], session_id)
+    metadata.update(updates)
+    for key in removals:
+        metadata.pop(key, None)
+    text = dumps_value(metadata)
+    if not metadata and (session is None or not _has_messages(conn, session_id)):
+        conn.execute("DELETE FROM promptkit_sessions WHERE id = ?", (session_id,))
+        return text
+    conn.execute(
+        "INSERT INTO promptkit_sessions (id, metadata, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET metadata = excluded.metadata, "
+        "expires_at = excluded.expires_at",
+        (session_id, text, expires),
+    )
+    return text
