@@ -5,6 +5,7 @@ from ._retry import RetryPolicy
 from ._transport import AiohttpTransport
 from .anthropic import AnthropicProvider
 from .base import BaseProvider, Provider, ProviderDefaults, ProviderRequest
+from .demo import DemoProvider
 from .gemini import GeminiProvider
 from .mock import MockProvider, MockReply
 from .openai import OpenAIProvider
@@ -13,6 +14,7 @@ __all__ = [
     "AiohttpTransport",
     "AnthropicProvider",
     "BaseProvider",
+    "DemoProvider",
     "GeminiProvider",
     "MockProvider",
     "MockReply",
