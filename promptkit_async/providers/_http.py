@@ -89,12 +89,13 @@ from ..errors import (
 )
 from ..types import TraceEvent
 from ._retry import RetryPolicy, parse_retry_after, should_retry_status
-from ._sse import ServerSentEvent, SSEDecoder
+from ._sse import MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
 from ._transport import AiohttpTransport, direct_reader
 from .base import BaseProvider, ProviderDefaults
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_BODY_SIZE",
     "HTTPProvider",
     "SSEStream",
     "json_dumps",
@@ -130,6 +131,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 
 _ERROR_BODY_LIMIT = 64 * 1024
+#: The largest non-streamed 2xx body read (decoded); streamed events are capped by the
+#: SSE decoder (:data:`~promptkit_async.providers._sse.MAX_EVENT_SIZE`).
+MAX_BODY_SIZE = MAX_EVENT_SIZE
 _REDACTED = "[REDACTED]"
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
@@ -654,6 +658,22 @@ class HTTPProvider(BaseProvider):
             await _close(response)
         return b"".join(parts)[:_ERROR_BODY_LIMIT]
 
+    async def _read_body(self, response: httpx.Response) -> bytes:
+        """A 2xx body, refused past :data:`MAX_BODY_SIZE` (a broken or endless body)."""
+        parts: list[bytes] = []
+        size = 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > MAX_BODY_SIZE:
+                raise APIResponseError(
+                    f"the response body is larger than {MAX_BODY_SIZE} bytes; the server's "
+                    "answer is broken or never ends",
+                    provider=self.id,
+                    request_id=self._request_id(response.headers),
+                )
+            parts.append(part)
+        return b"".join(parts)
+
     async def _send(self, call: _Call, *, read_body: bool) -> tuple[httpx.Response, bytes]:
         """Send ``call.request`` with retries until a 2xx arrives.
 
@@ -677,7 +697,7 @@ class HTTPProvider(BaseProvider):
                     if not read_body:
                         return response, b""
                     try:
-                        return response, await response.aread()
+                        return response, await self._read_body(response)
                     finally:
                         await _close(response)
                 status = response.status_code
@@ -953,12 +973,20 @@ class SSEStream:
                 raise error from exc
             finally:
                 watchdog.armed = False
-            if chunk:
-                events = self._decoder.feed(chunk)
-            else:
-                events = self._decoder.flush()
-                self._done = self.ended = True
+            try:
+                if chunk:
+                    events = self._decoder.feed(chunk)
+                else:
+                    events = self._decoder.flush()
+                    self._done = self.ended = True
+                    await self.aclose()
+            except APIResponseError as exc:  # the decoder's size cap
                 await self.aclose()
+                if self._ending:
+                    return []
+                raise APIResponseError(
+                    exc.message, provider=provider.id, request_id=self.request_id
+                ) from None
             if events:
                 self._delivered = True
                 return events

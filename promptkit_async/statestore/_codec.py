@@ -56,7 +56,7 @@ def encode_message(message: Message) -> str:
         record["metadata"] = message.metadata
     try:
         return _dumps(record)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: too deep
         raise InvalidMessageError(
             f"message metadata is not JSON-serialisable ({exc}); store only JSON values"
         ) from exc
@@ -76,7 +76,7 @@ def decode_message(record: str | bytes, *, session_id: str = "?") -> Message:
             return _from_v0(data)
     except StoreDataError:
         raise
-    except (ValueError, TypeError, KeyError, PromptKitError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError, PromptKitError) as exc:
         raise StoreDataError(
             f"corrupt message record in session {session_id!r}: {exc}; delete or repair the session"
         ) from exc

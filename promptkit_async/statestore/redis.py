@@ -549,7 +549,7 @@ class RedisStateStore:
         flat = _pairs(reply)
         try:
             return {_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise StoreDataError(
                 f"corrupt metadata in session {session_id!r}: {exc}; delete or repair it"
             ) from exc

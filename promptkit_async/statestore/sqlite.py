@@ -399,7 +399,7 @@ def _decode_metadata(text: str | None, session_id: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise StoreDataError(f"corrupt metadata in session {session_id!r}: {exc}") from exc
     if not isinstance(value, dict):
         raise StoreDataError(f"corrupt metadata in session {session_id!r}: not an object")
