@@ -16,7 +16,12 @@ sends requests with :meth:`HTTPProvider._post_json` (whole JSON answer) or
   response closed before the wait, never once a streamed event has reached the provider;
   each retry is a ``TraceEvent("retry", ...)`` and a log record on ``promptkit_async.providers``;
 * errors: HTTP statuses and transport failures become :mod:`promptkit_async.errors` classes
-  carrying status, request id, the provider's message and body, with the API key redacted.
+  carrying status, request id, the provider's message and body, with the API key redacted
+  (from bodies, messages, request ids and the base URL shown);
+* size caps: an error body is read up to 64 KiB, a 2xx body up to :data:`MAX_BODY_SIZE`
+  and one SSE line or event up to ``MAX_EVENT_SIZE`` (32 MiB each, beyond which
+  :class:`~promptkit_async.errors.APIResponseError`), so a broken or endless answer
+  cannot exhaust memory.
 
 Cancellation: cancelling the task that awaits a call, or closing a stream, closes the HTTP
 response at once; a cancelled retry wait simply ends. ``CancelledError`` is never caught
@@ -509,7 +514,8 @@ class HTTPProvider(BaseProvider):
         for name in self.request_id_headers:
             value: str | None = headers.get(name)
             if value:
-                return value
+                # Shown in every error: redacted like bodies (a proxy may echo headers).
+                return redact(value, self._api_key)  # type: ignore[no-any-return]
         return None
 
     def _timeout_error(self, call: _Call, request_id: str | None = None) -> APITimeoutError:
@@ -534,9 +540,10 @@ class HTTPProvider(BaseProvider):
         detail = redact(
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, self._api_key
         )
+        url = redact(self.base_url, self._api_key)  # a gateway URL may carry the key
         if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
             return APITimeoutError(
-                f"timed out talking to {self.base_url} ({detail})",
+                f"timed out talking to {url} ({detail})",
                 provider=self.id,
                 request_id=request_id,
             )
@@ -548,7 +555,7 @@ class HTTPProvider(BaseProvider):
             )
         if isinstance(exc, (httpx.TransportError, aiohttp.ClientError, OSError)):
             return APIConnectionError(
-                f"could not talk to {self.base_url} ({detail}); check base_url and the network",
+                f"could not talk to {url} ({detail}); check base_url and the network",
                 provider=self.id,
                 request_id=request_id,
             )

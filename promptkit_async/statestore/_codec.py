@@ -7,7 +7,10 @@ A record is one compact JSON object per message::
      "tool_call_id": "...", "name": "...", "metadata": {...}}
 
 ``v`` is the schema version; empty optional fields are left out. Records are ASCII-only
-(non-ASCII is escaped), so they survive any byte-oriented transport. Decoding accepts
+(non-ASCII is escaped), so they survive any byte-oriented transport. Any text round-trips,
+NULs and lone surrogates included, with one exception JSON imposes (its ``\\uXXXX``
+escapes are UTF-16 code units): a high surrogate directly followed by a low one, two
+invalid code points in a ``str``, loads as the one character that pair encodes. Decoding accepts
 every version this library ever wrote; a record from a newer version, or a corrupt one,
 raises :class:`~promptkit_async.errors.StoreDataError` naming the session.
 """

@@ -38,7 +38,9 @@ def whole_turns(messages: Sequence[Message], session: str) -> list[str]:
     for i in range(0, len(messages), 2):
         ask, reply = messages[i], messages[i + 1]
         if ask.role != "user" or reply.role != "assistant":
-            raise HistoryError(f"{session!r}[{i}]: roles {ask.role}/{reply.role}, not user/assistant")
+            raise HistoryError(
+                f"{session!r}[{i}]: roles {ask.role}/{reply.role}, not user/assistant"
+            )
         if reply.content != f"reply to {ask.content}":
             raise HistoryError(f"{session!r}[{i}]: {ask.content!r} answered by {reply.content!r}")
         owner = ask.content.rsplit("|", 1)[0]
