@@ -21,6 +21,7 @@ A decoder belongs to one stream and is not safe to share between tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 
 from ..errors import APIResponseError
 
@@ -56,6 +57,7 @@ class SSEDecoder:
     """
 
     __slots__ = (
+        "_counted",
         "_data",
         "_event",
         "_last_id",
@@ -76,7 +78,8 @@ class SSEDecoder:
         self._skip_lf = False  # the previous chunk ended in "\r": drop a leading "\n"
         self._started = False  # the byte-order mark check is done
         self._data: list[str] = []
-        self._size = 0  # characters of self._data once joined (plus one)
+        self._size = 0  # characters held by the first ``_counted`` lines of self._data
+        self._counted = 0
         self._event: str | None = None
         self._last_id = ""
         self._retry: int | None = None
@@ -102,15 +105,14 @@ class SSEDecoder:
                 chunk = chunk[1:]
         partial = self._partial
         if partial:
-            if b"\n" not in chunk and b"\r" not in chunk:
+            if b"\n" not in chunk and b"\r" not in chunk and self._started:
                 # The same line goes on: keep the piece, join the line once it ends.
                 partial.append(chunk)
                 self._partial_size += len(chunk)
                 if self._partial_size > self._limit:
                     self._too_large()
                 return []
-            partial.append(chunk)
-            chunk = b"".join(partial)
+            chunk = partial[0] + chunk if len(partial) == 1 else b"".join((*partial, chunk))
             partial.clear()
         if not self._started:
             if len(chunk) < 3 and b"\xef\xbb\xbf".startswith(chunk):
@@ -129,7 +131,11 @@ class SSEDecoder:
             self._keep_partial(chunk)
             return []
         if end + 1 < len(chunk):
-            self._keep_partial(chunk[end + 1 :])
+            tail = chunk[end + 1 :]
+            partial.append(tail)
+            self._partial_size = len(tail)
+            if len(tail) > self._limit:
+                self._too_large()
         if end > self._limit and max(map(len, chunk[:end].split(b"\n"))) > self._limit:
             self._too_large()
         # Lines end with an ASCII byte, so decoding whole lines never splits a character.
@@ -153,7 +159,7 @@ class SSEDecoder:
     def _too_large(self) -> None:
         self._partial.clear()
         self._data.clear()
-        self._size = 0
+        self._size = self._counted = 0
         raise APIResponseError(
             f"the event stream sent a line or an event longer than {self._limit} "
             "(max_event_size); the server's stream is broken or never ends"
@@ -165,23 +171,21 @@ class SSEDecoder:
         for line in lines:
             if not line:
                 if data or self._event is not None:
+                    text = "\n".join(data)
+                    if len(text) > self._limit:
+                        self._too_large()
                     events.append(
-                        ServerSentEvent(
-                            "\n".join(data), self._event or "message", self._last_id, self._retry
-                        )
+                        ServerSentEvent(text, self._event or "message", self._last_id, self._retry)
                     )
                     data.clear()
-                    self._size = 0
+                    if self._counted:
+                        self._size = self._counted = 0
                     self._event = None
                 self._retry = None
                 continue
             # The hot path: "data: ..." lines.
             if line.startswith("data:"):
-                value = line[6:] if line[5:6] == " " else line[5:]
-                data.append(value)
-                self._size += len(value) + 1  # + the "\n" that will join it
-                if self._size > self._limit:
-                    self._too_large()
+                data.append(line[6:] if line[5:6] == " " else line[5:])
                 continue
             if line[0] == ":":
                 continue  # a comment (keep-alive)
@@ -192,12 +196,17 @@ class SSEDecoder:
                 self._event = value
             elif name == "data":
                 data.append(value)  # "data" with no colon: an empty data line
-                self._size += len(value) + 1
-                if self._size > self._limit:
-                    self._too_large()
             elif name == "id":
                 if "\0" not in value:
                     self._last_id = value
             elif name == "retry" and value.isdigit() and value.isascii():
                 self._retry = self.reconnection_time = int(value)
+        if data:
+            # An event still open after this chunk (rare: events usually end in the
+            # chunk that starts them). Count what it holds, once per line.
+            counted = self._counted
+            self._size += sum(map(len, islice(data, counted, None))) + len(data) - counted
+            self._counted = len(data)
+            if self._size > self._limit:
+                self._too_large()
         return events

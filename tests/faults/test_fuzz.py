@@ -161,8 +161,11 @@ def _split_decodes_like_whole(report: Report, data: bytes, cuts: list[int]) -> N
 _split_examples = given(sse_bytes, st.lists(st.integers(0, 10_000), max_size=12))
 # Found by this suite: an empty piece between "\r" and "\n" made the "\n" a second line
 # ending, splitting one event in two.
-test_sse_any_split_decodes_like_one_feed = example(data=b"data: a\r\ndata: b\n\n", cuts=[8, 8])(
-    CI(_split_examples(_split_decodes_like_whole))
+# (A byte-order mark split from its line is the regression of the size-cap rewrite.)
+test_sse_any_split_decodes_like_one_feed = example(data=b"\xef\xbb\xbfdata:", cuts=[1])(
+    example(data=b"data: a\r\ndata: b\n\n", cuts=[8, 8])(
+        CI(_split_examples(_split_decodes_like_whole))
+    )
 )
 test_sse_any_split_decodes_like_one_feed_soak = pytest.mark.soak(
     SOAK(_split_examples(_split_decodes_like_whole))
