@@ -8,11 +8,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any
 
-from typing_extensions import Self
-
+from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import InvalidMessageError
 from ..types import Message
@@ -43,7 +41,7 @@ def _own(message: Message) -> Message:
     return replace(message, metadata=json.loads(encode_message(message))["metadata"])
 
 
-class InMemoryStateStore:
+class InMemoryStateStore(AsyncResource):
     """Keeps histories in a dict in this process.
 
     Args:
@@ -210,14 +208,3 @@ class InMemoryStateStore:
 
     async def aclose(self) -> None:
         """Nothing to release; present for the common store shape."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -19,13 +19,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
-from typing_extensions import Self
 
+from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import StoreDataError, StoreError, StoreUnavailableError
 from ..types import Message
@@ -63,7 +62,7 @@ _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _SWEEP_INTERVAL = 60.0
 
 
-class SQLiteStateStore:
+class SQLiteStateStore(AsyncResource):
     """Conversation histories in a SQLite database file.
 
     Restart your program with the same file and session id and the conversation
@@ -269,17 +268,6 @@ class SQLiteStateStore:
         # Through the limiter: the connection is closed only after the batch using it.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 # --- the worker-thread side --------------------------------------------------------------
