@@ -12,6 +12,7 @@ never string formatting), so any id is safe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -128,6 +129,10 @@ class SQLiteStateStore(AsyncResource):
                 ResourceWarning,
                 source=self,
             )
+            # Then close it, as a forgotten file is: no batch can be running once the
+            # store is unreachable, and sqlite3 itself warns about open connections (3.13+).
+            with contextlib.suppress(Exception):
+                db.close()
 
     # --- running in the worker thread ------------------------------------------------
 
