@@ -26,16 +26,14 @@ from promptkit_async import (
     StoreUnavailableError,
 )
 from promptkit_async.providers.base import Provider
+from promptkit_async.providers.demo import answer
 from promptkit_async.providers.openai import OpenAIProvider
 from promptkit_async.statestore import RedisStateStore
 
 
 def offline_reply(request: ProviderRequest) -> str:
-    """What the offline stand-in says: it proves the history reaches the model."""
-    turns = sum(1 for m in request.messages if m.role == "user")
-    return f"(offline mock) I have seen {turns} message(s) from you; the last was: " + (
-        request.messages[-1].content
-    )
+    """The offline stand-in answers by the demo model's rules, from the history it is sent."""
+    return answer(request.messages)
 
 
 async def read_line(prompt: str) -> str | None:
@@ -52,7 +50,7 @@ async def main() -> None:
     if api_key:
         provider = OpenAIProvider("openai", "gpt-4o-mini", api_key)
     else:
-        print("OPENAI_API_KEY not set: using an offline MockProvider.\n")
+        print("OPENAI_API_KEY not set: using an offline MockProvider (rule-based demo replies).\n")
         provider = MockProvider(handler=offline_reply, model="gpt-4o-mini")
 
     redis_addr = os.environ.get("REDIS_ADDR", "localhost:6379")

@@ -13,6 +13,9 @@ from promptkit_async import (
     StateMiddleware,
 )
 
+# Real redis-server fixtures (redis_server, redis_cluster, redis_factory) for every test dir.
+pytest_plugins = ["tests._redis_server"]
+
 
 def echo_handler(request: ProviderRequest) -> str:
     """Reply so that each reply names the message it answers."""

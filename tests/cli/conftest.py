@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import socket
@@ -14,11 +13,6 @@ import pexpect
 import pytest
 
 from tests._fake_openai import FakeOpenAI
-
-# The real redis-server fixtures arrive with the stores branch; until then the Redis
-# tests skip (they are marked so).
-with contextlib.suppress(ImportError):
-    from tests._redis_server import redis_server  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 # Variables that would change which provider, store or session the CLI picks.

@@ -188,24 +188,6 @@ def test_provider_without_key_is_a_clear_usage_error(spawn_chat: Spawn) -> None:
     assert child.exitstatus == 2
 
 
-def _has_store(name: str) -> bool:
-    import promptkit_async.statestore as statestore
-
-    return hasattr(statestore, name)
-
-
-# Enabled once the SQLite store lands on this branch (it is built on another one).
-needs_sqlite = pytest.mark.skipif(
-    not _has_store("SQLiteStateStore"), reason="SQLiteStateStore not merged yet"
-)
-
-
-needs_redis = pytest.mark.skipif(
-    not _has_store("RedisStateStore"), reason="RedisStateStore not merged yet"
-)
-
-
-@needs_redis
 @pytest.mark.redis
 def test_restart_with_same_session_continues_on_redis(spawn_chat: Spawn, redis_server: Any) -> None:
     session = f"redis-{uuid.uuid4().hex}"  # the server is shared with other tests
@@ -231,7 +213,6 @@ def test_restart_with_same_session_continues_on_redis(spawn_chat: Spawn, redis_s
     finish(child)
 
 
-@needs_sqlite
 def test_restart_with_same_session_continues_on_sqlite(spawn_chat: Spawn) -> None:
     # No --store: the embedded SQLite store is the default.
     child = spawn_chat("--session", "alice")
@@ -253,7 +234,6 @@ def test_restart_with_same_session_continues_on_sqlite(spawn_chat: Spawn) -> Non
     finish(child)
 
 
-@needs_sqlite
 def test_cancelled_reply_is_not_there_after_restart(spawn_chat: Spawn) -> None:
     child = spawn_chat("--session", "s")
     say(child, "My name is Alice", "Hello Alice!")
@@ -274,7 +254,6 @@ def test_cancelled_reply_is_not_there_after_restart(spawn_chat: Spawn) -> None:
     finish(child)
 
 
-@needs_sqlite
 def test_persona_survives_a_restart(spawn_chat: Spawn) -> None:
     child = spawn_chat("--session", "p", "--system", "Talk like a pirate")
     say(child, "My name is Alice", "Arr! Hello Alice!")
@@ -285,13 +264,6 @@ def test_persona_survives_a_restart(spawn_chat: Spawn) -> None:
     finish(child)
 
 
-def _has_provider(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(f"promptkit_async.providers.{module}") is not None
-
-
-@pytest.mark.skipif(not _has_provider("openai"), reason="OpenAIProvider not merged yet")
 def test_real_provider_over_http_with_key_from_environment(
     spawn_chat: Spawn, fake_openai: Any
 ) -> None:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Iterator
 
 import pytest
 
 from tests._fake_openai import FakeOpenAI
-
-# The real redis-server fixtures arrive with the stores branch.
-with contextlib.suppress(ImportError):
-    from tests._redis_server import redis_server  # noqa: F401 (fixture)
 
 
 def _closed_url() -> str:

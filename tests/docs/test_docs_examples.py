@@ -10,8 +10,6 @@ stdin. No API keys are set, so examples take their documented offline fallback
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import io
 import re
 import sys
@@ -32,35 +30,6 @@ EXPECTED_OUTPUT = {
     "docs/tutorial/multi-turn.md": ["Your name is Alice", "You mentioned that you love pizza"],
     "docs/index.md": ["Your name is Alice."],
     "docs/getting-started.md": ["Hello Alice!", "Your name is Alice.", "4 messages stored"],
-}
-
-# Pages whose examples use APIs built on other branches: run as soon as those are merged.
-_NEEDS = {
-    "docs/tutorial/multi-turn.md": (
-        "statestore.RedisStateStore",
-        "statestore.SQLiteStateStore",
-        "pipeline.middleware.ContextWindowMiddleware",
-    ),
-    "docs/how-to/manage-state.md": ("statestore.SQLiteStateStore", "statestore.RedisStateStore"),
-    "docs/how-to/context-windows.md": (
-        "prompt.truncate_messages",
-        "pipeline.middleware.ContextWindowMiddleware",
-    ),
-}
-
-
-def _missing(name: str) -> bool:
-    module, _, attribute = f"promptkit_async.{name}".rpartition(".")
-    try:
-        return not hasattr(importlib.import_module(module), attribute)
-    except ImportError:
-        return True
-
-
-PENDING = {
-    page: ", ".join(n for n in needs if _missing(n))
-    for page, needs in _NEEDS.items()
-    if any(_missing(n) for n in needs)
 }
 
 
@@ -108,10 +77,6 @@ def test_page_examples_run(
         assert "unavailable" not in out, "with a Redis server running, no fallback is taken"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("promptkit_async.providers.openai") is None,
-    reason="OpenAIProvider not merged yet",
-)
 @pytest.mark.parametrize("page", RUNNABLE, ids=page_id)
 def test_page_examples_run_with_an_openai_key(
     page: Path,
@@ -138,8 +103,6 @@ def run_page(
 ) -> None:
     """Run the page's blocks in order in one namespace, each with the conversation on stdin."""
     name = page_id(page)
-    if name in PENDING:
-        pytest.skip(f"needs {PENDING[name]} (not merged yet)")
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
         if not (keep_keys and variable == "OPENAI_API_KEY"):
             monkeypatch.delenv(variable, raising=False)
