@@ -89,6 +89,18 @@ def tests_lowest(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+@nox.session(python=PRESENT[0])
+def soak(session: nox.Session) -> None:
+    """The long fault runs (tests/faults at soak scale: ~20x the CI sizes); minutes.
+
+    ``nox -s tests`` runs the same suites small (``-m "not soak"`` in pyproject). Pass
+    pytest options after ``--``; set ``PROMPTKIT_FAULTS_REPORT=figures.json`` to keep
+    the figures each suite prints.
+    """
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/faults", "-m", "soak", "--timeout=3600", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""

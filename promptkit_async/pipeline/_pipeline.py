@@ -13,6 +13,7 @@ from typing import Any
 
 from typing_extensions import Self
 
+from .._lifecycle import AsyncResource
 from .._validation import check_input, check_session_id
 from ..errors import PipelineClosedError, PipelineError, PipelineTimeoutError
 from ..types import ExecutionResult, Message, StreamChunk
@@ -282,7 +283,7 @@ async def _produce(pipeline: Pipeline, ctx: ExecutionContext, channel: _Channel)
     put(_END)
 
 
-class ResultStream(AsyncIterator[StreamChunk]):
+class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
     """The chunks of one streamed turn; see :meth:`Pipeline.stream`.
 
     Iterate it once. ``result`` holds the :class:`ExecutionResult` after the last chunk.
@@ -336,17 +337,6 @@ class ResultStream(AsyncIterator[StreamChunk]):
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait((task,))
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __del__(self) -> None:
         task = self._task

@@ -16,7 +16,12 @@ sends requests with :meth:`HTTPProvider._post_json` (whole JSON answer) or
   response closed before the wait, never once a streamed event has reached the provider;
   each retry is a ``TraceEvent("retry", ...)`` and a log record on ``promptkit_async.providers``;
 * errors: HTTP statuses and transport failures become :mod:`promptkit_async.errors` classes
-  carrying status, request id, the provider's message and body, with the API key redacted.
+  carrying status, request id, the provider's message and body, with the API key redacted
+  (from bodies, messages, request ids and the base URL shown);
+* size caps: an error body is read up to 64 KiB, a 2xx body up to :data:`MAX_BODY_SIZE`
+  and one SSE line or event up to ``MAX_EVENT_SIZE`` (32 MiB each, beyond which
+  :class:`~promptkit_async.errors.APIResponseError`), so a broken or endless answer
+  cannot exhaust memory.
 
 Cancellation: cancelling the task that awaits a call, or closing a stream, closes the HTTP
 response at once; a cancelled retry wait simply ends. ``CancelledError`` is never caught
@@ -89,12 +94,13 @@ from ..errors import (
 )
 from ..types import TraceEvent
 from ._retry import RetryPolicy, parse_retry_after, should_retry_status
-from ._sse import ServerSentEvent, SSEDecoder
+from ._sse import MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
 from ._transport import AiohttpTransport, direct_reader
 from .base import BaseProvider, ProviderDefaults
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_BODY_SIZE",
     "HTTPProvider",
     "SSEStream",
     "json_dumps",
@@ -130,6 +136,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 
 _ERROR_BODY_LIMIT = 64 * 1024
+#: The largest non-streamed 2xx body read (decoded); streamed events are capped by the
+#: SSE decoder (:data:`~promptkit_async.providers._sse.MAX_EVENT_SIZE`).
+MAX_BODY_SIZE = MAX_EVENT_SIZE
 _REDACTED = "[REDACTED]"
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
@@ -505,7 +514,8 @@ class HTTPProvider(BaseProvider):
         for name in self.request_id_headers:
             value: str | None = headers.get(name)
             if value:
-                return value
+                # Shown in every error: redacted like bodies (a proxy may echo headers).
+                return redact(value, self._api_key)  # type: ignore[no-any-return]
         return None
 
     def _timeout_error(self, call: _Call, request_id: str | None = None) -> APITimeoutError:
@@ -530,9 +540,10 @@ class HTTPProvider(BaseProvider):
         detail = redact(
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, self._api_key
         )
+        url = redact(self.base_url, self._api_key)  # a gateway URL may carry the key
         if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
             return APITimeoutError(
-                f"timed out talking to {self.base_url} ({detail})",
+                f"timed out talking to {url} ({detail})",
                 provider=self.id,
                 request_id=request_id,
             )
@@ -544,7 +555,7 @@ class HTTPProvider(BaseProvider):
             )
         if isinstance(exc, (httpx.TransportError, aiohttp.ClientError, OSError)):
             return APIConnectionError(
-                f"could not talk to {self.base_url} ({detail}); check base_url and the network",
+                f"could not talk to {url} ({detail}); check base_url and the network",
                 provider=self.id,
                 request_id=request_id,
             )
@@ -654,6 +665,22 @@ class HTTPProvider(BaseProvider):
             await _close(response)
         return b"".join(parts)[:_ERROR_BODY_LIMIT]
 
+    async def _read_body(self, response: httpx.Response) -> bytes:
+        """A 2xx body, refused past :data:`MAX_BODY_SIZE` (a broken or endless body)."""
+        parts: list[bytes] = []
+        size = 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > MAX_BODY_SIZE:
+                raise APIResponseError(
+                    f"the response body is larger than {MAX_BODY_SIZE} bytes; the server's "
+                    "answer is broken or never ends",
+                    provider=self.id,
+                    request_id=self._request_id(response.headers),
+                )
+            parts.append(part)
+        return b"".join(parts)
+
     async def _send(self, call: _Call, *, read_body: bool) -> tuple[httpx.Response, bytes]:
         """Send ``call.request`` with retries until a 2xx arrives.
 
@@ -677,7 +704,7 @@ class HTTPProvider(BaseProvider):
                     if not read_body:
                         return response, b""
                     try:
-                        return response, await response.aread()
+                        return response, await self._read_body(response)
                     finally:
                         await _close(response)
                 status = response.status_code
@@ -953,12 +980,20 @@ class SSEStream:
                 raise error from exc
             finally:
                 watchdog.armed = False
-            if chunk:
-                events = self._decoder.feed(chunk)
-            else:
-                events = self._decoder.flush()
-                self._done = self.ended = True
+            try:
+                if chunk:
+                    events = self._decoder.feed(chunk)
+                else:
+                    events = self._decoder.flush()
+                    self._done = self.ended = True
+                    await self.aclose()
+            except APIResponseError as exc:  # the decoder's size cap
                 await self.aclose()
+                if self._ending:
+                    return []
+                raise APIResponseError(
+                    exc.message, provider=provider.id, request_id=self.request_id
+                ) from None
             if events:
                 self._delivered = True
                 return events

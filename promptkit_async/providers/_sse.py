@@ -9,14 +9,27 @@ had any ``data`` or ``event`` line (so ``data:`` with an empty value still arriv
 :meth:`SSEDecoder.flush` at end of stream dispatches the last event even without its
 closing blank line.
 
+Size cap: a line longer than ``max_event_size`` bytes, or an event whose data grows past
+``max_event_size`` characters (:data:`MAX_EVENT_SIZE` by default), raises
+:class:`~promptkit_async.errors.APIResponseError` instead of buffering until memory runs
+out (a broken or hostile server that never ends a line or an event). The pieces of a
+line still arriving are kept in a list and joined once, so a long line costs linear time.
+
 A decoder belongs to one stream and is not safe to share between tasks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 
-__all__ = ["SSEDecoder", "ServerSentEvent"]
+from ..errors import APIResponseError
+
+__all__ = ["MAX_EVENT_SIZE", "SSEDecoder", "ServerSentEvent"]
+
+#: The default cap on one line (bytes) and on one event's data (characters): far above
+#: any real event (a token, a tool call, an inline image), far below hurting memory.
+MAX_EVENT_SIZE = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,24 +50,36 @@ class ServerSentEvent:
 
 
 class SSEDecoder:
-    """Incremental decoder: :meth:`feed` network chunks, then :meth:`flush` at EOF."""
+    """Incremental decoder: :meth:`feed` network chunks, then :meth:`flush` at EOF.
+
+    Args:
+        max_event_size: the longest line (bytes) and event data (characters) accepted.
+    """
 
     __slots__ = (
-        "_buffer",
+        "_counted",
         "_data",
         "_event",
         "_last_id",
+        "_limit",
+        "_partial",
+        "_partial_size",
         "_retry",
+        "_size",
         "_skip_lf",
         "_started",
         "reconnection_time",
     )
 
-    def __init__(self) -> None:
-        self._buffer = b""  # an incomplete trailing line
+    def __init__(self, max_event_size: int = MAX_EVENT_SIZE) -> None:
+        self._limit = max_event_size
+        self._partial: list[bytes] = []  # the pieces of an incomplete trailing line
+        self._partial_size = 0
         self._skip_lf = False  # the previous chunk ended in "\r": drop a leading "\n"
         self._started = False  # the byte-order mark check is done
         self._data: list[str] = []
+        self._size = 0  # characters held by the first ``_counted`` lines of self._data
+        self._counted = 0
         self._event: str | None = None
         self._last_id = ""
         self._retry: int | None = None
@@ -67,16 +92,31 @@ class SSEDecoder:
         return self._last_id
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
-        """Decode ``chunk`` and return the events it completed (often none or one)."""
+        """Decode ``chunk`` and return the events it completed (often none or one).
+
+        Raises:
+            APIResponseError: a line or an event's data passed ``max_event_size``.
+        """
+        if not chunk:
+            return []  # nothing new (and not the "\n" half of a split "\r\n")
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if self._buffer:
-            chunk = self._buffer + chunk
+        partial = self._partial
+        if partial:
+            if b"\n" not in chunk and b"\r" not in chunk and self._started:
+                # The same line goes on: keep the piece, join the line once it ends.
+                partial.append(chunk)
+                self._partial_size += len(chunk)
+                if self._partial_size > self._limit:
+                    self._too_large()
+                return []
+            chunk = partial[0] + chunk if len(partial) == 1 else b"".join((*partial, chunk))
+            partial.clear()
         if not self._started:
             if len(chunk) < 3 and b"\xef\xbb\xbf".startswith(chunk):
-                self._buffer = chunk  # maybe the start of a byte-order mark
+                self._keep_partial(chunk)  # maybe the start of a byte-order mark
                 return []
             self._started = True
             if chunk[:3] == b"\xef\xbb\xbf":
@@ -88,19 +128,42 @@ class SSEDecoder:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         end = chunk.rfind(b"\n")
         if end < 0:
-            self._buffer = chunk
+            self._keep_partial(chunk)
             return []
-        self._buffer = chunk[end + 1 :]
+        if end + 1 < len(chunk):
+            tail = chunk[end + 1 :]
+            partial.append(tail)
+            self._partial_size = len(tail)
+            if len(tail) > self._limit:
+                self._too_large()
+        if end > self._limit and max(map(len, chunk[:end].split(b"\n"))) > self._limit:
+            self._too_large()
         # Lines end with an ASCII byte, so decoding whole lines never splits a character.
         lines = chunk[:end].decode("utf-8", "replace").split("\n")
         return self._lines(lines)
 
     def flush(self) -> list[ServerSentEvent]:
         """End of stream: decode a trailing partial line and dispatch a pending event."""
-        lines = [self._buffer.decode("utf-8", "replace")] if self._buffer else []
-        self._buffer = b""
+        tail = b"".join(self._partial)
+        self._partial.clear()
+        lines = [tail.decode("utf-8", "replace")] if tail else []
         lines.append("")
         return self._lines(lines)
+
+    def _keep_partial(self, piece: bytes) -> None:
+        self._partial.append(piece)
+        self._partial_size = len(piece)
+        if self._partial_size > self._limit:
+            self._too_large()
+
+    def _too_large(self) -> None:
+        self._partial.clear()
+        self._data.clear()
+        self._size = self._counted = 0
+        raise APIResponseError(
+            f"the event stream sent a line or an event longer than {self._limit} "
+            "(max_event_size); the server's stream is broken or never ends"
+        )
 
     def _lines(self, lines: list[str]) -> list[ServerSentEvent]:
         events: list[ServerSentEvent] = []
@@ -108,12 +171,15 @@ class SSEDecoder:
         for line in lines:
             if not line:
                 if data or self._event is not None:
+                    text = "\n".join(data)
+                    if len(text) > self._limit:
+                        self._too_large()
                     events.append(
-                        ServerSentEvent(
-                            "\n".join(data), self._event or "message", self._last_id, self._retry
-                        )
+                        ServerSentEvent(text, self._event or "message", self._last_id, self._retry)
                     )
                     data.clear()
+                    if self._counted:
+                        self._size = self._counted = 0
                     self._event = None
                 self._retry = None
                 continue
@@ -135,4 +201,12 @@ class SSEDecoder:
                     self._last_id = value
             elif name == "retry" and value.isdigit() and value.isascii():
                 self._retry = self.reconnection_time = int(value)
+        if data:
+            # An event still open after this chunk (rare: events usually end in the
+            # chunk that starts them). Count what it holds, once per line.
+            counted = self._counted
+            self._size += sum(map(len, islice(data, counted, None))) + len(data) - counted
+            self._counted = len(data)
+            if self._size > self._limit:
+                self._too_large()
         return events

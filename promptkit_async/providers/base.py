@@ -14,11 +14,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from typing_extensions import Self
-
+from .._lifecycle import AsyncResource
 from ..pricing import ModelPricing, calculate_cost, lookup_pricing
 from ..types import Cost, Message, ProviderResponse, StreamChunk, ToolDefinition, Usage
 
@@ -103,7 +101,7 @@ class Provider(Protocol):
         ...
 
 
-class BaseProvider:
+class BaseProvider(AsyncResource):
     """Shared plumbing for providers: identity, defaults, pricing and lifecycle.
 
     Subclasses implement :meth:`stream` and :meth:`complete`, and override
@@ -144,14 +142,3 @@ class BaseProvider:
 
     async def aclose(self) -> None:
         """Release resources. The base class owns none."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -7,7 +7,10 @@ A record is one compact JSON object per message::
      "tool_call_id": "...", "name": "...", "metadata": {...}}
 
 ``v`` is the schema version; empty optional fields are left out. Records are ASCII-only
-(non-ASCII is escaped), so they survive any byte-oriented transport. Decoding accepts
+(non-ASCII is escaped), so they survive any byte-oriented transport. Any text round-trips,
+NULs and lone surrogates included, with one exception JSON imposes (its ``\\uXXXX``
+escapes are UTF-16 code units): a high surrogate directly followed by a low one, two
+invalid code points in a ``str``, loads as the one character that pair encodes. Decoding accepts
 every version this library ever wrote; a record from a newer version, or a corrupt one,
 raises :class:`~promptkit_async.errors.StoreDataError` naming the session.
 """
@@ -56,7 +59,7 @@ def encode_message(message: Message) -> str:
         record["metadata"] = message.metadata
     try:
         return _dumps(record)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: too deep
         raise InvalidMessageError(
             f"message metadata is not JSON-serialisable ({exc}); store only JSON values"
         ) from exc
@@ -76,7 +79,7 @@ def decode_message(record: str | bytes, *, session_id: str = "?") -> Message:
             return _from_v0(data)
     except StoreDataError:
         raise
-    except (ValueError, TypeError, KeyError, PromptKitError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError, PromptKitError) as exc:
         raise StoreDataError(
             f"corrupt message record in session {session_id!r}: {exc}; delete or repair the session"
         ) from exc

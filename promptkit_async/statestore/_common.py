@@ -52,7 +52,7 @@ def copy_json_object(value: object, what: str = "metadata") -> dict[str, Any]:
         raise InvalidMessageError(f"{what} must be a mapping, not {type(value).__name__}")
     try:
         copied: dict[str, Any] = json.loads(dumps_value(value))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidMessageError(
             f"{what} is not JSON-serialisable ({exc}); store only JSON values"
         ) from exc
@@ -60,8 +60,21 @@ def copy_json_object(value: object, what: str = "metadata") -> dict[str, Any]:
 
 
 def split_patch(patch: object) -> tuple[dict[str, Any], list[str]]:
-    """Validate a metadata patch: (keys to set with their values, keys to delete)."""
+    """Validate a metadata patch: (keys to set with their values, keys to delete).
+
+    Keys must have a UTF-8 form (no lone surrogates): Redis stores them as hash fields,
+    and every store refuses the same input.
+    """
     copied = copy_json_object(patch, "metadata patch")
+    for key in copied:
+        if not key.isascii():
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidMessageError(
+                    f"metadata key {key!r} contains a lone surrogate and has no UTF-8 form; "
+                    "use valid Unicode text for keys"
+                ) from None
     updates = {k: v for k, v in copied.items() if v is not None}
     removals = [k for k, v in copied.items() if v is None]
     return updates, removals

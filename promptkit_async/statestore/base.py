@@ -28,7 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
+
+from typing_extensions import Self
 
 from ..types import Message
 
@@ -102,4 +105,17 @@ class StateStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections or threads the store owns."""
+        ...
+
+    async def __aenter__(self) -> Self:
+        """``async with store:`` closes the store on exit."""
+        ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the store (:meth:`aclose`)."""
         ...

@@ -8,11 +8,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any
 
-from typing_extensions import Self
-
+from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import InvalidMessageError
 from ..types import Message
@@ -43,12 +41,12 @@ def _own(message: Message) -> Message:
     return replace(message, metadata=json.loads(encode_message(message))["metadata"])
 
 
-class InMemoryStateStore:
+class InMemoryStateStore(AsyncResource):
     """Keeps histories in a dict in this process.
 
     Args:
         ttl: seconds a session lives after its last write (sliding); ``None`` = forever.
-        refresh_on_read: also extend the TTL when a session is read.
+        refresh_ttl_on_read: also extend the TTL when a session is read.
         max_sessions: keep at most this many sessions, evicting the least recently used.
         clock: monotonic time source in seconds (injectable for tests).
 
@@ -65,7 +63,7 @@ class InMemoryStateStore:
         self,
         *,
         ttl: float | None = None,
-        refresh_on_read: bool = False,
+        refresh_ttl_on_read: bool = False,
         max_sessions: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -74,7 +72,7 @@ class InMemoryStateStore:
         if max_sessions is not None and max_sessions < 1:
             raise ValueError("max_sessions must be at least 1, or None")
         self.ttl = ttl
-        self.refresh_on_read = refresh_on_read
+        self.refresh_ttl_on_read = refresh_ttl_on_read
         self.max_sessions = max_sessions
         self._clock = clock
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
@@ -127,7 +125,7 @@ class InMemoryStateStore:
         """The session's messages, oldest first (the newest ``last_n`` if given)."""
         check_session_id(session_id)
         check_last_n(last_n)
-        session = self._get(session_id, touch=self.refresh_on_read)
+        session = self._get(session_id, touch=self.refresh_ttl_on_read)
         if session is None:
             return []
         messages = session.messages
@@ -193,7 +191,7 @@ class InMemoryStateStore:
     async def get_metadata(self, session_id: str) -> dict[str, Any]:
         """A copy of the session's metadata."""
         check_session_id(session_id)
-        session = self._get(session_id, touch=self.refresh_on_read)
+        session = self._get(session_id, touch=self.refresh_ttl_on_read)
         return {} if session is None else copy_json_object(session.metadata)
 
     async def merge_metadata(self, session_id: str, patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -210,14 +208,3 @@ class InMemoryStateStore:
 
     async def aclose(self) -> None:
         """Nothing to release; present for the common store shape."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

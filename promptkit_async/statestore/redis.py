@@ -22,7 +22,6 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any, Union
 from urllib.parse import quote, unquote, urlsplit
 
@@ -32,8 +31,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from typing_extensions import Self
 
+from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import InvalidRequestError, StoreDataError, StoreError, StoreUnavailableError
 from ..types import Message
@@ -185,7 +184,7 @@ def _parse_address(address: str) -> tuple[str | None, str, int]:
     return None, host, port
 
 
-class RedisStateStore:
+class RedisStateStore(AsyncResource):
     """Conversation histories in Redis or Redis Cluster.
 
     Create one with :meth:`connect` (the store then owns its client)::
@@ -549,7 +548,7 @@ class RedisStateStore:
         flat = _pairs(reply)
         try:
             return {_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise StoreDataError(
                 f"corrupt metadata in session {session_id!r}: {exc}; delete or repair it"
             ) from exc
@@ -673,17 +672,6 @@ class RedisStateStore:
         await self._batcher.drain()
         if self._owns_client:
             await self.client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # --- listing internals --------------------------------------------------------------
 

@@ -12,6 +12,7 @@ never string formatting), so any id is safe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -19,13 +20,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
-from typing_extensions import Self
 
+from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import StoreDataError, StoreError, StoreUnavailableError
 from ..types import Message
@@ -63,7 +63,7 @@ _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _SWEEP_INTERVAL = 60.0
 
 
-class SQLiteStateStore:
+class SQLiteStateStore(AsyncResource):
     """Conversation histories in a SQLite database file.
 
     Restart your program with the same file and session id and the conversation
@@ -129,6 +129,10 @@ class SQLiteStateStore:
                 ResourceWarning,
                 source=self,
             )
+            # Then close it, as a forgotten file is: no batch can be running once the
+            # store is unreachable, and sqlite3 itself warns about open connections (3.13+).
+            with contextlib.suppress(Exception):
+                db.close()
 
     # --- running in the worker thread ------------------------------------------------
 
@@ -270,17 +274,6 @@ class SQLiteStateStore:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
 
 # --- the worker-thread side --------------------------------------------------------------
 
@@ -399,7 +392,7 @@ def _decode_metadata(text: str | None, session_id: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise StoreDataError(f"corrupt metadata in session {session_id!r}: {exc}") from exc
     if not isinstance(value, dict):
         raise StoreDataError(f"corrupt metadata in session {session_id!r}: not an object")

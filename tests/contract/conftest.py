@@ -45,7 +45,7 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if kind == "memory":
 
         async def make(ttl: float | None = None, refresh_ttl_on_read: bool = False) -> StateStore:
-            return InMemoryStateStore(ttl=ttl, refresh_on_read=refresh_ttl_on_read, clock=clock)
+            return InMemoryStateStore(ttl=ttl, refresh_ttl_on_read=refresh_ttl_on_read, clock=clock)
 
         advance = advance_clock
     elif kind == "sqlite":

@@ -59,58 +59,6 @@ FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.002, max_retry_after=0
 # --- strict validation against the SDK's request TypedDicts ------------------------------
 
 
-def _conforms(value: Any, tp: Any, path: str) -> str | None:
-    """Why ``value`` does not match ``tp`` (TypedDicts checked for unknown keys), or None."""
-    if tp is Any or tp is object:
-        return None
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Annotated, typing_extensions.Annotated):
-        return _conforms(value, args[0], path)
-    if typing_extensions.is_typeddict(tp):
-        if not isinstance(value, dict):
-            return f"{path}: expected an object for {tp.__name__}"
-        hints = typing_extensions.get_type_hints(tp)
-        unknown = set(value) - set(hints)
-        if unknown:
-            return f"{path}: {tp.__name__} has no field(s) {sorted(unknown)}"
-        missing = set(tp.__required_keys__) - set(value)
-        if missing:
-            return f"{path}: {tp.__name__} misses {sorted(missing)}"
-        for key, item in value.items():
-            problem = _conforms(item, hints[key], f"{path}.{key}")
-            if problem:
-                return problem
-        return None
-    if origin in (typing.Union, types.UnionType):
-        problems = [_conforms(value, arg, path) for arg in args]
-        if all(problems):
-            return " | ".join(p for p in problems if p)
-        return None
-    if origin in (typing.Literal, typing_extensions.Literal):
-        return None if value in args else f"{path}: {value!r} not in {args}"
-    if tp is type(None):
-        return None if value is None else f"{path}: expected null"
-    if tp in (str, int, float, bool):
-        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
-        if tp is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return None if ok else f"{path}: expected {tp.__name__}, got {value!r}"
-    if origin in (dict, Mapping, typing.Mapping) or tp is dict:
-        return None if isinstance(value, dict) else f"{path}: expected an object"
-    if origin is not None and isinstance(origin, type) and issubclass(origin, Iterable):
-        if not isinstance(value, list):
-            return f"{path}: expected a list"
-        for i, item in enumerate(value):
-            problem = _conforms(item, args[0] if args else Any, f"{path}[{i}]")
-            if problem:
-                return problem
-        return None
-    if origin is not None and getattr(origin, "__name__", "") == "SequenceNotStr":
-        return None if isinstance(value, list) else f"{path}: expected a list"
-    return None  # anything else is left to pydantic
-
-
 _STREAMING = TypeAdapter(CompletionCreateParamsStreaming)
 _NON_STREAMING = TypeAdapter(CompletionCreateParamsNonStreaming)
 
@@ -123,7 +71,7 @@ def validate_request(body: dict[str, Any], *, stream: bool) -> None:
     for key in ("messages", "tools"):
         if key in validated:
             list(validated[key])  # pydantic validates Iterable fields lazily
-    problem = _conforms(body, tp, "body")
+    problem = conforms_params(body, tp)
     assert problem is None, problem
 
 
@@ -466,7 +414,6 @@ def conforms_params(value: Any, tp: Any, path: str = "body") -> str | None:
     missing required keys and wrong literals are reported, and response models (pydantic
     classes an SDK also accepts in some unions) never match a dict we send.
     """
-    import typing_extensions
 
     if tp is Any or tp is object:
         return None

@@ -53,9 +53,9 @@ async def test_sliding_ttl_expires_idle_sessions() -> None:
     assert (await store.list_sessions()).session_ids == ()
 
 
-async def test_ttl_refresh_on_read_is_optional() -> None:
+async def test_ttl_refresh_ttl_on_read_is_optional() -> None:
     clock = FakeClock()
-    store = InMemoryStateStore(ttl=10, refresh_on_read=True, clock=clock)
+    store = InMemoryStateStore(ttl=10, refresh_ttl_on_read=True, clock=clock)
     await store.append("s", [Message("user", "hi")])
     for _ in range(5):
         clock.now += 9

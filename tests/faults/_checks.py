@@ -1,0 +1,130 @@
+"""Invariants the fault suites check on stored histories, and a store that can hold a save.
+
+Every suite words its questions so the history itself can be audited: a question names
+its session (``"<session>|<tag>"``) and the model (mock or loopback server) answers
+``"reply to <question>"``. A history is then *whole* when it is a sequence of
+``user question`` / ``assistant reply to question`` pairs, each question of this session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from promptkit_async import Message
+from promptkit_async.statestore import SessionPage, StateStore
+
+
+class HistoryError(AssertionError):
+    """A stored history broke an invariant (the message says which and where)."""
+
+
+def question(session: str, tag: str) -> str:
+    return f"{session}|{tag}"
+
+
+def whole_turns(messages: Sequence[Message], session: str) -> list[str]:
+    """The questions of ``session``'s history, checking that every turn is whole.
+
+    Raises :class:`HistoryError` if a user message is not followed by its own reply, a
+    reply stands alone, or a question belongs to another session (a cross-session
+    write or a stale read).
+    """
+    questions = []
+    if len(messages) % 2:
+        raise HistoryError(f"{session!r}: odd number of messages ({len(messages)}): half a turn")
+    for i in range(0, len(messages), 2):
+        ask, reply = messages[i], messages[i + 1]
+        if ask.role != "user" or reply.role != "assistant":
+            raise HistoryError(
+                f"{session!r}[{i}]: roles {ask.role}/{reply.role}, not user/assistant"
+            )
+        if reply.content != f"reply to {ask.content}":
+            raise HistoryError(f"{session!r}[{i}]: {ask.content!r} answered by {reply.content!r}")
+        owner = ask.content.rsplit("|", 1)[0]
+        if owner != session:
+            raise HistoryError(f"{session!r}[{i}]: holds {ask.content!r} of session {owner!r}")
+        questions.append(ask.content)
+    duplicates = [q for q, n in Counter(questions).items() if n > 1]
+    if duplicates:
+        raise HistoryError(f"{session!r}: turns stored twice: {duplicates[:5]}")
+    return questions
+
+
+async def all_sessions(store: StateStore) -> set[str]:
+    """Every session id the store lists, following cursors."""
+    found: set[str] = set()
+    cursor: str | None = None
+    while True:
+        page: SessionPage = await store.list_sessions(cursor=cursor, limit=100)
+        found.update(page.session_ids)
+        cursor = page.next_cursor
+        if cursor is None:
+            return found
+
+
+async def load_all(store: StateStore, sessions: Sequence[str]) -> dict[str, list[str]]:
+    """``{session: questions}`` for ``sessions``, every history checked whole."""
+    return {s: whole_turns(await store.load(s), s) for s in sessions}
+
+
+class GatedStore:
+    """A store wrapper whose ``append`` can be held, to cancel turns *during* the save.
+
+    ``append`` records that the save began (``began``), then waits for ``gate`` (open by
+    default) and for ``yields`` event-loop iterations, then calls the real store. Every
+    other operation is passed straight through.
+    """
+
+    def __init__(self, inner: StateStore, *, yields: int = 0) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.yields = yields
+        self.began: list[tuple[str, str]] = []
+        self.finished: list[tuple[str, str]] = []
+        self._changed = asyncio.Condition()
+
+    async def wait_began(self, count: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.began) >= count)
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        key = (session_id, messages[0].content)
+        self.began.append(key)
+        async with self._changed:
+            self._changed.notify_all()
+        await self.gate.wait()
+        for _ in range(self.yields):
+            await asyncio.sleep(0)
+        await self.inner.append(session_id, messages)
+        self.finished.append(key)
+
+    async def load(self, session_id: str, last_n: int | None = None) -> list[Message]:
+        return await self.inner.load(session_id, last_n)
+
+    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+        await self.inner.save(session_id, messages)
+
+    async def delete(self, session_id: str) -> bool:
+        return await self.inner.delete(session_id)
+
+    async def count(self, session_id: str) -> int:
+        return await self.inner.count(session_id)
+
+    async def list_sessions(self, *, cursor: str | None = None, limit: int = 100) -> SessionPage:
+        return await self.inner.list_sessions(cursor=cursor, limit=limit)
+
+    async def fork(self, source_id: str, target_id: str) -> int:
+        return await self.inner.fork(source_id, target_id)
+
+    async def get_metadata(self, session_id: str) -> dict[str, Any]:
+        return await self.inner.get_metadata(session_id)
+
+    async def merge_metadata(self, session_id: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.inner.merge_metadata(session_id, patch)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

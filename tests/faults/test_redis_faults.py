@@ -1,0 +1,279 @@
+"""Redis faults under load: sleep, pause, freeze, stop, kill and slow restarts.
+
+A private ``redis-server`` per test (AOF on, ``appendfsync always``, debug commands
+enabled). Workers run conversation turns non-stop on shared sessions through one
+pipeline and one ``RedisStateStore``, created once and never recreated, while a schedule
+of faults hits the server:
+
+* ``DEBUG SLEEP``: the server blocks, every operation times out;
+* ``CLIENT PAUSE ... ALL``: the server stops answering clients;
+* ``SIGSTOP`` / ``SIGCONT``: the process freezes (the kernel still accepts connections);
+* ``SIGTERM`` then a restart on the same port (the AOF is replayed);
+* ``SIGKILL`` then a restart that spends a while loading its data (``LOADING`` replies).
+
+Checked: every failed turn raises a :class:`StoreError` subclass (no raw redis or OS
+error) within a generous guard of the configured timeouts (no hang); after each fault
+the same store and pipeline serve turns again; at the end every stored record decodes,
+every turn is whole and in its own session, every acknowledged turn is stored exactly
+once in acknowledgement order, and nothing is stored that was not attempted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from promptkit_async import (
+    Message,
+    MockProvider,
+    Pipeline,
+    ProviderMiddleware,
+    StateMiddleware,
+    StoreError,
+    StoreUnavailableError,
+)
+from promptkit_async.statestore import RedisStateStore
+from promptkit_async.statestore._codec import decode_message
+from tests._redis_server import RedisServer, command
+from tests.faults._checks import question, whole_turns
+from tests.faults.conftest import Report, scales
+
+pytestmark = pytest.mark.redis
+
+TIMEOUT = 0.25  # the store's connect and reply timeouts
+HANG_GUARD = 20 * TIMEOUT + 5  # one turn is two store round trips; anything near this is a hang
+PHASE_GUARD = 60.0
+
+
+class Load:
+    """Workers running turns non-stop, and what happened to each turn."""
+
+    def __init__(self, pipe: Pipeline, sessions: list[str], seed: int) -> None:
+        self.pipe = pipe
+        self.sessions = sessions
+        self.rng = random.Random(seed)
+        self.acked: dict[str, list[str]] = {s: [] for s in sessions}
+        self.failed: set[str] = set()
+        self.errors: Counter[str] = Counter()
+        self.kinds: Counter[str] = Counter()
+        self.unexpected: list[BaseException] = []
+        self.hangs = 0
+        self.ok = 0
+        self.fail = 0
+        self.stopping = False
+        self._changed = asyncio.Condition()
+
+    async def worker(self, w: int) -> None:
+        i = 0
+        while not self.stopping:
+            session = self.rng.choice(self.sessions)
+            ask = question(session, f"w{w}-{i}")
+            i += 1
+            try:
+                await asyncio.wait_for(self.pipe.execute(session, "user", ask), HANG_GUARD)
+            except asyncio.TimeoutError:
+                self.hangs += 1
+                self.failed.add(ask)
+            except StoreError as exc:
+                self.errors[type(exc).__name__] += 1
+                text = str(exc)
+                kind = (
+                    "timed out" if "did not answer" in text
+                    else "loading" if "loading" in text.lower()
+                    else "refused/lost" if "cannot reach" in text
+                    else text[:60]
+                )  # fmt: skip
+                self.kinds[kind] += 1
+                self.failed.add(ask)
+                self.fail += 1
+            except Exception as exc:  # anything untyped fails the test at the end
+                self.unexpected.append(exc)
+                self.failed.add(ask)
+                self.fail += 1
+            else:
+                self.acked[session].append(ask)
+                self.ok += 1
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), PHASE_GUARD)
+
+
+async def side(port: int, *args: str) -> bytes:
+    """A command on a separate raw connection, in a thread (it may block for a while)."""
+    return await asyncio.to_thread(command, port, *args)
+
+
+async def fault_schedule(server: RedisServer, load: Load, report: Report, rounds: int) -> None:
+    port = server.port
+
+    async def observed(
+        name: str, heal: Callable[[], Any] | None = None, *, failures: int = 1
+    ) -> None:
+        """Wait until the workers saw the fault (``failures`` more failed turns), heal
+        it, then wait until they succeed again: recovery with the same store."""
+        failed_before = load.fail
+        await load.until(lambda: load.fail >= failed_before + failures)
+        if heal is not None:
+            await heal()
+        ok_before = load.ok
+        await load.until(lambda: load.ok >= ok_before + 10)
+        report.add(faults=1)
+        report.figures.setdefault("schedule", [])
+        if name not in report.figures["schedule"]:
+            report.figures["schedule"].append(name)
+
+    for _ in range(rounds):
+        # DEBUG SLEEP: the whole server blocks; the side connection returns when it ends.
+        failed_before = load.fail
+        await side(port, "DEBUG", "SLEEP", "0.6")
+        assert load.fail > failed_before
+        await observed("debug sleep", failures=0)
+
+        # CLIENT PAUSE ALL: a PING on the side connection returns once the pause is over.
+        failed_before = load.fail
+        await side(port, "CLIENT", "PAUSE", "600", "ALL")
+        await side(port, "PING")
+        assert load.fail > failed_before
+        await observed("client pause", failures=0)
+
+        # SIGSTOP: frozen (connections are still accepted by the kernel) until SIGCONT.
+        assert server.process is not None
+        pid = server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+
+        async def thaw(pid: int = pid) -> None:
+            os.kill(pid, signal.SIGCONT)
+
+        await observed("sigstop", thaw, failures=8)
+
+        # SIGTERM and a restart on the same port.
+        await asyncio.to_thread(server.stop)
+        await observed("sigterm + restart", lambda: asyncio.to_thread(server.start), failures=8)
+
+        # SIGKILL mid-write and a restart that takes a while to load (key-load-delay).
+        await asyncio.to_thread(server.kill)
+        await observed(
+            "sigkill + slow restart", lambda: asyncio.to_thread(server.start), failures=8
+        )
+
+
+async def pad_dataset(port: int, keys: int) -> None:
+    """Filler keys in the AOF base, so that a restart spends a while ``LOADING``."""
+    raw = aioredis.Redis(host="127.0.0.1", port=port)
+    try:
+        await raw.execute_command("DEBUG", "POPULATE", keys, "filler")
+        await raw.bgrewriteaof()
+        # Polling another process until its rewrite is done (nothing to wait on here).
+        while (await raw.info("persistence"))["aof_rewrite_in_progress"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    finally:
+        await raw.aclose()
+
+
+@scales
+async def test_redis_faults_under_load(
+    redis_factory: Callable[..., RedisServer], report: Report, scale: int
+) -> None:
+    server = redis_factory(
+        "--enable-debug-command", "yes",
+        "--appendonly", "yes",
+        "--appendfsync", "always",
+        "--key-load-delay", "50",  # microseconds per key while loading (a slow restart)
+    )  # fmt: skip
+    await pad_dataset(server.port, 20_000)
+    store = await RedisStateStore.connect(
+        server.address,
+        prefix="faults",
+        connect_timeout=TIMEOUT,
+        socket_timeout=TIMEOUT,
+        max_connections=8,
+    )
+    provider = MockProvider(handler=lambda r: f"reply to {r.messages[-1].content}")
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    sessions = [f"r{i}" for i in range(20 * scale)]
+    load = Load(pipe, sessions, seed=3)
+    workers = [asyncio.ensure_future(load.worker(w)) for w in range(8)]
+    try:
+        await load.until(lambda: load.ok >= 50)
+        await fault_schedule(server, load, report, rounds=scale)
+    finally:
+        load.stopping = True
+        await asyncio.wait_for(asyncio.gather(*workers), PHASE_GUARD)
+
+    assert load.hangs == 0
+    assert load.unexpected == []
+    assert load.errors["StoreUnavailableError"] > 0
+    attempted = load.failed | {a for acked in load.acked.values() for a in acked}
+    checked = 0
+    for session in sessions:
+        stored = whole_turns(await store.load(session), session)  # decodes, whole, own, once
+        acked = load.acked[session]
+        assert [q for q in stored if q in set(acked)] == acked  # all there, in order
+        assert set(stored) <= attempted  # nothing made up
+        checked += len(stored)
+    # Every raw record decodes (read around the store, straight from Redis).
+    raw = aioredis.Redis(host="127.0.0.1", port=server.port)
+    records = 0
+    async for key in raw.scan_iter(match="faults:*:m"):
+        for record in await raw.lrange(key, 0, -1):
+            decode_message(record)
+            records += 1
+    await raw.aclose()
+    await store.aclose()
+    report.add(
+        turns_attempted=len(attempted),
+        turns_acknowledged=load.ok,
+        turns_failed=load.fail,
+        turns_checked=checked,
+        records_decoded=records,
+        failed_but_stored=checked - load.ok,
+        losses=0,
+        errors=dict(load.errors),
+        failures_by_kind=dict(load.kinds),
+    )
+
+
+async def test_every_redis_failure_is_a_typed_store_error_within_the_timeout(
+    redis_factory: Callable[..., RedisServer], report: Report
+) -> None:
+    """Each operation of the store against a frozen server: StoreUnavailableError within
+    the guard, and the same store works again once the server thaws."""
+    server = redis_factory("--enable-debug-command", "yes")
+    store = await RedisStateStore.connect(
+        server.address, prefix="typed", connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
+    )
+    await store.append("s", [Message("user", "x")])
+    assert server.process is not None
+    operations: dict[str, Callable[[], Any]] = {
+        "load": lambda: store.load("s"),
+        "append": lambda: store.append("s", [Message("user", "y")]),
+        "save": lambda: store.save("t", [Message("user", "y")]),
+        "count": lambda: store.count("s"),
+        "delete": lambda: store.delete("u"),
+        "fork": lambda: store.fork("s", "v"),
+        "get_metadata": lambda: store.get_metadata("s"),
+        "merge_metadata": lambda: store.merge_metadata("s", {"k": 1}),
+        "list_sessions": lambda: store.list_sessions(),
+    }
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        for _name, operation in operations.items():
+            with pytest.raises(StoreUnavailableError, match="did not answer"):
+                await asyncio.wait_for(operation(), HANG_GUARD)
+            report.add(faults=1)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    for _name, operation in operations.items():
+        await asyncio.wait_for(operation(), HANG_GUARD)
+    await store.aclose()
