@@ -132,7 +132,6 @@ def test_smoke_summary_has_ratios_and_table(smoke_record: dict[str, Any]) -> Non
 
 
 def test_report_outputs_from_a_record(smoke_record: dict[str, Any], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     doc = tmp_path / "benchmarks.md"
     doc.write_text(
         f"# B\n\n<!-- bench:targets:start -->\n<!-- bench:targets:end -->\n\n"
