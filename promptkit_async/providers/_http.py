@@ -71,6 +71,7 @@ from typing import Any, ClassVar, NoReturn
 
 import aiohttp
 import httpx
+from typing_extensions import TypedDict
 
 from .._version import __version__
 from ..errors import (
@@ -337,6 +338,24 @@ class _Call:
         self.started = time.perf_counter()
 
 
+class HTTPOptions(TypedDict, total=False):
+    """The keyword options every HTTP provider takes (documented on :class:`HTTPProvider`).
+
+    Provider constructors accept them as ``**options: Unpack[HTTPOptions]``, so the list
+    and its checks live here once.
+    """
+
+    base_url: str | None
+    http_client: httpx.AsyncClient | None
+    timeout: float | httpx.Timeout | None
+    max_retries: int
+    stream_idle_timeout: float | None
+    deadline: float | None
+    retry_policy: RetryPolicy | None
+    default_headers: Mapping[str, str] | None
+    api_key_env: str | None
+
+
 class HTTPProvider(BaseProvider):
     """Base class of providers that speak HTTP; see the module docstring.
 
@@ -347,7 +366,8 @@ class HTTPProvider(BaseProvider):
             Never shown in ``repr``, logs or errors.
         defaults: request defaults and pricing.
         include_raw_output: put the provider's raw payload(s) in ``response.raw``.
-        base_url: the API root; ``None`` for the vendor's default.
+        base_url: the API root; ``None`` reads ``base_url_env`` (unless ``api_key_env``
+            was given, as presets do), else the vendor's default.
         http_client: an ``httpx.AsyncClient`` to use (not closed by :meth:`aclose`); by
             default the provider creates one over aiohttp and closes it in :meth:`aclose`.
         timeout: per-attempt timeouts: seconds or an ``httpx.Timeout``. ``None`` keeps an
@@ -369,6 +389,8 @@ class HTTPProvider(BaseProvider):
     default_base_url: ClassVar[str] = ""
     #: The environment variable holding the API key when none is passed.
     default_api_key_env: ClassVar[str | None] = None
+    #: The environment variable that may hold the API root when ``base_url`` is not given.
+    base_url_env: ClassVar[str | None] = None
     #: Response headers that carry the provider's request id, in order of preference.
     request_id_headers: ClassVar[tuple[str, ...]] = ("x-request-id", "request-id")
 
@@ -398,6 +420,8 @@ class HTTPProvider(BaseProvider):
         for name, value in (("stream_idle_timeout", stream_idle_timeout), ("deadline", deadline)):
             if value is not None and value <= 0:
                 raise InvalidRequestError(f"{name} must be a positive number of seconds, or None")
+        if base_url is None and api_key_env is None and self.base_url_env:
+            base_url = os.environ.get(self.base_url_env) or None
         url = (base_url or self.default_base_url).rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise InvalidRequestError(

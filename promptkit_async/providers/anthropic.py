@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
+from typing_extensions import Unpack
 
 from ..errors import APIResponseError, IncompleteStreamError, InvalidRequestError, ProviderError
 from ..types import (
@@ -57,8 +57,7 @@ from ..types import (
     ToolDefinition,
     Usage,
 )
-from ._http import HTTPProvider, json_loads, redact
-from ._retry import RetryPolicy
+from ._http import HTTPOptions, HTTPProvider, json_loads, redact
 from .base import ProviderDefaults, ProviderRequest
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicProvider"]
@@ -265,6 +264,7 @@ class AnthropicProvider(HTTPProvider):
 
     default_base_url = "https://api.anthropic.com"
     default_api_key_env = "ANTHROPIC_API_KEY"
+    base_url_env = "ANTHROPIC_BASE_URL"
     request_id_headers = ("request-id", "x-request-id")
 
     def __init__(
@@ -275,40 +275,15 @@ class AnthropicProvider(HTTPProvider):
         defaults: ProviderDefaults | None = None,
         include_raw_output: bool = False,
         *,
-        base_url: str | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        max_retries: int = 2,
-        stream_idle_timeout: float | None = None,
-        deadline: float | None = None,
-        retry_policy: RetryPolicy | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        api_key_env: str | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        **options: Unpack[HTTPOptions],
     ) -> None:
         if default_max_tokens < 1:
             raise InvalidRequestError("default_max_tokens must be >= 1")
-        if base_url is None and api_key_env is None:
-            base_url = os.environ.get("ANTHROPIC_BASE_URL") or None
         headers = {"anthropic-version": ANTHROPIC_VERSION}
-        if default_headers:
-            headers.update(default_headers)
-        super().__init__(
-            id,
-            model,
-            api_key,
-            defaults,
-            include_raw_output,
-            base_url=base_url,
-            http_client=http_client,
-            timeout=timeout,
-            max_retries=max_retries,
-            stream_idle_timeout=stream_idle_timeout,
-            deadline=deadline,
-            retry_policy=retry_policy,
-            default_headers=headers,
-            api_key_env=api_key_env,
-        )
+        headers.update(options.get("default_headers") or {})
+        options["default_headers"] = headers
+        super().__init__(id, model, api_key, defaults, include_raw_output, **options)
         self.default_max_tokens = default_max_tokens
         if self.defaults.temperature is not None or self.defaults.top_p is not None:
             logger.warning(

@@ -57,6 +57,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from typing_extensions import Unpack
 
 from ..errors import (
     APIResponseError,
@@ -74,8 +75,7 @@ from ..types import (
     ToolDefinition,
     Usage,
 )
-from ._http import HTTPProvider, json_loads
-from ._retry import RetryPolicy
+from ._http import HTTPOptions, HTTPProvider, json_loads
 from .base import ProviderDefaults, ProviderRequest
 
 __all__ = ["GeminiProvider"]
@@ -245,35 +245,12 @@ class GeminiProvider(HTTPProvider):
         defaults: ProviderDefaults | None = None,
         include_raw_output: bool = False,
         *,
-        base_url: str | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        max_retries: int = 2,
-        stream_idle_timeout: float | None = None,
-        deadline: float | None = None,
-        retry_policy: RetryPolicy | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        api_key_env: str | None = None,
         api_version: str = "v1beta",
+        **options: Unpack[HTTPOptions],
     ) -> None:
-        if api_key is None and api_key_env is None:
+        if api_key is None and options.get("api_key_env") is None:
             api_key = os.environ.get("GOOGLE_API_KEY") or None
-        super().__init__(
-            id,
-            model,
-            api_key,
-            defaults,
-            include_raw_output,
-            base_url=base_url,
-            http_client=http_client,
-            timeout=timeout,
-            max_retries=max_retries,
-            stream_idle_timeout=stream_idle_timeout,
-            deadline=deadline,
-            retry_policy=retry_policy,
-            default_headers=default_headers,
-            api_key_env=api_key_env,
-        )
+        super().__init__(id, model, api_key, defaults, include_raw_output, **options)
         if not api_version or "/" in api_version:
             raise InvalidRequestError(f"api_version must be like 'v1beta', got {api_version!r}")
         path = model if "/" in model else f"models/{model}"

@@ -16,12 +16,12 @@ providers (:mod:`promptkit_async.providers._http`).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
+from typing_extensions import Unpack
 
 from ..errors import APIResponseError, IncompleteStreamError, InvalidRequestError
 from ..types import (
@@ -33,8 +33,7 @@ from ..types import (
     ToolDefinition,
     Usage,
 )
-from ._http import HTTPProvider, json_loads
-from ._retry import RetryPolicy
+from ._http import HTTPOptions, HTTPProvider, json_loads
 from .base import ProviderDefaults, ProviderRequest
 
 __all__ = ["OpenAIProvider"]
@@ -138,6 +137,7 @@ class OpenAIProvider(HTTPProvider):
 
     default_base_url = "https://api.openai.com/v1"
     default_api_key_env = "OPENAI_API_KEY"
+    base_url_env = "OPENAI_BASE_URL"
     request_id_headers = ("x-request-id",)
 
     def __init__(
@@ -148,35 +148,10 @@ class OpenAIProvider(HTTPProvider):
         defaults: ProviderDefaults | None = None,
         include_raw_output: bool = False,
         *,
-        base_url: str | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        max_retries: int = 2,
-        stream_idle_timeout: float | None = None,
-        deadline: float | None = None,
-        retry_policy: RetryPolicy | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        api_key_env: str | None = None,
         max_tokens_field: str | None = None,
+        **options: Unpack[HTTPOptions],
     ) -> None:
-        if base_url is None and api_key_env is None:
-            base_url = os.environ.get("OPENAI_BASE_URL") or None
-        super().__init__(
-            id,
-            model,
-            api_key,
-            defaults,
-            include_raw_output,
-            base_url=base_url,
-            http_client=http_client,
-            timeout=timeout,
-            max_retries=max_retries,
-            stream_idle_timeout=stream_idle_timeout,
-            deadline=deadline,
-            retry_policy=retry_policy,
-            default_headers=default_headers,
-            api_key_env=api_key_env,
-        )
+        super().__init__(id, model, api_key, defaults, include_raw_output, **options)
         if max_tokens_field is None:
             official = httpx.URL(self.base_url).host == _OPENAI_HOST
             max_tokens_field = "max_completion_tokens" if official else "max_tokens"
