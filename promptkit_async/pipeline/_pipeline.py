@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import types
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -78,6 +79,8 @@ class Pipeline:
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
         self._closing = False
+        # Set once a stream of this pipeline got a chunk from another task (_Driver).
+        self._foreign_emits = False
 
     def __repr__(self) -> str:
         names = ", ".join(type(m).__name__ for m in self.middleware)
@@ -166,10 +169,13 @@ class Pipeline:
     ) -> ResultStream:
         """Run one turn, yielding :class:`StreamChunk` objects as the model writes.
 
-        Input is validated now (raising at once); the turn starts on first iteration.
-        The last chunk carries ``finish_reason`` and ``final_result`` and arrives after
-        the turn has been stored. Breaking out of the loop, ``aclose()``, or cancelling
-        the consuming task cancels the turn (nothing stored, HTTP response closed)::
+        Input is validated now (raising at once); the turn starts on first iteration
+        and runs inside the iterating task, at the pace it reads (no task or buffer of
+        its own: a slow reader slows the model's stream instead of piling it up). The
+        last chunk carries ``finish_reason`` and ``final_result`` and arrives after the
+        turn has been stored. Leaving ``async with``, ``aclose()``, or cancelling the
+        reading task cancels the turn (nothing stored, HTTP response closed); a stream
+        dropped unfinished is cancelled when collected. Read it from one task at a time::
 
             async with pipe.stream("user-1", "user", "Hi") as chunks:
                 async for chunk in chunks:
@@ -215,132 +221,257 @@ class Pipeline:
         await self.shutdown()
 
 
-class _Failed:
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+_HANDOFF = object()  # yielded up the turn's coroutine by emit(): "a chunk is ready"
+_NOTHING = object()
 
 
-_END = object()
+@types.coroutine
+def _handoff() -> Generator[Any, None, None]:
+    yield _HANDOFF
 
 
-class _Channel:
-    """A one-producer, one-consumer hand-off from the turn's task to the reader.
+class _Driver:
+    """Runs one streamed turn inside the task that reads it: no task, no queue per turn.
 
-    Lighter than ``asyncio.Queue`` (no task accounting, no getter/putter deques): the
-    reader parks on one future, and chunks put while it runs are drained without waking
-    it again. Unbounded, so a slow reader never stalls the provider's socket (chunks are
-    bounded by ``max_tokens``).
+    The turn is a coroutine (the onion). :meth:`step` sends into it from the reader's
+    task, passes whatever it waits for (a future) up to that task, and returns when
+    ``ctx.emit`` (:meth:`emit`) hands over a chunk: emit suspends the turn with a marker
+    that only the driver sees. A chunk costs no task switch, and a reader that pauses
+    pauses the turn (back-pressure). Cancelling the reader's task while it waits inside
+    :meth:`step` throws ``CancelledError`` into the turn, where it was waiting.
+
+    A chunk emitted from another task (a middleware that runs ``next`` in a task of its
+    own, as ``asyncio.wait_for`` does before Python 3.12, or ``asyncio.shield``) cannot
+    suspend the turn; it is queued, and the reader must be woken for it. So the driver
+    *watches*: it waits for the turn's future or such a chunk, whichever comes first.
+    Watching costs a future per wait, so a turn watches only until its own first chunk,
+    unless its pipeline has seen chunks from other tasks before (then always). A chunk
+    from another task that comes later in the first such turn waits until the turn's own
+    task next resumes.
+
+    The driver holds no reference to its :class:`ResultStream`, so a dropped stream is
+    freed at once and its ``__del__`` can cancel the turn.
     """
 
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[object] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put(self, item: object) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def get(self) -> object:
-        items = self._items
-        while not items:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            await waiter
-        return items.popleft()
-
-
-async def _produce(pipeline: Pipeline, ctx: ExecutionContext, channel: _Channel) -> None:
-    # Runs the turn in its own task. It holds no reference to the ResultStream, so a
-    # dropped stream can be collected (and its __del__ cancels this task).
-    put = channel.put
-
-    async def emit(chunk: StreamChunk) -> None:
-        put(chunk)
-
-    ctx.emit = emit
-    try:
-        result = await pipeline._run(ctx)
-    except asyncio.CancelledError:
-        put(_Failed(PipelineError("the turn was cancelled before it finished")))
-        raise
-    except Exception as exc:
-        put(_Failed(exc))
-        return
-    put(
-        StreamChunk(
-            finish_reason=result.response.finish_reason,
-            usage=result.usage,
-            final_result=result,
-        )
+    __slots__ = (
+        "coro",
+        "interrupted",
+        "items",
+        "parked",
+        "pipeline",
+        "result",
+        "task",
+        "waiter",
+        "watch",
     )
-    put(_END)
+
+    def __init__(self, pipeline: Pipeline, ctx: ExecutionContext) -> None:
+        self.pipeline = pipeline
+        self.coro: Coroutine[Any, Any, ExecutionResult] | None = pipeline._run(ctx)
+        self.items: deque[StreamChunk] = deque()
+        self.task: asyncio.Task[Any] | None = None  # the task inside step(), if any
+        self.watch = True  # wake for chunks from other tasks (see the class docstring)
+        self.waiter: asyncio.Future[None] | None = None
+        self.parked: Any = _NOTHING  # a future the turn still waits for (see step)
+        self.interrupted = False  # something was thrown in from the reader's task
+        self.result: ExecutionResult | None = None
+
+    async def emit(self, chunk: StreamChunk) -> None:
+        self.items.append(chunk)
+        if asyncio.current_task() is self.task:
+            self.watch = self.pipeline._foreign_emits
+            await _handoff()  # the reader gets the chunk from this very suspension
+            return
+        self.watch = self.pipeline._foreign_emits = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @types.coroutine
+    def step(self, error: BaseException | None = None) -> Generator[Any, Any, StreamChunk | None]:
+        """Run the turn until it hands over a chunk (returned) or ends (``None``)."""
+        items = self.items
+        if items and error is None:
+            return items.popleft()
+        coro = self.coro
+        if coro is None:
+            return None
+        self.task = asyncio.current_task()
+        signal = self.parked
+        waiting = signal is not _NOTHING
+        self.parked = _NOTHING
+        if waiting and error is not None:
+            signal.cancel()  # as Task.cancel() does to the future its coroutine awaits
+            waiting = False
+        try:
+            while True:
+                if not waiting:
+                    try:
+                        if error is None:
+                            signal = coro.send(None)
+                        else:
+                            thrown, error = error, None
+                            signal = coro.throw(thrown)
+                    except StopIteration as stop:
+                        self.coro = None
+                        result: ExecutionResult = stop.value
+                        self.result = result
+                        items.append(
+                            StreamChunk(
+                                finish_reason=result.response.finish_reason,
+                                usage=result.usage,
+                                final_result=result,
+                            )
+                        )
+                        return items.popleft()
+                    except BaseException:
+                        self.coro = None
+                        raise
+                    if signal is _HANDOFF:
+                        return items.popleft()
+                waiting = False
+                if self.watch and asyncio.isfuture(signal):
+                    # Wait for the turn's future or a chunk from another task, whichever
+                    # comes first; on a chunk, return it and keep the turn parked.
+                    waiter = self.waiter = asyncio.get_running_loop().create_future()
+
+                    def wake(_: object, waiter: asyncio.Future[None] = waiter) -> None:
+                        if not waiter.done():
+                            waiter.set_result(None)
+
+                    signal.add_done_callback(wake)
+                    try:
+                        yield from waiter
+                    except BaseException as exc:
+                        self.interrupted = True
+                        signal.cancel()
+                        error = exc
+                    finally:
+                        self.waiter = None
+                        signal.remove_done_callback(wake)
+                    if error is None and not signal.done():
+                        self.parked = signal
+                        return items.popleft()
+                else:
+                    try:
+                        yield signal
+                    except BaseException as exc:
+                        self.interrupted = True
+                        error = exc
+                if items and error is None:
+                    return items.popleft()
+        finally:
+            self.task = None
+
+    async def cancel(self) -> None:
+        """Throw ``CancelledError`` into the turn and run its clean-up to the end.
+
+        A ``CancelledError`` that ends the turn is absorbed unless this task was itself
+        cancelled meanwhile; any other error of the clean-up (a failed save) is raised.
+        """
+        self.items.clear()
+        self.interrupted = False
+        error: BaseException | None = asyncio.CancelledError()
+        try:
+            while self.coro is not None:
+                await self.step(error)
+                error = None
+                self.items.clear()
+        except asyncio.CancelledError:
+            if self.interrupted:
+                raise
+
+
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+async def _cancel_abandoned(driver: _Driver) -> None:
+    try:
+        await driver.cancel()
+    except Exception:
+        logger.warning("a dropped stream's turn failed while it was cancelled", exc_info=True)
 
 
 class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
     """The chunks of one streamed turn; see :meth:`Pipeline.stream`.
 
-    Iterate it once. ``result`` holds the :class:`ExecutionResult` after the last chunk.
-    Use ``async with`` (or :meth:`aclose`) to cancel a turn you stop reading early and
-    wait for its clean-up; a stream that is simply dropped is cancelled when collected.
+    Iterate it once, from one task at a time. The turn runs inside the iterating task
+    (no extra task or queue), one chunk at a time: it advances only while you iterate, so
+    a reader that stops without closing the stream keeps the session's turn open. Use
+    ``async with`` (or :meth:`aclose`) to cancel a turn you stop reading early and wait
+    for its clean-up; a stream that is simply dropped is cancelled in a task of its own.
+    ``result`` holds the :class:`ExecutionResult` after the last chunk.
     """
 
     def __init__(self, pipeline: Pipeline, ctx: ExecutionContext) -> None:
         self._pipeline = pipeline
         self._ctx = ctx
-        self._channel = _Channel()
-        self._task: asyncio.Task[None] | None = None
+        self._driver: _Driver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._finished = False
         #: The turn's result, once the last chunk was read.
         self.result: ExecutionResult | None = None
 
     def __repr__(self) -> str:
-        state = "finished" if self._finished else "running" if self._task else "not started"
+        state = "finished" if self._finished else "running" if self._driver else "not started"
         return f"<ResultStream session_id={self._ctx.session_id!r} {state}>"
 
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> StreamChunk:
-        if self._finished:
-            raise StopAsyncIteration
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                _produce(self._pipeline, self._ctx, self._channel)
-            )
+    def __anext__(self) -> Awaitable[StreamChunk]:
+        return self._next()
+
+    @types.coroutine
+    def _next(self) -> Generator[Any, Any, StreamChunk]:
+        # A generator rather than ``async def``: one frame less per chunk.
+        driver = self._driver
+        if driver is None:
+            if self._finished:
+                raise StopAsyncIteration
+            self._loop = asyncio.get_running_loop()
+            driver = self._driver = _Driver(self._pipeline, self._ctx)
+            self._ctx.emit = driver.emit
+        elif driver.task is not None:
+            raise RuntimeError("this stream is already being read by another task")
         try:
-            item = await self._channel.get()
-        except asyncio.CancelledError:
-            # The reader was cancelled (e.g. the web client went away): cancel the turn.
+            chunk = yield from driver.step()
+        except BaseException:
             self._finished = True
-            self._task.cancel()
             raise
-        if type(item) is StreamChunk:
-            if item.final_result is not None:
-                self.result = item.final_result
-            return item
-        self._finished = True
-        if isinstance(item, _Failed):
-            raise item.error
-        raise StopAsyncIteration
+        if chunk is None:
+            self._finished = True
+            raise StopAsyncIteration
+        if chunk.final_result is not None:
+            self.result = chunk.final_result
+        return chunk
 
     async def aclose(self) -> None:
-        """Cancel the turn if it is still running, and wait until it has cleaned up."""
+        """Cancel the turn if it is still running, and wait until it has cleaned up.
+
+        Raises ``RuntimeError`` if another task is inside ``__anext__`` right now.
+        """
         self._finished = True
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait((task,))
+        driver = self._driver
+        if driver is None or driver.coro is None:
+            return
+        if driver.task is not None:
+            raise RuntimeError("aclose() while another task is reading this stream")
+        await driver.cancel()
 
     def __del__(self) -> None:
-        task = self._task
-        if task is not None and not task.done():
-            # Dropped mid-turn: cancel it (nothing is stored). The loop may be gone already.
+        driver = self._driver
+        if driver is None or driver.coro is None:
+            return
+        # Dropped mid-turn: cancel it in a task of its own (nothing is stored unless the
+        # save had begun). Without a loop left to run it, just close the coroutine.
+        loop = self._loop
+        try:
+            if loop is None or loop.is_closed():
+                raise RuntimeError
+            task = loop.create_task(_cancel_abandoned(driver))
+            _abandoned.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(_abandoned.discard)
+        except RuntimeError:
             with contextlib.suppress(RuntimeError):
-                task.cancel()
+                driver.coro.close()

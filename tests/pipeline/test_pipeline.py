@@ -393,3 +393,152 @@ async def test_system_prompt_is_kept_first(
     stored = await store.load("s")
     assert stored[0] == persona
     assert len(stored) == 5
+
+
+# --- streams run inside the reading task ---------------------------------------------------
+
+
+class CountingProvider(BaseProvider):
+    """Streams ``n`` deltas, counting how many it has produced; each waits on the loop."""
+
+    def __init__(self, n: int = 3) -> None:
+        super().__init__("counting", "gpt-4o-mini")
+        self.n = n
+        self.reset()
+
+    def reset(self) -> None:
+        """Ready for another turn: nothing produced, every gate closed."""
+        self.produced = 0
+        self.gates = [asyncio.Event() for _ in range(self.n)]
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamChunk]:
+        for i in range(self.n):
+            await self.gates[i].wait()  # like a network read: the turn waits for a future
+            self.produced += 1
+            yield StreamChunk(delta=f"d{i} ")
+        yield StreamChunk(response=ProviderResponse("done", finish_reason="stop"))
+
+
+async def test_stream_advances_only_as_it_is_read(store: InMemoryStateStore) -> None:
+    provider = CountingProvider(n=2)
+    for gate in provider.gates:
+        gate.set()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    async with pipe.stream("s", "user", "hi") as chunks:
+        first = await chunks.__anext__()
+        for _ in range(5):
+            await asyncio.sleep(0)  # give a background producer every chance to run ahead
+        assert (first.delta, provider.produced) == ("d0 ", 1)
+        rest = [c async for c in chunks]
+    assert [c.delta for c in rest] == ["d1 ", ""]
+    assert rest[-1].final_result is not None
+    assert [m.content for m in await store.load("s")] == ["hi", "done"]
+
+
+class InHelperTask:
+    """A middleware that runs the rest of the onion in a task of its own (as
+    ``asyncio.wait_for`` does on Python < 3.12), so chunks are emitted from that task."""
+
+    async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
+        await asyncio.create_task(next(ctx))
+
+
+async def test_chunks_emitted_from_another_task_arrive_while_the_turn_waits(
+    store: InMemoryStateStore,
+) -> None:
+    provider = CountingProvider(n=3)
+    pipe = Pipeline(StateMiddleware(store), InHelperTask(), ProviderMiddleware(provider))
+
+    async def turn(text: str) -> list[str]:
+        provider.reset()
+        got: list[str] = []
+        async with pipe.stream("s", "user", text) as chunks:
+            provider.gates[0].set()
+            async for chunk in chunks:
+                got.append(chunk.delta)
+                # Chunk i reached us before the provider was allowed to make chunk i + 1.
+                if len(got) < provider.n:
+                    assert provider.produced == len(got)
+                    provider.gates[len(got)].set()
+        return got
+
+    # Twice: the first turn discovers the helper task, the second starts knowing it.
+    for text in ("one", "two"):
+        assert await asyncio.wait_for(turn(text), 10) == ["d0 ", "d1 ", "d2 ", ""]
+    assert [m.content for m in await store.load("s")] == ["one", "done", "two", "done"]
+
+
+async def test_cancelling_a_reader_waiting_on_another_tasks_chunks_cancels_the_turn(
+    store: InMemoryStateStore,
+) -> None:
+    provider = CountingProvider(n=2)
+    pipe = Pipeline(StateMiddleware(store), InHelperTask(), ProviderMiddleware(provider))
+    provider.gates[0].set()
+    read_one = asyncio.Event()
+
+    async def read() -> None:
+        async with pipe.stream("s", "user", "hi") as chunks:
+            async for _chunk in chunks:
+                read_one.set()
+
+    reader = asyncio.create_task(read())
+    await read_one.wait()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert pipe.in_flight == 0
+    assert provider.produced == 1
+    assert await store.load("s") == []
+
+
+async def test_wait_for_on_each_chunk_times_out_and_cancels_the_turn(
+    store: InMemoryStateStore,
+) -> None:
+    provider = GatedProvider()  # one chunk, then waits for release (never given)
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    stream = pipe.stream("s", "user", "hi")
+    chunk = await asyncio.wait_for(stream.__anext__(), 5)
+    assert chunk.delta == "partial "
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(stream.__anext__(), 0.05)
+    assert provider.closed == 1
+    assert pipe.in_flight == 0
+    assert await store.load("s") == []
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+
+
+async def test_one_stream_is_read_by_one_task_at_a_time(store: InMemoryStateStore) -> None:
+    provider = GatedProvider()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    stream = pipe.stream("s", "user", "hi")
+    await stream.__anext__()
+    pending = asyncio.create_task(stream.__anext__())  # waits for release
+    await provider.started.wait()
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="already being read"):
+        await stream.__anext__()
+    with pytest.raises(RuntimeError, match="another task is reading"):
+        await stream.aclose()
+    provider.release.set()
+    assert (await pending).delta == "done"
+    await stream.aclose()
+    assert provider.closed == 1
+    assert await store.load("s") == []
+
+
+async def test_a_failed_save_during_aclose_is_raised(store: InMemoryStateStore) -> None:
+    class FailingSave(InMemoryStateStore):
+        async def append(self, session_id: str, messages: object) -> None:
+            await asyncio.sleep(0)
+            raise OSError("disk gone")
+
+    provider = CountingProvider(n=1)
+    provider.gates[0].set()
+    pipe = Pipeline(StateMiddleware(FailingSave()), ProviderMiddleware(provider))
+    stream = pipe.stream("s", "user", "hi")
+    with pytest.raises(OSError, match="disk gone"):
+        async for _ in stream:
+            pass
+    await stream.aclose()  # finished already: nothing left to raise
+    assert pipe.in_flight == 0

@@ -642,6 +642,8 @@ async def test_cancelling_the_turn_during_tool_runs_cancels_them_and_stores_noth
 
 
 async def test_closing_a_stream_during_a_tool_run_stores_nothing() -> None:
+    # The turn runs inside the reading task, so "during a tool run" means the reader is
+    # waiting in __anext__ while the tools run; the web server cancels it (client gone).
     gate = Gate()
     provider = MockProvider(
         [ProviderResponse("Checking...", tool_calls=(ToolCall("c1", "one"), ToolCall("c2", "two")))]
@@ -649,13 +651,20 @@ async def test_closing_a_stream_during_a_tool_run_stores_nothing() -> None:
     pipe, store = make_pipeline(
         provider, [Tool(gate.wait, name="one"), Tool(gate.wait, name="two")], ToolPolicy()
     )
+    deltas = []
 
-    async with pipe.stream(SESSION, "user", "go") as chunks:
-        async for chunk in chunks:
-            if chunk.tool_call_deltas:
-                break
-        await gate.started.wait()
+    async def read() -> None:
+        async with pipe.stream(SESSION, "user", "go") as chunks:
+            async for chunk in chunks:
+                deltas.append(chunk)
 
+    reader = asyncio.create_task(read())
+    await gate.started.wait()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+
+    assert any(chunk.tool_call_deltas for chunk in deltas)
     assert gate.cancelled == 2
     assert await store.load(SESSION) == []
     # The session is usable again at once.
