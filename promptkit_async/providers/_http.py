@@ -7,7 +7,10 @@ sends requests with :meth:`HTTPProvider._post_json` (whole JSON answer) or
 
 * the HTTP client: one long-lived ``httpx.AsyncClient`` per provider over
   :class:`~promptkit_async.providers._transport.AiohttpTransport`, or the caller's client
-  (never closed by us);
+  (never closed by us). With our own client, requests go straight to the transport's
+  :meth:`~promptkit_async.providers._transport.AiohttpTransport.send` (no httpx request,
+  response or headers objects per call: a fraction of the client CPU of a streamed turn);
+  a body with a ``Content-Encoding`` is still decoded by httpx;
 * timeouts: httpx's connect / read / write / pool per attempt, a total ``deadline`` per call
   (attempts, waits and reading the answer), and a ``stream_idle_timeout`` (no bytes for that
   long while streaming → :class:`~promptkit_async.errors.StreamIdleTimeoutError`);
@@ -66,8 +69,8 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar, NoReturn
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, ClassVar, NoReturn, Protocol
 
 import aiohttp
 import httpx
@@ -96,7 +99,7 @@ from ..errors import (
 from ..types import TraceEvent
 from ._retry import RetryPolicy, parse_retry_after, should_retry_status
 from ._sse import MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
-from ._transport import AiohttpTransport, direct_reader
+from ._transport import AiohttpTransport
 from .base import BaseProvider, ProviderDefaults
 
 __all__ = [
@@ -325,12 +328,65 @@ class _Watchdog:
             self._idle_handle = None
 
 
+class _Response(Protocol):
+    """An open response as the retry loop and :class:`SSEStream` read it: our transport's
+    :class:`~promptkit_async.providers._transport.RawResponse`, or :class:`_HttpxResponse`.
+    ``headers`` is case-insensitive; ``read`` returns the next piece of the (decoded) body,
+    ``b""`` at its end."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HttpxResponse:
+    """An ``httpx.Response`` (a caller's client, or a compressed body) read as a
+    :class:`_Response`; httpx decodes the body."""
+
+    __slots__ = ("_chunks", "_response", "headers", "status")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.headers = response.headers
+        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
+
+    async def read(self) -> bytes:
+        return await anext(self._chunks, b"")
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()  # type: ignore[attr-defined]
+        finally:
+            await self._response.aclose()
+
+
 class _Call:
-    """The state of one provider call across its attempts."""
+    """The state of one provider call across its attempts.
 
-    __slots__ = ("request", "retries", "started", "trace", "watchdog")
+    With our own transport the request is ``url`` + ``headers`` + ``content``; with a
+    caller's client it is the built ``httpx.Request``.
+    """
 
-    def __init__(self, request: httpx.Request, watchdog: _Watchdog) -> None:
+    __slots__ = ("content", "headers", "request", "retries", "started", "trace", "url", "watchdog")
+
+    def __init__(
+        self,
+        url: httpx.URL | str,
+        content: bytes,
+        headers: list[tuple[str, str]],
+        request: httpx.Request | None,
+        watchdog: _Watchdog,
+    ) -> None:
+        self.url = url
+        self.content = content
+        self.headers = headers
         self.request = request
         self.watchdog = watchdog
         self.trace: list[TraceEvent] = []
@@ -369,7 +425,8 @@ class HTTPProvider(BaseProvider):
         base_url: the API root; ``None`` reads ``base_url_env`` (unless ``api_key_env``
             was given, as presets do), else the vendor's default.
         http_client: an ``httpx.AsyncClient`` to use (not closed by :meth:`aclose`); by
-            default the provider creates one over aiohttp and closes it in :meth:`aclose`.
+            default the provider creates one over aiohttp and closes it in :meth:`aclose`
+            (and sends straight through its transport).
         timeout: per-attempt timeouts: seconds or an ``httpx.Timeout``. ``None`` keeps an
             injected client's own timeouts, else :data:`DEFAULT_TIMEOUT`.
         max_retries: retries after the first attempt (0 disables retrying).
@@ -443,7 +500,7 @@ class HTTPProvider(BaseProvider):
         #: ``[DONE]``) before we stop waiting for the body's end and close it.
         self.end_grace = 5.0
         self._timeout: httpx.Timeout | None = None if timeout is None else httpx.Timeout(timeout)
-        # With our own client we send straight through its transport (see _start).
+        # With our own client we send straight through its transport (see _open).
         self._transport: AiohttpTransport | None = None
         if http_client is None:
             self._transport = AiohttpTransport()
@@ -468,12 +525,13 @@ class HTTPProvider(BaseProvider):
             headers.update(self._auth_headers(self._api_key))
         self._json_headers = headers
         self._sse_headers = {**headers, "Accept": "text/event-stream"}
-        # For the fast path: the client's default headers merged with ours, once.
-        self._full_json_headers = http_client.headers.copy()
-        self._full_json_headers.update(self._json_headers)
-        self._full_sse_headers = http_client.headers.copy()
-        self._full_sse_headers.update(self._sse_headers)
-        self._timeout_extension = (self._timeout or DEFAULT_TIMEOUT).as_dict()
+        # For our own transport: the client's default headers merged with ours, once (what
+        # httpx would send, less Host and Content-Length, which aiohttp adds).
+        self._direct_headers = {
+            stream: _merged(http_client.headers, self._sse_headers if stream else headers)
+            for stream in (False, True)
+        }
+        self._timeouts = (self._timeout or DEFAULT_TIMEOUT).as_dict()
 
     def __repr__(self) -> str:
         # Identity only: never the key (nor headers that carry it).
@@ -484,7 +542,8 @@ class HTTPProvider(BaseProvider):
 
     @property
     def http_client(self) -> httpx.AsyncClient:
-        """The ``httpx.AsyncClient`` this provider sends through."""
+        """The ``httpx.AsyncClient`` of this provider (the caller's, or its own, whose
+        transport it sends through directly); it can be shared with other providers."""
         return self._client
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
@@ -513,17 +572,8 @@ class HTTPProvider(BaseProvider):
             raise ProviderError(
                 f"the {self.id} provider is closed; create a new one", provider=self.id
             )
-        if self._transport is not None:
-            # Our own client has no cookies, auth, hooks or mounts to apply, so skip
-            # httpx's per-request client machinery (~80 us of CPU per call).
-            request = httpx.Request(
-                "POST",
-                url,
-                content=content,
-                headers=self._full_sse_headers if stream else self._full_json_headers,
-                extensions={"timeout": self._timeout_extension},
-            )
-        else:
+        request = None
+        if self._transport is None:
             request = self._client.build_request(
                 "POST",
                 url,
@@ -532,9 +582,24 @@ class HTTPProvider(BaseProvider):
                 timeout=httpx.USE_CLIENT_DEFAULT if self._timeout is None else self._timeout,
             )
         watchdog = _Watchdog(self.deadline, self.stream_idle_timeout if stream else None)
-        return _Call(request, watchdog)
+        return _Call(url, content, self._direct_headers[stream], request, watchdog)
 
-    def _request_id(self, headers: httpx.Headers) -> str | None:
+    async def _open(self, call: _Call) -> _Response:
+        """One attempt: send the call's request; the response comes back unread."""
+        transport = self._transport
+        if transport is None:
+            assert call.request is not None
+            return _HttpxResponse(await self._client.send(call.request, stream=True))
+        # Our own client has no cookies, auth, hooks or mounts to apply, so skip httpx's
+        # per-request machinery and objects (tens of us of CPU per call).
+        response = await transport.send(
+            "POST", call.url, call.headers, call.content, self._timeouts
+        )
+        if "content-encoding" in response.headers:
+            return _HttpxResponse(response.to_httpx())  # httpx decodes, as for any client
+        return response
+
+    def _request_id(self, headers: Mapping[str, str]) -> str | None:
         for name in self.request_id_headers:
             value: str | None = headers.get(name)
             if value:
@@ -585,7 +650,9 @@ class HTTPProvider(BaseProvider):
             )
         return None
 
-    def _status_error(self, status: int, headers: httpx.Headers, content: bytes) -> APIStatusError:
+    def _status_error(
+        self, status: int, headers: Mapping[str, str], content: bytes
+    ) -> APIStatusError:
         """The typed error for an HTTP error response (its body already read)."""
         text = content.decode("utf-8", "replace")
         body: Any
@@ -673,27 +740,25 @@ class HTTPProvider(BaseProvider):
             request_id=request_id,
         )
 
-    async def _read_error_body(self, response: httpx.Response) -> bytes:
+    async def _read_error_body(self, response: _Response) -> bytes:
         """Up to 64 KiB of an error response's body; always closes the response."""
         parts: list[bytes] = []
         size = 0
         try:
-            async for part in response.aiter_bytes():
+            while size < _ERROR_BODY_LIMIT and (part := await response.read()):
                 parts.append(part)
                 size += len(part)
-                if size >= _ERROR_BODY_LIMIT:
-                    break
         except Exception:  # a half-read error body still tells us the status
             pass
         finally:
             await _close(response)
         return b"".join(parts)[:_ERROR_BODY_LIMIT]
 
-    async def _read_body(self, response: httpx.Response) -> bytes:
+    async def _read_body(self, response: _Response) -> bytes:
         """A 2xx body, refused past :data:`MAX_BODY_SIZE` (a broken or endless body)."""
         parts: list[bytes] = []
         size = 0
-        async for part in response.aiter_bytes():
+        while part := await response.read():
             size += len(part)
             if size > MAX_BODY_SIZE:
                 raise APIResponseError(
@@ -705,8 +770,8 @@ class HTTPProvider(BaseProvider):
             parts.append(part)
         return b"".join(parts)
 
-    async def _send(self, call: _Call, *, read_body: bool) -> tuple[httpx.Response, bytes]:
-        """Send ``call.request`` with retries until a 2xx arrives.
+    async def _send(self, call: _Call, *, read_body: bool) -> tuple[_Response, bytes]:
+        """Send the call's request with retries until a 2xx arrives.
 
         With ``read_body`` the whole body is read (and the response closed) inside the
         retry loop; otherwise the response is returned open, its body unread.
@@ -715,23 +780,20 @@ class HTTPProvider(BaseProvider):
         while True:
             if watchdog.fired is not None:
                 raise self._timeout_error(call)
-            response: httpx.Response | None = None
+            response: _Response | None = None
             retry_after: float | None = None
             status: int | None = None
             watchdog.arm()
             try:
-                if self._transport is not None:
-                    response = await self._transport.handle_async_request(call.request)
-                else:
-                    response = await self._client.send(call.request, stream=True)
-                if response.status_code < 300:
+                response = await self._open(call)
+                if response.status < 300:
                     if not read_body:
                         return response, b""
                     try:
                         return response, await self._read_body(response)
                     finally:
                         await _close(response)
-                status = response.status_code
+                status = response.status
                 content = await self._read_error_body(response)
             except asyncio.CancelledError:
                 if response is not None:
@@ -858,7 +920,13 @@ def _status_for_kind(kind: str) -> int:
     return 500
 
 
-async def _close(response: httpx.Response) -> None:
+def _merged(defaults: httpx.Headers, headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    merged = defaults.copy()
+    merged.update(headers)
+    return merged.multi_items()
+
+
+async def _close(response: _Response) -> None:
     try:
         await response.aclose()
     except Exception:  # closing must not hide the error being reported
@@ -879,7 +947,8 @@ class SSEStream:
     task. One stream belongs to one consumer task.
 
     Attributes:
-        response: the open 2xx response (``None`` before connecting and after closing).
+        headers: the 2xx response's headers, a case-insensitive mapping (``None`` before
+            connecting).
         request_id: the provider's request id header.
         trace: retries that happened (``TraceEvent("retry", ...)``).
         started: ``time.perf_counter()`` when the call started.
@@ -892,12 +961,11 @@ class SSEStream:
         "_done",
         "_ending",
         "_events",
-        "_iterator",
         "_provider",
-        "_read",
+        "_response",
         "ended",
+        "headers",
         "request_id",
-        "response",
     )
 
     def __init__(self, provider: HTTPProvider, call: _Call) -> None:
@@ -908,9 +976,8 @@ class SSEStream:
         self._delivered = False
         self._done = False
         self._ending = False
-        self._read: Callable[[], Awaitable[bytes]] | None = None
-        self._iterator: Any = None
-        self.response: httpx.Response | None = None
+        self._response: _Response | None = None
+        self.headers: Mapping[str, str] | None = None
         self.request_id: str | None = None
         #: True once the body has ended: events returned after that were flushed at EOF
         #: (possibly cut off, as the server never closed them with a blank line).
@@ -959,7 +1026,7 @@ class SSEStream:
         watchdog = call.watchdog
         provider = self._provider
         while True:
-            if self._read is None:
+            if self._response is None:
                 await self._connect()
             if watchdog.fired is not None:
                 await self.aclose()
@@ -969,7 +1036,7 @@ class SSEStream:
             if watchdog.active:
                 watchdog.arm(idle=True)
             try:
-                chunk = await self._read()  # type: ignore[misc]
+                chunk = await self._response.read()  # type: ignore[union-attr]
             except asyncio.CancelledError:
                 await self.aclose()
                 if watchdog.absorb():
@@ -1026,26 +1093,16 @@ class SSEStream:
 
     async def _connect(self) -> None:
         response, _ = await self._provider._send(self._call, read_body=False)
-        self.response = response
+        self._response = response
+        self.headers = response.headers
         self.request_id = self._provider._request_id(response.headers)
-        read = direct_reader(response)
-        if read is None:
-            self._iterator = response.aiter_bytes()
-            iterator = self._iterator
+        if response.headers.get("content-type", "").startswith("application/json"):
+            await self._json_instead_of_events(response)
 
-            async def read() -> bytes:
-                chunk: bytes = await anext(iterator, b"")
-                return chunk
-
-        self._read = read
-        content_type = response.headers.get("content-type", "")
-        if content_type.startswith("application/json"):
-            await self._json_instead_of_events()
-
-    async def _json_instead_of_events(self) -> NoReturn:
+    async def _json_instead_of_events(self, response: _Response) -> NoReturn:
         # Some servers answer a streaming request with a plain JSON error (or body).
         provider = self._provider
-        content = await provider._read_error_body(self.response)  # type: ignore[arg-type]
+        content = await provider._read_error_body(response)
         self._done = True
         try:
             payload = json.loads(content)
@@ -1060,14 +1117,7 @@ class SSEStream:
         )
 
     async def _drop_response(self) -> None:
-        response, self.response = self.response, None
-        iterator, self._iterator = self._iterator, None
-        self._read = None
-        if iterator is not None:
-            try:
-                await iterator.aclose()
-            except Exception:
-                logger.debug("error while closing a response iterator", exc_info=True)
+        response, self._response = self._response, None
         if response is not None:
             await _close(response)
 

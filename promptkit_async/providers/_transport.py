@@ -9,6 +9,10 @@ need. This transport maps every aiohttp error to the matching httpx error (which
 providers then map to :mod:`promptkit_async.errors`), closes the aiohttp response on every
 exit path, and leaves cookies, redirects and content decoding to httpx.
 
+:meth:`AiohttpTransport.send` is the same request without httpx objects: the providers use it
+when the transport is their own (no per-call ``httpx.Request`` / ``httpx.Response`` /
+``httpx.Headers``), reading the body from the :class:`RawResponse` it returns.
+
 Concurrency: one transport (and its session) serves any number of concurrent requests on one
 event loop. The session is created lazily on the first request, inside the running loop.
 """
@@ -18,19 +22,25 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 import aiohttp
 import httpx
+from multidict import CIMultiDictProxy
 from yarl import URL
 
-__all__ = ["AiohttpTransport", "direct_reader"]
+__all__ = ["AiohttpTransport", "RawResponse"]
 
 _HTTP11 = {"http_version": b"HTTP/1.1"}
 
 
-def _map_error(exc: BaseException, request: httpx.Request, *, reading: bool) -> Exception | None:
-    """The httpx error matching an aiohttp/OS error, or ``None`` for anything else."""
+def _map_error(
+    exc: BaseException, request: httpx.Request | None, *, reading: bool
+) -> Exception | None:
+    """The httpx error matching an aiohttp/OS error, or ``None`` for anything else.
+
+    ``request`` is ``None`` on the providers' direct path (:meth:`AiohttpTransport.send`).
+    """
     message = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         # aiohttp's connect timeout also covers waiting for a pooled connection.
@@ -56,19 +66,30 @@ def _map_error(exc: BaseException, request: httpx.Request, *, reading: bool) -> 
     return None
 
 
-class _ResponseStream(httpx.AsyncByteStream):
-    """The body of one aiohttp response, as httpx reads it."""
+class RawResponse(httpx.AsyncByteStream):
+    """One aiohttp response with its body unread and undecoded.
 
-    __slots__ = ("_request", "_response")
+    Read directly (:meth:`read`, ``status``, ``headers``) by the providers, or wrapped in an
+    ``httpx.Response`` (:meth:`to_httpx`, which decodes ``Content-Encoding``) as the body
+    stream httpx reads. Read errors are raised as the matching httpx errors.
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    Attributes:
+        status: the HTTP status code.
+        headers: the response headers (a case-insensitive mapping).
+    """
+
+    __slots__ = ("_request", "_response", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request | None) -> None:
         self._response = response
         self._request = request
+        self.status = response.status
+        self.headers: CIMultiDictProxy[str] = response.headers
 
     async def read(self) -> bytes:
         """The next piece of the body as it arrives; ``b""`` at its end.
 
-        A direct path for the providers' stream readers: no async generator per chunk.
+        No async generator per chunk (unlike ``__aiter__``), for the providers' readers.
         """
         try:
             return await self._response.content.readany()
@@ -87,10 +108,29 @@ class _ResponseStream(httpx.AsyncByteStream):
             yield chunk
 
     async def aclose(self) -> None:
+        """Close the response (safe to call twice)."""
         # close() drops the connection if the body was not fully received (a cancelled
         # stream must not hand a half-read connection back to the pool); once the body is
         # complete aiohttp has already returned the connection and close() is a no-op.
         self._response.close()
+
+    def to_httpx(self, request: httpx.Request | None = None) -> httpx.Response:
+        """This response as an ``httpx.Response`` reading (and decoding) this body."""
+        response = self._response
+        try:
+            extensions = _HTTP11
+            if response.reason:
+                extensions = {**_HTTP11, "reason_phrase": response.reason.encode()}
+            return httpx.Response(
+                self.status,
+                headers=response.raw_headers,
+                stream=self,
+                request=request,
+                extensions=extensions,
+            )
+        except BaseException:
+            response.close()
+            raise
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -132,7 +172,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._ssl: ssl.SSLContext | bool | None = None
         self._proxies: dict[tuple[str, str], str | None] = {}
         self._env_proxies: dict[str, str] | None = None
-        self._urls: dict[str, URL] = {}
+        # Per URL: where and how to send (yarl URL, ssl argument, proxy), worked out once.
+        self._targets: dict[str, tuple[URL, ssl.SSLContext | bool, str | None]] = {}
         self._timeout_key: tuple[float | None, float | None, float | None] | None = None
         self._timeout = aiohttp.ClientTimeout()
         self._closed = False
@@ -180,7 +221,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._proxies[key] = proxy or None
         return proxy or None
 
-    def _client_timeout(self, timeouts: dict[str, float | None]) -> aiohttp.ClientTimeout:
+    def _client_timeout(self, timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
         connect = timeouts.get("connect")
         read = timeouts.get("read")
         pool = timeouts.get("pool")
@@ -196,24 +237,63 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         return self._timeout
 
-    def _yarl(self, url: httpx.URL) -> URL:
+    def _target(self, url: httpx.URL | str) -> tuple[URL, ssl.SSLContext | bool, str | None]:
         text = str(url)
-        found = self._urls.get(text)
+        found = self._targets.get(text)
         if found is None:
-            if len(self._urls) > 512:
-                self._urls.clear()
-            # httpx has already percent-encoded the URL; do not let yarl encode it again.
-            found = self._urls[text] = URL(text, encoded=True)
+            if len(self._targets) > 512:
+                self._targets.clear()
+            parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+            found = self._targets[text] = (
+                # httpx has percent-encoded the URL; do not let yarl encode it again.
+                URL(str(parsed), encoded=True),
+                self._ssl_context() if parsed.scheme == "https" else True,
+                self._proxy_for(parsed),
+            )
         return found
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` and return the response with its body still unread."""
+    async def send(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        headers: Iterable[tuple[str, str]] | Mapping[str, str],
+        data: bytes | AsyncIterator[bytes] | None,
+        timeouts: Mapping[str, float | None],
+        request: httpx.Request | None = None,
+    ) -> RawResponse:
+        """Send a request and return the response with its body unread.
+
+        The providers' direct path (and :meth:`handle_async_request`'s core): ``headers``
+        are sent as given (aiohttp adds ``Host`` and ``Content-Length``), ``timeouts`` has
+        httpx's ``connect`` / ``read`` / ``pool`` keys (see ``httpx.Timeout.as_dict()``).
+        Failures raise the matching httpx errors (their ``request`` is ``request``).
+        """
         if self._closed:
             raise RuntimeError("the transport is closed")
         session = self._session
         if session is None:
             session = self._session = self._create_session()
-        url = request.url
+        target, ssl_arg, proxy = self._target(url)
+        try:
+            response = await session.request(
+                method,
+                target,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self._client_timeout(timeouts),
+                ssl=ssl_arg,
+                proxy=proxy,
+            )
+        except Exception as exc:
+            mapped = _map_error(exc, request, reading=False)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return RawResponse(response, request)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and return the response with its body still unread."""
         data: bytes | AsyncIterator[bytes] | None
         try:
             data = request.content or None
@@ -223,36 +303,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if not isinstance(request.stream, httpx.ByteStream):
             # aiohttp frames a streamed body itself.
             headers = [h for h in headers if h[0].lower() != "transfer-encoding"]
-        try:
-            response = await session.request(
-                request.method,
-                self._yarl(url),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=self._client_timeout(request.extensions.get("timeout", {})),
-                ssl=self._ssl_context() if url.scheme == "https" else True,
-                proxy=self._proxy_for(url),
-            )
-        except Exception as exc:
-            mapped = _map_error(exc, request, reading=False)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        try:
-            extensions = _HTTP11
-            if response.reason:
-                extensions = {**_HTTP11, "reason_phrase": response.reason.encode()}
-            return httpx.Response(
-                response.status,
-                headers=response.raw_headers,
-                stream=_ResponseStream(response, request),
-                request=request,
-                extensions=extensions,
-            )
-        except BaseException:
-            response.close()
-            raise
+        response = await self.send(
+            request.method,
+            request.url,
+            headers,
+            data,
+            request.extensions.get("timeout", {}),
+            request,
+        )
+        return response.to_httpx(request)
 
     async def aclose(self) -> None:
         """Close the session (and its connections) if this transport created it."""
@@ -260,16 +319,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()
-
-
-def direct_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]] | None:
-    """A function returning the next raw body piece of ``response`` (``b""`` at the end),
-    when the response came from :class:`AiohttpTransport` and needs no content decoding;
-    else ``None`` (use ``response.aiter_bytes()``)."""
-    stream = response.stream
-    if type(stream) is _ResponseStream and "content-encoding" not in response.headers:
-        return stream.read
-    return None
 
 
 def _bypass(host: str, no_proxy: str) -> bool:

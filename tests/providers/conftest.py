@@ -5,6 +5,7 @@ strict request validation, and a real loopback server."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import types
@@ -312,7 +313,9 @@ class LoopbackServer:
 
     ``/ok`` a full stream (or JSON without ``stream``); ``/hang`` one event then silence
     until the client leaves; ``/stall`` headers then silence; ``/cut`` one event then the
-    connection is dropped; ``/status/<code>`` an OpenAI-style error.
+    connection is dropped; ``/status/<code>`` an OpenAI-style error; ``/gzip`` like ``/ok``
+    but gzip-compressed (``Content-Encoding: gzip``), ``/badgzip`` a body that claims to
+    be gzip but is not.
     Counters: ``requests``, ``disconnects`` (handlers ended by the client leaving),
     ``peers`` (distinct client ports, i.e. connections).
     """
@@ -354,6 +357,10 @@ class LoopbackServer:
             )
         if mode == "ok" and not body.get("stream"):
             return web.json_response(completion(), headers={"x-request-id": "req_json"})
+        if mode in ("gzip", "badgzip"):
+            return await self._compressed(
+                request, stream=bool(body.get("stream")), bad=mode == "badgzip"
+            )
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "x-request-id": "req_loop"}
         )
@@ -376,6 +383,25 @@ class LoopbackServer:
             self.disconnects += 1
             await asyncio.shield(self._notify())
             raise
+
+    async def _compressed(
+        self, request: web.Request, *, stream: bool, bad: bool
+    ) -> web.StreamResponse:
+        plain = hello_stream() if stream else json.dumps(completion()).encode()
+        data = b"not gzip at all" if bad else gzip.compress(plain)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream" if stream else "application/json",
+                "Content-Encoding": "gzip",
+                "x-request-id": "req_gzip",
+            }
+        )
+        await response.prepare(request)
+        half = len(data) // 2  # two writes: the decoder must carry state across pieces
+        await response.write(data[:half])
+        await response.write(data[half:])
+        await response.write_eof()
+        return response
 
     async def start(self) -> None:
         app = web.Application()

@@ -15,6 +15,7 @@ import pytest
 
 from promptkit_async.errors import (
     APIConnectionError,
+    APIResponseError,
     APITimeoutError,
     IncompleteStreamError,
     RateLimitError,
@@ -62,6 +63,28 @@ async def test_streaming_and_non_streaming_end_to_end(loopback, fakes) -> None:
     fakes.validate_request(loopback.bodies[1], stream=False)
     assert loopback.headers[0]["Authorization"] == "Bearer sk-loop"
     assert loopback.headers[0]["Accept"] == "text/event-stream"
+
+
+async def test_compressed_bodies_are_decoded(loopback) -> None:
+    # Our transport hands bodies over undecoded; a Content-Encoding must still be undone.
+    async with provider_for(loopback, "gzip") as provider:
+        chunks = [c async for c in provider.stream(HELLO)]
+        completed = await provider.complete(HELLO)
+    streamed = chunks[-1].response
+    assert streamed is not None
+    assert "".join(c.delta for c in chunks) == streamed.content == "Hello there!"
+    assert streamed.request_id == "req_gzip"
+    assert completed.content == "Hello there!"
+    assert "gzip" in loopback.headers[0]["Accept-Encoding"]
+
+
+async def test_a_body_that_fails_to_decode_is_a_response_error(loopback) -> None:
+    async with provider_for(loopback, "badgzip") as provider:
+        with pytest.raises(APIResponseError, match="could not decode the response body"):
+            [c async for c in provider.stream(HELLO)]
+        with pytest.raises(APIResponseError, match="could not decode the response body"):
+            await provider.complete(HELLO)
+    assert loopback.requests == 2  # not retried
 
 
 async def test_connections_are_reused(loopback) -> None:
