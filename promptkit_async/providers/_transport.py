@@ -78,27 +78,84 @@ class RawResponse(httpx.AsyncByteStream):
         headers: the response headers (a case-insensitive mapping).
     """
 
-    __slots__ = ("_request", "_response", "headers", "status")
+    __slots__ = (
+        "_loop",
+        "_read_timeout",
+        "_request",
+        "_response",
+        "_since",
+        "_timer",
+        "_waiting",
+        "headers",
+        "status",
+    )
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request | None) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        request: httpx.Request | None,
+        read_timeout: float | None = None,
+    ) -> None:
         self._response = response
         self._request = request
         self.status = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
+        self._loop = asyncio.get_running_loop()
+        self._read_timeout = read_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._since = 0.0
+        self._waiting = False
+        connection = response.connection
+        protocol = connection.protocol if connection is not None else None
+        if read_timeout is not None and protocol is not None:  # (a protocol has __len__)
+            # aiohttp's sock_read re-arms a timer on every network read (a dozen per
+            # streamed answer). It covered the wait for the headers; for the body we keep
+            # one lazy timer instead (as aiohttp itself does for websockets).
+            protocol.read_timeout = None
 
     async def read(self) -> bytes:
         """The next piece of the body as it arrives; ``b""`` at its end.
 
         No async generator per chunk (unlike ``__aiter__``), for the providers' readers.
+        Waiting longer than the read timeout for a piece raises ``httpx.ReadTimeout``.
         """
+        timeout = self._read_timeout
+        if timeout is not None:
+            self._since = loop_time = self._loop.time()
+            self._waiting = True
+            if self._timer is None:
+                self._timer = self._loop.call_at(loop_time + timeout, self._on_timer)
         try:
             return await self._response.content.readany()
         except Exception as exc:
-            self._response.close()
+            self.close()
             mapped = _map_error(exc, self._request, reading=True)
             if mapped is None:
                 raise
             raise mapped from exc
+        finally:
+            self._waiting = False
+
+    def _on_timer(self) -> None:
+        # Moved only when it fires, so a read costs a clock read rather than a timer.
+        self._timer = None
+        if not self._waiting:
+            return  # not waiting now: the next read starts the clock again
+        loop = self._loop
+        due = self._since + self._read_timeout  # type: ignore[operator]
+        if loop.time() + 0.001 >= due:
+            self._response.content.set_exception(
+                aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+            )
+        else:
+            self._timer = loop.call_at(due, self._on_timer)
+
+    def close(self) -> None:
+        """Close the response now (synchronously; safe to call twice)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._response.close()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
@@ -112,7 +169,7 @@ class RawResponse(httpx.AsyncByteStream):
         # close() drops the connection if the body was not fully received (a cancelled
         # stream must not hand a half-read connection back to the pool); once the body is
         # complete aiohttp has already returned the connection and close() is a no-op.
-        self._response.close()
+        self.close()
 
     def to_httpx(self, request: httpx.Request | None = None) -> httpx.Response:
         """This response as an ``httpx.Response`` reading (and decoding) this body."""
@@ -290,7 +347,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if mapped is None:
                 raise
             raise mapped from exc
-        return RawResponse(response, request)
+        return RawResponse(response, request, timeouts.get("read"))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return the response with its body still unread."""

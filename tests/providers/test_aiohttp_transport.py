@@ -138,6 +138,49 @@ async def test_read_timeout_maps_to_timeout_error(loopback) -> None:
     await loopback.wait_for(lambda: loopback.disconnects == 1)
 
 
+async def test_read_timeout_in_the_middle_of_the_body() -> None:
+    # After the headers the body's read timeout is ours (one lazy timer per response),
+    # no longer aiohttp's per-read timer: a silence after some events must still end it.
+    from tests.faults import _http_server as srv
+
+    got_first = asyncio.Event()
+
+    async def two_events_then_silence(request: srv.Request, conn: srv.Conn) -> bool:
+        await conn.head(200)
+        await conn.chunk(srv.delta("one "))
+        await got_first.wait()  # the second event arrives in a read of its own
+        await conn.chunk(srv.delta("two"))
+        await conn.until_client_leaves()
+        return False
+
+    server = await srv.ScriptedServer().start()
+    server.push(two_events_then_silence)
+    seen: list[str] = []
+    try:
+        async with OpenAIProvider(
+            "openai",
+            "m",
+            "sk-test",
+            base_url=server.url,
+            timeout=httpx.Timeout(5.0, read=0.05),
+            max_retries=3,
+        ) as provider:
+
+            async def read() -> None:
+                async for chunk in provider.stream(HELLO):
+                    if chunk.delta:
+                        seen.append(chunk.delta)
+                        got_first.set()
+
+            with pytest.raises(APITimeoutError, match="read timeout") as caught:
+                await read()
+            assert type(caught.value) is APITimeoutError
+            assert seen == ["one ", "two"]
+            assert len(server.requests) == 1  # text had reached the caller: not retried
+    finally:
+        await server.aclose()
+
+
 async def test_idle_timeout_closes_the_connection(loopback) -> None:
     async with provider_for(loopback, "hang", stream_idle_timeout=0.05) as provider:
         with pytest.raises(StreamIdleTimeoutError):
