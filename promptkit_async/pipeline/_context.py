@@ -17,6 +17,11 @@ __all__ = ["Emit", "ExecutionContext", "Middleware", "Next"]
 Emit = Callable[[StreamChunk], Awaitable[None]]
 
 
+# Frozen, so every turn can start from the same zero totals.
+_NO_USAGE = Usage()
+_NO_COST = Cost()
+
+
 async def _discard(chunk: StreamChunk) -> None:
     """The chunk sink of ``Pipeline.execute``: nobody is listening."""
 
@@ -72,8 +77,8 @@ class ExecutionContext:
         self.messages: list[Message] = [input]
         self.new_messages: list[Message] = [input]
         self.response: ProviderResponse | None = None
-        self.usage = Usage()
-        self.cost = Cost()
+        self.usage = _NO_USAGE
+        self.cost = _NO_COST
         self.trace: list[TraceEvent] = []
         self.metadata: dict[str, Any] = metadata if metadata is not None else {}
         self.estimated_prompt_tokens: int | None = None
@@ -91,4 +96,9 @@ class ExecutionContext:
 #: Calls the rest of the onion.
 Next = Callable[[ExecutionContext], Awaitable[None]]
 #: A middleware: an async callable taking the context and the rest of the onion.
+#:
+#: A middleware object may set ``runs_next_inline = True`` to promise that it awaits
+#: ``next`` in the turn's own task (not in a task it creates, as ``asyncio.wait_for``
+#: before Python 3.12 or ``asyncio.shield`` do). When every layer promises it,
+#: ``Pipeline.stream`` skips watching for chunks emitted from other tasks.
 Middleware = Callable[[ExecutionContext, Next], Awaitable[None]]

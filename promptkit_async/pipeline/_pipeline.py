@@ -79,7 +79,10 @@ class Pipeline:
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
         self._closing = False
-        # Set once a stream of this pipeline got a chunk from another task (_Driver).
+        # Streams watch for chunks emitted from other tasks (see _Driver) until their own
+        # first chunk, unless every layer says it runs the rest of the turn in the turn's
+        # own task (``runs_next_inline``); always, once one was seen.
+        self._watch_start = not all(getattr(m, "runs_next_inline", False) for m in middleware)
         self._foreign_emits = False
 
     def __repr__(self) -> str:
@@ -245,9 +248,10 @@ class _Driver:
     suspend the turn; it is queued, and the reader must be woken for it. So the driver
     *watches*: it waits for the turn's future or such a chunk, whichever comes first.
     Watching costs a future per wait, so a turn watches only until its own first chunk,
-    unless its pipeline has seen chunks from other tasks before (then always). A chunk
-    from another task that comes later in the first such turn waits until the turn's own
-    task next resumes.
+    unless its pipeline has seen chunks from other tasks before (then always), and not at
+    all when every middleware declares ``runs_next_inline = True`` (the library's own do,
+    ``ProviderMiddleware`` only without tools). A chunk from another task that comes when
+    nobody watches waits until the turn's own task next resumes.
 
     The driver holds no reference to its :class:`ResultStream`, so a dropped stream is
     freed at once and its ``__del__`` can cancel the turn.
@@ -270,7 +274,8 @@ class _Driver:
         self.coro: Coroutine[Any, Any, ExecutionResult] | None = pipeline._run(ctx)
         self.items: deque[StreamChunk] = deque()
         self.task: asyncio.Task[Any] | None = None  # the task inside step(), if any
-        self.watch = True  # wake for chunks from other tasks (see the class docstring)
+        # Wake for chunks from other tasks (see the class docstring)?
+        self.watch = pipeline._watch_start or pipeline._foreign_emits
         self.waiter: asyncio.Future[None] | None = None
         self.parked: Any = _NOTHING  # a future the turn still waits for (see step)
         self.interrupted = False  # something was thrown in from the reader's task

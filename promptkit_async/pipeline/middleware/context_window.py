@@ -236,6 +236,9 @@ class ContextWindowMiddleware:
     recorded); a compaction that has begun completes first.
     """
 
+    #: Calls ``next`` in the turn's own task (see ``Middleware``).
+    runs_next_inline = True
+
     def __init__(
         self,
         max_tokens: int | None = None,

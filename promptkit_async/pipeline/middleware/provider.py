@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -117,6 +116,12 @@ class ProviderMiddleware:
         self._definitions: tuple[ToolDefinition, ...] = ()
         self._definitions_version = -1
 
+    @property
+    def runs_next_inline(self) -> bool:
+        """True without tools: every chunk is emitted from the turn's own task (tools run
+        in tasks of their own and may emit through their context)."""
+        return self.tools is None
+
     def __repr__(self) -> str:
         tools = f", tools={list(self.tools.names)!r}" if self.tools is not None else ""
         return f"ProviderMiddleware(provider={self.provider!r}{tools})"
@@ -146,8 +151,8 @@ class ProviderMiddleware:
         response: ProviderResponse | None = None
         assembler: ToolCallAssembler | None = None
         emit = ctx.emit
-        stream = self.provider.stream(request)
-        async with aclosing(stream) as chunks:  # type: ignore[type-var]
+        chunks = self.provider.stream(request)
+        try:
             async for chunk in chunks:
                 if chunk.response is not None:
                     response = chunk.response
@@ -157,6 +162,11 @@ class ProviderMiddleware:
                             assembler = ToolCallAssembler()
                         assembler.add(chunk.tool_call_deltas)
                     await emit(chunk)
+        finally:
+            # Closes the HTTP response at once when we stop early (error, cancellation).
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if response is None:
             raise IncompleteStreamError(
                 "the provider's stream ended without a final response", provider=self.provider.id

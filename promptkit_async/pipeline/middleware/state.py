@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import types
+from collections import deque
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -68,12 +69,45 @@ async def finish_shielded(work: Awaitable[T]) -> T:
     return result
 
 
-class _SessionLock:
-    __slots__ = ("lock", "users")
+class _SessionTurns:
+    """The turns of one session: one runs, the others wait in arrival order.
+
+    Lighter than an ``asyncio.Lock`` per session for the usual case of one turn at a
+    time: no lock object and no future unless a turn has to wait. The session is handed
+    straight to the next waiter, so a newcomer cannot overtake the queue.
+    """
+
+    __slots__ = ("running", "users", "waiting")
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+        self.users = 0  # turns running or waiting; the entry is dropped at zero
+        self.running = False
+        self.waiting: deque[asyncio.Future[None]] | None = None  # made when needed
+
+    async def wait(self) -> None:
+        """Wait until the session is handed to this turn."""
+        waiting = self.waiting
+        if waiting is None:
+            waiting = self.waiting = deque()
+        handed = asyncio.get_running_loop().create_future()
+        waiting.append(handed)
+        try:
+            await handed
+        except asyncio.CancelledError:
+            if handed.done() and not handed.cancelled():
+                self.release()  # handed over just as we were cancelled: pass it on
+            elif handed in waiting:  # (release() drops cancelled waiters it meets)
+                waiting.remove(handed)
+            raise
+
+    def release(self) -> None:
+        waiting = self.waiting
+        while waiting:
+            handed = waiting.popleft()
+            if not handed.done():
+                handed.set_result(None)  # still running: now the next turn's
+                return
+        self.running = False
 
 
 class StateMiddleware:
@@ -107,6 +141,10 @@ class StateMiddleware:
             loads just its window, so a turn's cost does not grow with the history.
     """
 
+    #: Calls ``next`` in the turn's own task (lets ``Pipeline.stream`` skip watching for
+    #: chunks sent from other tasks; see ``Middleware``).
+    runs_next_inline = True
+
     def __init__(
         self,
         store: StateStore,
@@ -119,22 +157,26 @@ class StateMiddleware:
         self.store = store
         self.max_history_messages = max_history_messages
         self.load_history = load_history
-        # One lock per session with turns running or waiting; dropped when unused so
+        # An entry per session with turns running or waiting; dropped when unused so
         # thousands of short-lived sessions do not accumulate.
-        self._locks: dict[str, _SessionLock] = {}
+        self._turns: dict[str, _SessionTurns] = {}
 
     def __repr__(self) -> str:
         return f"StateMiddleware(store={self.store!r})"
 
     async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
         session_id = ctx.session_id
-        entry = self._locks.get(session_id)
-        if entry is None:
-            entry = self._locks[session_id] = _SessionLock()
-        entry.users += 1
+        turns = self._turns.get(session_id)
+        if turns is None:
+            turns = self._turns[session_id] = _SessionTurns()
+        turns.users += 1
         ctx.store = self.store
         try:
-            async with entry.lock:
+            if turns.running:
+                await turns.wait()
+            else:
+                turns.running = True
+            try:
                 if self.load_history:
                     history = await self.store.load(session_id, self.max_history_messages)
                     if history:
@@ -142,7 +184,9 @@ class StateMiddleware:
                 await next(ctx)
                 if ctx.response is not None and ctx.new_messages:
                     await finish_shielded(self.store.append(session_id, ctx.new_messages))
+            finally:
+                turns.release()
         finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[session_id]
+            turns.users -= 1
+            if turns.users == 0:
+                del self._turns[session_id]

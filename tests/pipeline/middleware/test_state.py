@@ -8,9 +8,11 @@ from collections.abc import Sequence
 import pytest
 
 from promptkit_async import (
+    ExecutionContext,
     InMemoryStateStore,
     Message,
     MockProvider,
+    Next,
     Pipeline,
     ProviderMiddleware,
     ProviderRequest,
@@ -129,7 +131,7 @@ async def test_locks_are_released_for_finished_sessions(store: InMemoryStateStor
     state = StateMiddleware(store)
     pipe = Pipeline(state, ProviderMiddleware(MockProvider(handler=lambda r: "ok")))
     await asyncio.gather(*(pipe.execute(f"s{i}", "user", "hi") for i in range(50)))
-    assert state._locks == {}
+    assert state._turns == {}
 
 
 async def test_max_history_messages_limits_what_is_loaded(store: InMemoryStateStore) -> None:
@@ -144,3 +146,45 @@ async def test_max_history_messages_limits_what_is_loaded(store: InMemoryStateSt
 def test_negative_history_limit_is_rejected(store: InMemoryStateStore) -> None:
     with pytest.raises(ValueError, match="max_history_messages"):
         StateMiddleware(store, max_history_messages=-1)
+
+
+async def test_turns_run_in_arrival_order_and_cancelled_waiters_pass_the_session_on(
+    store: InMemoryStateStore,
+) -> None:
+    gates: dict[str, asyncio.Event] = {}
+    started: list[str] = []
+    turns: dict[str, asyncio.Task[object]] = {}
+
+    async def handler(request: ProviderRequest) -> str:
+        text = request.messages[-1].content
+        started.append(text)
+        await gates[text].wait()
+        return f"reply to {text}"
+
+    async def outer(ctx: ExecutionContext, next: Next) -> None:
+        await next(ctx)
+        if ctx.input.content == "a":
+            # "a" has just handed the session to "c" (b left the queue); cancel "c"
+            # before it gets to run: it must pass the session on to "d".
+            turns["c"].cancel()
+
+    state = StateMiddleware(store)
+    pipe = Pipeline(outer, state, ProviderMiddleware(MockProvider(handler=handler)))
+    names = ["a", "b", "c", "d"]
+    gates.update({name: asyncio.Event() for name in names})
+    turns.update({name: asyncio.create_task(pipe.execute("s", "user", name)) for name in names})
+    for _ in range(5):
+        await asyncio.sleep(0)  # every turn has arrived; only "a" may have started
+    assert started == ["a"]
+
+    turns["b"].cancel()  # cancelled while waiting in the queue
+    gates["a"].set()
+    gates["d"].set()
+    await turns["a"]
+    await asyncio.wait_for(turns["d"], 10)  # would hang if "c" kept the session
+    for name in ("b", "c"):
+        with pytest.raises(asyncio.CancelledError):
+            await turns[name]
+    assert started == ["a", "d"]
+    assert [m.content for m in await store.load("s")] == ["a", "reply to a", "d", "reply to d"]
+    assert state._turns == {}
