@@ -264,7 +264,8 @@ class _Driver:
         "parked",
         "pipeline",
         "result",
-        "task",
+        "running",
+        "stepping",
         "waiter",
         "watch",
     )
@@ -273,7 +274,8 @@ class _Driver:
         self.pipeline = pipeline
         self.coro: Coroutine[Any, Any, ExecutionResult] | None = pipeline._run(ctx)
         self.items: deque[StreamChunk] = deque()
-        self.task: asyncio.Task[Any] | None = None  # the task inside step(), if any
+        self.stepping = False  # a task is inside step()
+        self.running = False  # the turn's code is executing (not waiting) right now
         # Wake for chunks from other tasks (see the class docstring)?
         self.watch = pipeline._watch_start or pipeline._foreign_emits
         self.waiter: asyncio.Future[None] | None = None
@@ -283,7 +285,7 @@ class _Driver:
 
     async def emit(self, chunk: StreamChunk) -> None:
         self.items.append(chunk)
-        if asyncio.current_task() is self.task:
+        if self.running:  # called by the turn itself, inside step()
             self.watch = self.pipeline._foreign_emits
             await _handoff()  # the reader gets the chunk from this very suspension
             return
@@ -301,7 +303,7 @@ class _Driver:
         coro = self.coro
         if coro is None:
             return None
-        self.task = asyncio.current_task()
+        self.stepping = True
         signal = self.parked
         waiting = signal is not _NOTHING
         self.parked = _NOTHING
@@ -311,6 +313,7 @@ class _Driver:
         try:
             while True:
                 if not waiting:
+                    self.running = True
                     try:
                         if error is None:
                             signal = coro.send(None)
@@ -318,6 +321,7 @@ class _Driver:
                             thrown, error = error, None
                             signal = coro.throw(thrown)
                     except StopIteration as stop:
+                        self.running = False
                         self.coro = None
                         result: ExecutionResult = stop.value
                         self.result = result
@@ -330,8 +334,10 @@ class _Driver:
                         )
                         return items.popleft()
                     except BaseException:
+                        self.running = False
                         self.coro = None
                         raise
+                    self.running = False
                     if signal is _HANDOFF:
                         return items.popleft()
                 waiting = False
@@ -366,7 +372,7 @@ class _Driver:
                 if items and error is None:
                     return items.popleft()
         finally:
-            self.task = None
+            self.stepping = False
 
     async def cancel(self) -> None:
         """Throw ``CancelledError`` into the turn and run its clean-up to the end.
@@ -437,7 +443,7 @@ class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
             self._loop = asyncio.get_running_loop()
             driver = self._driver = _Driver(self._pipeline, self._ctx)
             self._ctx.emit = driver.emit
-        elif driver.task is not None:
+        elif driver.stepping:
             raise RuntimeError("this stream is already being read by another task")
         try:
             chunk = yield from driver.step()
@@ -460,7 +466,7 @@ class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
         driver = self._driver
         if driver is None or driver.coro is None:
             return
-        if driver.task is not None:
+        if driver.stepping:
             raise RuntimeError("aclose() while another task is reading this stream")
         await driver.cancel()
 

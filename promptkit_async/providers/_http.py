@@ -262,6 +262,8 @@ class _Watchdog:
         self.fired: str | None = None  # "deadline" or "idle"
 
     def arm(self, idle: bool = False) -> None:
+        if not self.active:
+            return  # no limits, no timers: nothing could cancel
         self._task = asyncio.current_task()
         self.armed = True
         if idle and self.idle is not None:
