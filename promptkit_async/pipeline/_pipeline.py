@@ -8,7 +8,7 @@ import logging
 import time
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -224,13 +224,15 @@ class Pipeline:
         await self.shutdown()
 
 
-_HANDOFF = object()  # yielded up the turn's coroutine by emit(): "a chunk is ready"
 _NOTHING = object()
 
 
 @types.coroutine
-def _handoff() -> Generator[Any, None, None]:
-    yield _HANDOFF
+def _handoff(marker: asyncio.Future[None]) -> Generator[Any, None, None]:
+    # Yield the driver's marker: an already-done future, so that a task other than the
+    # driver's that gets here (an eager task started inside the turn) just resumes.
+    marker._asyncio_future_blocking = True
+    yield marker
 
 
 class _Driver:
@@ -238,10 +240,12 @@ class _Driver:
 
     The turn is a coroutine (the onion). :meth:`step` sends into it from the reader's
     task, passes whatever it waits for (a future) up to that task, and returns when
-    ``ctx.emit`` (:meth:`emit`) hands over a chunk: emit suspends the turn with a marker
-    that only the driver sees. A chunk costs no task switch, and a reader that pauses
-    pauses the turn (back-pressure). Cancelling the reader's task while it waits inside
-    :meth:`step` throws ``CancelledError`` into the turn, where it was waiting.
+    ``ctx.emit`` (:meth:`emit`) hands over a chunk: called while the turn's code runs
+    (``running``), emit suspends the turn by yielding the driver's marker, an already
+    done future (so an eager task started inside the turn that emits just resumes). A
+    chunk costs no task switch, and a reader that pauses pauses the turn
+    (back-pressure). Cancelling the reader's task while it waits inside :meth:`step`
+    throws ``CancelledError`` into the turn, where it was waiting.
 
     A chunk emitted from another task (a middleware that runs ``next`` in a task of its
     own, as ``asyncio.wait_for`` does before Python 3.12, or ``asyncio.shield``) cannot
@@ -261,6 +265,7 @@ class _Driver:
         "coro",
         "interrupted",
         "items",
+        "marker",
         "parked",
         "pipeline",
         "result",
@@ -274,6 +279,9 @@ class _Driver:
         self.pipeline = pipeline
         self.coro: Coroutine[Any, Any, ExecutionResult] | None = pipeline._run(ctx)
         self.items: deque[StreamChunk] = deque()
+        # What emit() yields up the turn's coroutine to say "a chunk is ready".
+        self.marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.marker.set_result(None)
         self.stepping = False  # a task is inside step()
         self.running = False  # the turn's code is executing (not waiting) right now
         # Wake for chunks from other tasks (see the class docstring)?
@@ -287,7 +295,7 @@ class _Driver:
         self.items.append(chunk)
         if self.running:  # called by the turn itself, inside step()
             self.watch = self.pipeline._foreign_emits
-            await _handoff()  # the reader gets the chunk from this very suspension
+            await _handoff(self.marker)  # the reader gets the chunk from this suspension
             return
         self.watch = self.pipeline._foreign_emits = True
         waiter = self.waiter
@@ -304,6 +312,7 @@ class _Driver:
         if coro is None:
             return None
         self.stepping = True
+        marker = self.marker
         signal = self.parked
         waiting = signal is not _NOTHING
         self.parked = _NOTHING
@@ -338,7 +347,7 @@ class _Driver:
                         self.coro = None
                         raise
                     self.running = False
-                    if signal is _HANDOFF:
+                    if signal is marker:
                         return items.popleft()
                 waiting = False
                 if self.watch and asyncio.isfuture(signal):
@@ -430,12 +439,9 @@ class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
     def __aiter__(self) -> Self:
         return self
 
-    def __anext__(self) -> Awaitable[StreamChunk]:
-        return self._next()
-
-    @types.coroutine
-    def _next(self) -> Generator[Any, Any, StreamChunk]:
-        # A generator rather than ``async def``: one frame less per chunk.
+    async def __anext__(self) -> StreamChunk:
+        # A real coroutine (not a generator) so that asyncio.create_task(anext(stream))
+        # works on every Python version.
         driver = self._driver
         if driver is None:
             if self._finished:
@@ -446,7 +452,7 @@ class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
         elif driver.stepping:
             raise RuntimeError("this stream is already being read by another task")
         try:
-            chunk = yield from driver.step()
+            chunk = await driver.step()
         except BaseException:
             self._finished = True
             raise

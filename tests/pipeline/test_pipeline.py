@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -542,3 +543,21 @@ async def test_a_failed_save_during_aclose_is_raised(store: InMemoryStateStore) 
             pass
     await stream.aclose()  # finished already: nothing left to raise
     assert pipe.in_flight == 0
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are Python 3.12+")
+async def test_a_chunk_emitted_from_an_eager_task_started_by_the_turn(
+    store: InMemoryStateStore,
+) -> None:
+    class EagerEmitter:
+        async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
+            # The task's first steps run right here, inside the turn's own code.
+            loop = asyncio.get_running_loop()
+            await asyncio.eager_task_factory(loop, ctx.emit(StreamChunk(delta="eager ")))  # type: ignore[attr-defined]
+            await next(ctx)
+
+    provider = CountingProvider(n=1)
+    provider.gates[0].set()
+    pipe = Pipeline(StateMiddleware(store), EagerEmitter(), ProviderMiddleware(provider))
+    deltas = [c.delta async for c in pipe.stream("s", "user", "hi")]
+    assert deltas == ["eager ", "d0 ", ""]
