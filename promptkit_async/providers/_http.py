@@ -99,7 +99,7 @@ from ..errors import (
 from ..types import TraceEvent
 from ._retry import RetryPolicy, parse_retry_after, should_retry_status
 from ._sse import MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
-from ._transport import AiohttpTransport
+from ._transport import AiohttpTransport, RawResponse
 from .base import BaseProvider, ProviderDefaults
 
 __all__ = [
@@ -1000,6 +1000,10 @@ class SSEStream:
         to the end of the body, so the connection goes back to the pool, but for at most
         ``grace`` idle seconds; then, or on any error, just end quietly."""
         self._ending = True
+        if isinstance(self._response, RawResponse):
+            # Its read timeout is timed by the transport's clock: no timer of our own.
+            self._response.limit_read_timeout(grace)
+            return
         watchdog = self._call.watchdog
         if watchdog.idle is None or watchdog.idle > grace:
             watchdog.set_idle(grace)

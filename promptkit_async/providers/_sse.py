@@ -99,6 +99,20 @@ class SSEDecoder:
         """
         if not chunk:
             return []  # nothing new (and not the "\n" half of a split "\r\n")
+        if (
+            chunk[:6] == b"data: "
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk[-1:] == b"\n"
+            and self._started
+            and not (self._partial or self._data or self._skip_lf)
+            and self._event is None
+            and b"\r" not in chunk
+            and len(chunk) <= self._limit
+        ):
+            # The usual chunk: exactly one whole "data: ...\n\n" event, nothing pending.
+            return [
+                ServerSentEvent(chunk[6:-2].decode("utf-8", "replace"), "message", self._last_id)
+            ]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":

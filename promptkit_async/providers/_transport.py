@@ -66,6 +66,51 @@ def _map_error(
     return None
 
 
+class _ReadClock:
+    """The read timeouts of every body read through one transport, on one timer.
+
+    A read that has to wait records its deadline (a clock read and a dict entry); the one
+    timer fires at the earliest deadline it knows of, fails the reads past theirs (as
+    aiohttp's ``sock_read`` would) and moves on to the next. Reads with the same timeout
+    never move it, so a streamed answer costs no timer at all (aiohttp re-arms one per
+    network read; a timer per response would still be one per call).
+    """
+
+    __slots__ = ("_loop", "_timer", "_when", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.waiting: dict[RawResponse, float] = {}  # reading now -> its deadline
+        self._timer: asyncio.TimerHandle | None = None
+        self._when = float("inf")
+
+    def start(self, response: RawResponse, timeout: float) -> None:
+        deadline = self._loop.time() + timeout
+        self.waiting[response] = deadline
+        if deadline < self._when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._when = deadline
+            self._timer = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self._loop.time() + 0.001  # the loop may run a timer a hair early
+        expired = [r for r, deadline in self.waiting.items() if deadline <= now]
+        for response in expired:
+            del self.waiting[response]
+            response._expire()
+        self._when = min(self.waiting.values(), default=float("inf"))
+        if self.waiting:
+            self._timer = self._loop.call_at(self._when, self._fire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._when = float("inf")
+
+
 class RawResponse(httpx.AsyncByteStream):
     """One aiohttp response with its body unread and undecoded.
 
@@ -78,40 +123,35 @@ class RawResponse(httpx.AsyncByteStream):
         headers: the response headers (a case-insensitive mapping).
     """
 
-    __slots__ = (
-        "_loop",
-        "_read_timeout",
-        "_request",
-        "_response",
-        "_since",
-        "_timer",
-        "_waiting",
-        "headers",
-        "status",
-    )
+    __slots__ = ("_clock", "_read_timeout", "_request", "_response", "headers", "status")
 
     def __init__(
         self,
         response: aiohttp.ClientResponse,
         request: httpx.Request | None,
         read_timeout: float | None = None,
+        clock: _ReadClock | None = None,
     ) -> None:
         self._response = response
         self._request = request
         self.status = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
-        self._loop = asyncio.get_running_loop()
-        self._read_timeout = read_timeout
-        self._timer: asyncio.TimerHandle | None = None
-        self._since = 0.0
-        self._waiting = False
+        self._clock = clock
+        self._read_timeout = read_timeout if clock is not None else None
         connection = response.connection
         protocol = connection.protocol if connection is not None else None
-        if read_timeout is not None and protocol is not None:  # (a protocol has __len__)
+        if self._read_timeout is not None and protocol is not None:  # (it has __len__)
             # aiohttp's sock_read re-arms a timer on every network read (a dozen per
-            # streamed answer). It covered the wait for the headers; for the body we keep
-            # one lazy timer instead (as aiohttp itself does for websockets).
+            # streamed answer). It covered the wait for the headers; the body's reads
+            # are timed by the transport's one clock (aiohttp does the same for websockets).
             protocol.read_timeout = None
+
+    def limit_read_timeout(self, seconds: float) -> None:
+        """Wait at most ``seconds`` for each further piece of the body (a shorter limit
+        for reading on past the end of an answer)."""
+        if self._clock is not None:
+            current = self._read_timeout
+            self._read_timeout = seconds if current is None else min(current, seconds)
 
     async def read(self) -> bytes:
         """The next piece of the body as it arrives; ``b""`` at its end.
@@ -121,10 +161,7 @@ class RawResponse(httpx.AsyncByteStream):
         """
         timeout = self._read_timeout
         if timeout is not None:
-            self._since = loop_time = self._loop.time()
-            self._waiting = True
-            if self._timer is None:
-                self._timer = self._loop.call_at(loop_time + timeout, self._on_timer)
+            self._clock.start(self, timeout)  # type: ignore[union-attr]
         try:
             return await self._response.content.readany()
         except Exception as exc:
@@ -134,27 +171,16 @@ class RawResponse(httpx.AsyncByteStream):
                 raise
             raise mapped from exc
         finally:
-            self._waiting = False
+            if timeout is not None:
+                self._clock.waiting.pop(self, None)  # type: ignore[union-attr]
 
-    def _on_timer(self) -> None:
-        # Moved only when it fires, so a read costs a clock read rather than a timer.
-        self._timer = None
-        if not self._waiting:
-            return  # not waiting now: the next read starts the clock again
-        loop = self._loop
-        due = self._since + self._read_timeout  # type: ignore[operator]
-        if loop.time() + 0.001 >= due:
-            self._response.content.set_exception(
-                aiohttp.SocketTimeoutError("Timeout on reading data from socket")
-            )
-        else:
-            self._timer = loop.call_at(due, self._on_timer)
+    def _expire(self) -> None:
+        self._response.content.set_exception(
+            aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+        )
 
     def close(self) -> None:
         """Close the response now (synchronously; safe to call twice)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._response.close()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -233,6 +259,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._targets: dict[str, tuple[URL, ssl.SSLContext | bool, str | None]] = {}
         self._timeout_key: tuple[float | None, float | None, float | None] | None = None
         self._timeout = aiohttp.ClientTimeout()
+        self._clock: _ReadClock | None = None
         self._closed = False
 
     def _create_session(self) -> aiohttp.ClientSession:
@@ -330,6 +357,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session = self._session
         if session is None:
             session = self._session = self._create_session()
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = _ReadClock(asyncio.get_running_loop())
         target, ssl_arg, proxy = self._target(url)
         try:
             response = await session.request(
@@ -347,7 +377,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if mapped is None:
                 raise
             raise mapped from exc
-        return RawResponse(response, request, timeouts.get("read"))
+        return RawResponse(response, request, timeouts.get("read"), clock)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return the response with its body still unread."""
@@ -373,6 +403,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close the session (and its connections) if this transport created it."""
         self._closed = True
+        if self._clock is not None:
+            self._clock.close()
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()

@@ -181,6 +181,91 @@ async def test_read_timeout_in_the_middle_of_the_body() -> None:
         await server.aclose()
 
 
+async def test_silence_after_done_ends_the_stream_after_the_grace() -> None:
+    # [DONE] arrived but the body never ends: the transport's read clock, cut to the
+    # provider's end_grace, closes it (no read timeout of minutes, no error).
+    from tests.faults import _http_server as srv
+
+    server = await srv.ScriptedServer().start()
+    server.push(srv.sse(srv.reply_events("Hello there!"), end="hang"))
+    try:
+        async with OpenAIProvider(
+            "openai", "m", "sk-test", base_url=server.url, max_retries=0
+        ) as provider:
+            provider.end_grace = 0.05
+
+            async def read() -> list[StreamChunk]:
+                return [c async for c in provider.stream(HELLO)]
+
+            chunks = await asyncio.wait_for(read(), 10)  # else: the 10-minute read timeout
+        response = chunks[-1].response
+        assert response is not None
+        assert response.content == "Hello there!"
+        assert response.usage.total_tokens == 15
+        # The connection was closed, not handed back to the pool half-read.
+        await asyncio.wait_for(server.wait_for(lambda: server.open == 0), 10)
+    finally:
+        await server.aclose()
+
+
+async def test_a_short_read_timeout_fires_while_a_long_one_waits_on_the_same_transport() -> None:
+    # One transport times every body it reads on one timer: a read with a short limit
+    # that starts while the timer is set far ahead must still fail on time.
+    from tests.faults import _http_server as srv
+
+    got_first = asyncio.Event()
+
+    async def two_events_then_silence(request: srv.Request, conn: srv.Conn) -> bool:
+        await conn.head(200)
+        await conn.chunk(srv.delta("one "))
+        await got_first.wait()  # the second event arrives in a read of its own
+        await conn.chunk(srv.delta("two"))
+        await conn.until_client_leaves()
+        return False
+
+    server = await srv.ScriptedServer().start()
+    server.push(srv.stall(), two_events_then_silence)
+    try:
+        async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+            patient = OpenAIProvider(
+                "openai",
+                "m",
+                "sk-test",
+                base_url=server.url,
+                max_retries=0,
+                http_client=client,
+                timeout=httpx.Timeout(600.0),
+            )
+            hasty = OpenAIProvider(
+                "openai",
+                "m",
+                "sk-test",
+                base_url=server.url,
+                max_retries=0,
+                http_client=client,
+                timeout=httpx.Timeout(600.0, read=0.05),
+            )
+            waiting = asyncio.create_task(anext(aiter(patient.stream(HELLO))))
+            await asyncio.wait_for(server.wait_for(lambda: len(server.requests) == 1), 10)
+            seen: list[str] = []
+
+            async def read() -> None:
+                async for chunk in hasty.stream(HELLO):
+                    if chunk.delta:
+                        seen.append(chunk.delta)
+                        got_first.set()
+
+            with pytest.raises(APITimeoutError, match="read timeout"):
+                await asyncio.wait_for(read(), 10)
+            assert seen == ["one ", "two"]
+            assert not waiting.done()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+    finally:
+        await server.aclose()
+
+
 async def test_idle_timeout_closes_the_connection(loopback) -> None:
     async with provider_for(loopback, "hang", stream_idle_timeout=0.05) as provider:
         with pytest.raises(StreamIdleTimeoutError):

@@ -127,3 +127,31 @@ def test_any_chunking_gives_the_same_events(cuts: list[int]) -> None:
     pieces = [_STREAM[a:b] for a, b in zip([0, *points], [*points, len(_STREAM)], strict=False)]
     assert decode(*pieces) == whole
     assert [e.data for e in whole] == ["1", "two\nlines", '{"k": "é"}', "", "tail"]
+
+
+def test_whole_event_chunks_keep_pending_fields() -> None:
+    # One "data: ...\n\n" per chunk is the usual case (and has a fast path); whatever is
+    # pending from earlier chunks (an event name, an id, a partial line) still applies.
+    decoder = SSEDecoder()
+    events = [
+        *decoder.feed(b"data: first\n\n"),
+        *decoder.feed(b"data: plain\n\n"),
+        *decoder.feed(b"event: named\n"),
+        *decoder.feed(b"data: with name\n\n"),
+        *decoder.feed(b"id: 7\n"),
+        *decoder.feed(b"data: with id\n\n"),
+        *decoder.feed(b"data: par"),
+        *decoder.feed(b"data: tial\n\n"),
+        *decoder.feed(b"data: multi\n"),
+        *decoder.feed(b"data: line\n\n"),
+        *decoder.feed(b"data: \xc3\xa9\n\n"),
+    ]
+    assert [(e.data, e.event, e.id) for e in events] == [
+        ("first", "message", ""),
+        ("plain", "message", ""),
+        ("with name", "named", ""),
+        ("with id", "message", "7"),
+        ("pardata: tial", "message", "7"),
+        ("multi\nline", "message", "7"),
+        ("é", "message", "7"),
+    ]
