@@ -240,7 +240,7 @@ class _Driver:
 
     The turn is a coroutine (the onion). :meth:`step` sends into it from the reader's
     task, passes whatever it waits for (a future) up to that task, and returns when
-    ``ctx.emit`` (:meth:`emit`) hands over a chunk: called while the turn's code runs
+    ``ctx.emit`` (the driver itself) hands over a chunk: called while the turn's code runs
     (``running``), emit suspends the turn by yielding the driver's marker, an already
     done future (so an eager task started inside the turn that emits just resumes). A
     chunk costs no task switch, and a reader that pauses pauses the turn
@@ -291,7 +291,8 @@ class _Driver:
         self.interrupted = False  # something was thrown in from the reader's task
         self.result: ExecutionResult | None = None
 
-    async def emit(self, chunk: StreamChunk) -> None:
+    async def __call__(self, chunk: StreamChunk) -> None:
+        # The driver itself is ctx.emit (no bound method kept alive through the turn).
         self.items.append(chunk)
         if self.running:  # called by the turn itself, inside step()
             self.watch = self.pipeline._foreign_emits
@@ -448,7 +449,7 @@ class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
                 raise StopAsyncIteration
             self._loop = asyncio.get_running_loop()
             driver = self._driver = _Driver(self._pipeline, self._ctx)
-            self._ctx.emit = driver.emit
+            self._ctx.emit = driver
         elif driver.stepping:
             raise RuntimeError("this stream is already being read by another task")
         try:

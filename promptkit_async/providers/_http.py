@@ -391,7 +391,7 @@ class _Call:
         self.headers = headers
         self.request = request
         self.watchdog = watchdog
-        self.trace: list[TraceEvent] = []
+        self.trace: tuple[TraceEvent, ...] = ()  # retries (rare: no list per call)
         self.retries = 0
         self.started = time.perf_counter()
 
@@ -850,7 +850,7 @@ class HTTPProvider(BaseProvider):
             "retry_after": retry_after,
             "error": error.message,
         }
-        call.trace.append(TraceEvent("retry", detail))
+        call.trace += (TraceEvent("retry", detail),)
         logger.info(
             "%s: %s; retry %d/%d in %.3fs%s",
             self.id,
@@ -986,7 +986,7 @@ class SSEStream:
         self.ended = False
 
     @property
-    def trace(self) -> list[TraceEvent]:
+    def trace(self) -> tuple[TraceEvent, ...]:
         """Retries of this call so far."""
         return self._call.trace
 

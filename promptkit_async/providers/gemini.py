@@ -490,9 +490,8 @@ class GeminiProvider(HTTPProvider):
         first: float | None = None
         raw: list[Any] | None = [] if self.include_raw_output else None
         loads = json_loads
-        next_batch = events.next_batch
         try:
-            while batch := await next_batch():
+            while batch := await events.next_batch():
                 for event in batch:
                     try:
                         payload = loads(event.data)

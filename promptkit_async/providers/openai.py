@@ -286,9 +286,8 @@ class OpenAIProvider(HTTPProvider):
         raw: list[Any] | None = [] if self.include_raw_output else None
         done = False
         loads = json_loads
-        next_batch = events.next_batch
         try:
-            while batch := await next_batch():
+            while batch := await events.next_batch():
                 if done:
                     continue  # read on to the end of the body so the connection is reused
                 for event in batch:

@@ -69,47 +69,6 @@ async def finish_shielded(work: Awaitable[T]) -> T:
     return result
 
 
-class _SessionTurns:
-    """The turns of one session: one runs, the others wait in arrival order.
-
-    Lighter than an ``asyncio.Lock`` per session for the usual case of one turn at a
-    time: no lock object and no future unless a turn has to wait. The session is handed
-    straight to the next waiter, so a newcomer cannot overtake the queue.
-    """
-
-    __slots__ = ("running", "users", "waiting")
-
-    def __init__(self) -> None:
-        self.users = 0  # turns running or waiting; the entry is dropped at zero
-        self.running = False
-        self.waiting: deque[asyncio.Future[None]] | None = None  # made when needed
-
-    async def wait(self) -> None:
-        """Wait until the session is handed to this turn."""
-        waiting = self.waiting
-        if waiting is None:
-            waiting = self.waiting = deque()
-        handed = asyncio.get_running_loop().create_future()
-        waiting.append(handed)
-        try:
-            await handed
-        except asyncio.CancelledError:
-            if handed.done() and not handed.cancelled():
-                self.release()  # handed over just as we were cancelled: pass it on
-            elif handed in waiting:  # (release() drops cancelled waiters it meets)
-                waiting.remove(handed)
-            raise
-
-    def release(self) -> None:
-        waiting = self.waiting
-        while waiting:
-            handed = waiting.popleft()
-            if not handed.done():
-                handed.set_result(None)  # still running: now the next turn's
-                return
-        self.running = False
-
-
 class StateMiddleware:
     """Loads a session's history before the model runs and stores the turn after.
 
@@ -157,36 +116,56 @@ class StateMiddleware:
         self.store = store
         self.max_history_messages = max_history_messages
         self.load_history = load_history
-        # An entry per session with turns running or waiting; dropped when unused so
-        # thousands of short-lived sessions do not accumulate.
-        self._turns: dict[str, _SessionTurns] = {}
+        # Sessions with a turn running -> the turns waiting for it, in arrival order
+        # (None while nobody waits: no object per turn). An entry goes when its last
+        # turn ends, so thousands of short-lived sessions do not accumulate. Cheaper than
+        # an asyncio.Lock per session, and the session is handed straight to the next
+        # waiter, so a newcomer cannot overtake the queue.
+        self._turns: dict[str, deque[asyncio.Future[None]] | None] = {}
 
     def __repr__(self) -> str:
         return f"StateMiddleware(store={self.store!r})"
 
     async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
         session_id = ctx.session_id
-        turns = self._turns.get(session_id)
-        if turns is None:
-            turns = self._turns[session_id] = _SessionTurns()
-        turns.users += 1
+        if session_id in self._turns:
+            await self._wait_turn(session_id)
+        else:
+            self._turns[session_id] = None  # this turn runs; nobody waits
         ctx.store = self.store
         try:
-            if turns.running:
-                await turns.wait()
-            else:
-                turns.running = True
-            try:
-                if self.load_history:
-                    history = await self.store.load(session_id, self.max_history_messages)
-                    if history:
-                        ctx.messages[:0] = history
-                await next(ctx)
-                if ctx.response is not None and ctx.new_messages:
-                    await finish_shielded(self.store.append(session_id, ctx.new_messages))
-            finally:
-                turns.release()
+            if self.load_history:
+                history = await self.store.load(session_id, self.max_history_messages)
+                if history:
+                    ctx.messages[:0] = history
+            await next(ctx)
+            if ctx.response is not None and ctx.new_messages:
+                await finish_shielded(self.store.append(session_id, ctx.new_messages))
         finally:
-            turns.users -= 1
-            if turns.users == 0:
-                del self._turns[session_id]
+            self._pass_turn(session_id)
+
+    async def _wait_turn(self, session_id: str) -> None:
+        """Wait until the session is handed to this turn (turns go in arrival order)."""
+        waiting = self._turns[session_id]
+        if waiting is None:
+            waiting = self._turns[session_id] = deque()
+        handed = asyncio.get_running_loop().create_future()
+        waiting.append(handed)
+        try:
+            await handed
+        except asyncio.CancelledError:
+            if handed.done() and not handed.cancelled():
+                self._pass_turn(session_id)  # handed over just as we were cancelled
+            elif handed in waiting:  # (_pass_turn drops cancelled waiters it meets)
+                waiting.remove(handed)
+            raise
+
+    def _pass_turn(self, session_id: str) -> None:
+        """Hand the session straight to the next waiting turn, or free it."""
+        waiting = self._turns[session_id]
+        while waiting:
+            handed = waiting.popleft()
+            if not handed.done():
+                handed.set_result(None)  # the session stays taken: now that turn's
+                return
+        del self._turns[session_id]
