@@ -28,6 +28,7 @@ from promptkit_async.providers import (
     RetryPolicy,
 )
 from promptkit_async.types import Message, StreamChunk
+from tests.faults import _http_server as srv
 
 HELLO = ProviderRequest([Message("user", "Hi")])
 
@@ -138,20 +139,28 @@ async def test_read_timeout_maps_to_timeout_error(loopback) -> None:
     await loopback.wait_for(lambda: loopback.disconnects == 1)
 
 
-async def test_read_timeout_in_the_middle_of_the_body() -> None:
-    # After the headers the body's read timeout is ours (one lazy timer per response),
-    # no longer aiohttp's per-read timer: a silence after some events must still end it.
-    from tests.faults import _http_server as srv
+def _two_events_then_silence(got_first: asyncio.Event) -> srv.Behaviour:
+    """Headers and one event, then (once the client has it: the second event arrives in a
+    network read of its own, after aiohttp's header-phase timer is gone) a second event,
+    then silence until the client leaves."""
 
-    got_first = asyncio.Event()
-
-    async def two_events_then_silence(request: srv.Request, conn: srv.Conn) -> bool:
+    async def behaviour(request: srv.Request, conn: srv.Conn) -> bool:
         await conn.head(200)
         await conn.chunk(srv.delta("one "))
-        await got_first.wait()  # the second event arrives in a read of its own
+        await got_first.wait()
         await conn.chunk(srv.delta("two"))
         await conn.until_client_leaves()
         return False
+
+    return behaviour
+
+
+async def test_read_timeout_in_the_middle_of_the_body() -> None:
+    # After the headers the body's read timeout is ours (one lazy timer per response),
+    # no longer aiohttp's per-read timer: a silence after some events must still end it.
+
+    got_first = asyncio.Event()
+    two_events_then_silence = _two_events_then_silence(got_first)
 
     server = await srv.ScriptedServer().start()
     server.push(two_events_then_silence)
@@ -184,7 +193,6 @@ async def test_read_timeout_in_the_middle_of_the_body() -> None:
 async def test_silence_after_done_ends_the_stream_after_the_grace() -> None:
     # [DONE] arrived but the body never ends: the transport's read clock, cut to the
     # provider's end_grace, closes it (no read timeout of minutes, no error).
-    from tests.faults import _http_server as srv
 
     server = await srv.ScriptedServer().start()
     server.push(srv.sse(srv.reply_events("Hello there!"), end="hang"))
@@ -211,17 +219,9 @@ async def test_silence_after_done_ends_the_stream_after_the_grace() -> None:
 async def test_a_short_read_timeout_fires_while_a_long_one_waits_on_the_same_transport() -> None:
     # One transport times every body it reads on one timer: a read with a short limit
     # that starts while the timer is set far ahead must still fail on time.
-    from tests.faults import _http_server as srv
 
     got_first = asyncio.Event()
-
-    async def two_events_then_silence(request: srv.Request, conn: srv.Conn) -> bool:
-        await conn.head(200)
-        await conn.chunk(srv.delta("one "))
-        await got_first.wait()  # the second event arrives in a read of its own
-        await conn.chunk(srv.delta("two"))
-        await conn.until_client_leaves()
-        return False
+    two_events_then_silence = _two_events_then_silence(got_first)
 
     server = await srv.ScriptedServer().start()
     server.push(srv.stall(), two_events_then_silence)
