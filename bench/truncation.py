@@ -36,7 +36,7 @@ from promptkit_async import (
     ToolCall,
 )
 from promptkit_async.prompt import get_tokenizer, truncate_messages
-from promptkit_async.statestore._codec import decode_message, encode_message
+from promptkit_async.statestore.records import decode_message, encode_message
 
 MODEL = "gpt-4o-mini"
 BUDGET = 4_000

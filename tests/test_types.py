@@ -15,7 +15,7 @@ from promptkit_async import (
     ToolCall,
     Usage,
 )
-from promptkit_async.statestore._codec import decode_message, encode_message
+from promptkit_async.statestore.records import decode_message, encode_message
 
 
 def test_message_validates_role_and_tool_fields() -> None:

@@ -29,7 +29,7 @@ own (``asyncio.shield``, ``asyncio.wait_for`` before Python 3.12, a task group) 
 works; leave ``runs_next_inline`` unset on such a middleware (see ``Middleware``).
 """
 
-from ._context import Emit, ExecutionContext, Middleware, Next
+from .._context import Emit, ExecutionContext, Middleware, Next
 from ._pipeline import Pipeline, ResultStream, build_onion
 
 __all__ = [

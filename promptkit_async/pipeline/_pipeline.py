@@ -14,11 +14,11 @@ from typing import Any
 
 from typing_extensions import Self
 
+from .._context import ExecutionContext, Middleware, Next
 from .._lifecycle import AsyncResource
 from .._validation import check_input, check_session_id
 from ..errors import PipelineClosedError, PipelineError, PipelineTimeoutError
 from ..types import ExecutionResult, Message, StreamChunk
-from ._context import ExecutionContext, Middleware, Next
 
 __all__ = ["Pipeline", "ResultStream"]
 

@@ -14,9 +14,9 @@ from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import InvalidMessageError
 from ..types import Message
-from ._codec import encode_message
 from ._common import check_last_n, check_limit, copy_json_object, split_patch
 from .base import SessionPage
+from .records import encode_message
 
 __all__ = ["InMemoryStateStore"]
 

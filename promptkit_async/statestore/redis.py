@@ -2,7 +2,7 @@
 
 Layout (``P`` is the prefix, ``E`` the session id percent-encoded, see below)::
 
-    P:{E}:m   a list, one JSON record per message (schema-versioned, see _codec)
+    P:{E}:m   a list, one JSON record per message (schema-versioned, see records.py)
     P:{E}:h   a hash, one field per metadata key, each value JSON
 
 ``{E}`` is a Redis Cluster hash tag, so both keys of a session live in one slot and every
@@ -37,7 +37,6 @@ from .._validation import check_session_id
 from ..errors import InvalidRequestError, StoreDataError, StoreError, StoreUnavailableError
 from ..types import Message
 from ._batch import Batcher, Command
-from ._codec import decode_messages, encode_messages
 from ._common import (
     check_last_n,
     check_limit,
@@ -46,6 +45,7 @@ from ._common import (
     split_patch,
 )
 from .base import SessionPage
+from .records import decode_messages, encode_messages
 
 __all__ = ["RedisStateStore"]
 

@@ -5,7 +5,7 @@ Tables (created on first use; ``PRAGMA user_version`` records the layout version
     promptkit_sessions (id TEXT PRIMARY KEY, metadata TEXT, next_seq INTEGER, expires_at REAL)
     promptkit_messages (session_id TEXT, seq INTEGER, record TEXT, PRIMARY KEY (session_id, seq))
 
-``record`` is the shared JSON record of a message (see ``_codec``), so histories move
+``record`` is the shared JSON record of a message (see ``records``), so histories move
 between SQLite and Redis unchanged. Session ids are stored as they are (SQL parameters,
 never string formatting), so any id is safe.
 """
@@ -30,9 +30,9 @@ from .._validation import check_session_id
 from ..errors import StoreDataError, StoreError, StoreUnavailableError
 from ..types import Message
 from ._batch import Batcher, Command
-from ._codec import decode_messages, encode_messages
 from ._common import check_last_n, check_limit, check_ttl, dumps_value, split_patch
 from .base import SessionPage
+from .records import decode_messages, encode_messages
 
 __all__ = ["SQLiteStateStore"]
 

@@ -15,8 +15,8 @@ from typing import Any, Generic, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
+from .._context import ExecutionContext
 from ..errors import ToolError
-from ..pipeline._context import ExecutionContext
 from ..types import ToolDefinition
 from ._schema import ArgumentError, Converter, SchemaCompiler, check_keys, json_default
 from ._schema import parse_docstring as _parse_docstring

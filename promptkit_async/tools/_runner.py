@@ -18,7 +18,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from ..pipeline._context import ExecutionContext
+from .._context import ExecutionContext
 from ..types import Message, ToolCall
 from ._registry import AnyTool, ToolPolicy, ToolRegistry
 from ._schema import ArgumentError

@@ -45,7 +45,7 @@ from promptkit_async.statestore import (
     SQLiteStateStore,
     StateStore,
 )
-from promptkit_async.statestore._codec import decode_message, encode_message
+from promptkit_async.statestore.records import decode_message, encode_message
 from tests._redis_server import RedisServer
 from tests.faults._checks import all_sessions
 from tests.faults.conftest import SOAK_FACTOR, Report

@@ -41,7 +41,7 @@ from promptkit_async import (
     StoreUnavailableError,
 )
 from promptkit_async.statestore import RedisStateStore
-from promptkit_async.statestore._codec import decode_message
+from promptkit_async.statestore.records import decode_message
 from tests._redis_server import RedisServer, command
 from tests.faults._checks import question, whole_turns
 from tests.faults.conftest import Report, scales

@@ -28,7 +28,7 @@ from promptkit_async.prompt import (
     get_tokenizer,
     measure_tokens,
 )
-from promptkit_async.statestore._codec import decode_message, encode_message
+from promptkit_async.statestore.records import decode_message, encode_message
 from promptkit_async.types import Message, ToolCall
 
 ENCODINGS = ["cl100k_base", "o200k_base"]

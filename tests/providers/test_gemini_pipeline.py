@@ -18,7 +18,7 @@ from promptkit_async.pipeline.middleware import (
     StateMiddleware,
 )
 from promptkit_async.statestore import InMemoryStateStore
-from promptkit_async.statestore._codec import decode_message, encode_message
+from promptkit_async.statestore.records import decode_message, encode_message
 from promptkit_async.tools import tool
 
 

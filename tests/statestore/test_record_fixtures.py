@@ -7,7 +7,7 @@ import json
 import pytest
 
 from promptkit_async import StoreDataError
-from promptkit_async.statestore._codec import SCHEMA_VERSION, decode_message, encode_message
+from promptkit_async.statestore.records import SCHEMA_VERSION, decode_message, encode_message
 from tests.statestore._records import EXPECTED, check_loaded, raw_records
 
 

@@ -34,17 +34,17 @@ from typing import Any, Literal
 
 import anyio
 
+from ..._concurrency import finish_shielded
+from ..._context import ExecutionContext, Next
 from ...errors import ContextWindowExceededError, InvalidRequestError, PipelineError
 from ...prompt._summary import summarize_messages, summary_message
 from ...prompt._tokens import REPLY_PRIMING_TOKENS, Tokenizer, aget_tokenizer
 from ...prompt._truncation import Window, fit_window
 from ...prompt.models import lookup_model
 from ...providers.base import Provider
-from ...statestore._codec import decode_message, encode_message
 from ...statestore.base import StateStore
+from ...statestore.records import decode_message, encode_message
 from ...types import Message, TraceEvent
-from .._context import ExecutionContext, Next
-from .state import finish_shielded
 
 __all__ = ["RECORD_KEY", "ContextWindowMiddleware", "Strategy"]
 

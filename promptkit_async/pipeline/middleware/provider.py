@@ -8,13 +8,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..._context import ExecutionContext, Next
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import Provider, ProviderRequest
 from ...tools._assemble import ToolCallAssembler
 from ...tools._registry import ToolLike, ToolPolicy, ToolRegistry, as_registry
 from ...tools._runner import run_tool_calls
 from ...types import Message, ProviderResponse, ToolCall, ToolDefinition, TraceEvent
-from .._context import ExecutionContext, Next
 
 __all__ = ["ProviderMiddleware", "ProviderMiddlewareConfig"]
 

@@ -31,7 +31,7 @@ from promptkit_async import (
     Usage,
     tool,
 )
-from promptkit_async.statestore._codec import decode_message, encode_message
+from promptkit_async.statestore.records import decode_message, encode_message
 
 SESSION = "user-1"
 

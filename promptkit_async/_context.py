@@ -6,10 +6,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..types import Cost, Message, ProviderResponse, StreamChunk, TraceEvent, Usage
+from .types import Cost, Message, ProviderResponse, StreamChunk, TraceEvent, Usage
 
 if TYPE_CHECKING:
-    from ..statestore.base import StateStore
+    from .statestore.base import StateStore
 
 __all__ = ["Emit", "ExecutionContext", "Middleware", "Next"]
 
