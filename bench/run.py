@@ -62,10 +62,20 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 SMOKE_CLIENTS = ("aiohttp", "httpx-aiohttp", "promptkit-shim-memory", "promptkit-memory")
 
 
-def _env() -> dict[str, str]:
+#: A client named ``NAME@baseline`` runs ``NAME`` from the ``--baseline`` tree (another
+#: checkout, e.g. ``git worktree add /tmp/base main``): before/after side by side in one run.
+BASELINE = "@baseline"
+
+
+def _base(client: str) -> str:
+    """The registered client name behind ``client`` (``NAME`` for ``NAME@baseline``)."""
+    return client.removesuffix(BASELINE)
+
+
+def _env(root: Path = ROOT) -> dict[str, str]:
     env = dict(os.environ)
     # The worktree's package, whatever is installed, and no network for LiteLLM.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -183,12 +193,13 @@ def run_worker(
     """Run one client once in a fresh process and return its enriched result."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     out = workdir / "result.json"
+    root = Path(args.baseline) if client.endswith(BASELINE) else ROOT
     cmd = [
         sys.executable,
         "-m",
         "bench.worker",
         "--client",
-        client,
+        _base(client),
         "--base-url",
         f"http://127.0.0.1:{port}/v1",
         "--sessions",
@@ -222,8 +233,8 @@ def run_worker(
     try:
         proc = subprocess.run(
             cmd,
-            cwd=ROOT,
-            env=_env(),
+            cwd=root,
+            env=_env(root),
             timeout=args.timeout,
             capture_output=True,
             text=True,
@@ -242,6 +253,7 @@ def run_worker(
         redis_cpu = None if now is None else now - redis_cpu0
     if out.exists():
         result: dict[str, Any] = json.loads(out.read_text())
+        result["client"] = client  # NAME@baseline stays apart from NAME
     else:
         result = {"client": client, "loop": loop}
         result["failed"] = (
@@ -303,8 +315,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every selected client x loop x repeat; return the full report record."""
     raise_fd_limit()
     server_cpus, client_cpus = cpu_plan(args.pin)
-    reasons = available(list(args.clients))
-    clients = [c for c in args.clients if reasons[c] is None]
+    reasons = available(sorted({_base(c) for c in args.clients}))
+    clients = [c for c in args.clients if reasons[_base(c)] is None]
     skipped = {c: r for c, r in reasons.items() if r is not None}
     for name, why in skipped.items():
         print(f"skip {name}: {why}", file=sys.stderr)
@@ -333,11 +345,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "client": sorted(client_cpus) if client_cpus else None,
             },
         },
-        "clients": {c: CLIENTS[c].describe for c in clients},
+        "clients": {
+            c: CLIENTS[_base(c)].describe + (f" (from {args.baseline})" if c != _base(c) else "")
+            for c in clients
+        },
         "skipped": skipped,
         "runs": [],
     }
-    needs_redis = any("redis" in CLIENTS[c].services for c in clients)
+    needs_redis = any("redis" in CLIENTS[_base(c)].services for c in clients)
     with contextlib.ExitStack() as stack:
         port, up_pid = stack.enter_context(upstream(args.profile, args.upstream_loop, server_cpus))
         redis_url, redis_pid = None, None
@@ -393,6 +408,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-docs", dest="update_docs", action="store_false")
     parser.add_argument("--label", default="", help="suffix for the result key")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout; clients named NAME@baseline run NAME from it (A/B in one run)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the stored runs of clients not run now (e.g. re-run only promptkit-*)",
@@ -430,7 +451,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.label = args.label or "smoke"
     names = list(CLIENTS) if args.clients == "all" else args.clients.split(",")
     args.clients = [n.strip() for n in names if n.strip()]
-    unknown = [n for n in args.clients if n not in CLIENTS]
+    unknown = [n for n in args.clients if _base(n) not in CLIENTS]
+    if any(n.endswith(BASELINE) for n in args.clients) and not args.baseline:
+        _parser().error("a NAME@baseline client needs --baseline DIR (another checkout)")
     if unknown:
         _parser().error(f"unknown client(s) {', '.join(unknown)}; known: {', '.join(CLIENTS)}")
     args.loops = [x.strip() for x in args.loops.split(",") if x.strip()]

@@ -14,12 +14,13 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ConfigurationError,
     ConflictError,
     ContextLengthExceededError,
-    ContextWindowExceededError,
     IncompleteStreamError,
     InternalServerError,
     InvalidMessageError,
+    InvalidMiddlewareError,
     InvalidRequestError,
     InvalidRoleError,
     InvalidSessionIdError,
@@ -35,6 +36,7 @@ from .errors import (
     StoreError,
     StoreUnavailableError,
     StreamIdleTimeoutError,
+    TokenBudgetExceededError,
     ToolError,
     UnprocessableEntityError,
 )
@@ -88,9 +90,9 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BaseProvider",
+    "ConfigurationError",
     "ConflictError",
     "ContextLengthExceededError",
-    "ContextWindowExceededError",
     "ContextWindowMiddleware",
     "Cost",
     "DemoProvider",
@@ -101,6 +103,7 @@ __all__ = [
     "IncompleteStreamError",
     "InternalServerError",
     "InvalidMessageError",
+    "InvalidMiddlewareError",
     "InvalidRequestError",
     "InvalidRoleError",
     "InvalidSessionIdError",
@@ -137,6 +140,7 @@ __all__ = [
     "StoreUnavailableError",
     "StreamChunk",
     "StreamIdleTimeoutError",
+    "TokenBudgetExceededError",
     "Tool",
     "ToolCall",
     "ToolCallAssembler",
@@ -168,4 +172,6 @@ def __getattr__(name: str) -> Any:
 
         globals()[name] = RedisStateStore
         return RedisStateStore
+    if name in errors._DEPRECATED:
+        return getattr(errors, name)  # warns, and gives the new class
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,65 +1,54 @@
-"""Concurrency helpers shared by every layer (saves that must finish once begun)."""
+"""Concurrency helpers shared by every layer: work that must finish once begun.
+
+Both helpers run the work in a task of its own, so code inside it (a store's ``append``
+with its own ``asyncio.timeout``, say) runs in one task from start to end, exactly as
+it would in plain asyncio; the caller only waits for it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import types
-from collections.abc import Awaitable, Coroutine, Generator
+import contextlib
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-__all__ = ["finish_shielded"]
+__all__ = ["finish_shielded", "settle"]
 
 T = TypeVar("T")
 
 
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, T], signal: Any) -> Generator[Any, Any, T]:
-    """Go on running ``coro``, started by hand and now waiting for ``signal``."""
-    while True:
+async def settle(task: asyncio.Future[Any]) -> None:
+    """Wait until ``task`` is done, even if the caller is cancelled meanwhile.
+
+    Does not raise the task's outcome (read it with ``task.result()``). A cancellation of
+    the caller that arrives during the wait is re-raised once the task is done.
+    """
+    cancelled = False
+    while not task.done():
         try:
-            yield signal
-        except BaseException as exc:
-            try:
-                signal = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-        else:
-            try:
-                signal = coro.send(None)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-
-
-async def _finish(coro: Coroutine[Any, Any, T], signal: Any) -> T:
-    return await _resume(coro, signal)
+            # asyncio.wait never cancels what it waits for, unlike ``await task``.
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def finish_shielded(work: Awaitable[T]) -> T:
     """Await ``work`` to completion even if the caller is cancelled meanwhile.
 
-    A cancellation that arrives during the wait is re-raised once ``work`` is done, so
-    a save that has begun is never cut in half. A coroutine runs inline as far as it
-    gets without waiting (an in-memory save never waits: no task at all); only the rest,
-    if any, runs in a task of its own, shielded from the caller's cancellation.
+    ``work`` runs in a task of its own (a save that has begun is never cut in half). A
+    cancellation of the caller during the wait is re-raised once ``work`` is done; an
+    error of ``work`` itself is raised as it is (like an error in a ``finally`` block).
     """
-    if type(work) is types.CoroutineType:
-        try:
-            signal = work.send(None)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        task: asyncio.Future[T] = asyncio.ensure_future(_finish(work, signal))
-    else:
-        task = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                # The work itself was cancelled (not just us): propagate.
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.done():
+            raise  # the work itself was cancelled (not by us): propagate
+        # We were cancelled: let the work finish, then re-raise.
+        with contextlib.suppress(asyncio.CancelledError):
+            await settle(task)
+        task.result()  # the work's own error wins, as in a finally block
+        raise

@@ -1,29 +1,26 @@
-"""The per-turn context that middleware read and write, and the middleware type."""
+"""The per-turn context that middleware read and write, and the middleware type.
+
+A bottom module: the pipeline, its middleware and the tool loop all use these types, and
+none of them needs the others to do so.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from .types import Cost, Message, ProviderResponse, StreamChunk, TraceEvent, Usage
+from .types import Cost, ExecutionResult, Message, ProviderResponse, StreamChunk, TraceEvent, Usage
 
 if TYPE_CHECKING:
     from .statestore.base import StateStore
 
-__all__ = ["Emit", "ExecutionContext", "Middleware", "Next"]
-
-#: Sends one chunk towards the caller of ``Pipeline.stream``.
-Emit = Callable[[StreamChunk], Awaitable[None]]
+__all__ = ["ExecutionContext", "Middleware", "Next"]
 
 
 # Frozen, so every turn can start from the same zero totals.
 _NO_USAGE = Usage()
 _NO_COST = Cost()
-
-
-async def _discard(chunk: StreamChunk) -> None:
-    """The chunk sink of ``Pipeline.execute``: nobody is listening."""
 
 
 class ExecutionContext:
@@ -47,21 +44,21 @@ class ExecutionContext:
         estimated_prompt_tokens: a local token count of what was sent, if computed.
         store: the session's store, set by ``StateMiddleware`` (``None`` without one), so
             later middleware can keep per-session data (``get_metadata``/``merge_metadata``).
-        emit: send a chunk towards the streaming caller. A middleware may wrap it
-            (replace ``ctx.emit`` before calling ``next``) to observe or transform chunks.
+        result: the turn's :class:`~promptkit_async.types.ExecutionResult`, once it ended.
 
-    A context belongs to one turn and one task; it is not shared.
+    A context belongs to one turn; it is not shared between turns.
     """
 
     __slots__ = (
+        "_opened",
         "cost",
-        "emit",
         "estimated_prompt_tokens",
         "input",
         "messages",
         "metadata",
         "new_messages",
         "response",
+        "result",
         "session_id",
         "started",
         "store",
@@ -83,8 +80,11 @@ class ExecutionContext:
         self.metadata: dict[str, Any] = metadata if metadata is not None else {}
         self.estimated_prompt_tokens: int | None = None
         self.store: StateStore | None = None
-        self.emit: Emit = _discard
+        self.result: ExecutionResult | None = None
         self.started = time.perf_counter()
+        # The layers' chunk iterators of this turn, outermost first: the pipeline closes
+        # them (innermost first) when the turn ends, however it ends.
+        self._opened: list[AsyncIterator[StreamChunk]] = []
 
     def __repr__(self) -> str:
         return (
@@ -93,12 +93,17 @@ class ExecutionContext:
         )
 
 
-#: Calls the rest of the onion.
-Next = Callable[[ExecutionContext], Awaitable[None]]
-#: A middleware: an async callable taking the context and the rest of the onion.
+#: Runs the rest of the onion: the chunks it streams, as an async iterator.
+Next = Callable[[ExecutionContext], AsyncIterator[StreamChunk]]
+
+#: A middleware: an async generator function ``(ctx, next)`` that yields the turn's chunks.
 #:
-#: A middleware object may set ``runs_next_inline = True`` to promise that it awaits
-#: ``next`` in the turn's own task (not in a task it creates, as ``asyncio.wait_for``
-#: before Python 3.12 or ``asyncio.shield`` do). When every layer promises it,
-#: ``Pipeline.stream`` skips watching for chunks emitted from other tasks.
-Middleware = Callable[[ExecutionContext, Next], Awaitable[None]]
+#: It does its work before and after iterating ``next(ctx)``, passing on (or changing,
+#: or holding back) each chunk it yields; it may answer without calling ``next`` by
+#: setting ``ctx.response`` (and adding its reply to ``ctx.new_messages``). An exception
+#: it lets out fails the turn, and nothing of the turn is stored. The turn runs in the
+#: task that reads the stream, so, as anyio advises for every async generator, do not
+#: ``yield`` inside a cancel scope (``asyncio.timeout``, ``anyio.fail_after``, a task
+#: group): a stream may be read from another task by the time it resumes. Scope the
+#: awaits between yields instead; those behave exactly as in plain asyncio.
+Middleware = Callable[[ExecutionContext, Next], AsyncIterator[StreamChunk]]

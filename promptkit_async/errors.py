@@ -10,6 +10,8 @@ place per layer and re-raised ``from`` the original::
     │   ├── InvalidSessionIdError
     │   ├── InvalidRoleError
     │   └── InvalidMessageError
+    ├── ConfigurationError (also ValueError)       a constructor got an unusable setting
+    │   └── InvalidMiddlewareError (also TypeError) not an async generator (ctx, next)
     ├── PipelineError
     │   ├── PipelineClosedError                     shutdown() was called
     │   └── PipelineTimeoutError                    a turn or a drain exceeded its deadline
@@ -32,7 +34,9 @@ place per layer and re-raised ``from`` the original::
     ├── StoreError                                  a state store failed
     │   ├── StoreUnavailableError                   server down, unreachable, timed out
     │   └── StoreDataError                          a stored record cannot be decoded
-    ├── ContextWindowExceededError                  the newest turn cannot fit the budget
+    ├── TokenBudgetExceededError                    the newest turn cannot fit our local
+    │                                               token budget (a provider's own limit
+    │                                               is ContextLengthExceededError)
     └── ToolError                                   a tool registry / tool loop problem
 
 Errors never carry API keys: providers redact their key from every message and body
@@ -51,12 +55,13 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ConfigurationError",
     "ConflictError",
     "ContextLengthExceededError",
-    "ContextWindowExceededError",
     "IncompleteStreamError",
     "InternalServerError",
     "InvalidMessageError",
+    "InvalidMiddlewareError",
     "InvalidRequestError",
     "InvalidRoleError",
     "InvalidSessionIdError",
@@ -72,6 +77,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "StreamIdleTimeoutError",
+    "TokenBudgetExceededError",
     "ToolError",
     "UnprocessableEntityError",
 ]
@@ -98,6 +104,17 @@ class InvalidRoleError(InvalidRequestError):
 
 class InvalidMessageError(InvalidRequestError):
     """A message is malformed (empty content, wrong types, tool result without id...)."""
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+class ConfigurationError(PromptKitError, ValueError):
+    """A constructor got a setting it cannot work with; fix the argument it names."""
+
+
+class InvalidMiddlewareError(ConfigurationError, TypeError):
+    """Something passed as middleware is not an async generator function ``(ctx, next)``."""
 
 
 # --- pipeline ----------------------------------------------------------------------------
@@ -242,8 +259,11 @@ class StoreDataError(StoreError):
 # --- context windows & tools -------------------------------------------------------------
 
 
-class ContextWindowExceededError(PromptKitError):
-    """The pinned system prompt plus the newest user message do not fit the token budget.
+class TokenBudgetExceededError(PromptKitError):
+    """The pinned system prompt plus the newest user message do not fit our token budget.
+
+    A local check, before any request: compare ``ContextLengthExceededError``, the
+    provider's own 400 for a prompt longer than the model takes.
 
     Also raised by ``ContextWindowMiddleware(strategy="fail")`` when the whole
     conversation does not fit. Nothing of the turn is stored.
@@ -261,3 +281,21 @@ class ContextWindowExceededError(PromptKitError):
 
 class ToolError(PromptKitError):
     """A tool could not be registered or the tool loop could not continue."""
+
+
+_DEPRECATED = {"ContextWindowExceededError": ("TokenBudgetExceededError", TokenBudgetExceededError)}
+
+
+def __getattr__(name: str) -> Any:
+    # Old names, kept for one release: they warn and give the new class.
+    if name in _DEPRECATED:
+        import warnings
+
+        new, value = _DEPRECATED[name]
+        warnings.warn(
+            f"{name} is deprecated; use {new} (the same class)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,13 +8,13 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TextIO
 
 from ..errors import PromptKitError
 from ..pipeline import ExecutionContext, Next, Pipeline
 from ..statestore.base import StateStore
-from ..types import Message
+from ..types import Message, StreamChunk
 
 __all__ = ["Chat", "LineReader", "Persona"]
 
@@ -44,10 +44,11 @@ class Persona:
     def __init__(self, prompt: str | None = None) -> None:
         self.prompt = prompt
 
-    async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
+    async def __call__(self, ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
         if self.prompt:
             ctx.messages.insert(0, Message("system", self.prompt))
-        await next(ctx)
+        async for chunk in next(ctx):
+            yield chunk
 
 
 class LineReader:

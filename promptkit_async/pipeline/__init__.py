@@ -4,36 +4,32 @@ One turn flows through one path::
 
     Pipeline.execute / Pipeline.stream
       -> StateMiddleware       (per-session lock, load history)
-      -> ...your middleware... (observe or change ctx, wrap ctx.emit to see chunks)
-      -> ProviderMiddleware    (model call; chunks flow back out through ctx.emit)
+      -> ...your middleware... (observe or change ctx and the chunks it passes on)
+      -> ProviderMiddleware    (model call; yields the chunks the model streams)
       <- StateMiddleware       (append the turn atomically)
       <- the last chunk / the ExecutionResult
 
-A middleware is any async callable ``(ctx, next)``::
+A middleware is an async generator function ``(ctx, next)`` (the :data:`Middleware`
+alias): work before, chunks passed on, work after::
 
     class Shout:
-        runs_next_inline = True  # optional: it awaits next in the turn's own task
+        async def __call__(self, ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
+            async for chunk in next(ctx):
+                yield replace(chunk, delta=chunk.delta.upper())
 
-        async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
-            downstream = ctx.emit
-
-            async def emit(chunk: StreamChunk) -> None:
-                await downstream(replace(chunk, delta=chunk.delta.upper()))
-
-            ctx.emit = emit
-            await next(ctx)
-
-``Pipeline.stream`` runs the turn inside the task that reads the stream, so ``ctx.emit``
-hands each chunk over without a queue. A middleware that runs ``next`` in a task of its
-own (``asyncio.shield``, ``asyncio.wait_for`` before Python 3.12, a task group) still
-works; leave ``runs_next_inline`` unset on such a middleware (see ``Middleware``).
+How a chunk travels: each layer is an async generator iterating the next one, all run
+in the task that awaits ``execute`` or reads ``stream``. ``ProviderMiddleware`` yields
+each chunk the model streams; each outer layer passes it on; ``Pipeline.stream`` hands it
+to the reader; ``Pipeline.execute`` drops it. Nothing runs ahead of the reader (a slow
+reader slows the model's stream: back-pressure) and no task or queue is involved. The
+last chunk carries the :class:`~promptkit_async.types.ExecutionResult` once the turn is
+stored.
 """
 
-from .._context import Emit, ExecutionContext, Middleware, Next
+from .._context import ExecutionContext, Middleware, Next
 from ._pipeline import Pipeline, ResultStream, build_onion
 
 __all__ = [
-    "Emit",
     "ExecutionContext",
     "Middleware",
     "Next",

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
+import inspect
 import time
-import types
-from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
-from types import TracebackType
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from typing_extensions import Self
@@ -17,22 +13,45 @@ from typing_extensions import Self
 from .._context import ExecutionContext, Middleware, Next
 from .._lifecycle import AsyncResource
 from .._validation import check_input, check_session_id
-from ..errors import PipelineClosedError, PipelineError, PipelineTimeoutError
+from ..errors import (
+    ConfigurationError,
+    InvalidMiddlewareError,
+    PipelineClosedError,
+    PipelineError,
+    PipelineTimeoutError,
+)
 from ..types import ExecutionResult, Message, StreamChunk
 
-__all__ = ["Pipeline", "ResultStream"]
-
-logger = logging.getLogger("promptkit_async.pipeline")
+__all__ = ["Pipeline", "ResultStream", "build_onion"]
 
 
-async def _terminal(ctx: ExecutionContext) -> None:
+_NO_CHUNKS: tuple[StreamChunk, ...] = ()
+
+
+async def _terminal(ctx: ExecutionContext) -> AsyncIterator[StreamChunk]:
     """The innermost ``next``: there is nothing after the last middleware."""
+    for chunk in _NO_CHUNKS:
+        yield chunk
+
+
+def _check(layer: object) -> None:
+    if not callable(layer):
+        raise InvalidMiddlewareError(
+            f"middleware must be an async generator function (ctx, next), got {layer!r}"
+        )
+    call = layer if inspect.isroutine(layer) else type(layer).__call__
+    if inspect.iscoroutinefunction(call):
+        raise InvalidMiddlewareError(
+            f"{layer!r} is a coroutine function; middleware are async generators now: "
+            "replace `await next(ctx)` with `async for chunk in next(ctx): yield chunk`"
+        )
 
 
 def _link(middleware: Middleware, following: Next) -> Next:
-    # A plain function returning the middleware's coroutine: one frame per layer, not two.
-    def call(ctx: ExecutionContext) -> Any:
-        return middleware(ctx, following)
+    def call(ctx: ExecutionContext) -> AsyncIterator[StreamChunk]:
+        chunks = middleware(ctx, following)
+        ctx._opened.append(chunks)
+        return chunks
 
     return call
 
@@ -41,27 +60,35 @@ def build_onion(middleware: Sequence[Middleware]) -> Next:
     """Compose ``middleware`` so the first one is the outermost layer."""
     handler: Next = _terminal
     for layer in reversed(middleware):
-        if not callable(layer):
-            raise TypeError(f"middleware must be an async callable (ctx, next), got {layer!r}")
+        _check(layer)
         handler = _link(layer, handler)
     return handler
 
 
-class Pipeline:
+class Pipeline(AsyncResource):
     """Runs conversation turns through a chain of middleware.
 
     Args:
-        *middleware: async callables ``(ctx, next)``, outermost first. Put
+        *middleware: async generator functions ``(ctx, next)`` (see
+            :data:`~promptkit_async.pipeline.Middleware`), outermost first. Put
             ``StateMiddleware`` first and ``ProviderMiddleware`` last.
         max_concurrency: at most this many turns run at once (others wait their turn);
             ``None`` for no cap.
-        shutdown_timeout: default seconds :meth:`shutdown` waits for in-flight turns.
+        shutdown_timeout: default seconds :meth:`aclose` waits for in-flight turns.
 
     The onion is composed once, here. A pipeline is safe to share between any number of
     tasks (one per web request, say): turns on different sessions run concurrently, and
-    ``StateMiddleware`` serialises turns on the same session.
+    ``StateMiddleware`` serialises turns on the same session (in this process; see its
+    docstring for several processes).
 
-    ``async with Pipeline(...) as pipe:`` calls :meth:`shutdown` on exit.
+    How a chunk travels: a turn is a chain of async generators, one per layer, run in
+    the task that awaits :meth:`execute` or reads :meth:`stream`. The provider
+    middleware yields each chunk the model streams; every outer layer passes it on as it
+    iterates ``next(ctx)``; the stream hands it to its reader. Nothing runs ahead of the
+    reader and no task or queue is involved; the last chunk carries the turn's
+    :class:`~promptkit_async.types.ExecutionResult` once the turn is stored.
+
+    ``async with Pipeline(...) as pipe:`` calls :meth:`aclose` on exit.
     """
 
     def __init__(
@@ -71,7 +98,7 @@ class Pipeline:
         shutdown_timeout: float = 30.0,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1, or None")
+            raise ConfigurationError("max_concurrency must be at least 1, or None")
         self.middleware: tuple[Middleware, ...] = middleware
         self.shutdown_timeout = shutdown_timeout
         self._handler = build_onion(middleware)
@@ -79,11 +106,6 @@ class Pipeline:
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
         self._closing = False
-        # Streams watch for chunks emitted from other tasks (see _Driver) until their own
-        # first chunk, unless every layer says it runs the rest of the turn in the turn's
-        # own task (``runs_next_inline``); always, once one was seen.
-        self._watch_start = not all(getattr(m, "runs_next_inline", False) for m in middleware)
-        self._foreign_emits = False
 
     def __repr__(self) -> str:
         names = ", ".join(type(m).__name__ for m in self.middleware)
@@ -96,29 +118,38 @@ class Pipeline:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`shutdown` was called."""
+        """True once :meth:`aclose` (or :meth:`shutdown`) was called."""
         return self._closing
 
     def _context(
         self, session_id: str, role: str, content: str, metadata: dict[str, Any] | None
     ) -> ExecutionContext:
         if self._closing:
-            raise PipelineClosedError("the pipeline is shut down; create a new one for new turns")
+            raise PipelineClosedError("the pipeline is closed; create a new one for new turns")
         check_session_id(session_id)
         check_input(role, content)
         return ExecutionContext(session_id, Message(role, content), metadata)  # type: ignore[arg-type]
 
-    async def _run(self, ctx: ExecutionContext) -> ExecutionResult:
+    async def _turn(self, ctx: ExecutionContext) -> AsyncGenerator[StreamChunk, None]:
+        """One turn: the onion's chunks, then the final chunk with the result."""
         if self._closing:
-            raise PipelineClosedError("the pipeline is shut down; create a new one for new turns")
+            raise PipelineClosedError("the pipeline is closed; create a new one for new turns")
         self._in_flight += 1
         try:
             if self._limit is None:
-                await self._handler(ctx)
+                async for chunk in self._handler(ctx):
+                    yield chunk
             else:
                 async with self._limit:
-                    await self._handler(ctx)
+                    async for chunk in self._handler(ctx):
+                        yield chunk
         finally:
+            # However the turn ended (done, failed, closed early), close every layer,
+            # innermost first, so each one's clean-up has run before we return.
+            for chunks in reversed(ctx._opened):
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
             self._in_flight -= 1
             if self._in_flight == 0 and self._idle is not None:
                 self._idle.set()
@@ -127,7 +158,7 @@ class Pipeline:
             raise PipelineError(
                 "no middleware produced a response; add ProviderMiddleware as the last layer"
             )
-        return ExecutionResult(
+        result = ctx.result = ExecutionResult(
             session_id=ctx.session_id,
             response=response,
             cost=ctx.cost,
@@ -137,6 +168,9 @@ class Pipeline:
             trace=tuple(ctx.trace),
             metadata=ctx.metadata,
             estimated_prompt_tokens=ctx.estimated_prompt_tokens,
+        )
+        yield StreamChunk(
+            finish_reason=response.finish_reason, usage=result.usage, final_result=result
         )
 
     async def execute(
@@ -149,18 +183,23 @@ class Pipeline:
     ) -> ExecutionResult:
         """Run one turn and return its result.
 
-        Runs the same onion as :meth:`stream`; the streamed chunks are discarded.
+        Runs the same onion as :meth:`stream`, in the awaiting task; the streamed chunks
+        are discarded.
 
         Raises:
             InvalidRequestError: bad session id, role or content (before any I/O).
-            PipelineClosedError: after :meth:`shutdown`.
+            PipelineClosedError: after :meth:`aclose`.
             ProviderError / StoreError: from the provider or the store; the turn is then
                 not stored at all.
 
         Cancelling the awaiting task cancels the turn: nothing of it is stored unless
         the final save had already begun, in which case the save completes first.
         """
-        return await self._run(self._context(session_id, role, content, metadata))
+        ctx = self._context(session_id, role, content, metadata)
+        async for _ in self._turn(ctx):
+            pass
+        assert ctx.result is not None  # _turn ends with the result or raises
+        return ctx.result
 
     def stream(
         self,
@@ -177,8 +216,8 @@ class Pipeline:
         its own: a slow reader slows the model's stream instead of piling it up). The
         last chunk carries ``finish_reason`` and ``final_result`` and arrives after the
         turn has been stored. Leaving ``async with``, ``aclose()``, or cancelling the
-        reading task cancels the turn (nothing stored, HTTP response closed); a stream
-        dropped unfinished is cancelled when collected. Read it from one task at a time::
+        reading task ends the turn (nothing stored, HTTP response closed); a stream
+        dropped unfinished is closed when collected. Read it from one task at a time::
 
             async with pipe.stream("user-1", "user", "Hi") as chunks:
                 async for chunk in chunks:
@@ -186,7 +225,7 @@ class Pipeline:
         """
         return ResultStream(self, self._context(session_id, role, content, metadata))
 
-    async def shutdown(self, timeout: float | None = None) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
         """Refuse new turns and wait for in-flight ones to finish.
 
         Args:
@@ -194,7 +233,7 @@ class Pipeline:
 
         Raises:
             PipelineTimeoutError: if turns are still running after ``timeout``; they keep
-                running, and calling ``shutdown`` again waits again.
+                running, and calling ``aclose`` again waits again.
 
         Safe to call more than once.
         """
@@ -209,287 +248,67 @@ class Pipeline:
         except asyncio.TimeoutError:
             raise PipelineTimeoutError(
                 f"{self._in_flight} turn(s) still running after {wait}s; "
-                "call shutdown() again to keep waiting"
+                "call aclose() again to keep waiting"
             ) from None
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown()
-
-
-_NOTHING = object()
-
-
-@types.coroutine
-def _handoff(marker: asyncio.Future[None]) -> Generator[Any, None, None]:
-    # Yield the driver's marker: an already-done future, so that a task other than the
-    # driver's that gets here (an eager task started inside the turn) just resumes.
-    marker._asyncio_future_blocking = True
-    yield marker
-
-
-class _Driver:
-    """Runs one streamed turn inside the task that reads it: no task, no queue per turn.
-
-    The turn is a coroutine (the onion). :meth:`step` sends into it from the reader's
-    task, passes whatever it waits for (a future) up to that task, and returns when
-    ``ctx.emit`` (the driver itself) hands over a chunk: called while the turn's code runs
-    (``running``), emit suspends the turn by yielding the driver's marker, an already
-    done future (so an eager task started inside the turn that emits just resumes). A
-    chunk costs no task switch, and a reader that pauses pauses the turn
-    (back-pressure). Cancelling the reader's task while it waits inside :meth:`step`
-    throws ``CancelledError`` into the turn, where it was waiting.
-
-    A chunk emitted from another task (a middleware that runs ``next`` in a task of its
-    own, as ``asyncio.wait_for`` does before Python 3.12, or ``asyncio.shield``) cannot
-    suspend the turn; it is queued, and the reader must be woken for it. So the driver
-    *watches*: it waits for the turn's future or such a chunk, whichever comes first.
-    Watching costs a future per wait, so a turn watches only until its own first chunk,
-    unless its pipeline has seen chunks from other tasks before (then always), and not at
-    all when every middleware declares ``runs_next_inline = True`` (the library's own do,
-    ``ProviderMiddleware`` only without tools). A chunk from another task that comes when
-    nobody watches waits until the turn's own task next resumes.
-
-    The driver holds no reference to its :class:`ResultStream`, so a dropped stream is
-    freed at once and its ``__del__`` can cancel the turn.
-    """
-
-    __slots__ = (
-        "coro",
-        "interrupted",
-        "items",
-        "marker",
-        "parked",
-        "pipeline",
-        "result",
-        "running",
-        "stepping",
-        "waiter",
-        "watch",
-    )
-
-    def __init__(self, pipeline: Pipeline, ctx: ExecutionContext) -> None:
-        self.pipeline = pipeline
-        self.coro: Coroutine[Any, Any, ExecutionResult] | None = pipeline._run(ctx)
-        self.items: deque[StreamChunk] = deque()
-        # What emit() yields up the turn's coroutine to say "a chunk is ready".
-        self.marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.marker.set_result(None)
-        self.stepping = False  # a task is inside step()
-        self.running = False  # the turn's code is executing (not waiting) right now
-        # Wake for chunks from other tasks (see the class docstring)?
-        self.watch = pipeline._watch_start or pipeline._foreign_emits
-        self.waiter: asyncio.Future[None] | None = None
-        self.parked: Any = _NOTHING  # a future the turn still waits for (see step)
-        self.interrupted = False  # something was thrown in from the reader's task
-        self.result: ExecutionResult | None = None
-
-    async def __call__(self, chunk: StreamChunk) -> None:
-        # The driver itself is ctx.emit (no bound method kept alive through the turn).
-        self.items.append(chunk)
-        if self.running:  # called by the turn itself, inside step()
-            self.watch = self.pipeline._foreign_emits
-            await _handoff(self.marker)  # the reader gets the chunk from this suspension
-            return
-        self.watch = self.pipeline._foreign_emits = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    @types.coroutine
-    def step(self, error: BaseException | None = None) -> Generator[Any, Any, StreamChunk | None]:
-        """Run the turn until it hands over a chunk (returned) or ends (``None``)."""
-        items = self.items
-        if items and error is None:
-            return items.popleft()
-        coro = self.coro
-        if coro is None:
-            return None
-        self.stepping = True
-        marker = self.marker
-        signal = self.parked
-        waiting = signal is not _NOTHING
-        self.parked = _NOTHING
-        if waiting and error is not None:
-            signal.cancel()  # as Task.cancel() does to the future its coroutine awaits
-            waiting = False
-        try:
-            while True:
-                if not waiting:
-                    self.running = True
-                    try:
-                        if error is None:
-                            signal = coro.send(None)
-                        else:
-                            thrown, error = error, None
-                            signal = coro.throw(thrown)
-                    except StopIteration as stop:
-                        self.running = False
-                        self.coro = None
-                        result: ExecutionResult = stop.value
-                        self.result = result
-                        items.append(
-                            StreamChunk(
-                                finish_reason=result.response.finish_reason,
-                                usage=result.usage,
-                                final_result=result,
-                            )
-                        )
-                        return items.popleft()
-                    except BaseException:
-                        self.running = False
-                        self.coro = None
-                        raise
-                    self.running = False
-                    if signal is marker:
-                        return items.popleft()
-                waiting = False
-                if self.watch and asyncio.isfuture(signal):
-                    # Wait for the turn's future or a chunk from another task, whichever
-                    # comes first; on a chunk, return it and keep the turn parked.
-                    waiter = self.waiter = asyncio.get_running_loop().create_future()
-
-                    def wake(_: object, waiter: asyncio.Future[None] = waiter) -> None:
-                        if not waiter.done():
-                            waiter.set_result(None)
-
-                    signal.add_done_callback(wake)
-                    try:
-                        yield from waiter
-                    except BaseException as exc:
-                        self.interrupted = True
-                        signal.cancel()
-                        error = exc
-                    finally:
-                        self.waiter = None
-                        signal.remove_done_callback(wake)
-                    if error is None and not signal.done():
-                        self.parked = signal
-                        return items.popleft()
-                else:
-                    try:
-                        yield signal
-                    except BaseException as exc:
-                        self.interrupted = True
-                        error = exc
-                if items and error is None:
-                    return items.popleft()
-        finally:
-            self.stepping = False
-
-    async def cancel(self) -> None:
-        """Throw ``CancelledError`` into the turn and run its clean-up to the end.
-
-        A ``CancelledError`` that ends the turn is absorbed unless this task was itself
-        cancelled meanwhile; any other error of the clean-up (a failed save) is raised.
-        """
-        self.items.clear()
-        self.interrupted = False
-        error: BaseException | None = asyncio.CancelledError()
-        try:
-            while self.coro is not None:
-                await self.step(error)
-                error = None
-                self.items.clear()
-        except asyncio.CancelledError:
-            if self.interrupted:
-                raise
-
-
-_abandoned: set[asyncio.Task[None]] = set()
-
-
-async def _cancel_abandoned(driver: _Driver) -> None:
-    try:
-        await driver.cancel()
-    except Exception:
-        logger.warning("a dropped stream's turn failed while it was cancelled", exc_info=True)
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """The tutorial's name for :meth:`aclose` (the same thing)."""
+        await self.aclose(timeout)
 
 
 class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
     """The chunks of one streamed turn; see :meth:`Pipeline.stream`.
 
-    Iterate it once, from one task at a time. The turn runs inside the iterating task
-    (no extra task or queue), one chunk at a time: it advances only while you iterate, so
-    a reader that stops without closing the stream keeps the session's turn open. Use
-    ``async with`` (or :meth:`aclose`) to cancel a turn you stop reading early and wait
-    for its clean-up; a stream that is simply dropped is cancelled in a task of its own.
+    Iterate it once, from one task at a time (any task: ``asyncio.wait_for`` on each
+    ``__anext__`` is fine, and its timeout ends the turn). The turn runs inside the
+    iterating task, one chunk at a time: it advances only while you iterate, so a reader
+    that stops without closing the stream keeps the session's turn open. Use
+    ``async with`` (or :meth:`aclose`) to end a turn you stop reading early and wait for
+    its clean-up; a stream that is simply dropped is closed when collected.
     ``result`` holds the :class:`ExecutionResult` after the last chunk.
     """
 
     def __init__(self, pipeline: Pipeline, ctx: ExecutionContext) -> None:
-        self._pipeline = pipeline
         self._ctx = ctx
-        self._driver: _Driver | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._chunks = pipeline._turn(ctx)
+        self._started = False
+        self._reading = False  # a task is inside __anext__
         self._finished = False
-        #: The turn's result, once the last chunk was read.
-        self.result: ExecutionResult | None = None
+
+    @property
+    def result(self) -> ExecutionResult | None:
+        """The turn's result, once the last chunk was read."""
+        return self._ctx.result
 
     def __repr__(self) -> str:
-        state = "finished" if self._finished else "running" if self._driver else "not started"
-        return f"<ResultStream session_id={self._ctx.session_id!r} {state}>"
+        state = "finished" if self._finished else "running" if self._started else "not started"
+        return f"<ResultStream {state}>"
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamChunk:
-        # A real coroutine (not a generator) so that asyncio.create_task(anext(stream))
-        # works on every Python version.
-        driver = self._driver
-        if driver is None:
-            if self._finished:
-                raise StopAsyncIteration
-            self._loop = asyncio.get_running_loop()
-            driver = self._driver = _Driver(self._pipeline, self._ctx)
-            self._ctx.emit = driver
-        elif driver.stepping:
-            raise RuntimeError("this stream is already being read by another task")
-        try:
-            chunk = await driver.step()
-        except BaseException:
-            self._finished = True
-            raise
-        if chunk is None:
-            self._finished = True
+        # A real coroutine (not the generator's own awaitable), so that
+        # asyncio.create_task(anext(stream)) works on every Python version.
+        if self._finished:
             raise StopAsyncIteration
-        if chunk.final_result is not None:
-            self.result = chunk.final_result
-        return chunk
+        if self._reading:
+            raise RuntimeError("this stream is already being read by another task")
+        self._started = self._reading = True
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:
+            self._finished = True  # ended, failed or cancelled: the turn is over
+            raise
+        finally:
+            self._reading = False
 
     async def aclose(self) -> None:
-        """Cancel the turn if it is still running, and wait until it has cleaned up.
+        """End the turn if it is still running, and wait until it has cleaned up.
 
         Raises ``RuntimeError`` if another task is inside ``__anext__`` right now.
         """
-        self._finished = True
-        driver = self._driver
-        if driver is None or driver.coro is None:
-            return
-        if driver.stepping:
+        if self._reading:
             raise RuntimeError("aclose() while another task is reading this stream")
-        await driver.cancel()
-
-    def __del__(self) -> None:
-        driver = self._driver
-        if driver is None or driver.coro is None:
-            return
-        # Dropped mid-turn: cancel it in a task of its own (nothing is stored unless the
-        # save had begun). Without a loop left to run it, just close the coroutine.
-        loop = self._loop
-        try:
-            if loop is None or loop.is_closed():
-                raise RuntimeError
-            task = loop.create_task(_cancel_abandoned(driver))
-            _abandoned.add(task)  # the loop keeps only weak references to tasks
-            task.add_done_callback(_abandoned.discard)
-        except RuntimeError:
-            with contextlib.suppress(RuntimeError):
-                driver.coro.close()
+        self._finished = True
+        await self._chunks.aclose()

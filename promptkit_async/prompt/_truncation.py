@@ -14,7 +14,7 @@ The rules, shared by :func:`truncate_messages` (a token budget) and
   on a tool result.
 * For token budgets, **the current turn is required**: the newest user message and
   everything after it (a tool loop in progress). If it cannot fit beside the pinned
-  system messages, :class:`~promptkit_async.errors.ContextWindowExceededError` says how
+  system messages, :class:`~promptkit_async.errors.TokenBudgetExceededError` says how
   many tokens it needs.
 
 Cost: the walk goes from the newest message backwards and stops when the budget is
@@ -33,7 +33,7 @@ from itertools import islice
 from operator import attrgetter
 from typing import Literal
 
-from ..errors import ContextWindowExceededError, InvalidRequestError
+from ..errors import InvalidRequestError, TokenBudgetExceededError
 from ..types import Message
 from ._tokens import REPLY_PRIMING_TOKENS, get_tokenizer
 
@@ -71,8 +71,8 @@ class Window:
         return out
 
 
-def _exceeded(used: int, budget: int) -> ContextWindowExceededError:
-    return ContextWindowExceededError(
+def _exceeded(used: int, budget: int) -> TokenBudgetExceededError:
+    return TokenBudgetExceededError(
         f"the pinned system messages and the newest user turn need {used} tokens, but the "
         f"budget is {budget}; raise the budget (max_tokens) or shorten the system prompt "
         "or the message",
@@ -99,7 +99,7 @@ def fit_window(
         base: cost already taken (reply priming, pinned messages kept elsewhere).
         pin_system: see the module docs.
         require_turn: the newest user message and all after it must be kept; raise
-            :class:`ContextWindowExceededError` if they cannot fit.
+            :class:`TokenBudgetExceededError` if they cannot fit.
 
     The group, pinning and start rules are in the module docs.
     """
@@ -120,7 +120,7 @@ def fit_window(
             used += sum(count(messages[i]) for i in range(u, n))
     pin_all = pin_system == "all"
 
-    def exceeded() -> ContextWindowExceededError:
+    def exceeded() -> TokenBudgetExceededError:
         # Everything that must be kept, for the error's count (off the hot path).
         need = (
             base
@@ -231,7 +231,7 @@ def truncate_messages(
         whole.
 
     Raises:
-        ContextWindowExceededError: the pinned system messages plus the newest user
+        TokenBudgetExceededError: the pinned system messages plus the newest user
             message (and anything after it) do not fit.
         InvalidRequestError: a negative or non-int ``max_tokens``.
     """

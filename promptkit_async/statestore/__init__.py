@@ -5,10 +5,13 @@
 * :class:`RedisStateStore`: Redis or Redis Cluster; shared by many processes.
 
 All of them fulfil :class:`StateStore` with the same behaviour (``tests/contract``).
+A store of your own awaits its writes through :func:`finish_shielded`, so a write that
+has begun completes even if the turn is cancelled.
 """
 
 from typing import TYPE_CHECKING, Any
 
+from .._concurrency import finish_shielded
 from .base import SessionPage, StateStore
 from .memory import InMemoryStateStore
 from .sqlite import SQLiteStateStore
@@ -22,6 +25,7 @@ __all__ = [
     "SQLiteStateStore",
     "SessionPage",
     "StateStore",
+    "finish_shielded",
 ]
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+from .._concurrency import settle
 
 __all__ = ["Batcher", "Command"]
 
@@ -12,6 +15,17 @@ __all__ = ["Batcher", "Command"]
 Command = tuple[Any, ...]
 #: Sends commands in one write and returns one result per command, errors in place.
 Executor = Callable[[list[Command]], Awaitable[list[Any]]]
+
+
+class _Group:
+    """One caller's commands, its future, and the batch task that sent them (once sent)."""
+
+    __slots__ = ("batch", "commands", "future")
+
+    def __init__(self, commands: Sequence[Command], future: asyncio.Future[list[Any]]) -> None:
+        self.commands = commands
+        self.future = future
+        self.batch: asyncio.Task[None] | None = None
 
 
 class Batcher:
@@ -27,9 +41,11 @@ class Batcher:
     meanwhile wait for the next one (and make it larger).
 
     Cancellation: a group whose caller was cancelled before its batch was sent is
-    dropped, so it never reaches the server. Once sent it runs to completion on the
-    server; the caller just stops waiting. The batch itself always runs to its end in
-    its own task, so a cancelled caller never leaves a half-read connection behind.
+    dropped, so it never reaches the server. Once sent it runs to completion; a reader's
+    caller just stops waiting, while a write's caller (``write=True``) waits for the
+    outcome and then re-raises its cancellation, so a session's next turn never starts
+    before this one's save has landed. The batch itself always runs to its end in its
+    own task, so a cancelled caller never leaves a half-read connection behind.
     """
 
     __slots__ = ("_execute", "_in_flight", "_max_in_flight", "_pending", "_scheduled", "_tasks")
@@ -37,53 +53,63 @@ class Batcher:
     def __init__(self, execute: Executor, max_in_flight: int) -> None:
         self._execute = execute
         self._max_in_flight = max_in_flight
-        self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
+        self._pending: list[_Group] = []
         self._scheduled = False
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def call(self, commands: Sequence[Command]) -> list[Any]:
+    async def call(self, commands: Sequence[Command], *, write: bool = False) -> list[Any]:
         """Send ``commands`` in the next batch; their results, errors as values."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        self._pending.append((commands, future))
+        group = _Group(commands, future)
+        self._pending.append(group)
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        try:
+            return await future  # cancelled before its batch is sent: never sent
+        except asyncio.CancelledError:
+            if write and group.batch is not None:
+                # Sent: wait for the outcome (a second cancellation keeps us waiting).
+                with contextlib.suppress(asyncio.CancelledError):
+                    await settle(group.batch)
+            raise
 
     def _flush(self) -> None:
         self._scheduled = False
-        groups = [g for g in self._pending if not g[1].done()]
+        groups = [g for g in self._pending if not g.future.done()]
         self._pending = []
         if not groups:
             return
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._run(groups))
+        for group in groups:
+            group.batch = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, groups: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]) -> None:
+    async def _run(self, groups: list[_Group]) -> None:
         try:
             if len(groups) == 1:
-                commands = list(groups[0][0])
+                commands = list(groups[0].commands)
             else:
-                commands = [c for group, _ in groups for c in group]
+                commands = [c for group in groups for c in group.commands]
             results = await self._execute(commands)
         except asyncio.CancelledError:
-            for _, future in groups:
-                future.cancel()
+            for group in groups:
+                group.future.cancel()
             raise
         except Exception as exc:
-            for _, future in groups:
-                if not future.done():
-                    future.set_exception(exc)
+            for group in groups:
+                if not group.future.done():
+                    group.future.set_exception(exc)
         else:
             start = 0
-            for group, future in groups:
-                end = start + len(group)
-                if not future.done():
-                    future.set_result(results[start:end])
+            for group in groups:
+                end = start + len(group.commands)
+                if not group.future.done():
+                    group.future.set_result(results[start:end])
                 start = end
         finally:
             self._in_flight -= 1

@@ -62,7 +62,15 @@ class StateStore(Protocol):
         ...
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
-        """Add ``messages`` to the end of the session, atomically and adjacently."""
+        """Add ``messages`` to the end of the session, atomically and adjacently.
+
+        Once its write has begun it completes even if the caller is cancelled, and the
+        cancellation is re-raised afterwards (``StateMiddleware`` relies on it: the
+        session's next turn must not load history before this one landed). A store that
+        does I/O gets this by awaiting its write through
+        ``promptkit_async.statestore.finish_shielded``; one that never suspends (memory)
+        has it for free.
+        """
         ...
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:

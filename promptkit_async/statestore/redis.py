@@ -428,11 +428,17 @@ class RedisStateStore(AsyncResource):
         if self._closed:
             raise StoreError("this RedisStateStore is closed; create a new one")
 
-    async def _call(self, op: str, commands: Sequence[Command]) -> list[Any]:
-        """Send ``commands`` in one round trip; Redis errors become StoreErrors here."""
+    async def _call(
+        self, op: str, commands: Sequence[Command], *, write: bool = False
+    ) -> list[Any]:
+        """Send ``commands`` in one round trip; Redis errors become StoreErrors here.
+
+        A ``write`` that was sent completes even if the caller is cancelled (the
+        cancellation is re-raised once it has); see ``Batcher``.
+        """
         self._check_open()
         try:
-            results = await self._batcher.call(commands)
+            results = await self._batcher.call(commands, write=write)
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._translate(exc, op) from exc
         for result in results:
@@ -442,12 +448,12 @@ class RedisStateStore(AsyncResource):
 
     async def _script(self, op: str, keys: tuple[str, str], args: Sequence[Any]) -> Any:
         try:
-            results = await self._call(op, (("EVALSHA", _SCRIPT_SHA, 2, *keys, *args),))
+            results = await self._call(op, (("EVALSHA", _SCRIPT_SHA, 2, *keys, *args),), write=True)
         except StoreError as exc:
             if not isinstance(exc.__cause__, rexc.NoScriptError):
                 raise
             # A fresh or restarted server: EVAL runs the script and caches it.
-            results = await self._call(op, (("EVAL", _SCRIPT, 2, *keys, *args),))
+            results = await self._call(op, (("EVAL", _SCRIPT, 2, *keys, *args),), write=True)
         return results[0]
 
     def _translate(self, exc: BaseException, op: str) -> StoreError:

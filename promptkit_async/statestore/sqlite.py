@@ -141,7 +141,7 @@ class SQLiteStateStore(AsyncResource):
         if self._closed:
             raise StoreError("this SQLiteStateStore is closed; create a new one")
         try:
-            result = (await self._batcher.call(((func, args, writes),)))[0]
+            result = (await self._batcher.call(((func, args, writes),), write=writes))[0]
         except sqlite3.Error as exc:  # the whole batch failed (open, BEGIN, COMMIT)
             raise self._translate(exc, op) from exc
         if isinstance(result, sqlite3.Error):

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from promptkit_async import Message
-from promptkit_async.statestore import SessionPage, StateStore
+from promptkit_async.statestore import SessionPage, StateStore, finish_shielded
 
 
 class HistoryError(AssertionError):
@@ -92,6 +92,11 @@ class GatedStore:
             await self._changed.wait_for(lambda: len(self.began) >= count)
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        # A store that suspends in append finishes a begun save through finish_shielded,
+        # as the StateStore contract asks.
+        await finish_shielded(self._append(session_id, messages))
+
+    async def _append(self, session_id: str, messages: Sequence[Message]) -> None:
         key = (session_id, messages[0].content)
         self.began.append(key)
         async with self._changed:

@@ -22,6 +22,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from promptkit_async import (
 )
 from promptkit_async.pipeline import ExecutionContext, Next
 from promptkit_async.statestore import RedisStateStore
+from promptkit_async.types import StreamChunk
 
 
 def fails(ask: str, seed: int, rate: float, kind: str) -> bool:
@@ -58,8 +60,9 @@ async def main(config: dict[str, Any]) -> None:
             raise InternalServerError("injected model failure", status_code=500)
         return f"reply to {ask}"
 
-    async def fail_after_model(ctx: ExecutionContext, next: Next) -> None:
-        await next(ctx)
+    async def fail_after_model(ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
+        async for chunk in next(ctx):
+            yield chunk
         if fails(ctx.input.content, seed, rate, "after"):
             raise PipelineError("injected failure after the model answered")
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import anyio
 import pytest
 
 from promptkit_async import (
@@ -14,6 +16,7 @@ from promptkit_async import (
     ExecutionContext,
     InMemoryStateStore,
     InvalidMessageError,
+    InvalidMiddlewareError,
     InvalidRoleError,
     InvalidSessionIdError,
     MockProvider,
@@ -25,9 +28,11 @@ from promptkit_async import (
     ProviderMiddleware,
     ProviderRequest,
     ProviderResponse,
+    ResultStream,
     StateMiddleware,
     StreamChunk,
 )
+from promptkit_async.statestore import finish_shielded
 from promptkit_async.types import Message
 
 
@@ -104,15 +109,17 @@ async def test_result_stream_exposes_result_and_context_manager(pipeline: Pipeli
 async def test_middleware_forms_and_onion_order(echo_provider: MockProvider) -> None:
     order: list[str] = []
 
-    async def plain(ctx: ExecutionContext, next: Next) -> None:
+    async def plain(ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
         order.append("plain:before")
-        await next(ctx)
+        async for chunk in next(ctx):
+            yield chunk
         order.append("plain:after")
 
     class AsClass:
-        async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
+        async def __call__(self, ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
             order.append("class:before")
-            await next(ctx)
+            async for chunk in next(ctx):
+                yield chunk
             order.append("class:after")
 
     pipe = Pipeline(plain, AsClass(), ProviderMiddleware(echo_provider))
@@ -123,12 +130,13 @@ async def test_middleware_forms_and_onion_order(echo_provider: MockProvider) -> 
 async def test_middleware_may_answer_without_calling_next(
     store: InMemoryStateStore, echo_provider: MockProvider
 ) -> None:
-    async def canned(ctx: ExecutionContext, next: Next) -> None:
+    async def canned(ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
         if ctx.input.content == "ping":
             ctx.response = ProviderResponse("pong", finish_reason="stop")
             ctx.new_messages.append(ctx.response.to_message())
             return
-        await next(ctx)
+        async for chunk in next(ctx):
+            yield chunk
 
     pipe = Pipeline(StateMiddleware(store), canned, ProviderMiddleware(echo_provider))
     result = await pipe.execute("s", "user", "ping")
@@ -140,15 +148,10 @@ async def test_middleware_may_answer_without_calling_next(
 async def test_middleware_observes_and_transforms_stream(echo_provider: MockProvider) -> None:
     seen: list[str] = []
 
-    async def shout(ctx: ExecutionContext, next: Next) -> None:
-        downstream = ctx.emit
-
-        async def emit(chunk: StreamChunk) -> None:
+    async def shout(ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
+        async for chunk in next(ctx):
             seen.append(chunk.delta)
-            await downstream(StreamChunk(delta=chunk.delta.upper()))
-
-        ctx.emit = emit
-        await next(ctx)
+            yield StreamChunk(delta=chunk.delta.upper())
 
     pipe = Pipeline(shout, ProviderMiddleware(echo_provider))
     chunks = [c.delta async for c in pipe.stream("s", "user", "quiet words")]
@@ -161,8 +164,9 @@ async def test_middleware_observes_and_transforms_stream(echo_provider: MockProv
 
 
 async def test_no_response_is_a_pipeline_error(store: InMemoryStateStore) -> None:
-    async def nothing(ctx: ExecutionContext, next: Next) -> None:
-        await next(ctx)
+    async def nothing(ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
+        async for chunk in next(ctx):
+            yield chunk
 
     pipe = Pipeline(StateMiddleware(store), nothing)
     with pytest.raises(PipelineError, match="ProviderMiddleware"):
@@ -171,8 +175,21 @@ async def test_no_response_is_a_pipeline_error(store: InMemoryStateStore) -> Non
 
 
 def test_non_callable_middleware_is_rejected() -> None:
-    with pytest.raises(TypeError, match="async callable"):
+    with pytest.raises(InvalidMiddlewareError, match="async generator function"):
         Pipeline("not a middleware")  # type: ignore[arg-type]
+
+
+def test_coroutine_middleware_is_rejected_with_the_way_to_fix_it() -> None:
+    async def old_style(ctx: ExecutionContext, next: object) -> None:
+        pass
+
+    class OldStyle:
+        async def __call__(self, ctx: ExecutionContext, next: object) -> None:
+            pass
+
+    for layer in (old_style, OldStyle()):
+        with pytest.raises(TypeError, match=r"async for chunk in next\(ctx\): yield chunk"):
+            Pipeline(layer)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -436,62 +453,6 @@ async def test_stream_advances_only_as_it_is_read(store: InMemoryStateStore) -> 
     assert [m.content for m in await store.load("s")] == ["hi", "done"]
 
 
-class InHelperTask:
-    """A middleware that runs the rest of the onion in a task of its own (as
-    ``asyncio.wait_for`` does on Python < 3.12), so chunks are emitted from that task."""
-
-    async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
-        await asyncio.create_task(next(ctx))
-
-
-async def test_chunks_emitted_from_another_task_arrive_while_the_turn_waits(
-    store: InMemoryStateStore,
-) -> None:
-    provider = CountingProvider(n=3)
-    pipe = Pipeline(StateMiddleware(store), InHelperTask(), ProviderMiddleware(provider))
-
-    async def turn(text: str) -> list[str]:
-        provider.reset()
-        got: list[str] = []
-        async with pipe.stream("s", "user", text) as chunks:
-            provider.gates[0].set()
-            async for chunk in chunks:
-                got.append(chunk.delta)
-                # Chunk i reached us before the provider was allowed to make chunk i + 1.
-                if len(got) < provider.n:
-                    assert provider.produced == len(got)
-                    provider.gates[len(got)].set()
-        return got
-
-    # Twice: the first turn discovers the helper task, the second starts knowing it.
-    for text in ("one", "two"):
-        assert await asyncio.wait_for(turn(text), 10) == ["d0 ", "d1 ", "d2 ", ""]
-    assert [m.content for m in await store.load("s")] == ["one", "done", "two", "done"]
-
-
-async def test_cancelling_a_reader_waiting_on_another_tasks_chunks_cancels_the_turn(
-    store: InMemoryStateStore,
-) -> None:
-    provider = CountingProvider(n=2)
-    pipe = Pipeline(StateMiddleware(store), InHelperTask(), ProviderMiddleware(provider))
-    provider.gates[0].set()
-    read_one = asyncio.Event()
-
-    async def read() -> None:
-        async with pipe.stream("s", "user", "hi") as chunks:
-            async for _chunk in chunks:
-                read_one.set()
-
-    reader = asyncio.create_task(read())
-    await read_one.wait()
-    reader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reader
-    assert pipe.in_flight == 0
-    assert provider.produced == 1
-    assert await store.load("s") == []
-
-
 async def test_wait_for_on_each_chunk_times_out_and_cancels_the_turn(
     store: InMemoryStateStore,
 ) -> None:
@@ -545,19 +506,152 @@ async def test_a_failed_save_during_aclose_is_raised(store: InMemoryStateStore) 
     assert pipe.in_flight == 0
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are Python 3.12+")
-async def test_a_chunk_emitted_from_an_eager_task_started_by_the_turn(
+# --- user code around our awaits behaves as in plain asyncio ----------------------------
+
+
+async def read_from_successive_tasks(stream: ResultStream) -> list[StreamChunk]:
+    """Each chunk read in a task of its own, as ``asyncio.wait_for(anext(...))`` does."""
+    chunks: list[StreamChunk] = []
+    while True:
+        try:
+            chunks.append(await asyncio.create_task(_anext(stream)))
+        except StopAsyncIteration:
+            return chunks
+
+
+async def _anext(stream: ResultStream) -> StreamChunk:
+    return await stream.__anext__()
+
+
+class SlowLookup:
+    """A middleware that awaits a slow lookup under a timeout between two chunks."""
+
+    def __init__(self, timeout: Callable[[float], AbstractAsyncContextManager[object]]) -> None:
+        self.timeout = timeout
+        self.lookup = asyncio.Event()  # never set unless a test wants the lookup to end
+
+    async def __call__(self, ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
+        first = True
+        async for chunk in next(ctx):
+            yield chunk
+            if first:
+                first = False
+                async with self.timeout(0.05):  # around an await, between yields
+                    await self.lookup.wait()
+
+
+@asynccontextmanager
+async def _fail_after(seconds: float) -> AsyncIterator[None]:
+    with anyio.fail_after(seconds):  # anyio's scope is a plain (sync) context manager
+        yield
+
+
+def _asyncio_timeout(seconds: float) -> AbstractAsyncContextManager[object]:
+    if sys.version_info >= (3, 11):
+        return asyncio.timeout(seconds)
+    return anyio.fail_after(seconds)  # asyncio.timeout is 3.11+
+
+
+@pytest.mark.parametrize("scope", [_asyncio_timeout, _fail_after])
+async def test_a_timeout_inside_a_middleware_fires_when_read_from_successive_tasks(
+    store: InMemoryStateStore,
+    scope: Callable[[float], AbstractAsyncContextManager[object]],
+) -> None:
+    provider = CountingProvider(n=3)
+    for gate in provider.gates:
+        gate.set()
+    pipe = Pipeline(StateMiddleware(store), SlowLookup(scope), ProviderMiddleware(provider))
+    stream = pipe.stream("s", "user", "hi")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(read_from_successive_tasks(stream), 5)
+    assert pipe.in_flight == 0
+    assert await store.load("s") == []  # the turn failed: nothing stored
+
+
+@pytest.mark.parametrize("scope", [_asyncio_timeout, _fail_after])
+async def test_a_timeout_inside_a_middleware_that_does_not_expire_changes_nothing(
+    store: InMemoryStateStore,
+    scope: Callable[[float], AbstractAsyncContextManager[object]],
+) -> None:
+    provider = CountingProvider(n=3)
+    for gate in provider.gates:
+        gate.set()
+    lookup = SlowLookup(lambda _: scope(5))
+    lookup.lookup.set()
+    pipe = Pipeline(StateMiddleware(store), lookup, ProviderMiddleware(provider))
+    chunks = await asyncio.wait_for(read_from_successive_tasks(pipe.stream("s", "user", "hi")), 5)
+    assert [c.delta for c in chunks] == ["d0 ", "d1 ", "d2 ", ""]
+    assert chunks[-1].final_result is not None
+    assert [m.content for m in await store.load("s")] == ["hi", "done"]
+
+
+class TimedAppendStore(InMemoryStateStore):
+    """A custom store whose append waits on a stuck disk under its own timeout."""
+
+    def __init__(self, timeout: Callable[[float], AbstractAsyncContextManager[object]]) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.disk = asyncio.Event()
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        await finish_shielded(self._write(session_id, messages))
+
+    async def _write(self, session_id: str, messages: Sequence[Message]) -> None:
+        async with self.timeout(0.05):
+            await self.disk.wait()
+        await super().append(session_id, messages)
+
+
+@pytest.mark.parametrize("scope", [_asyncio_timeout, _fail_after])
+async def test_a_timeout_inside_a_custom_stores_append_fires(
+    scope: Callable[[float], AbstractAsyncContextManager[object]],
+) -> None:
+    store = TimedAppendStore(scope)
+    provider = CountingProvider(n=2)
+    for gate in provider.gates:
+        gate.set()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(read_from_successive_tasks(pipe.stream("s", "user", "hi")), 5)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(pipe.execute("s", "user", "again"), 5)
+    assert pipe.in_flight == 0
+    assert await store.load("s") == []
+
+
+async def test_a_timeout_around_the_reader_ends_the_turn(store: InMemoryStateStore) -> None:
+    provider = GatedProvider()  # one chunk, then waits for release (never given)
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    got: list[str] = []
+
+    async def read() -> None:
+        async with _asyncio_timeout(0.05), pipe.stream("s", "user", "hi") as chunks:
+            async for chunk in chunks:
+                got.append(chunk.delta)
+
+    with pytest.raises(TimeoutError):
+        await read()
+    assert got == ["partial "]
+    assert provider.closed == 1
+    assert pipe.in_flight == 0
+    assert await store.load("s") == []
+
+
+async def test_a_middleware_that_stops_early_closes_the_layers_inside_it(
     store: InMemoryStateStore,
 ) -> None:
-    class EagerEmitter:
-        async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
-            # The task's first steps run right here, inside the turn's own code.
-            loop = asyncio.get_running_loop()
-            await asyncio.eager_task_factory(loop, ctx.emit(StreamChunk(delta="eager ")))  # type: ignore[attr-defined]
-            await next(ctx)
+    """Layers below a middleware that stops iterating are closed before the turn ends."""
+    provider = GatedProvider()
 
-    provider = CountingProvider(n=1)
-    provider.gates[0].set()
-    pipe = Pipeline(StateMiddleware(store), EagerEmitter(), ProviderMiddleware(provider))
-    deltas = [c.delta async for c in pipe.stream("s", "user", "hi")]
-    assert deltas == ["eager ", "d0 ", ""]
+    async def first_chunk_only(ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
+        async for chunk in next(ctx):
+            ctx.response = ProviderResponse(chunk.delta, finish_reason="length")
+            ctx.new_messages.append(ctx.response.to_message())
+            yield chunk
+            break  # never resumes the provider: it must still be closed, now
+
+    pipe = Pipeline(StateMiddleware(store), first_chunk_only, ProviderMiddleware(provider))
+    result = await asyncio.wait_for(pipe.execute("s", "user", "hi"), 5)
+    assert result.response.content == "partial "
+    assert provider.closed == 1  # closed before execute returned, not later by the GC
+    assert [m.content for m in await store.load("s")] == ["hi", "partial "]

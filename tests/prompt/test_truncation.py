@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptkit_async.errors import ContextWindowExceededError, InvalidRequestError
+from promptkit_async.errors import InvalidRequestError, TokenBudgetExceededError
 from promptkit_async.prompt import (
     count_message_tokens,
     get_tokenizer,
@@ -102,7 +102,7 @@ def test_mid_history_system_messages_are_pinned_too() -> None:
 def test_exceeded_error_carries_the_counts() -> None:
     history = [Message("system", "rule " * 100), Message("user", "question " * 100)]
     required = count_message_tokens(history, MODEL)
-    with pytest.raises(ContextWindowExceededError) as info:
+    with pytest.raises(TokenBudgetExceededError) as info:
         truncate_messages(history, required - 1, model=MODEL)
     assert info.value.required_tokens == required
     assert info.value.max_tokens == required - 1
@@ -118,7 +118,7 @@ def test_the_current_tool_loop_is_part_of_the_required_turn() -> None:
     ]
     required = count_message_tokens(history[1:], MODEL)
     assert truncate_messages(history, required, model=MODEL) == history[1:]
-    with pytest.raises(ContextWindowExceededError):
+    with pytest.raises(TokenBudgetExceededError):
         truncate_messages(history, required - 1, model=MODEL)
 
 
@@ -242,10 +242,10 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 @given(histories(), st.integers(0, 400), st.sampled_from(["gpt-4o", "gpt-4", "claude-3-haiku"]))
 def test_truncate_properties(history: list[Message], budget: int, model: str) -> None:
     newest_user = max((i for i, m in enumerate(history) if m.role == "user"), default=None)
-    error: ContextWindowExceededError | None = None
+    error: TokenBudgetExceededError | None = None
     try:
         result = truncate_messages(history, budget, model=model)
-    except ContextWindowExceededError as exc:
+    except TokenBudgetExceededError as exc:
         error = exc
     if error is not None:
         # Only when the system messages and the newest user turn cannot fit.

@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,7 +36,7 @@ import anyio
 
 from ..._concurrency import finish_shielded
 from ..._context import ExecutionContext, Next
-from ...errors import ContextWindowExceededError, InvalidRequestError, PipelineError
+from ...errors import InvalidRequestError, PipelineError, TokenBudgetExceededError
 from ...prompt._summary import summarize_messages, summary_message
 from ...prompt._tokens import REPLY_PRIMING_TOKENS, Tokenizer, aget_tokenizer
 from ...prompt._truncation import Window, fit_window
@@ -44,7 +44,7 @@ from ...prompt.models import lookup_model
 from ...providers.base import Provider
 from ...statestore.base import StateStore
 from ...statestore.records import decode_message, encode_message
-from ...types import Message, TraceEvent
+from ...types import Message, StreamChunk, TraceEvent
 
 __all__ = ["RECORD_KEY", "ContextWindowMiddleware", "Strategy"]
 
@@ -183,7 +183,7 @@ class ContextWindowMiddleware:
               or times out, the turn falls back to truncation and says so
               (``summary: "failed"`` in the trace and metadata).
             * ``"fail"``: send everything or raise
-              :class:`~promptkit_async.errors.ContextWindowExceededError` (nothing of the
+              :class:`~promptkit_async.errors.TokenBudgetExceededError` (nothing of the
               turn is stored).
 
     Keyword Args:
@@ -235,9 +235,6 @@ class ContextWindowMiddleware:
     session record. Cancelling a turn during a summary call abandons it (nothing is
     recorded); a compaction that has begun completes first.
     """
-
-    #: Calls ``next`` in the turn's own task (see ``Middleware``).
-    runs_next_inline = True
 
     def __init__(
         self,
@@ -318,7 +315,7 @@ class ContextWindowMiddleware:
 
     # --- the turn -----------------------------------------------------------------------
 
-    async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
+    async def __call__(self, ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
         tokenizer = await aget_tokenizer(self.model)
         situation = await self._situate(ctx)
         plan = await self._plan(ctx, situation, tokenizer)
@@ -347,7 +344,8 @@ class ContextWindowMiddleware:
         ctx.trace.append(TraceEvent("context_window", detail))
         ctx.metadata["context_window"] = detail
 
-        await next(ctx)
+        async for chunk in next(ctx):
+            yield chunk
 
         if ctx.response is None:
             return
@@ -448,7 +446,7 @@ class ContextWindowMiddleware:
             view = _with_summary([*outside, *messages], summary)
             tokens = tok.count_messages(view)
             if tokens > self.budget:
-                raise ContextWindowExceededError(
+                raise TokenBudgetExceededError(
                     f"the conversation needs {tokens} tokens but the budget is {self.budget} "
                     "(strategy='fail'); use strategy='truncate' or 'summarize', or raise "
                     "max_tokens",
@@ -480,7 +478,7 @@ class ContextWindowMiddleware:
         base = REPLY_PRIMING_TOKENS + outside_tokens
         try:
             window = fit_window(messages, self.budget, count, base=base + old_tokens)
-        except ContextWindowExceededError:
+        except TokenBudgetExceededError:
             if old is None:
                 raise
             # The old summary itself no longer fits beside this turn: send without it.
@@ -526,7 +524,7 @@ class ContextWindowMiddleware:
         reserve = self.summary_max_tokens + count(summary_message(""))
         try:
             needed = fit_window(messages, self.budget, count, base=base + reserve)
-        except ContextWindowExceededError:
+        except TokenBudgetExceededError:
             fallback.summary_state = "failed"
             fallback.summary_error = "no room for a summary beside the current turn"
             return fallback
@@ -534,7 +532,7 @@ class ContextWindowMiddleware:
             roomy = fit_window(
                 messages, self.budget - self.summary_chunk_tokens, count, base=base + reserve
             )
-        except ContextWindowExceededError:
+        except TokenBudgetExceededError:
             roomy = needed
         cut = min(max(needed.start, roomy.start), len(s.region))
         if cut == 0:
@@ -581,7 +579,7 @@ class ContextWindowMiddleware:
         )
         try:
             rest_window = fit_window(rest, self.budget, count, base=rest_base)
-        except ContextWindowExceededError:
+        except TokenBudgetExceededError:
             fallback.summary_state = "failed"
             fallback.summary_error = "the summary came back longer than summary_max_tokens allows"
             return fallback

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,7 +14,14 @@ from ...providers.base import Provider, ProviderRequest
 from ...tools._assemble import ToolCallAssembler
 from ...tools._registry import ToolLike, ToolPolicy, ToolRegistry, as_registry
 from ...tools._runner import run_tool_calls
-from ...types import Message, ProviderResponse, ToolCall, ToolDefinition, TraceEvent
+from ...types import (
+    Message,
+    ProviderResponse,
+    StreamChunk,
+    ToolCall,
+    ToolDefinition,
+    TraceEvent,
+)
 
 __all__ = ["ProviderMiddleware", "ProviderMiddlewareConfig"]
 
@@ -116,12 +123,6 @@ class ProviderMiddleware:
         self._definitions: tuple[ToolDefinition, ...] = ()
         self._definitions_version = -1
 
-    @property
-    def runs_next_inline(self) -> bool:
-        """True without tools: every chunk is emitted from the turn's own task (tools run
-        in tasks of their own and may emit through their context)."""
-        return self.tools is None
-
     def __repr__(self) -> str:
         tools = f", tools={list(self.tools.names)!r}" if self.tools is not None else ""
         return f"ProviderMiddleware(provider={self.provider!r}{tools})"
@@ -145,37 +146,6 @@ class ProviderMiddleware:
             extra_body=c.extra_body,
         )
 
-    async def _call(self, ctx: ExecutionContext, request: ProviderRequest) -> ProviderResponse:
-        if not self.config.stream:
-            return await self.provider.complete(request)
-        response: ProviderResponse | None = None
-        assembler: ToolCallAssembler | None = None
-        emit = ctx.emit
-        chunks = self.provider.stream(request)
-        try:
-            async for chunk in chunks:
-                if chunk.response is not None:
-                    response = chunk.response
-                else:
-                    if chunk.tool_call_deltas and self.tools is not None:
-                        if assembler is None:
-                            assembler = ToolCallAssembler()
-                        assembler.add(chunk.tool_call_deltas)
-                    await emit(chunk)
-        finally:
-            # Closes the HTTP response at once when we stop early (error, cancellation).
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if response is None:
-            raise IncompleteStreamError(
-                "the provider's stream ended without a final response", provider=self.provider.id
-            )
-        if assembler and not response.tool_calls:
-            # The provider streamed calls but left them out of its final response.
-            response = replace(response, tool_calls=assembler.calls())
-        return response
-
     @staticmethod
     def _account(ctx: ExecutionContext, response: ProviderResponse) -> None:
         ctx.usage += response.usage
@@ -183,15 +153,54 @@ class ProviderMiddleware:
         if response.trace:
             ctx.trace.extend(response.trace)
 
-    async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
-        if self.tools is None:
-            response = await self._call(ctx, self._request(ctx.messages))
+    async def __call__(self, ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
+        # One flat generator for the whole loop (one layer per chunk, and every provider
+        # stream closed here, in a finally, whatever ends the turn).
+        tools = self.tools
+        loop = _ToolLoop(self, ctx, tools) if tools is not None else None
+        request = self._request(ctx.messages) if loop is None else loop.request()
+        while True:
+            if not self.config.stream:
+                response = await self.provider.complete(request)
+            else:
+                final: ProviderResponse | None = None
+                assembler: ToolCallAssembler | None = None
+                chunks = self.provider.stream(request)
+                try:
+                    async for chunk in chunks:
+                        if chunk.response is not None:
+                            final = chunk.response
+                            continue
+                        if chunk.tool_call_deltas and tools is not None:
+                            if assembler is None:
+                                assembler = ToolCallAssembler()
+                            assembler.add(chunk.tool_call_deltas)
+                        yield chunk
+                finally:
+                    # Closes the HTTP response at once when we stop early.
+                    aclose = getattr(chunks, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                if final is None:
+                    raise IncompleteStreamError(
+                        "the provider's stream ended without a final response",
+                        provider=self.provider.id,
+                    )
+                if assembler and not final.tool_calls:
+                    # The provider streamed calls but left them out of its final response.
+                    final = replace(final, tool_calls=assembler.calls())
+                response = final
             self._account(ctx, response)
-            ctx.response = response
-            ctx.new_messages.append(response.to_message())
-        else:
-            await self._tool_loop(ctx, self.tools)
-        await next(ctx)
+            if loop is None:
+                break
+            response = await loop.after(response)
+            if loop.done:
+                break
+            request = loop.request()
+        ctx.response = response
+        ctx.new_messages.append(response.to_message())
+        async for chunk in next(ctx):
+            yield chunk
 
     def _tool_definitions(self, tools: ToolRegistry) -> tuple[ToolDefinition, ...]:
         # Cached per registry version: rebuilt only when tools were added or removed.
@@ -200,64 +209,78 @@ class ProviderMiddleware:
             self._definitions_version = tools.version
         return self._definitions
 
-    async def _tool_loop(self, ctx: ExecutionContext, tools: ToolRegistry) -> None:
-        policy = self.tool_policy
-        choice = policy.tool_choice
+
+class _ToolLoop:
+    """One turn's tool loop: what to ask next, and running the calls of each answer."""
+
+    __slots__ = ("choice", "ctx", "done", "middleware", "rounds", "shared", "tools")
+
+    def __init__(
+        self, middleware: ProviderMiddleware, ctx: ExecutionContext, tools: ToolRegistry
+    ) -> None:
+        self.middleware = middleware
+        self.ctx = ctx
+        self.tools = tools
+        self.choice = middleware.tool_policy.tool_choice
         # One list when a middleware made them the same: append each message once.
-        shared = ctx.messages is ctx.new_messages
-        rounds = 0
-        while True:
-            definitions = self._tool_definitions(tools)
-            # A snapshot: the request must not change when the loop appends messages.
-            request = self._request(
-                tuple(ctx.messages), definitions, choice if definitions else None
-            )
-            response = await self._call(ctx, request)
-            self._account(ctx, response)
-            if not response.tool_calls:
-                break
-            if choice == "none":
-                # Asked with tool_choice="none" (the policy's, or after max_rounds) and it
-                # still called tools: do not run them, and keep them out of the history
-                # (unanswered calls would break the next turn on every provider).
-                ctx.trace.append(
-                    TraceEvent(
-                        "tool_calls_dropped",
-                        {"calls": tuple(c.name for c in response.tool_calls), "round": rounds},
-                    )
-                )
-                response = replace(response, tool_calls=())
-                break
-            calls = _with_ids(response.tool_calls)
-            if calls is not response.tool_calls:
-                response = replace(response, tool_calls=calls)
-            started = time.perf_counter()
-            assistant = response.to_message()
-            ctx.new_messages.append(assistant)
-            if not shared:
-                ctx.messages.append(assistant)
-            results, records = await run_tool_calls(tools, calls, policy, ctx)
-            ctx.new_messages.extend(results)
-            if not shared:
-                ctx.messages.extend(results)
-            rounds += 1
+        self.shared = ctx.messages is ctx.new_messages
+        self.rounds = 0
+        self.done = False
+
+    def request(self) -> ProviderRequest:
+        definitions = self.middleware._tool_definitions(self.tools)
+        # A snapshot: the request must not change when the loop appends messages.
+        return self.middleware._request(
+            tuple(self.ctx.messages), definitions, self.choice if definitions else None
+        )
+
+    async def after(self, response: ProviderResponse) -> ProviderResponse:
+        """Run the answer's tool calls (if any) and add them and their results."""
+        ctx, policy = self.ctx, self.middleware.tool_policy
+        if not response.tool_calls:
+            self.done = True
+            return response
+        if self.choice == "none":
+            # Asked with tool_choice="none" (the policy's, or after max_rounds) and it
+            # still called tools: do not run them, and keep them out of the history
+            # (unanswered calls would break the next turn on every provider).
             ctx.trace.append(
                 TraceEvent(
-                    "tool_round",
-                    {
-                        "round": rounds,
-                        "calls": tuple(records),
-                        "seconds": time.perf_counter() - started,
-                    },
+                    "tool_calls_dropped",
+                    {"calls": tuple(c.name for c in response.tool_calls), "round": self.rounds},
                 )
             )
-            if rounds >= policy.max_rounds:
-                choice = "none"
-                ctx.trace.append(TraceEvent("tool_rounds_exhausted", {"max_rounds": rounds}))
-            elif choice is not None and choice not in _NOT_FORCING:
-                choice = "auto"  # a forced call was made; let the model answer now
-        ctx.response = response
-        ctx.new_messages.append(response.to_message())
+            self.done = True
+            return replace(response, tool_calls=())
+        calls = _with_ids(response.tool_calls)
+        if calls is not response.tool_calls:
+            response = replace(response, tool_calls=calls)
+        started = time.perf_counter()
+        assistant = response.to_message()
+        ctx.new_messages.append(assistant)
+        if not self.shared:
+            ctx.messages.append(assistant)
+        results, records = await run_tool_calls(self.tools, calls, policy, ctx)
+        ctx.new_messages.extend(results)
+        if not self.shared:
+            ctx.messages.extend(results)
+        self.rounds += 1
+        ctx.trace.append(
+            TraceEvent(
+                "tool_round",
+                {
+                    "round": self.rounds,
+                    "calls": tuple(records),
+                    "seconds": time.perf_counter() - started,
+                },
+            )
+        )
+        if self.rounds >= policy.max_rounds:
+            self.choice = "none"
+            ctx.trace.append(TraceEvent("tool_rounds_exhausted", {"max_rounds": self.rounds}))
+        elif self.choice is not None and self.choice not in _NOT_FORCING:
+            self.choice = "auto"  # a forced call was made; let the model answer now
+        return response
 
 
 def _with_ids(calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:

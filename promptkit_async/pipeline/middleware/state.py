@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator
 
-from ..._concurrency import finish_shielded
 from ..._context import ExecutionContext, Next
+from ...errors import ConfigurationError
 from ...statestore.base import StateStore
+from ...types import StreamChunk
 
 __all__ = ["StateMiddleware"]
 
@@ -30,6 +32,7 @@ class StateMiddleware:
     Once step 4 has started it runs to completion even if the turn is cancelled, and the
     cancellation is re-raised afterwards.
 
+    The turn runs in the task that reads it; chunks pass through unchanged.
     Serialisation is per ``StateMiddleware`` instance, i.e. per pipeline. Turns that
     reach one session from several pipelines or processes are still never lost or
     interleaved (appends are atomic), but each may not see the other's in-flight turn.
@@ -43,10 +46,6 @@ class StateMiddleware:
             loads just its window, so a turn's cost does not grow with the history.
     """
 
-    #: Calls ``next`` in the turn's own task (lets ``Pipeline.stream`` skip watching for
-    #: chunks sent from other tasks; see ``Middleware``).
-    runs_next_inline = True
-
     def __init__(
         self,
         store: StateStore,
@@ -55,7 +54,7 @@ class StateMiddleware:
         load_history: bool = True,
     ) -> None:
         if max_history_messages is not None and max_history_messages < 0:
-            raise ValueError("max_history_messages must be >= 0, or None")
+            raise ConfigurationError("max_history_messages must be >= 0, or None")
         self.store = store
         self.max_history_messages = max_history_messages
         self.load_history = load_history
@@ -69,7 +68,7 @@ class StateMiddleware:
     def __repr__(self) -> str:
         return f"StateMiddleware(store={self.store!r})"
 
-    async def __call__(self, ctx: ExecutionContext, next: Next) -> None:
+    async def __call__(self, ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
         session_id = ctx.session_id
         if session_id in self._turns:
             await self._wait_turn(session_id)
@@ -81,9 +80,12 @@ class StateMiddleware:
                 history = await self.store.load(session_id, self.max_history_messages)
                 if history:
                     ctx.messages[:0] = history
-            await next(ctx)
+            async for chunk in next(ctx):
+                yield chunk
             if ctx.response is not None and ctx.new_messages:
-                await finish_shielded(self.store.append(session_id, ctx.new_messages))
+                # Stores finish an append they have begun even if we are cancelled
+                # (the StateStore contract), so the session stays ours until it lands.
+                await self.store.append(session_id, ctx.new_messages)
         finally:
             self._pass_turn(session_id)
 

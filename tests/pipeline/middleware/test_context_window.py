@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import pytest
 
 from promptkit_async import (
-    ContextWindowExceededError,
     InMemoryStateStore,
     InvalidRequestError,
     Message,
@@ -16,6 +15,7 @@ from promptkit_async import (
     PipelineError,
     ProviderMiddleware,
     StateMiddleware,
+    TokenBudgetExceededError,
 )
 from promptkit_async.errors import APIConnectionError
 from promptkit_async.pipeline.middleware import ContextWindowMiddleware
@@ -184,7 +184,7 @@ async def test_fail_strategy_raises_with_counts_and_stores_nothing() -> None:
     window = ContextWindowMiddleware(max_tokens=100, model=MODEL, strategy="fail")
     pipe, provider = build(store, window)
     before = await store.load(SID)
-    with pytest.raises(ContextWindowExceededError) as info:
+    with pytest.raises(TokenBudgetExceededError) as info:
         await pipe.execute(SID, "user", "and now?")
     expected = count_message_tokens([*before, Message("user", "and now?")], MODEL)
     assert info.value.required_tokens == expected
@@ -203,7 +203,7 @@ async def test_fail_strategy_raises_with_counts_and_stores_nothing() -> None:
 async def test_truncate_raises_when_the_newest_message_cannot_fit() -> None:
     store = InMemoryStateStore()
     pipe, provider = build(store, ContextWindowMiddleware(max_tokens=20, model=MODEL))
-    with pytest.raises(ContextWindowExceededError) as info:
+    with pytest.raises(TokenBudgetExceededError) as info:
         await pipe.execute(SID, "user", "word " * 100)
     assert info.value.required_tokens > 20
     assert provider.requests == []

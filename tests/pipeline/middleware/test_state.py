@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -18,7 +18,9 @@ from promptkit_async import (
     ProviderRequest,
     RateLimitError,
     StateMiddleware,
+    StreamChunk,
 )
+from promptkit_async.statestore import finish_shielded
 
 
 def assert_paired(history: Sequence[Message]) -> None:
@@ -100,7 +102,8 @@ async def test_provider_error_stores_nothing_and_session_recovers(
 
 
 class SlowAppendStore(InMemoryStateStore):
-    """An in-memory store whose append waits for a signal, to cancel mid-save."""
+    """A store whose append waits for a signal (to cancel mid-save), written as the
+    StateStore contract asks of a store that suspends: through ``finish_shielded``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -108,6 +111,9 @@ class SlowAppendStore(InMemoryStateStore):
         self.proceed = asyncio.Event()
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        await finish_shielded(self._write(session_id, messages))
+
+    async def _write(self, session_id: str, messages: Sequence[Message]) -> None:
         self.appending.set()
         await self.proceed.wait()
         await super().append(session_id, messages)
@@ -161,8 +167,9 @@ async def test_turns_run_in_arrival_order_and_cancelled_waiters_pass_the_session
         await gates[text].wait()
         return f"reply to {text}"
 
-    async def outer(ctx: ExecutionContext, next: Next) -> None:
-        await next(ctx)
+    async def outer(ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
+        async for chunk in next(ctx):
+            yield chunk
         if ctx.input.content == "a":
             # "a" has just handed the session to "c" (b left the queue); cancel "c"
             # before it gets to run: it must pass the session on to "d".
