@@ -14,7 +14,8 @@ place per layer and re-raised ``from`` the original::
     │   └── InvalidMiddlewareError (also TypeError) not an async generator (ctx, next)
     ├── PipelineError
     │   ├── PipelineClosedError                     shutdown() was called
-    │   └── PipelineTimeoutError                    a turn or a drain exceeded its deadline
+    │   ├── PipelineTimeoutError                    a turn or a drain exceeded its deadline
+    │   └── StreamBusyError (also RuntimeError)     one stream read by two tasks at once
     ├── ProviderError                               anything a model provider did wrong
     │   ├── APIConnectionError                      could not reach / lost the connection
     │   │   └── APITimeoutError                     connect / read / pool / total deadline
@@ -76,6 +77,7 @@ __all__ = [
     "StoreDataError",
     "StoreError",
     "StoreUnavailableError",
+    "StreamBusyError",
     "StreamIdleTimeoutError",
     "TokenBudgetExceededError",
     "ToolError",
@@ -126,6 +128,10 @@ class PipelineError(PromptKitError):
 
 class PipelineClosedError(PipelineError):
     """The pipeline is shutting down or shut down and refuses new turns."""
+
+
+class StreamBusyError(PipelineError, RuntimeError):
+    """A result stream was read (or closed) by a task while another task was reading it."""
 
 
 class PipelineTimeoutError(PipelineError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import types
 
+import pytest
+
 import promptkit_async
 
 
@@ -40,3 +42,27 @@ def test_tutorial_import_paths_work() -> None:
     assert Pipeline is promptkit_async.Pipeline
     assert {ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware, InMemoryStateStore}
     assert Message is promptkit_async.Message
+
+
+def test_renamed_names_still_work_for_one_release_with_a_warning() -> None:
+    from promptkit_async import errors
+
+    with pytest.warns(DeprecationWarning, match="TokenBudgetExceededError"):
+        old = promptkit_async.ContextWindowExceededError  # type: ignore[attr-defined]
+    assert old is promptkit_async.TokenBudgetExceededError
+    with pytest.warns(DeprecationWarning, match="TokenBudgetExceededError"):
+        assert errors.ContextWindowExceededError is errors.TokenBudgetExceededError  # type: ignore[attr-defined]
+    assert "ContextWindowExceededError" not in promptkit_async.__all__
+
+
+async def test_pipeline_close_verbs_are_one_thing() -> None:
+    pipe = promptkit_async.Pipeline(
+        promptkit_async.ProviderMiddleware(promptkit_async.MockProvider(["hi"]))
+    )
+    await pipe.shutdown()  # the tutorial's name
+    assert pipe.closed
+    other = promptkit_async.Pipeline()
+    async with other:
+        pass
+    assert other.closed
+    await other.aclose()  # again: safe

@@ -19,6 +19,7 @@ from ..errors import (
     PipelineClosedError,
     PipelineError,
     PipelineTimeoutError,
+    StreamBusyError,
 )
 from ..types import ExecutionResult, Message, StreamChunk
 
@@ -293,7 +294,9 @@ class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
         if self._finished:
             raise StopAsyncIteration
         if self._reading:
-            raise RuntimeError("this stream is already being read by another task")
+            raise StreamBusyError(
+                "this stream is already being read by another task; read it from one task"
+            )
         self._started = self._reading = True
         try:
             return await self._chunks.__anext__()
@@ -306,9 +309,12 @@ class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
     async def aclose(self) -> None:
         """End the turn if it is still running, and wait until it has cleaned up.
 
-        Raises ``RuntimeError`` if another task is inside ``__anext__`` right now.
+        Raises :class:`StreamBusyError` (a ``RuntimeError``) if another task is inside
+        ``__anext__`` right now.
         """
         if self._reading:
-            raise RuntimeError("aclose() while another task is reading this stream")
+            raise StreamBusyError(
+                "aclose() while another task is reading this stream; cancel that task instead"
+            )
         self._finished = True
         await self._chunks.aclose()

@@ -5,6 +5,8 @@
   :class:`Tokenizer` via :func:`get_tokenizer` / :func:`aget_tokenizer`.
 * Trimming: :func:`truncate_messages` (by tokens) and :func:`keep_last_messages` (by
   count), with pinned system messages and whole tool groups.
+* Planning a turn's view (what :class:`ContextWindowMiddleware` sends): :func:`fit_window`
+  returns a :class:`Window`.
 * Summaries: :func:`summarize_messages` folds older turns into a short text through any
   provider.
 * Model facts (tokenizer, context window): :mod:`promptkit_async.prompt.models`.
@@ -28,7 +30,7 @@ from ._tokens import (
     get_tokenizer,
     measure_tokens,
 )
-from ._truncation import PinSystem, keep_last_messages, truncate_messages
+from ._truncation import PinSystem, Window, fit_window, keep_last_messages, truncate_messages
 from .models import FALLBACK_ENCODING, ModelInfo, lookup_model, register_model
 
 __all__ = [
@@ -43,9 +45,11 @@ __all__ = [
     "PinSystem",
     "TokenCount",
     "Tokenizer",
+    "Window",
     "aget_tokenizer",
     "count_message_tokens",
     "count_tokens",
+    "fit_window",
     "get_tokenizer",
     "keep_last_messages",
     "lookup_model",

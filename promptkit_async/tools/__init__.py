@@ -26,8 +26,8 @@ malformed arguments all come back to the model as the tool's result, so it can r
 """
 
 from ._assemble import ToolCallAssembler
-from ._registry import Tool, ToolLike, ToolPolicy, ToolRegistry, tool
-from ._runner import result_text
+from ._registry import Tool, ToolLike, ToolPolicy, ToolRegistry, as_registry, tool
+from ._runner import result_text, run_tool_calls
 
 __all__ = [
     "Tool",
@@ -35,6 +35,8 @@ __all__ = [
     "ToolLike",
     "ToolPolicy",
     "ToolRegistry",
+    "as_registry",
     "result_text",
+    "run_tool_calls",
     "tool",
 ]

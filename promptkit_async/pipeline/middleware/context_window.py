@@ -37,10 +37,16 @@ import anyio
 from ..._concurrency import finish_shielded
 from ..._context import ExecutionContext, Next
 from ...errors import InvalidRequestError, PipelineError, TokenBudgetExceededError
-from ...prompt._summary import summarize_messages, summary_message
-from ...prompt._tokens import REPLY_PRIMING_TOKENS, Tokenizer, aget_tokenizer
-from ...prompt._truncation import Window, fit_window
-from ...prompt.models import lookup_model
+from ...prompt import (
+    REPLY_PRIMING_TOKENS,
+    Tokenizer,
+    Window,
+    aget_tokenizer,
+    fit_window,
+    lookup_model,
+    summarize_messages,
+    summary_message,
+)
 from ...providers.base import Provider
 from ...statestore.base import StateStore
 from ...statestore.records import decode_message, encode_message

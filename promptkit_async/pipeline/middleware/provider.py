@@ -11,9 +11,14 @@ from typing import Any
 from ..._context import ExecutionContext, Next
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import Provider, ProviderRequest
-from ...tools._assemble import ToolCallAssembler
-from ...tools._registry import ToolLike, ToolPolicy, ToolRegistry, as_registry
-from ...tools._runner import run_tool_calls
+from ...tools import (
+    ToolCallAssembler,
+    ToolLike,
+    ToolPolicy,
+    ToolRegistry,
+    as_registry,
+    run_tool_calls,
+)
 from ...types import (
     Message,
     ProviderResponse,
