@@ -549,7 +549,14 @@ async def _fail_after(seconds: float) -> AsyncIterator[None]:
 def _asyncio_timeout(seconds: float) -> AbstractAsyncContextManager[object]:
     if sys.version_info >= (3, 11):
         return asyncio.timeout(seconds)
-    return anyio.fail_after(seconds)  # asyncio.timeout is 3.11+
+    return _fail_after(seconds)  # asyncio.timeout is 3.11+
+
+
+def _ready_pipeline(store: InMemoryStateStore, lookup: SlowLookup) -> Pipeline:
+    provider = CountingProvider(n=3)
+    for gate in provider.gates:
+        gate.set()
+    return Pipeline(StateMiddleware(store), lookup, ProviderMiddleware(provider))
 
 
 @pytest.mark.parametrize("scope", [_asyncio_timeout, _fail_after])
@@ -557,10 +564,7 @@ async def test_a_timeout_inside_a_middleware_fires_when_read_from_successive_tas
     store: InMemoryStateStore,
     scope: Callable[[float], AbstractAsyncContextManager[object]],
 ) -> None:
-    provider = CountingProvider(n=3)
-    for gate in provider.gates:
-        gate.set()
-    pipe = Pipeline(StateMiddleware(store), SlowLookup(scope), ProviderMiddleware(provider))
+    pipe = _ready_pipeline(store, SlowLookup(scope))
     stream = pipe.stream("s", "user", "hi")
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(read_from_successive_tasks(stream), 5)
@@ -573,12 +577,9 @@ async def test_a_timeout_inside_a_middleware_that_does_not_expire_changes_nothin
     store: InMemoryStateStore,
     scope: Callable[[float], AbstractAsyncContextManager[object]],
 ) -> None:
-    provider = CountingProvider(n=3)
-    for gate in provider.gates:
-        gate.set()
     lookup = SlowLookup(lambda _: scope(5))
     lookup.lookup.set()
-    pipe = Pipeline(StateMiddleware(store), lookup, ProviderMiddleware(provider))
+    pipe = _ready_pipeline(store, lookup)
     chunks = await asyncio.wait_for(read_from_successive_tasks(pipe.stream("s", "user", "hi")), 5)
     assert [c.delta for c in chunks] == ["d0 ", "d1 ", "d2 ", ""]
     assert chunks[-1].final_result is not None
