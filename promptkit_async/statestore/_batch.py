@@ -6,12 +6,45 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-__all__ = ["Batcher", "Command"]
+__all__ = ["Batcher", "Command", "Expired"]
 
 #: One Redis command: its name and arguments.
 Command = tuple[Any, ...]
-#: Sends commands in one write and returns one result per command, errors in place.
-Executor = Callable[[list[Command]], Awaitable[list[Any]]]
+#: Sends commands in one write and returns one result per command, errors in place. The
+#: second argument is the loop time by which every caller of the batch has given up
+#: (``None``: no deadline); past it the executor should stop and free what it holds.
+Executor = Callable[[list[Command], "float | None"], Awaitable[list[Any]]]
+
+
+class Expired(Exception):
+    """A group's deadline passed before its results came back.
+
+    ``sent`` tells whether its batch had left the queue (a write may then have been
+    applied) or not (it never will be).
+    """
+
+    def __init__(self, sent: bool) -> None:
+        super().__init__("deadline passed")
+        self.sent = sent
+
+
+class _Group:
+    """One caller's commands, its future, and whether they left the queue."""
+
+    __slots__ = ("commands", "deadline", "future", "sent")
+
+    def __init__(
+        self, commands: Sequence[Command], future: asyncio.Future[list[Any]], deadline: float | None
+    ) -> None:
+        self.commands = commands
+        self.future = future
+        self.deadline = deadline
+        self.sent = False
+
+
+def _expire(group: _Group) -> None:
+    if not group.future.done():
+        group.future.set_exception(Expired(group.sent))
 
 
 class Batcher:
@@ -26,10 +59,18 @@ class Batcher:
     At most ``max_in_flight`` batches are on the wire at once; groups submitted
     meanwhile wait for the next one (and make it larger).
 
-    Cancellation: a group whose caller was cancelled before its batch was sent is
-    dropped, so it never reaches the server. Once sent it runs to completion on the
-    server; the caller just stops waiting. The batch itself always runs to its end in
-    its own task, so a cancelled caller never leaves a half-read connection behind.
+    Deadlines: a group submitted with a ``timeout`` fails with :class:`Expired` once that
+    many seconds have passed since the call, wherever it is: waiting in the queue behind
+    full in-flight batches, or in its own batch. A timer resolves its future; nothing
+    cancels the caller, so a caller's own ``asyncio.timeout`` or ``anyio`` cancel scope
+    around the call behaves exactly as it would around any other await. A batch is told
+    the latest deadline of its groups, past which nobody waits for it.
+
+    Cancellation: a group whose caller was cancelled (or whose deadline passed) before
+    its batch was sent is dropped, so it never reaches the server. Once sent it runs to
+    completion on the server; the caller just stops waiting. The batch itself always
+    runs to its end in its own task, so a cancelled caller never leaves a half-read
+    connection behind.
     """
 
     __slots__ = ("_execute", "_in_flight", "_max_in_flight", "_pending", "_scheduled", "_tasks")
@@ -37,53 +78,77 @@ class Batcher:
     def __init__(self, execute: Executor, max_in_flight: int) -> None:
         self._execute = execute
         self._max_in_flight = max_in_flight
-        self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
+        self._pending: list[_Group] = []
         self._scheduled = False
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def call(self, commands: Sequence[Command]) -> list[Any]:
-        """Send ``commands`` in the next batch; their results, errors as values."""
+    async def call(self, commands: Sequence[Command], timeout: float | None = None) -> list[Any]:
+        """Send ``commands`` in the next batch; their results, errors as values.
+
+        Raises:
+            Expired: ``timeout`` seconds passed (counted from this call) first.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        self._pending.append((commands, future))
+        if timeout is None:
+            group = _Group(commands, future, None)
+            timer = None
+        else:
+            deadline = loop.time() + timeout
+            group = _Group(commands, future, deadline)
+            timer = loop.call_at(deadline, _expire, group)
+        self._pending.append(group)
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        try:
+            return await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: a cancelled caller leaves no warning
 
     def _flush(self) -> None:
         self._scheduled = False
-        groups = [g for g in self._pending if not g[1].done()]
+        groups = [g for g in self._pending if not g.future.done()]
         self._pending = []
         if not groups:
             return
+        deadline: float | None = None
+        for group in groups:
+            group.sent = True
+            if group.deadline is None:
+                deadline = None
+                break
+            deadline = group.deadline if deadline is None else max(deadline, group.deadline)
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run(groups))
+        task = asyncio.get_running_loop().create_task(self._run(groups, deadline))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, groups: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]) -> None:
+    async def _run(self, groups: list[_Group], deadline: float | None) -> None:
         try:
             if len(groups) == 1:
-                commands = list(groups[0][0])
+                commands = list(groups[0].commands)
             else:
-                commands = [c for group, _ in groups for c in group]
-            results = await self._execute(commands)
+                commands = [c for group in groups for c in group.commands]
+            results = await self._execute(commands, deadline)
         except asyncio.CancelledError:
-            for _, future in groups:
-                future.cancel()
+            for group in groups:
+                group.future.cancel()
             raise
         except Exception as exc:
-            for _, future in groups:
-                if not future.done():
-                    future.set_exception(exc)
+            for group in groups:
+                if not group.future.done():
+                    group.future.set_exception(exc)
         else:
             start = 0
-            for group, future in groups:
-                end = start + len(group)
-                if not future.done():
-                    future.set_result(results[start:end])
+            for group in groups:
+                end = start + len(group.commands)
+                if not group.future.done():
+                    group.future.set_result(results[start:end])
                 start = end
         finally:
             self._in_flight -= 1

@@ -6,6 +6,7 @@ Everything runs against real ``redis-server`` processes on loopback ports.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import uuid
@@ -35,6 +36,7 @@ from promptkit_async import (
     StoreUnavailableError,
 )
 from promptkit_async.statestore import RedisStateStore
+from promptkit_async.statestore.redis import DEFAULT_TIMEOUT
 from tests._redis_server import RedisClusterServers, RedisServer, command, free_port
 from tests.statestore._proxy import CountingProxy
 from tests.statestore._records import check_loaded, raw_records
@@ -682,14 +684,34 @@ async def test_passwords_never_show_in_errors_or_repr(
 
 def test_constructor_checks_its_arguments() -> None:
     client = aioredis.Redis()
-    with pytest.raises(ValueError, match="prefix"):
-        RedisStateStore(client, prefix="a{b}")
-    with pytest.raises(ValueError, match="prefix"):
-        RedisStateStore(client, prefix="")
-    with pytest.raises(ValueError, match="ttl"):
-        RedisStateStore(client, ttl=0)
-    with pytest.raises(TypeError, match="connect"):
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"prefix": "a{b}"}, "prefix"),
+        ({"prefix": ""}, "prefix"),
+        ({"ttl": 0}, "ttl"),
+        ({"ttl": math.inf}, "ttl"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": math.nan}, "timeout"),
+        ({"timeout": math.inf}, "timeout"),
+        ({"max_in_flight": 0}, "max_in_flight"),
+    ]
+    for kwargs, name in bad:
+        with pytest.raises(InvalidRequestError, match=name):
+            RedisStateStore(client, **kwargs)
+    with pytest.raises(InvalidRequestError, match="connect"):
         RedisStateStore("localhost:6379")  # type: ignore[arg-type]
+
+
+async def test_connect_checks_its_arguments_before_any_io() -> None:
+    # Nothing listens on port 1: any I/O would fail with StoreUnavailableError instead.
+    for kwargs in ({"socket_timeout": 0}, {"socket_timeout": -1.0}, {"ttl": -5}):
+        with pytest.raises(InvalidRequestError):
+            await RedisStateStore.connect("127.0.0.1:1", **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_wrapped_client_without_a_socket_timeout_still_gets_a_bound() -> None:
+    assert RedisStateStore(aioredis.Redis(socket_timeout=None)).timeout == DEFAULT_TIMEOUT
+    assert RedisStateStore(aioredis.Redis(socket_timeout=1.5)).timeout == 1.5
+    assert RedisStateStore(aioredis.Redis(socket_timeout=None), timeout=0.2).timeout == 0.2
 
 
 async def test_one_failing_operation_does_not_fail_its_batch(

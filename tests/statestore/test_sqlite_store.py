@@ -12,6 +12,7 @@ import pytest
 
 from promptkit_async import (
     InMemoryStateStore,
+    InvalidRequestError,
     InvalidSessionIdError,
     Message,
     MockProvider,
@@ -271,10 +272,11 @@ async def test_a_forgotten_store_warns(tmp_path: Path) -> None:
 
 
 def test_constructor_checks_its_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="ttl"):
+    with pytest.raises(InvalidRequestError, match="ttl"):
         SQLiteStateStore(tmp_path / "x", ttl=-1)
-    with pytest.raises(ValueError, match="busy_timeout"):
-        SQLiteStateStore(tmp_path / "x", busy_timeout=-1)
+    for busy_timeout in (-1, float("inf"), "5"):
+        with pytest.raises(InvalidRequestError, match="busy_timeout"):
+            SQLiteStateStore(tmp_path / "x", busy_timeout=busy_timeout)  # type: ignore[arg-type]
 
 
 async def test_one_failing_operation_does_not_fail_its_batch(tmp_path: Path) -> None:
