@@ -36,6 +36,7 @@ from promptkit_async import Message, StoreTimeoutError
 from promptkit_async.statestore import RedisStateStore, SQLiteStateStore
 from promptkit_async.statestore.redis import DEFAULT_TIMEOUT
 from tests._redis_server import RedisServer
+from tests.faults.conftest import Report
 
 #: Scheduling slack allowed on top of a bound (2 shared cores): far below the bound itself.
 MARGIN = 0.3
@@ -108,9 +109,10 @@ async def storm(store: Any, seconds: float, workers: int = 12) -> list[Outcome]:
     return outcomes
 
 
-def check_bounded(outcomes: list[Outcome], bound: float) -> None:
+def check_bounded(outcomes: list[Outcome], bound: float, report: Report) -> None:
     assert outcomes
     worst = max(outcomes, key=lambda o: o.elapsed)
+    report.add(operations=len(outcomes), bound_s=bound, worst_s=round(worst.elapsed, 3))
     assert worst.elapsed <= bound + MARGIN, (worst.name, worst.elapsed, worst.error)
     for outcome in outcomes:
         assert isinstance(outcome.error, StoreTimeoutError), outcome.error
@@ -140,18 +142,19 @@ async def check_not_applied(store: Any, outcomes: list[Outcome]) -> int:
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("max_in_flight", [1, 4])
 async def test_a_frozen_redis_fails_every_operation_within_its_timeout_queueing_included(
-    redis_factory: Callable[..., RedisServer],
+    redis_factory: Callable[..., RedisServer], report: Report, max_in_flight: int
 ) -> None:
     server = redis_factory()
-    # One batch on the wire at a time: whatever arrives meanwhile queues behind it.
+    # At most max_in_flight batches on the wire: whatever arrives meanwhile queues.
     store = await RedisStateStore.connect(
         server.address, prefix="q", connect_timeout=TIMEOUT, socket_timeout=TIMEOUT,
-        max_in_flight=1,
+        max_in_flight=max_in_flight,
     )  # fmt: skip
     with frozen(server):
         outcomes = await storm(store, 3 * TIMEOUT)
-    check_bounded(outcomes, TIMEOUT)
+    check_bounded(outcomes, TIMEOUT, report)
     # Sent appends (all of them here: a queued operation's deadline is later than those
     # of the batch it waits for) say they may have been applied, and name what to check.
     appends = [o.error for o in outcomes if o.name == "append"]
@@ -172,7 +175,7 @@ async def test_a_frozen_redis_fails_every_operation_within_its_timeout_queueing_
 
 @pytest.mark.redis
 async def test_a_turn_on_a_frozen_redis_fails_within_the_timeout(
-    redis_factory: Callable[..., RedisServer],
+    redis_factory: Callable[..., RedisServer], report: Report
 ) -> None:
     from promptkit_async import MockProvider, Pipeline, ProviderMiddleware, StateMiddleware
 
@@ -181,11 +184,16 @@ async def test_a_turn_on_a_frozen_redis_fails_within_the_timeout(
         server.address, prefix="turn", connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
     )
     pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(MockProvider()))
-    with frozen(server):
-        turns = [timed("turn", f"{i}", pipe.execute(f"t{i}", "user", "hi")) for i in range(40)]
-        with anyio.fail_after(10 * TIMEOUT):  # a hang guard
-            outcomes = await asyncio.gather(*turns)
-    assert max(o.elapsed for o in outcomes) <= TIMEOUT + MARGIN
+
+    async def turn(i: int) -> Outcome:
+        await asyncio.sleep(i * TIMEOUT / 40)  # arrivals spread over one timeout
+        return await timed("turn", f"{i}", pipe.execute(f"t{i}", "user", "hi"))
+
+    with frozen(server), anyio.fail_after(10 * TIMEOUT):  # a hang guard
+        outcomes = await asyncio.gather(*(turn(i) for i in range(40)))
+    worst = max(o.elapsed for o in outcomes)
+    report.add(turns=len(outcomes), bound_s=TIMEOUT, worst_s=round(worst, 3))
+    assert worst <= TIMEOUT + MARGIN
     for outcome in outcomes:
         assert isinstance(outcome.error, StoreTimeoutError)
     await pipe.execute("t0", "user", "thawed")
@@ -195,7 +203,7 @@ async def test_a_turn_on_a_frozen_redis_fails_within_the_timeout(
 
 @pytest.mark.redis
 async def test_a_wrapped_client_without_a_socket_timeout_gets_the_store_bound(
-    redis_factory: Callable[..., RedisServer],
+    redis_factory: Callable[..., RedisServer], report: Report
 ) -> None:
     server = redis_factory()
     client = aioredis.Redis(host="127.0.0.1", port=server.port, socket_timeout=None)
@@ -204,6 +212,7 @@ async def test_a_wrapped_client_without_a_socket_timeout_gets_the_store_bound(
     await store.append("s", [user("before")])
     with frozen(server), anyio.fail_after(3 * DEFAULT_TIMEOUT):  # a hang guard
         outcome = await timed("load", "", store.load("s"))
+    report.add(bound_s=DEFAULT_TIMEOUT, load_s=round(outcome.elapsed, 3))
     assert outcome.elapsed <= DEFAULT_TIMEOUT + MARGIN
     assert isinstance(outcome.error, StoreTimeoutError)
     assert [m.content for m in await store.load("s")] == ["before"]
@@ -214,7 +223,9 @@ async def test_a_wrapped_client_without_a_socket_timeout_gets_the_store_bound(
 # --- SQLite -----------------------------------------------------------------------------
 
 
-async def test_sqlite_reads_never_wait_behind_a_blocked_write(tmp_path: Path) -> None:
+async def test_sqlite_reads_never_wait_behind_a_blocked_write(
+    tmp_path: Path, report: Report
+) -> None:
     path = tmp_path / "chat.sqlite3"
     store = SQLiteStateStore(path, busy_timeout=30)
     await store.append("a", [user("a0")])
@@ -231,6 +242,7 @@ async def test_sqlite_reads_never_wait_behind_a_blocked_write(tmp_path: Path) ->
             # The locked session's own history reads too (WAL readers take no lock).
             assert [m.content for m in await store.load("a")] == ["a0"]
         elapsed = time.monotonic() - start
+        report.add(five_reads_s=round(elapsed, 3), busy_timeout_s=30)
         assert elapsed <= MARGIN, elapsed
         assert not write.done()  # the write still waits for the lock
     await write  # the lock is gone: the write goes through
@@ -239,7 +251,7 @@ async def test_sqlite_reads_never_wait_behind_a_blocked_write(tmp_path: Path) ->
 
 
 async def test_every_sqlite_operation_is_bounded_from_its_call_queueing_included(
-    tmp_path: Path,
+    tmp_path: Path, report: Report
 ) -> None:
     path = tmp_path / "chat.sqlite3"
     # refresh_ttl_on_read: loads write too, so every operation needs the lock.
@@ -247,7 +259,7 @@ async def test_every_sqlite_operation_is_bounded_from_its_call_queueing_included
     await store.count("s0")  # create the database before locking it
     with locked(path):
         outcomes = await storm(store, 3 * TIMEOUT)
-    check_bounded(outcomes, TIMEOUT)
+    check_bounded(outcomes, TIMEOUT, report)
     message = str(outcomes[0].error)
     assert str(path) in message
     assert "busy_timeout=0.5s" in message
