@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-__all__ = ["Batcher", "Command", "Expired"]
+__all__ = ["Batcher", "Command", "Expired", "batch_deadline"]
 
 #: One Redis command: its name and arguments.
 Command = tuple[Any, ...]
-#: Sends commands in one write and returns one result per command, errors in place. The
-#: second argument is the loop time by which every caller of the batch has given up
-#: (``None``: no deadline); past it the executor should stop and free what it holds.
-Executor = Callable[[list[Command], "float | None"], Awaitable[list[Any]]]
+#: Sends commands in one write and returns one result per command, errors in place.
+Executor = Callable[[list[Command]], Awaitable[list[Any]]]
+
+# Each batch runs in a task of its own, so this is set per batch.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "promptkit_batch_deadline", default=None
+)
+
+
+def batch_deadline() -> float | None:
+    """Inside an executor: the loop time by which every caller of this batch has given
+    up (``None``: some caller waits without a deadline). Past it the executor should
+    stop and free what it holds: nobody waits for its results."""
+    return _deadline.get()
 
 
 class Expired(Exception):
@@ -134,7 +145,8 @@ class Batcher:
                 commands = list(groups[0].commands)
             else:
                 commands = [c for group in groups for c in group.commands]
-            results = await self._execute(commands, deadline)
+            _deadline.set(deadline)
+            results = await self._execute(commands)
         except asyncio.CancelledError:
             for group in groups:
                 group.future.cancel()

@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, Union
 from urllib.parse import quote, unquote, urlsplit
 
@@ -43,7 +43,7 @@ from ..errors import (
     StoreUnavailableError,
 )
 from ..types import Message
-from ._batch import Batcher, Command, Expired
+from ._batch import Batcher, Command, Expired, batch_deadline
 from ._common import (
     check_count,
     check_last_n,
@@ -586,13 +586,12 @@ class RedisStateStore(AsyncResource):
             )
         return StoreError(f"{where} failed {op}: {detail}")
 
-    async def _execute_standalone(
-        self, commands: list[Command], deadline: float | None
-    ) -> list[Any]:
-        return await self._bounded(self._send_batch(commands), deadline)
+    async def _execute_standalone(self, commands: list[Command]) -> list[Any]:
+        return await self._bounded(self._send_batch(commands))
 
-    async def _bounded(self, work: Awaitable[list[Any]], deadline: float | None) -> list[Any]:
+    async def _bounded(self, work: Coroutine[Any, Any, list[Any]]) -> list[Any]:
         """Run a batch (in the batcher's own task) until the last of its callers gives up."""
+        deadline = batch_deadline()
         if deadline is None:
             return await work
         timeout = deadline - asyncio.get_running_loop().time()
@@ -626,13 +625,13 @@ class RedisStateStore(AsyncResource):
             await pool.release(conn)
         return results
 
-    async def _execute_cluster(self, commands: list[Command], deadline: float | None) -> list[Any]:
+    async def _execute_cluster(self, commands: list[Command]) -> list[Any]:
         # The cluster pipeline routes each command to the node owning its slot (all of
         # a session's keys share one) and sends each node's share in one write.
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
-        return await self._bounded(pipe.execute(raise_on_error=False), deadline)
+        return await self._bounded(pipe.execute(raise_on_error=False))
 
     def _touch_commands(self, keys: tuple[str, str]) -> tuple[Command, ...]:
         if not self.refresh_ttl_on_read or self.ttl is None:

@@ -355,9 +355,9 @@ class _Worker:
         self.batcher = Batcher(self._execute, max_in_flight=1)
         self.limiter: anyio.CapacityLimiter | None = None
 
-    async def _execute(self, operations: list[Command], deadline: float | None) -> list[Any]:
-        # The deadline is not used: a thread cannot be interrupted, and SQLite's own busy
-        # timeout bounds its wait for a lock.
+    async def _execute(self, operations: list[Command]) -> list[Any]:
+        # No batch deadline here: a thread cannot be interrupted, SQLite's busy timeout
+        # bounds its wait for a lock, and operations given up on are skipped (_Ticket).
         if self.limiter is None:
             # Created on first use, inside the running loop (never at import time).
             self.limiter = anyio.CapacityLimiter(1)

@@ -31,11 +31,12 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from promptkit_async import Message, StoreTimeoutError
+from promptkit_async import Message, StoreError, StoreTimeoutError
 from promptkit_async.statestore import RedisStateStore, SQLiteStateStore
 from promptkit_async.statestore.redis import DEFAULT_TIMEOUT
-from tests._redis_server import RedisServer
+from tests._redis_server import RedisClusterServers, RedisServer
 from tests.faults.conftest import Report
 
 #: Scheduling slack allowed on top of a bound (2 shared cores): far below the bound itself.
@@ -349,3 +350,51 @@ async def test_a_callers_timeout_around_a_locked_sqlite_fires_on_time(
     # The callers gave up before the lock was free: their writes never ran.
     assert [m.content for m in await store.load("s")] == ["before"]
     await store.aclose()
+
+
+@pytest.mark.redis
+async def test_a_frozen_cluster_node_fails_operations_within_the_timeout(
+    tmp_path: Path, report: Report
+) -> None:
+    cluster = RedisClusterServers(tmp_path / "cluster")
+    cluster.start()
+    try:
+        store = await RedisStateStore.connect(
+            cluster.url, cluster=True, prefix="c", connect_timeout=TIMEOUT,
+            socket_timeout=TIMEOUT,
+        )  # fmt: skip
+        # And a client of the user's without any socket timeout, wrapped.
+        client = RedisCluster.from_url(cluster.url, socket_timeout=None)
+        wrapped = RedisStateStore(client, prefix="c", timeout=TIMEOUT)
+        await store.append("s", [user("before")])
+        assert isinstance(store.client, RedisCluster)
+        owner = store.client.get_node_from_key("c:{s}:m")
+        assert owner is not None
+        node = next(n for n in cluster.nodes if n.port == owner.port)
+        outcomes = []
+        with frozen(node), anyio.fail_after(40 * TIMEOUT):  # a hang guard
+            for each in (store, wrapped):
+                outcomes += [
+                    await timed("load", "", each.load("s")),
+                    await timed("append", "", each.append("s", [user("frozen")])),
+                    await timed("list_sessions", "", each.list_sessions(limit=1000)),
+                ]
+        worst = max(o.elapsed for o in outcomes)
+        report.add(operations=len(outcomes), bound_s=TIMEOUT, worst_s=round(worst, 3))
+        assert worst <= TIMEOUT + MARGIN
+        for outcome in outcomes:
+            assert isinstance(outcome.error, StoreTimeoutError), outcome.error
+        # Thawed: the same store works again.
+        with anyio.fail_after(30):
+            while True:  # the cluster may need a moment to see the node answer again
+                try:
+                    await store.append("s", [user("thawed")])
+                    break
+                except StoreError:
+                    await asyncio.sleep(0.05)  # polling an external process's recovery
+        assert [m.content for m in await wrapped.load("s")][-1] == "thawed"
+        await store.aclose()
+        await wrapped.aclose()
+        await client.aclose()
+    finally:
+        cluster.stop()

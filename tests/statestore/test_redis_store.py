@@ -712,6 +712,8 @@ def test_a_wrapped_client_without_a_socket_timeout_still_gets_a_bound() -> None:
     assert RedisStateStore(aioredis.Redis(socket_timeout=None)).timeout == DEFAULT_TIMEOUT
     assert RedisStateStore(aioredis.Redis(socket_timeout=1.5)).timeout == 1.5
     assert RedisStateStore(aioredis.Redis(socket_timeout=None), timeout=0.2).timeout == 0.2
+    cluster = RedisCluster(host="127.0.0.1", port=1, socket_timeout=None)  # no I/O yet
+    assert RedisStateStore(cluster).timeout == DEFAULT_TIMEOUT
 
 
 async def test_one_failing_operation_does_not_fail_its_batch(
