@@ -33,7 +33,15 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from promptkit_async import Message, StoreError, StoreTimeoutError
+from promptkit_async import (
+    Message,
+    MockProvider,
+    Pipeline,
+    ProviderMiddleware,
+    StateMiddleware,
+    StoreError,
+    StoreTimeoutError,
+)
 from promptkit_async.statestore import RedisStateStore, SQLiteStateStore
 from promptkit_async.statestore.redis import DEFAULT_TIMEOUT
 from tests._redis_server import RedisClusterServers, RedisServer
@@ -111,17 +119,19 @@ async def storm(store: Any, seconds: float, workers: int = 12) -> list[Outcome]:
 
 
 def check_bounded(outcomes: list[Outcome], bound: float, report: Report) -> None:
+    """Every outcome a StoreTimeoutError that came within ``bound`` of its call."""
     assert outcomes
     worst = max(outcomes, key=lambda o: o.elapsed)
     report.add(operations=len(outcomes), bound_s=bound, worst_s=round(worst.elapsed, 3))
     assert worst.elapsed <= bound + MARGIN, (worst.name, worst.elapsed, worst.error)
     for outcome in outcomes:
-        assert isinstance(outcome.error, StoreTimeoutError), outcome.error
-        assert outcome.error.operation == outcome.name
-        assert outcome.error.timeout == bound
-        assert outcome.elapsed <= bound + MARGIN, (outcome.name, outcome.elapsed)
-        if outcome.name == "load":
-            assert not outcome.error.maybe_applied
+        error = outcome.error
+        assert isinstance(error, StoreTimeoutError), error
+        assert error.timeout == bound
+        # A turn on a frozen server fails in its first store call, its load.
+        assert error.operation == ("load" if outcome.name == "turn" else outcome.name)
+        if error.operation in ("load", "list_sessions"):
+            assert not error.maybe_applied
 
 
 async def check_not_applied(store: Any, outcomes: list[Outcome]) -> int:
@@ -178,8 +188,6 @@ async def test_a_frozen_redis_fails_every_operation_within_its_timeout_queueing_
 async def test_a_turn_on_a_frozen_redis_fails_within_the_timeout(
     redis_factory: Callable[..., RedisServer], report: Report
 ) -> None:
-    from promptkit_async import MockProvider, Pipeline, ProviderMiddleware, StateMiddleware
-
     server = redis_factory()
     store = await RedisStateStore.connect(
         server.address, prefix="turn", connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
@@ -192,11 +200,7 @@ async def test_a_turn_on_a_frozen_redis_fails_within_the_timeout(
 
     with frozen(server), anyio.fail_after(10 * TIMEOUT):  # a hang guard
         outcomes = await asyncio.gather(*(turn(i) for i in range(40)))
-    worst = max(o.elapsed for o in outcomes)
-    report.add(turns=len(outcomes), bound_s=TIMEOUT, worst_s=round(worst, 3))
-    assert worst <= TIMEOUT + MARGIN
-    for outcome in outcomes:
-        assert isinstance(outcome.error, StoreTimeoutError)
+    check_bounded(outcomes, TIMEOUT, report)
     await pipe.execute("t0", "user", "thawed")
     assert await store.count("t0") == 2
     await store.aclose()
@@ -379,11 +383,7 @@ async def test_a_frozen_cluster_node_fails_operations_within_the_timeout(
                     await timed("append", "", each.append("s", [user("frozen")])),
                     await timed("list_sessions", "", each.list_sessions(limit=1000)),
                 ]
-        worst = max(o.elapsed for o in outcomes)
-        report.add(operations=len(outcomes), bound_s=TIMEOUT, worst_s=round(worst, 3))
-        assert worst <= TIMEOUT + MARGIN
-        for outcome in outcomes:
-            assert isinstance(outcome.error, StoreTimeoutError), outcome.error
+        check_bounded(outcomes, TIMEOUT, report)
         # Thawed: the same store works again.
         with anyio.fail_after(30):
             while True:  # the cluster may need a moment to see the node answer again
