@@ -135,12 +135,12 @@ class SQLiteStateStore(AsyncResource):
         self.refresh_ttl_on_read = bool(refresh_ttl_on_read)
         self._clock = clock
         self._timeout = self.busy_timeout or None
-        self._db = _Database(self.path, self.busy_timeout)
-        self._writes = _Worker(self._db)
+        setup = threading.Lock()
+        self._writes = _Worker(_Database(self.path, self.busy_timeout, setup))
         if self.path in ("", ":memory:"):
             self._reads = self._writes  # a second connection would be another database
         else:
-            self._reads = _Worker(_Database(self.path, self.busy_timeout, read_only=True))
+            self._reads = _Worker(_Database(self.path, self.busy_timeout, setup, read_only=True))
         self._closed = False
         self._next_sweep = 0.0
 
@@ -386,11 +386,19 @@ class _Database:
     for a forgotten ``aclose`` silent).
     """
 
-    __slots__ = ("busy_timeout", "closed", "conn", "path", "read_only")
+    __slots__ = ("busy_timeout", "closed", "conn", "path", "read_only", "setup_lock")
 
-    def __init__(self, path: str, busy_timeout: float, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        busy_timeout: float,
+        setup_lock: threading.Lock,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self.setup_lock = setup_lock
         self.read_only = read_only
         self.conn: sqlite3.Connection | None = None
         self.closed = False
@@ -431,17 +439,20 @@ class _Database:
             conn.close()
 
     def _open(self) -> sqlite3.Connection:
-        # Connections opening a new file at the same moment race to switch it to WAL,
-        # and SQLite answers the loser "database is locked" at once (no busy wait):
-        # setting up is idempotent, so try again until busy_timeout has passed.
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
-            try:
-                return self._try_open()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.01)  # a worker thread: sleeping blocks no event loop
+        # The store's two connections open one after the other (the setup lock), so
+        # they never race each other to set a new file up. Connections of other
+        # processes may: they race to switch it to WAL, and SQLite answers the loser
+        # "database is locked" at once (no busy wait); setting up is idempotent, so try
+        # again until busy_timeout has passed.
+        with self.setup_lock:
+            deadline = time.monotonic() + self.busy_timeout
+            while True:
+                try:
+                    return self._try_open()
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(0.01)  # a worker thread: sleeping blocks no event loop
 
     def _try_open(self) -> sqlite3.Connection:
         # check_same_thread=False: the limiter guarantees one thread at a time, but not

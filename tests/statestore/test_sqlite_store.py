@@ -308,3 +308,17 @@ async def test_a_cancelled_operation_that_was_not_started_is_not_applied(tmp_pat
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await store.load("s") == []
+
+
+async def test_the_read_and_write_connections_never_race_to_set_up_a_new_file(
+    tmp_path: Path,
+) -> None:
+    # busy_timeout=0: any lock one of the store's own connections met would fail at once.
+    for i in range(20):
+        async with SQLiteStateStore(tmp_path / f"{i}.sqlite3", busy_timeout=0) as store:
+            loaded, _, counted = await asyncio.gather(
+                store.load("a"), store.append("a", [user("x")]), store.count("b")
+            )
+            assert contents(loaded) in ([], ["x"])  # concurrent: either order
+            assert counted == 0
+            assert contents(await store.load("a")) == ["x"]
