@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, Union
 from urllib.parse import quote, unquote, urlsplit
 
-import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
@@ -162,6 +161,12 @@ def _pack(commands: list[Command]) -> bytes:
             append(data)
             append(b"\r\n")
     return b"".join(parts)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    """Done callback of a store's own task: retrieve its outcome (nobody may wait)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _client_timeout(client: RedisClient) -> float:
@@ -309,6 +314,8 @@ class RedisStateStore(AsyncResource):
         self._batcher = Batcher(
             self._execute_cluster if self._cluster else self._execute_standalone, max_in_flight
         )
+        # Calls outside the batcher (cluster SCAN, topology), each in a task of its own.
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
     async def connect(
@@ -500,14 +507,28 @@ class RedisStateStore(AsyncResource):
         return results
 
     async def _direct(self, op: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
-        """Await ``call()`` outside the batcher (cluster SCAN, topology) by ``deadline``."""
-        timeout = deadline - asyncio.get_running_loop().time()
+        """Await ``call()`` outside the batcher (cluster SCAN, topology) by ``deadline``.
+
+        Like a batch, the call runs in a task of its own, bounded there: the store never
+        cancels its caller's task, so a caller's own cancel scope is never mistaken for
+        the store's timeout, nor the other way round. A caller that stops waiting leaves
+        the call to finish (or time out) on its own.
+        """
+        loop = asyncio.get_running_loop()
+
+        async def bounded() -> T:
+            try:
+                return await asyncio.wait_for(call(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                raise Expired(sent=True) from None
+
+        task = loop.create_task(bounded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_forget)
         try:
-            with anyio.fail_after(max(timeout, 0)):
-                return await call()
-        except TimeoutError:
-            # Our scope's deadline (a caller's own scope raises CancelledError here, and
-            # its own TimeoutError only outside this frame).
+            return await asyncio.shield(task)
+        except Expired:
             raise self._timed_out(op, False, "") from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._translate(exc, op) from exc
@@ -767,6 +788,8 @@ class RedisStateStore(AsyncResource):
             return
         self._closed = True
         await self._batcher.drain()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))  # each ends by its deadline
         if self._owns_client:
             await self.client.aclose()
 
