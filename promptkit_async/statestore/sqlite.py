@@ -176,7 +176,7 @@ class SQLiteStateStore(AsyncResource):
         try:
             result = (await worker.batcher.call(((func, args, writes, ticket),), self._timeout))[0]
         except Expired:
-            raise self._timed_out(op, ticket.give_up() and writes) from None
+            raise self._timed_out(op, writes, ticket.give_up() and writes) from None
         except sqlite3.Error as exc:  # the whole batch failed (open, BEGIN, COMMIT)
             raise self._translate(exc, op) from exc
         except BaseException:  # cancelled: if the thread has not started it, it never will
@@ -188,7 +188,14 @@ class SQLiteStateStore(AsyncResource):
             raise result
         return cast(T, result)
 
-    def _timed_out(self, op: str, maybe_applied: bool) -> StoreTimeoutError:
+    def _timed_out(self, op: str, writes: bool, maybe_applied: bool) -> StoreTimeoutError:
+        # Reads never wait for a lock (WAL): only writes can be held up by another process.
+        if writes:
+            cause = "it stayed locked by another process, or the disk is too slow"
+            remedy = "Find the process holding a long write transaction, or raise busy_timeout"
+        else:
+            cause = "the disk is too slow or the store too busy (reads take no lock)"
+            remedy = "Raise busy_timeout"
         if maybe_applied:
             outcome = " The write had started and may or may not have been applied (never in part)."
         elif op in _WRITES:
@@ -197,9 +204,7 @@ class SQLiteStateStore(AsyncResource):
             outcome = ""
         return StoreTimeoutError(
             f"SQLite database {self.path!r} did not finish {op} within busy_timeout="
-            f"{self.busy_timeout:g}s: it stayed locked by another process, or the disk is "
-            f"too slow.{outcome} Find the process holding a long write transaction, or "
-            "raise busy_timeout",
+            f"{self.busy_timeout:g}s, counted from the call: {cause}.{outcome} {remedy}",
             operation=op,
             timeout=self.busy_timeout,
             maybe_applied=maybe_applied,
