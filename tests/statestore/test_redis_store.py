@@ -33,6 +33,7 @@ from promptkit_async import (
     StateMiddleware,
     StoreDataError,
     StoreError,
+    StoreTimeoutError,
     StoreUnavailableError,
 )
 from promptkit_async.statestore import RedisStateStore
@@ -487,7 +488,8 @@ async def test_an_unreachable_cluster_fails_fast() -> None:
         await RedisStateStore.connect(f"127.0.0.1:{port}", cluster=True)
 
 
-async def test_a_server_that_never_answers_times_out() -> None:
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+async def test_a_server_that_never_answers_times_out(cluster: bool) -> None:
     accepted: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -495,16 +497,19 @@ async def test_a_server_that_never_answers_times_out() -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     try:
-        with anyio.fail_after(30), pytest.raises(StoreUnavailableError) as caught:
+        with anyio.fail_after(30), pytest.raises(StoreTimeoutError) as caught:
             await RedisStateStore.connect(
-                f"127.0.0.1:{port}", connect_timeout=0.5, socket_timeout=0.3
+                f"127.0.0.1:{port}", cluster=cluster, connect_timeout=0.5, socket_timeout=0.3
             )
     finally:
         for writer in accepted:
             writer.close()
         server.close()
         await server.wait_closed()
+    assert loop.time() - start <= 0.3 + 0.3  # the timeout, plus scheduling slack
     assert "did not answer connect in time" in str(caught.value)
     assert f"redis-cli -h 127.0.0.1 -p {port} ping" in str(caught.value)
 
