@@ -23,8 +23,9 @@ import contextlib
 import os
 import signal
 import sqlite3
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,40 @@ def locked(path: Path) -> Iterator[sqlite3.Connection]:
         other.execute("ROLLBACK")
     finally:
         other.close()
+
+
+# Another process holding the write lock until it reads a line on stdin.
+_LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@contextlib.asynccontextmanager
+async def locked_by(holder: str, path: Path) -> AsyncIterator[None]:
+    """The write lock held for the block by another connection or another process."""
+    if holder == "connection":
+        with locked(path):
+            yield
+        return
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LOCKER, str(path),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        assert await process.stdout.readline() == b"locked\n"
+        yield
+    finally:
+        process.stdin.write(b"release\n")
+        await process.stdin.drain()
+        process.stdin.close()
+        assert await process.wait() == 0
 
 
 class Outcome:
@@ -228,15 +263,16 @@ async def test_a_wrapped_client_without_a_socket_timeout_gets_the_store_bound(
 # --- SQLite -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("holder", ["connection", "process"])
 async def test_sqlite_reads_never_wait_behind_a_blocked_write(
-    tmp_path: Path, report: Report
+    tmp_path: Path, report: Report, holder: str
 ) -> None:
     path = tmp_path / "chat.sqlite3"
     store = SQLiteStateStore(path, busy_timeout=30)
     await store.append("a", [user("a0")])
     await store.append("b", [user("b0")])
     await store.merge_metadata("b", {"k": 1})
-    with locked(path):
+    async with locked_by(holder, path):
         write = asyncio.ensure_future(store.append("a", [user("a1")]))
         start = time.monotonic()
         with anyio.fail_after(5):  # a hang guard; the bound checked is below
