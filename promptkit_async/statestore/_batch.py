@@ -7,6 +7,8 @@ import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ..errors import StoreError
+
 __all__ = ["Batcher", "Command", "Expired", "batch_deadline"]
 
 #: One Redis command: its name and arguments.
@@ -27,11 +29,13 @@ def batch_deadline() -> float | None:
     return _deadline.get()
 
 
-class Expired(Exception):
+class Expired(StoreError):
     """A group's deadline passed before its results came back.
 
     ``sent`` tells whether its batch had left the queue (a write may then have been
-    applied) or not (it never will be).
+    applied) or not (it never will be). Each store translates it into a
+    :class:`~promptkit_async.errors.StoreTimeoutError` naming what timed out; it is a
+    ``StoreError`` only so that, should it ever escape, it is still a typed error.
     """
 
     def __init__(self, sent: bool) -> None:
