@@ -19,6 +19,12 @@ Guarantees every store gives (and ``tests/contract`` checks for each):
 * With a TTL, a session expires as a whole (history and metadata together), the TTL
   restarting at every write (and, if the store is configured so, every read).
 * Failures are :class:`~promptkit_async.errors.StoreError` subclasses.
+* Every operation that can wait (for a server, a lock, a disk) is bounded by the store's
+  timeout counted from its call, queueing inside the store included, and raises
+  :class:`~promptkit_async.errors.StoreTimeoutError` past it; its ``maybe_applied``
+  says whether a write may have been applied. A store never cancels its caller's task,
+  so a caller's ``asyncio.timeout`` / ``anyio.fail_after`` around a call behave as
+  around any other await.
 
 Concurrency: store objects are safe to share between tasks. They do not serialise whole
 turns; :class:`~promptkit_async.pipeline.middleware.StateMiddleware` does that.
