@@ -39,7 +39,10 @@ class Expired(StoreError):
     """
 
     def __init__(self, sent: bool) -> None:
-        super().__init__("deadline passed")
+        super().__init__(
+            "a store operation's deadline passed before its reply "
+            f"({'sent: it may have been applied' if sent else 'never sent'})"
+        )
         self.sent = sent
 
 
