@@ -9,10 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+import contextvars
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["finish_shielded", "settle"]
+__all__ = ["finish_sent_writes", "finish_shielded", "finishing_writes", "settle"]
+
+#: True inside :func:`finish_sent_writes`: a store write that was already sent completes
+#: even if its caller is cancelled (the cancellation is re-raised once it has). Stores
+#: read it where their writes leave for the server (the batcher); elsewhere a cancelled
+#: caller just stops waiting, as with any await.
+finishing_writes: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "promptkit_finishing_writes", default=False
+)
+
+
+@contextlib.contextmanager
+def finish_sent_writes() -> Iterator[None]:
+    """Within this block, store writes that were sent finish before a cancellation."""
+    token = finishing_writes.set(True)
+    try:
+        yield
+    finally:
+        finishing_writes.reset(token)
+
 
 T = TypeVar("T")
 

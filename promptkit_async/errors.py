@@ -34,6 +34,7 @@ place per layer and re-raised ``from`` the original::
     │       └── InternalServerError                 5xx
     ├── StoreError                                  a state store failed
     │   ├── StoreUnavailableError                   server down, unreachable, timed out
+    │   │   └── StoreTimeoutError                   an operation exceeded the store's timeout
     │   └── StoreDataError                          a stored record cannot be decoded
     ├── TokenBudgetExceededError                    the newest turn cannot fit our local
     │                                               token budget (a provider's own limit
@@ -76,6 +77,7 @@ __all__ = [
     "RateLimitError",
     "StoreDataError",
     "StoreError",
+    "StoreTimeoutError",
     "StoreUnavailableError",
     "StreamBusyError",
     "StreamIdleTimeoutError",
@@ -255,11 +257,38 @@ class StoreError(PromptKitError):
 
 
 class StoreUnavailableError(StoreError):
-    """The store's server is down, unreachable or too slow; nothing was written."""
+    """The store's server is down, unreachable or too slow.
+
+    Nothing was written, except after a timeout: see :class:`StoreTimeoutError`.
+    """
 
 
 class StoreDataError(StoreError):
     """A stored record could not be decoded (corrupt, or written by a newer version)."""
+
+
+class StoreTimeoutError(StoreUnavailableError):
+    """A store operation did not finish within the store's timeout, counted from the call.
+
+    Not a :class:`TimeoutError`: ``except TimeoutError`` around a store call catches the
+    caller's own ``asyncio.timeout`` / ``anyio.fail_after``, never the store's.
+
+    Attributes:
+        operation: the store method (``"append"``, ``"load"``...).
+        timeout: the bound, in seconds, that passed.
+        maybe_applied: ``True`` when the operation is a write that had already been sent
+            and may or may not have been applied (a write is never applied in part);
+            ``False`` when it certainly was not (a read, or a write that never left the
+            store's queue).
+    """
+
+    def __init__(
+        self, message: str, *, operation: str, timeout: float, maybe_applied: bool
+    ) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.timeout = timeout
+        self.maybe_applied = maybe_applied
 
 
 # --- context windows & tools -------------------------------------------------------------

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InvalidMessageError, InvalidRequestError
 
 __all__ = [
+    "check_count",
     "check_last_n",
     "check_limit",
+    "check_seconds",
     "check_ttl",
     "copy_json_object",
     "dumps_value",
@@ -33,17 +36,34 @@ def check_last_n(last_n: object) -> None:
 
 def check_limit(limit: object) -> None:
     """A page size must be an int >= 1."""
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise InvalidRequestError(f"limit must be an int >= 1, not {limit!r}")
+    check_count(limit, "limit")
+
+
+def check_seconds(value: object, what: str, *, zero: bool = False) -> float:
+    """A finite number of seconds, > 0 (or >= 0 with ``zero``), as a float."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not (value >= 0 if zero else value > 0)
+    ):
+        least = ">= 0" if zero else "> 0"
+        raise InvalidRequestError(
+            f"{what} must be a finite number of seconds {least}, not {value!r}"
+        )
+    return float(value)
+
+
+def check_count(value: object, what: str) -> int:
+    """An int >= 1 (a size or a count in a store's settings)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidRequestError(f"{what} must be an int >= 1, not {value!r}")
+    return value
 
 
 def check_ttl(ttl: object) -> float | None:
     """A TTL is ``None`` (never expire) or a positive number of seconds."""
-    if ttl is None:
-        return None
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
-        raise ValueError(f"ttl must be positive seconds, or None; got {ttl!r}")
-    return float(ttl)
+    return None if ttl is None else check_seconds(ttl, "ttl (or None for no expiry)")
 
 
 def copy_json_object(value: object, what: str = "metadata") -> dict[str, Any]:

@@ -19,6 +19,12 @@ Guarantees every store gives (and ``tests/contract`` checks for each):
 * With a TTL, a session expires as a whole (history and metadata together), the TTL
   restarting at every write (and, if the store is configured so, every read).
 * Failures are :class:`~promptkit_async.errors.StoreError` subclasses.
+* Every operation that can wait (for a server, a lock, a disk) is bounded by the store's
+  timeout counted from its call, queueing inside the store included, and raises
+  :class:`~promptkit_async.errors.StoreTimeoutError` past it; its ``maybe_applied``
+  says whether a write may have been applied. A store never cancels its caller's task,
+  so a caller's ``asyncio.timeout`` / ``anyio.fail_after`` around a call behave as
+  around any other await.
 
 Concurrency: store objects are safe to share between tasks. They do not serialise whole
 turns; :class:`~promptkit_async.pipeline.middleware.StateMiddleware` does that.
@@ -64,12 +70,13 @@ class StateStore(Protocol):
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
         """Add ``messages`` to the end of the session, atomically and adjacently.
 
-        Once its write has begun it completes even if the caller is cancelled, and the
-        cancellation is re-raised afterwards (``StateMiddleware`` relies on it: the
-        session's next turn must not load history before this one landed). A store that
-        does I/O gets this by awaiting its write through
-        ``promptkit_async.statestore.finish_shielded``; one that never suspends (memory)
-        has it for free.
+        ``StateMiddleware`` calls it inside ``finish_sent_writes()``: there a write that
+        has begun must complete even if the caller is cancelled, the cancellation being
+        re-raised afterwards (the session's next turn must not load a history missing a
+        turn that is being stored). The library's stores do this where their writes
+        leave; a store of your own that suspends in ``append`` gets it by awaiting its
+        write through ``promptkit_async.statestore.finish_shielded``. Outside that block
+        a cancelled caller just stops waiting, as with any await.
         """
         ...
 

@@ -14,7 +14,14 @@ from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import InvalidMessageError
 from ..types import Message
-from ._common import check_last_n, check_limit, copy_json_object, split_patch
+from ._common import (
+    check_count,
+    check_last_n,
+    check_limit,
+    check_ttl,
+    copy_json_object,
+    split_patch,
+)
 from .base import SessionPage
 from .records import encode_message
 
@@ -67,11 +74,9 @@ class InMemoryStateStore(AsyncResource):
         max_sessions: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ttl is not None and ttl <= 0:
-            raise ValueError("ttl must be positive seconds, or None")
-        if max_sessions is not None and max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1, or None")
-        self.ttl = ttl
+        self.ttl = check_ttl(ttl)
+        if max_sessions is not None:
+            check_count(max_sessions, "max_sessions (or None for no limit)")
         self.refresh_ttl_on_read = refresh_ttl_on_read
         self.max_sessions = max_sessions
         self._clock = clock

@@ -13,6 +13,12 @@ escapes are UTF-16 code units): a high surrogate directly followed by a low one,
 invalid code points in a ``str``, loads as the one character that pair encodes. Decoding accepts
 every version this library ever wrote; a record from a newer version, or a corrupt one,
 raises :class:`~promptkit_async.errors.StoreDataError` naming the session.
+
+This module is the library's deliberate internal API for the record format: every
+store, and any other package that reads or writes records, imports it as
+``promptkit_async.statestore.records`` (never a private module). Its public names
+(``SCHEMA_VERSION``, ``encode_message``, ``encode_messages``, ``decode_message``,
+``decode_messages``) stay stable.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar, Union
 from urllib.parse import quote, unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -34,12 +34,20 @@ from redis.backoff import NoBackoff
 
 from .._lifecycle import AsyncResource
 from .._validation import check_session_id
-from ..errors import InvalidRequestError, StoreDataError, StoreError, StoreUnavailableError
+from ..errors import (
+    InvalidRequestError,
+    StoreDataError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
 from ..types import Message
-from ._batch import Batcher, Command
+from ._batch import Batcher, Command, Expired, batch_deadline
 from ._common import (
+    check_count,
     check_last_n,
     check_limit,
+    check_seconds,
     check_ttl,
     dumps_value,
     split_patch,
@@ -47,7 +55,12 @@ from ._common import (
 from .base import SessionPage
 from .records import decode_messages, encode_messages
 
-__all__ = ["RedisStateStore"]
+__all__ = ["DEFAULT_TIMEOUT", "RedisStateStore"]
+
+#: Seconds an operation may take when neither the store nor its client sets a timeout.
+DEFAULT_TIMEOUT = 5.0
+
+T = TypeVar("T")
 
 #: A client the store can use: a standalone client or a cluster client.
 RedisClient = Union[aioredis.Redis, RedisCluster]  # noqa: UP007 (runtime alias on 3.10)
@@ -103,6 +116,7 @@ _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 # Characters an encoded id may contain (quote() with safe="" leaves only these).
 _ENCODED_ID = re.compile(r"[A-Za-z0-9_.~%-]+")
 _WRITES = frozenset(("append", "save", "fork", "merge_metadata", "delete"))
+_SCRIPTS = frozenset(("EVALSHA", "EVAL"))
 _SCAN_CALLS_PER_PAGE = 16
 _KEY_CACHE_SIZE = 4096
 # Node names in list_sessions cursors: a standalone server, and "scan finished".
@@ -147,6 +161,24 @@ def _pack(commands: list[Command]) -> bytes:
             append(data)
             append(b"\r\n")
     return b"".join(parts)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    """Done callback of a store's own task: retrieve its outcome (nobody may wait)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _client_timeout(client: RedisClient) -> float:
+    """The client's own reply timeout when it has a usable one, else DEFAULT_TIMEOUT."""
+    if isinstance(client, RedisCluster):
+        kwargs = client.connection_kwargs
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+    value = kwargs.get("socket_timeout")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
+        return float(value)
+    return DEFAULT_TIMEOUT
 
 
 def _parse_address(address: str) -> tuple[str | None, str, int]:
@@ -208,10 +240,14 @@ class RedisStateStore(AsyncResource):
         refresh_ttl_on_read: also restart the TTL on ``load`` and ``get_metadata``
             (sent in the same round trip as the read).
         max_in_flight: how many pipelined batches may be on the wire at once.
-        timeout: seconds one round trip (a whole batch: taking a pooled connection,
-            sending, reading every reply) may take on a standalone server before it
-            fails with :class:`~promptkit_async.errors.StoreUnavailableError`. ``None``
-            leaves timing to the client's own ``socket_timeout``.
+        timeout: seconds any operation may take, counted from the moment it is called:
+            waiting behind other operations' round trips, taking a pooled connection,
+            sending and reading its replies (``fork`` and ``list_sessions``, which take
+            more than one round trip, get this bound in total). Past it the operation
+            fails with :class:`~promptkit_async.errors.StoreTimeoutError`. ``None``
+            means the client's ``socket_timeout`` when it has one, else
+            :data:`DEFAULT_TIMEOUT` (5 s): a store never waits without a bound, even
+            around a client created without timeouts.
 
     Round trips: ``load``, ``append``, ``save``, ``count``, ``delete``,
     ``get_metadata`` and ``merge_metadata`` are one round trip each (``append`` and the
@@ -226,10 +262,16 @@ class RedisStateStore(AsyncResource):
     Cancelling an operation before it was sent drops it; once sent, a write completes
     on the server even though the caller stopped waiting.
 
+    Timeouts and cancellation: an operation that outlives ``timeout`` raises
+    :class:`~promptkit_async.errors.StoreTimeoutError` (never a :class:`TimeoutError`);
+    its ``maybe_applied`` is ``True`` only for a write that was already sent, which may
+    or may not have been applied (never in part). The store's timer never cancels the
+    caller's task, so ``asyncio.timeout``, ``anyio.fail_after`` or a task group around a
+    store call fire on time and raise exactly what they raise around any await.
+
     Failures: an unreachable or failing server raises
-    :class:`~promptkit_async.errors.StoreUnavailableError` naming the address; a
-    timed-out write may or may not have been applied (it is never applied in part).
-    Other Redis errors raise :class:`~promptkit_async.errors.StoreError`. The store
+    :class:`~promptkit_async.errors.StoreUnavailableError` naming the address. Other
+    Redis errors raise :class:`~promptkit_async.errors.StoreError`. The store
     reconnects on the next operation, so a restarted server needs no new store.
 
     Scripts: writes use ``EVALSHA`` and fall back to ``EVAL`` once when the server does
@@ -247,17 +289,17 @@ class RedisStateStore(AsyncResource):
         timeout: float | None = None,
     ) -> None:
         if not isinstance(client, (aioredis.Redis, RedisCluster)):
-            raise TypeError(
+            raise InvalidRequestError(
                 "client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster; "
                 "use RedisStateStore.connect(address) to create one"
             )
         self._check_prefix(prefix)
         self.ttl = check_ttl(ttl)
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        if timeout is not None and not timeout > 0:
-            raise ValueError("timeout must be positive seconds, or None")
-        self.timeout = timeout
+        check_count(max_in_flight, "max_in_flight")
+        #: Seconds any operation may take, from its call (see the class docstring).
+        self.timeout = (
+            _client_timeout(client) if timeout is None else check_seconds(timeout, "timeout")
+        )
         self.prefix = prefix
         self.refresh_ttl_on_read = bool(refresh_ttl_on_read)
         self.client = client
@@ -272,6 +314,8 @@ class RedisStateStore(AsyncResource):
         self._batcher = Batcher(
             self._execute_cluster if self._cluster else self._execute_standalone, max_in_flight
         )
+        # Calls outside the batcher (cluster SCAN, topology), each in a task of its own.
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
     async def connect(
@@ -301,10 +345,11 @@ class RedisStateStore(AsyncResource):
             prefix / ttl / refresh_ttl_on_read / max_in_flight: see the class.
             cluster: connect to a Redis Cluster (``address`` is any one of its nodes).
             connect_timeout: seconds to wait for a TCP (and TLS) connection.
-            socket_timeout: seconds to wait for any reply. With these two an
-                unreachable or stuck server fails fast instead of hanging.
+            socket_timeout: the store's ``timeout``: seconds any operation may take from
+                its call, queueing included (``None``: :data:`DEFAULT_TIMEOUT`). With
+                these two an unreachable or stuck server fails fast instead of hanging.
             max_connections: connections to open at most (per node on a cluster);
-                further operations wait for a free one, up to ``socket_timeout``.
+                further operations wait for a free one, within their timeout.
             **client_options: passed to the redis-py client (e.g. ``username``,
                 ``ssl_ca_certs``, ``client_name``).
 
@@ -318,12 +363,18 @@ class RedisStateStore(AsyncResource):
         """
         cls._check_prefix(prefix)
         check_ttl(ttl)
+        timeout = (
+            DEFAULT_TIMEOUT
+            if socket_timeout is None
+            else check_seconds(socket_timeout, "socket_timeout")
+        )
         url, host, port = _parse_address(address)
         options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
-            # A standalone store times whole batches itself (cheaper than a timer per
-            # reply); redis-py's cluster client times each read.
-            "socket_timeout": socket_timeout if cluster else None,
+            # The store bounds every operation itself (cheaper than a timer per reply);
+            # redis-py's cluster client also times each read, so its own retries and
+            # redirections fail before the store's bound does.
+            "socket_timeout": timeout if cluster else None,
             "retry": Retry(NoBackoff(), 0),
         }
         if password is not None:
@@ -340,7 +391,7 @@ class RedisStateStore(AsyncResource):
                 client = RedisCluster(host=host, port=port, **options)
         else:
             options["max_connections"] = max_connections
-            options["timeout"] = socket_timeout  # waiting for a free pooled connection
+            options["timeout"] = timeout  # waiting for a free pooled connection
             if url is not None:
                 if db:
                     options["db"] = db
@@ -354,20 +405,18 @@ class RedisStateStore(AsyncResource):
             ttl=ttl,
             refresh_ttl_on_read=refresh_ttl_on_read,
             max_in_flight=max_in_flight,
-            timeout=None if cluster else socket_timeout,
+            timeout=timeout,
         )
         store._owns_client = True
         # Never the URL itself: it may carry a password.
         store._address = f"unix://{host}" if port == 0 else f"{host}:{port}"
         try:
             if isinstance(client, RedisCluster):
-                await client.initialize()
+                await store._direct("connect", client.initialize, store._deadline())
             else:
                 await store._call("connect", (("PING",),))
-        except BaseException as exc:
+        except BaseException:
             await store.aclose()
-            if isinstance(exc, (rexc.RedisError, rexc.RedisClusterException, OSError)):
-                raise store._translate(exc, "connect") from exc
             raise
         return store
 
@@ -376,7 +425,9 @@ class RedisStateStore(AsyncResource):
     @staticmethod
     def _check_prefix(prefix: object) -> None:
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be a non-empty str without '{{' or '}}', not {prefix!r}")
+            raise InvalidRequestError(
+                f"prefix must be a non-empty str without '{{' or '}}', not {prefix!r}"
+            )
 
     @staticmethod
     def _describe(client: RedisClient) -> str:
@@ -428,17 +479,34 @@ class RedisStateStore(AsyncResource):
         if self._closed:
             raise StoreError("this RedisStateStore is closed; create a new one")
 
+    def _deadline(self) -> float:
+        """The loop time by which an operation called now must be done."""
+        return asyncio.get_running_loop().time() + self.timeout
+
     async def _call(
-        self, op: str, commands: Sequence[Command], *, write: bool = False
+        self,
+        op: str,
+        commands: Sequence[Command],
+        deadline: float | None = None,
+        *,
+        write: bool = False,
     ) -> list[Any]:
         """Send ``commands`` in one round trip; Redis errors become StoreErrors here.
 
         A ``write`` that was sent completes even if the caller is cancelled (the
         cancellation is re-raised once it has); see ``Batcher``.
+
+        The round trip must end by ``deadline`` (default: ``timeout`` from now).
         """
         self._check_open()
+        timeout = self.timeout
+        if deadline is not None:
+            timeout = deadline - asyncio.get_running_loop().time()
         try:
-            results = await self._batcher.call(commands, write=write)
+            results = await self._batcher.call(commands, timeout, write=write)
+        except Expired as exc:
+            maybe = exc.sent and any(c[0] in _SCRIPTS for c in commands)
+            raise self._timed_out(op, maybe, "") from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._translate(exc, op) from exc
         for result in results:
@@ -446,25 +514,80 @@ class RedisStateStore(AsyncResource):
                 raise self._translate(result, op) from result
         return results
 
-    async def _script(self, op: str, keys: tuple[str, str], args: Sequence[Any]) -> Any:
+    async def _direct(self, op: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
+        """Await ``call()`` outside the batcher (cluster SCAN, topology) by ``deadline``.
+
+        Like a batch, the call runs in a task of its own, bounded there: the store never
+        cancels its caller's task, so a caller's own cancel scope is never mistaken for
+        the store's timeout, nor the other way round. A caller that stops waiting leaves
+        the call to finish (or time out) on its own.
+        """
+        loop = asyncio.get_running_loop()
+
+        async def bounded() -> T:
+            try:
+                return await asyncio.wait_for(call(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                raise Expired(sent=True) from None
+
+        task = loop.create_task(bounded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_forget)
         try:
-            results = await self._call(op, (("EVALSHA", _SCRIPT_SHA, 2, *keys, *args),), write=True)
+            return await asyncio.shield(task)
+        except Expired:
+            raise self._timed_out(op, False, "") from None
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
+            raise self._translate(exc, op) from exc
+
+    async def _script(
+        self, op: str, keys: tuple[str, str], args: Sequence[Any], deadline: float | None = None
+    ) -> Any:
+        deadline = self._deadline() if deadline is None else deadline
+        try:
+            results = await self._call(
+                op, (("EVALSHA", _SCRIPT_SHA, 2, *keys, *args),), deadline, write=True
+            )
         except StoreError as exc:
             if not isinstance(exc.__cause__, rexc.NoScriptError):
                 raise
             # A fresh or restarted server: EVAL runs the script and caches it.
-            results = await self._call(op, (("EVAL", _SCRIPT, 2, *keys, *args),), write=True)
+            results = await self._call(
+                op, (("EVAL", _SCRIPT, 2, *keys, *args),), deadline, write=True
+            )
         return results[0]
 
-    def _translate(self, exc: BaseException, op: str) -> StoreError:
-        """The one place where redis-py errors become this library's errors."""
-        where = f"Redis at {self._address}"
+    def _where(self) -> tuple[str, str]:
+        """("Redis at <address>", what to check) for error messages."""
         host, _, port = self._address.rpartition(":")
         check = (
             f"check that it is running and reachable: redis-cli -h {host} -p {port} ping"
             if host and port.isdigit() and "," not in self._address
             else "check that it is running and reachable (redis-cli ping)"
         )
+        return f"Redis at {self._address}", check
+
+    def _timed_out(self, op: str, maybe_applied: bool, detail: str) -> StoreTimeoutError:
+        where, check = self._where()
+        if maybe_applied:
+            outcome = " The write was sent and may or may not have been applied (never in part)."
+        elif op in _WRITES:
+            outcome = " The write was not applied."
+        else:
+            outcome = ""
+        return StoreTimeoutError(
+            f"{where} did not answer {op} in time (the store's timeout is {self.timeout:g}s,"
+            f" counted from the call{detail}).{outcome} It is overloaded, stuck or "
+            f"unreachable; {check}, or raise the store's timeout (socket_timeout= in connect())",
+            operation=op,
+            timeout=self.timeout,
+            maybe_applied=maybe_applied,
+        )
+
+    def _translate(self, exc: BaseException, op: str) -> StoreError:
+        """The one place where redis-py errors become this library's errors."""
+        where, check = self._where()
         detail = str(exc).rstrip(".") or type(exc).__name__
         if isinstance(exc, (rexc.AuthenticationError, rexc.AuthorizationError)) or (
             isinstance(exc, rexc.ResponseError)
@@ -474,15 +597,7 @@ class RedisStateStore(AsyncResource):
                 f"{where} refused {op}: {detail}; check the password (and username/ACL)"
             )
         if isinstance(exc, rexc.TimeoutError):
-            maybe = (
-                " The write may or may not have been applied (never in part)."
-                if op in _WRITES
-                else ""
-            )
-            return StoreUnavailableError(
-                f"{where} did not answer {op} in time ({detail}).{maybe} It is overloaded, "
-                f"stuck or unreachable; {check}"
-            )
+            return self._timed_out(op, op in _WRITES, f"; {detail}")
         unavailable = (
             rexc.ConnectionError,
             rexc.ClusterDownError,
@@ -505,14 +620,21 @@ class RedisStateStore(AsyncResource):
         return StoreError(f"{where} failed {op}: {detail}")
 
     async def _execute_standalone(self, commands: list[Command]) -> list[Any]:
-        if self.timeout is None:
-            return await self._send_batch(commands)
+        return await self._bounded(self._send_batch(commands))
+
+    async def _bounded(self, work: Coroutine[Any, Any, list[Any]]) -> list[Any]:
+        """Run a batch (in the batcher's own task) until the last of its callers gives up."""
+        deadline = batch_deadline()
+        if deadline is None:
+            return await work
+        timeout = deadline - asyncio.get_running_loop().time()
         try:
-            # wait_for cancels the batch once (asyncio's edge-triggered cancellation), so
-            # its clean-up below can still await: the connection is dropped and released.
-            return await asyncio.wait_for(self._send_batch(commands), self.timeout)
+            # Runs in the batch's own task, never a caller's: wait_for cancels the batch
+            # once (asyncio's edge-triggered cancellation), so its clean-up can still
+            # await: the connection is dropped and released.
+            return await asyncio.wait_for(work, max(timeout, 0))
         except asyncio.TimeoutError:
-            raise rexc.TimeoutError(f"no reply within {self.timeout}s") from None
+            raise rexc.TimeoutError(f"no reply within {self.timeout:g}s") from None
 
     async def _send_batch(self, commands: list[Command]) -> list[Any]:
         # One connection, one write of every command, then one reply per command. Raw
@@ -542,7 +664,7 @@ class RedisStateStore(AsyncResource):
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
-        return await pipe.execute(raise_on_error=False)
+        return await self._bounded(pipe.execute(raise_on_error=False))
 
     def _touch_commands(self, keys: tuple[str, str]) -> tuple[Command, ...]:
         if not self.refresh_ttl_on_read or self.ttl is None:
@@ -609,14 +731,15 @@ class RedisStateStore(AsyncResource):
         """
         check_limit(limit)
         self._check_open()
-        nodes = await self._scan_nodes()
+        deadline = self._deadline()
+        nodes = await self._scan_nodes(deadline)
         node, scan, pending = self._parse_cursor(cursor, nodes)
         found = dict.fromkeys(pending)
         calls = 0
         while node is not None and len(found) < limit and calls < _SCAN_CALLS_PER_PAGE:
-            scan, keys = await self._scan(node, scan, max(limit, 10))
+            scan, keys = await self._scan(node, scan, max(limit, 10), deadline)
             calls += 1
-            for session_id in await self._session_ids(keys):
+            for session_id in await self._session_ids(keys, deadline):
                 found.setdefault(session_id)
             if scan == 0:
                 later = [n for n in nodes if n > node]
@@ -638,15 +761,16 @@ class RedisStateStore(AsyncResource):
         """
         source = self._keys(source_id)
         target = self._keys(target_id)
+        deadline = self._deadline()
         records, fields = await self._call(
-            "fork", (("LRANGE", source[0], 0, -1), ("HGETALL", source[1]))
+            "fork", (("LRANGE", source[0], 0, -1), ("HGETALL", source[1])), deadline
         )
         flat = _pairs(fields)
         if not records and not flat:
-            await self._script("fork", target, ("delete", 0))
+            await self._script("fork", target, ("delete", 0), deadline)
             return 0
         args = ("replace", self._ttl_ms, len(records), *records, *flat)
-        return int(await self._script("fork", target, args))
+        return int(await self._script("fork", target, args, deadline))
 
     async def get_metadata(self, session_id: str) -> dict[str, Any]:
         """The session's metadata (``{}`` when none); one round trip."""
@@ -676,18 +800,18 @@ class RedisStateStore(AsyncResource):
             return
         self._closed = True
         await self._batcher.drain()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))  # each ends by its deadline
         if self._owns_client:
             await self.client.aclose()
 
     # --- listing internals --------------------------------------------------------------
 
-    async def _scan_nodes(self) -> list[str]:
+    async def _scan_nodes(self, deadline: float) -> list[str]:
         if not isinstance(self.client, RedisCluster):
             return [_STANDALONE]
-        try:
-            await self.client.initialize()  # a no-op once the client knows the cluster
-        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
-            raise self._translate(exc, "list_sessions") from exc
+        # A no-op once the client knows the cluster.
+        await self._direct("list_sessions", self.client.initialize, deadline)
         return sorted(n.name for n in self.client.get_primaries())
 
     @staticmethod
@@ -710,21 +834,22 @@ class RedisStateStore(AsyncResource):
         later = [n for n in nodes if n > node]
         return (later[0] if later else None), 0, pending
 
-    async def _scan(self, node: str, cursor: int, count: int) -> tuple[int, list[Any]]:
+    async def _scan(
+        self, node: str, cursor: int, count: int, deadline: float
+    ) -> tuple[int, list[Any]]:
         command = ("SCAN", cursor, "MATCH", self._scan_pattern, "COUNT", count)
         if not isinstance(self.client, RedisCluster):
-            reply = (await self._call("list_sessions", (command,)))[0]
+            reply = (await self._call("list_sessions", (command,), deadline))[0]
             return int(reply[0]), list(reply[1])
         target = self.client.get_node(node_name=node)
         if target is None:
             return 0, []
-        try:
-            reply = await target.execute_command(*command)
-        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
-            raise self._translate(exc, "list_sessions") from exc
+        reply = await self._direct(
+            "list_sessions", lambda: target.execute_command(*command), deadline
+        )
         return int(reply[0]), list(reply[1])
 
-    async def _session_ids(self, keys: list[Any]) -> list[str]:
+    async def _session_ids(self, keys: list[Any], deadline: float) -> list[str]:
         ids: list[str] = []
         metadata_only: list[str] = []
         for key in keys:
@@ -739,7 +864,7 @@ class RedisStateStore(AsyncResource):
             # A session with metadata but no messages has only its hash; one with both is
             # reported for its list, so skip hashes whose list exists.
             exists = await self._call(
-                "list_sessions", [("EXISTS", self._keys(s)[0]) for s in metadata_only]
+                "list_sessions", [("EXISTS", self._keys(s)[0]) for s in metadata_only], deadline
             )
             ids += [s for s, n in zip(metadata_only, exists, strict=True) if not n]
         return ids

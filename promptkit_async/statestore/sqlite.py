@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,10 +28,17 @@ import anyio.to_thread
 
 from .._lifecycle import AsyncResource
 from .._validation import check_session_id
-from ..errors import StoreDataError, StoreError, StoreUnavailableError
+from ..errors import StoreDataError, StoreError, StoreTimeoutError, StoreUnavailableError
 from ..types import Message
-from ._batch import Batcher, Command
-from ._common import check_last_n, check_limit, check_ttl, dumps_value, split_patch
+from ._batch import Batcher, Command, Expired
+from ._common import (
+    check_last_n,
+    check_limit,
+    check_seconds,
+    check_ttl,
+    dumps_value,
+    split_patch,
+)
 from .base import SessionPage
 from .records import decode_messages, encode_messages
 
@@ -61,6 +69,7 @@ CREATE TABLE IF NOT EXISTS promptkit_messages (
 # A session row counts only while it has not expired.
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _SWEEP_INTERVAL = 60.0
+_WRITES = frozenset(("append", "save", "delete", "fork", "merge_metadata"))
 
 
 class SQLiteStateStore(AsyncResource):
@@ -75,25 +84,40 @@ class SQLiteStateStore(AsyncResource):
             ``":memory:"`` for a private in-memory database.
         ttl: seconds a session lives after its last write (sliding); ``None`` = forever.
             Expired sessions read as absent and are purged lazily.
-        refresh_ttl_on_read: also restart the TTL on ``load`` and ``get_metadata``.
-        busy_timeout: seconds to wait for another process's write lock before failing.
+        refresh_ttl_on_read: also restart the TTL on ``load`` and ``get_metadata``
+            (which then write, and so take the write path described below).
+        busy_timeout: seconds any operation may take, counted from its call: waiting
+            behind this store's other operations and for another process's write lock
+            included. Past it the operation fails with
+            :class:`~promptkit_async.errors.StoreTimeoutError`. ``0``: fail at once when
+            the database is locked (operations then have no overall bound).
         clock: wall-clock time source in seconds (``time.time``; injectable for tests).
             Expiry times are stored, so they must survive restarts: not monotonic.
 
     Threads and concurrency: all SQLite calls run in anyio worker threads, never on the
-    event loop. The store has one connection, used by one thread at a time (a capacity
-    limiter of one), so tasks sharing a store never contend for SQLite's locks and never
-    see "database is locked". Operations that tasks start during one event-loop
-    iteration run together in one trip to the worker thread and one transaction, each
-    inside its own savepoint (so each is still all-or-nothing, and a failing one undoes
-    only itself); results are handed back once the transaction has committed. The
-    database uses WAL mode, so readers in other processes are never blocked; writers in
-    other processes wait up to ``busy_timeout`` for each other (write transactions begin
-    with ``BEGIN IMMEDIATE``, so waiting is all they do). Safe to share between tasks on
-    one event loop.
+    event loop. The store has two connections, each used by one thread at a time (a
+    capacity limiter of one each): one for writes, one for reads. Tasks sharing a store
+    never contend for SQLite's locks and never see "database is locked". Operations
+    that tasks start during one event-loop iteration run together in one trip to the
+    worker thread and one transaction, each inside its own savepoint (so each is still
+    all-or-nothing, and a failing one undoes only itself); results are handed back once
+    the transaction has committed. The database uses WAL mode, so reads (``load``,
+    ``count``, ``list_sessions``, ``get_metadata``) never wait for a writer: not for
+    another process's, nor for this store's own write that waits for one. Writers wait
+    up to ``busy_timeout`` for each other (write transactions begin with ``BEGIN
+    IMMEDIATE``, so waiting is all they do). A read sees every write that returned
+    before it was called. Safe to share between tasks on one event loop. A
+    ``":memory:"`` database is private to one connection, so it has only one, shared
+    by reads and writes.
 
-    Cancellation: an operation cancelled before its batch went to the worker thread
-    never runs; once there it completes with its batch, the caller just stops waiting.
+    Cancellation and timeouts: an operation whose caller is cancelled or times out
+    before the worker thread starts it never runs, even if its batch was waiting for
+    another process's lock; once started it completes with its batch, the caller just
+    stops waiting. :class:`~promptkit_async.errors.StoreTimeoutError` says which
+    (``maybe_applied``: the write had started, and may or may not have been applied,
+    never in part). The store's timer never cancels the caller's task, so a caller's own
+    ``asyncio.timeout`` or ``anyio.fail_after`` fires on time and raises what it raises
+    around any await.
     """
 
     def __init__(
@@ -107,23 +131,25 @@ class SQLiteStateStore(AsyncResource):
     ) -> None:
         self.path = os.fspath(path)
         self.ttl = check_ttl(ttl)
-        if busy_timeout < 0:
-            raise ValueError("busy_timeout must be >= 0 seconds")
+        self.busy_timeout = check_seconds(busy_timeout, "busy_timeout", zero=True)
         self.refresh_ttl_on_read = bool(refresh_ttl_on_read)
-        self.busy_timeout = busy_timeout
         self._clock = clock
-        self._db = _Database(self.path, busy_timeout)
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._timeout = self.busy_timeout or None
+        setup = threading.Lock()
+        self._writes = _Worker(_Database(self.path, self.busy_timeout, setup))
+        if self.path in ("", ":memory:"):
+            self._reads = self._writes  # a second connection would be another database
+        else:
+            self._reads = _Worker(_Database(self.path, self.busy_timeout, setup, read_only=True))
         self._closed = False
         self._next_sweep = 0.0
-        self._batcher = Batcher(self._execute, max_in_flight=1)
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({self.path!r}, ttl={self.ttl}, closed={self._closed})"
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        db = getattr(self, "_db", None)
-        if db is not None and db.conn is not None and not db.closed:
+        workers = [w for w in (getattr(self, "_writes", None), getattr(self, "_reads", None)) if w]
+        if any(w.db.conn is not None and not w.db.closed for w in workers):
             _warn(
                 f"unclosed {self!r}; use 'async with' or await aclose()",
                 ResourceWarning,
@@ -131,30 +157,62 @@ class SQLiteStateStore(AsyncResource):
             )
             # Then close it, as a forgotten file is: no batch can be running once the
             # store is unreachable, and sqlite3 itself warns about open connections (3.13+).
-            with contextlib.suppress(Exception):
-                db.close()
+            for worker in workers:
+                with contextlib.suppress(Exception):
+                    worker.db.close()
 
     # --- running in the worker thread ------------------------------------------------
 
     async def _run(self, op: str, writes: bool, func: Callable[..., T], *args: Any) -> T:
-        """Run ``func(conn, *args)`` in the worker thread, in the next batch."""
+        """Run ``func(conn, *args)`` in a worker thread, in the next batch.
+
+        Writes go to the write connection; reads to the read connection, so that they
+        never queue behind a write waiting for another process's lock.
+        """
         if self._closed:
             raise StoreError("this SQLiteStateStore is closed; create a new one")
+        worker = self._writes if writes else self._reads
+        ticket = _Ticket()
         try:
-            result = (await self._batcher.call(((func, args, writes),), write=writes))[0]
+            result = (
+                await worker.batcher.call(
+                    ((func, args, writes, ticket),), self._timeout, write=writes
+                )
+            )[0]
+        except Expired:
+            raise self._timed_out(op, writes, ticket.give_up() and writes) from None
         except sqlite3.Error as exc:  # the whole batch failed (open, BEGIN, COMMIT)
             raise self._translate(exc, op) from exc
+        except BaseException:  # cancelled: if the thread has not started it, it never will
+            ticket.give_up()
+            raise
         if isinstance(result, sqlite3.Error):
             raise self._translate(result, op) from result
         if isinstance(result, Exception):
             raise result
         return cast(T, result)
 
-    async def _execute(self, operations: list[Command]) -> list[Any]:
-        if self._limiter is None:
-            # Created on first use, inside the running loop (never at import time).
-            self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(self._db.run, operations, limiter=self._limiter)
+    def _timed_out(self, op: str, writes: bool, maybe_applied: bool) -> StoreTimeoutError:
+        # Reads never wait for a lock (WAL): only writes can be held up by another process.
+        if writes:
+            cause = "it stayed locked by another process, or the disk is too slow"
+            remedy = "Find the process holding a long write transaction, or raise busy_timeout"
+        else:
+            cause = "the disk is too slow or the store too busy (reads take no lock)"
+            remedy = "Raise busy_timeout"
+        if maybe_applied:
+            outcome = " The write had started and may or may not have been applied (never in part)."
+        elif op in _WRITES:
+            outcome = " The write was not applied."
+        else:
+            outcome = ""
+        return StoreTimeoutError(
+            f"SQLite database {self.path!r} did not finish {op} within busy_timeout="
+            f"{self.busy_timeout:g}s, counted from the call: {cause}.{outcome} {remedy}",
+            operation=op,
+            timeout=self.busy_timeout,
+            maybe_applied=maybe_applied,
+        )
 
     def _translate(self, exc: sqlite3.Error, op: str) -> StoreError:
         """The one place where sqlite3 errors become this library's errors."""
@@ -164,7 +222,7 @@ class SQLiteStateStore(AsyncResource):
             if "locked" in detail or "busy" in detail:
                 return StoreUnavailableError(
                     f"{where} stayed locked by another process for more than "
-                    f"{self.busy_timeout}s during {op}; raise busy_timeout or find the "
+                    f"{self.busy_timeout:g}s during {op}; raise busy_timeout or find the "
                     "process holding a long write transaction"
                 )
             if "unable to open" in detail or "readonly" in detail or "disk" in detail:
@@ -264,15 +322,66 @@ class SQLiteStateStore(AsyncResource):
         if self._closed:
             return
         self._closed = True
-        await self._batcher.drain()
-        if self._db.conn is None:
-            self._db.closed = True
+        await self._writes.aclose()
+        await self._reads.aclose()
+
+
+class _Ticket:
+    """Whether an operation's caller still waits, and whether its thread started it.
+
+    The caller gives up (timeout, cancellation) and the worker thread starts the
+    operation under one lock, so exactly one of them wins: an operation given up first
+    never runs, and the caller knows when it may have.
+    """
+
+    __slots__ = ("abandoned", "lock", "started")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.started = False
+
+    def give_up(self) -> bool:
+        """Stop waiting; True if the operation had already started (it may complete)."""
+        with self.lock:
+            self.abandoned = True
+            return self.started
+
+    def start(self) -> bool:
+        """Called by the worker thread; False if the caller has given up (skip it)."""
+        with self.lock:
+            self.started = not self.abandoned
+            return self.started
+
+
+class _Worker:
+    """One connection, the batches sent to it, and the limiter keeping it to one thread."""
+
+    __slots__ = ("batcher", "db", "limiter")
+
+    def __init__(self, db: _Database) -> None:
+        self.db = db
+        self.batcher = Batcher(self._execute, max_in_flight=1)
+        self.limiter: anyio.CapacityLimiter | None = None
+
+    async def _execute(self, operations: list[Command]) -> list[Any]:
+        # No batch deadline here: a thread cannot be interrupted, SQLite's busy timeout
+        # bounds its wait for a lock, and operations given up on are skipped (_Ticket).
+        if self.limiter is None:
+            # Created on first use, inside the running loop (never at import time).
+            self.limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(self.db.run, operations, limiter=self.limiter)
+
+    async def aclose(self) -> None:
+        await self.batcher.drain()
+        if self.db.conn is None:
+            self.db.closed = True
             return
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(1)
+        if self.limiter is None:
+            self.limiter = anyio.CapacityLimiter(1)
         # Through the limiter: the connection is closed only after the batch using it.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
+            await anyio.to_thread.run_sync(self.db.close, limiter=self.limiter)
 
 
 # --- the worker-thread side --------------------------------------------------------------
@@ -286,11 +395,20 @@ class _Database:
     for a forgotten ``aclose`` silent).
     """
 
-    __slots__ = ("busy_timeout", "closed", "conn", "path")
+    __slots__ = ("busy_timeout", "closed", "conn", "path", "read_only", "setup_lock")
 
-    def __init__(self, path: str, busy_timeout: float) -> None:
+    def __init__(
+        self,
+        path: str,
+        busy_timeout: float,
+        setup_lock: threading.Lock,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self.setup_lock = setup_lock
+        self.read_only = read_only
         self.conn: sqlite3.Connection | None = None
         self.closed = False
 
@@ -305,7 +423,10 @@ class _Database:
         conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         results: list[Any] = []
         try:
-            for func, args, _ in operations:
+            for func, args, _, ticket in operations:
+                if not ticket.start():
+                    results.append(None)  # nobody waits for it any more: never run it
+                    continue
                 conn.execute("SAVEPOINT operation")
                 try:
                     results.append(func(conn, *args))
@@ -327,17 +448,20 @@ class _Database:
             conn.close()
 
     def _open(self) -> sqlite3.Connection:
-        # Connections opening a new file at the same moment race to switch it to WAL,
-        # and SQLite answers the loser "database is locked" at once (no busy wait):
-        # setting up is idempotent, so try again until busy_timeout has passed.
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
-            try:
-                return self._try_open()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.01)  # a worker thread: sleeping blocks no event loop
+        # The store's two connections open one after the other (the setup lock), so
+        # they never race each other to set a new file up. Connections of other
+        # processes may: they race to switch it to WAL, and SQLite answers the loser
+        # "database is locked" at once (no busy wait); setting up is idempotent, so try
+        # again until busy_timeout has passed.
+        with self.setup_lock:
+            deadline = time.monotonic() + self.busy_timeout
+            while True:
+                try:
+                    return self._try_open()
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(0.01)  # a worker thread: sleeping blocks no event loop
 
     def _try_open(self) -> sqlite3.Connection:
         # check_same_thread=False: the limiter guarantees one thread at a time, but not
@@ -346,6 +470,7 @@ class _Database:
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
+            # Already WAL (every file this store set up): a no-op that takes no lock.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable at every checkpoint, fast
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -361,6 +486,8 @@ class _Database:
                         if statement.strip():
                             conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
+            if self.read_only:
+                conn.execute("PRAGMA query_only=ON")  # a bug here must not write
         except BaseException:
             conn.close()
             raise

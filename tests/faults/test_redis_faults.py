@@ -38,7 +38,7 @@ from promptkit_async import (
     ProviderMiddleware,
     StateMiddleware,
     StoreError,
-    StoreUnavailableError,
+    StoreTimeoutError,
 )
 from promptkit_async.statestore import RedisStateStore
 from promptkit_async.statestore.records import decode_message
@@ -62,6 +62,7 @@ class Load:
         self.rng = random.Random(seed)
         self.acked: dict[str, list[str]] = {s: [] for s in sessions}
         self.failed: set[str] = set()
+        self.not_applied: set[str] = set()  # timed out, and said nothing was applied
         self.errors: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
         self.unexpected: list[BaseException] = []
@@ -94,6 +95,8 @@ class Load:
                 self.kinds[kind] += 1
                 self.failed.add(ask)
                 self.fail += 1
+                if isinstance(exc, StoreTimeoutError) and not exc.maybe_applied:
+                    self.not_applied.add(ask)
             except Exception as exc:  # anything untyped fails the test at the end
                 self.unexpected.append(exc)
                 self.failed.add(ask)
@@ -221,6 +224,7 @@ async def test_redis_faults_under_load(
         acked = load.acked[session]
         assert [q for q in stored if q in set(acked)] == acked  # all there, in order
         assert set(stored) <= attempted  # nothing made up
+        assert not set(stored) & load.not_applied  # "not applied" was true
         checked += len(stored)
     # Every raw record decodes (read around the store, straight from Redis).
     raw = aioredis.Redis(host="127.0.0.1", port=server.port)
@@ -238,6 +242,7 @@ async def test_redis_faults_under_load(
         turns_checked=checked,
         records_decoded=records,
         failed_but_stored=checked - load.ok,
+        timed_out_not_applied=len(load.not_applied),
         losses=0,
         errors=dict(load.errors),
         failures_by_kind=dict(load.kinds),
@@ -247,14 +252,16 @@ async def test_redis_faults_under_load(
 async def test_every_redis_failure_is_a_typed_store_error_within_the_timeout(
     redis_factory: Callable[..., RedisServer], report: Report
 ) -> None:
-    """Each operation of the store against a frozen server: StoreUnavailableError within
-    the guard, and the same store works again once the server thaws."""
+    """Each operation of the store against a frozen server: StoreTimeoutError within the
+    store's timeout (in total, for fork's and list_sessions' several round trips), and
+    the same store works again once the server thaws."""
     server = redis_factory("--enable-debug-command", "yes")
     store = await RedisStateStore.connect(
         server.address, prefix="typed", connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
     )
     await store.append("s", [Message("user", "x")])
     assert server.process is not None
+    loop = asyncio.get_running_loop()
     operations: dict[str, Callable[[], Any]] = {
         "load": lambda: store.load("s"),
         "append": lambda: store.append("s", [Message("user", "y")]),
@@ -268,9 +275,12 @@ async def test_every_redis_failure_is_a_typed_store_error_within_the_timeout(
     }
     os.kill(server.process.pid, signal.SIGSTOP)
     try:
-        for _name, operation in operations.items():
-            with pytest.raises(StoreUnavailableError, match="did not answer"):
+        for name, operation in operations.items():
+            start = loop.time()
+            with pytest.raises(StoreTimeoutError, match="did not answer") as caught:
                 await asyncio.wait_for(operation(), HANG_GUARD)
+            assert loop.time() - start <= TIMEOUT + 0.3, name  # 0.3 s: scheduling slack
+            assert caught.value.operation == name
             report.add(faults=1)
     finally:
         os.kill(server.process.pid, signal.SIGCONT)

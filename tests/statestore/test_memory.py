@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from promptkit_async import InMemoryStateStore, InvalidMessageError, InvalidSessionIdError, Message
+from promptkit_async import (
+    InMemoryStateStore,
+    InvalidMessageError,
+    InvalidRequestError,
+    InvalidSessionIdError,
+    Message,
+)
 
 
 class FakeClock:
@@ -71,9 +77,11 @@ async def test_max_sessions_evicts_least_recently_used() -> None:
     assert (await store.list_sessions()).session_ids == ("a", "c")
 
 
-@pytest.mark.parametrize("kwargs", [{"ttl": 0}, {"max_sessions": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"ttl": 0}, {"ttl": float("nan")}, {"max_sessions": 0}, {"max_sessions": 1.5}]
+)
 def test_bad_configuration_is_rejected(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequestError):
         InMemoryStateStore(**kwargs)  # type: ignore[arg-type]
 
 

@@ -6,6 +6,7 @@ Everything runs against real ``redis-server`` processes on loopback ports.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import uuid
@@ -32,9 +33,11 @@ from promptkit_async import (
     StateMiddleware,
     StoreDataError,
     StoreError,
+    StoreTimeoutError,
     StoreUnavailableError,
 )
 from promptkit_async.statestore import RedisStateStore
+from promptkit_async.statestore.redis import DEFAULT_TIMEOUT
 from tests._redis_server import RedisClusterServers, RedisServer, command, free_port
 from tests.statestore._proxy import CountingProxy
 from tests.statestore._records import check_loaded, raw_records
@@ -485,7 +488,8 @@ async def test_an_unreachable_cluster_fails_fast() -> None:
         await RedisStateStore.connect(f"127.0.0.1:{port}", cluster=True)
 
 
-async def test_a_server_that_never_answers_times_out() -> None:
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+async def test_a_server_that_never_answers_times_out(cluster: bool) -> None:
     accepted: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -493,16 +497,19 @@ async def test_a_server_that_never_answers_times_out() -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     try:
-        with anyio.fail_after(30), pytest.raises(StoreUnavailableError) as caught:
+        with anyio.fail_after(30), pytest.raises(StoreTimeoutError) as caught:
             await RedisStateStore.connect(
-                f"127.0.0.1:{port}", connect_timeout=0.5, socket_timeout=0.3
+                f"127.0.0.1:{port}", cluster=cluster, connect_timeout=0.5, socket_timeout=0.3
             )
     finally:
         for writer in accepted:
             writer.close()
         server.close()
         await server.wait_closed()
+    assert loop.time() - start <= 0.3 + 0.3  # the timeout, plus scheduling slack
     assert "did not answer connect in time" in str(caught.value)
     assert f"redis-cli -h 127.0.0.1 -p {port} ping" in str(caught.value)
 
@@ -682,14 +689,36 @@ async def test_passwords_never_show_in_errors_or_repr(
 
 def test_constructor_checks_its_arguments() -> None:
     client = aioredis.Redis()
-    with pytest.raises(ValueError, match="prefix"):
-        RedisStateStore(client, prefix="a{b}")
-    with pytest.raises(ValueError, match="prefix"):
-        RedisStateStore(client, prefix="")
-    with pytest.raises(ValueError, match="ttl"):
-        RedisStateStore(client, ttl=0)
-    with pytest.raises(TypeError, match="connect"):
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"prefix": "a{b}"}, "prefix"),
+        ({"prefix": ""}, "prefix"),
+        ({"ttl": 0}, "ttl"),
+        ({"ttl": math.inf}, "ttl"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": math.nan}, "timeout"),
+        ({"timeout": math.inf}, "timeout"),
+        ({"max_in_flight": 0}, "max_in_flight"),
+    ]
+    for kwargs, name in bad:
+        with pytest.raises(InvalidRequestError, match=name):
+            RedisStateStore(client, **kwargs)
+    with pytest.raises(InvalidRequestError, match="connect"):
         RedisStateStore("localhost:6379")  # type: ignore[arg-type]
+
+
+async def test_connect_checks_its_arguments_before_any_io() -> None:
+    # Nothing listens on port 1: any I/O would fail with StoreUnavailableError instead.
+    for kwargs in ({"socket_timeout": 0}, {"socket_timeout": -1.0}, {"ttl": -5}):
+        with pytest.raises(InvalidRequestError):
+            await RedisStateStore.connect("127.0.0.1:1", **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_wrapped_client_without_a_socket_timeout_still_gets_a_bound() -> None:
+    assert RedisStateStore(aioredis.Redis(socket_timeout=None)).timeout == DEFAULT_TIMEOUT
+    assert RedisStateStore(aioredis.Redis(socket_timeout=1.5)).timeout == 1.5
+    assert RedisStateStore(aioredis.Redis(socket_timeout=None), timeout=0.2).timeout == 0.2
+    cluster = RedisCluster(host="127.0.0.1", port=1, socket_timeout=None)  # no I/O yet
+    assert RedisStateStore(cluster).timeout == DEFAULT_TIMEOUT
 
 
 async def test_one_failing_operation_does_not_fail_its_batch(

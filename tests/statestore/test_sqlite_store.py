@@ -12,6 +12,7 @@ import pytest
 
 from promptkit_async import (
     InMemoryStateStore,
+    InvalidRequestError,
     InvalidSessionIdError,
     Message,
     MockProvider,
@@ -271,10 +272,11 @@ async def test_a_forgotten_store_warns(tmp_path: Path) -> None:
 
 
 def test_constructor_checks_its_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="ttl"):
+    with pytest.raises(InvalidRequestError, match="ttl"):
         SQLiteStateStore(tmp_path / "x", ttl=-1)
-    with pytest.raises(ValueError, match="busy_timeout"):
-        SQLiteStateStore(tmp_path / "x", busy_timeout=-1)
+    for busy_timeout in (-1, float("inf"), "5"):
+        with pytest.raises(InvalidRequestError, match="busy_timeout"):
+            SQLiteStateStore(tmp_path / "x", busy_timeout=busy_timeout)  # type: ignore[arg-type]
 
 
 async def test_one_failing_operation_does_not_fail_its_batch(tmp_path: Path) -> None:
@@ -306,3 +308,17 @@ async def test_a_cancelled_operation_that_was_not_started_is_not_applied(tmp_pat
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await store.load("s") == []
+
+
+async def test_the_read_and_write_connections_never_race_to_set_up_a_new_file(
+    tmp_path: Path,
+) -> None:
+    # busy_timeout=0: any lock one of the store's own connections met would fail at once.
+    for i in range(20):
+        async with SQLiteStateStore(tmp_path / f"{i}.sqlite3", busy_timeout=0) as store:
+            loaded, _, counted = await asyncio.gather(
+                store.load("a"), store.append("a", [user("x")]), store.count("b")
+            )
+            assert contents(loaded) in ([], ["x"])  # concurrent: either order
+            assert counted == 0
+            assert contents(await store.load("a")) == ["x"]

@@ -6,6 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 
+from ..._concurrency import finish_sent_writes
 from ..._context import ExecutionContext, Next
 from ...errors import ConfigurationError
 from ...statestore.base import StateStore
@@ -83,9 +84,11 @@ class StateMiddleware:
             async for chunk in next(ctx):
                 yield chunk
             if ctx.response is not None and ctx.new_messages:
-                # Stores finish an append they have begun even if we are cancelled
-                # (the StateStore contract), so the session stays ours until it lands.
-                await self.store.append(session_id, ctx.new_messages)
+                # A save that has begun lands before a cancellation is re-raised, so the
+                # session stays ours until it has (our stores' batchers do it cheaply;
+                # see StateStore.append for a store of your own).
+                with finish_sent_writes():
+                    await self.store.append(session_id, ctx.new_messages)
         finally:
             self._pass_turn(session_id)
 
