@@ -76,6 +76,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from .statestore.postgres import PostgresStateStore
     from .statestore.redis import RedisStateStore
 
 __all__ = [
@@ -116,6 +117,7 @@ __all__ = [
     "PipelineClosedError",
     "PipelineError",
     "PipelineTimeoutError",
+    "PostgresStateStore",
     "PromptKitError",
     "Provider",
     "ProviderDefaults",
@@ -162,10 +164,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # RedisStateStore is imported on first use: redis-py takes about 0.1 s to import.
-    if name == "RedisStateStore":
-        from .statestore.redis import RedisStateStore
+    # The Redis and PostgreSQL stores are imported on first use: redis-py takes about
+    # 0.1 s to import, and asyncpg is an optional extra.
+    if name in ("RedisStateStore", "PostgresStateStore"):
+        from . import statestore
 
-        globals()[name] = RedisStateStore
-        return RedisStateStore
+        value = getattr(statestore, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
