@@ -25,7 +25,7 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -399,8 +399,7 @@ class PostgresStateStore(AsyncResource):
         try:
             if timeout is None:
                 async with self.pool.acquire() as conn:
-                    rows: list[Any] = await conn.fetch(query, *args)
-                    return rows
+                    return cast("list[Any]", await conn.fetch(query, *args))
             # One deadline for waiting on the pool and for the statement.
             deadline = time.monotonic() + timeout
             try:
@@ -413,10 +412,10 @@ class PostgresStateStore(AsyncResource):
                     "(pg_stat_activity)"
                 ) from None
             try:
-                rows = await conn.fetch(
-                    query, *args, timeout=max(0.001, deadline - time.monotonic())
+                return cast(
+                    "list[Any]",
+                    await conn.fetch(query, *args, timeout=max(0.001, deadline - time.monotonic())),
                 )
-                return rows
             finally:
                 # Bounded too: after a timeout asyncpg waits for the server to confirm
                 # the cancellation (a frozen server never would).
