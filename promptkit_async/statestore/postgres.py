@@ -35,6 +35,7 @@ from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import InvalidRequestError, StoreDataError, StoreError, StoreUnavailableError
 from ..types import Message
+from ._batch import Batcher, Command
 from ._common import check_last_n, check_limit, check_ttl, split_patch
 from .base import SessionPage
 from .records import decode_messages, encode_messages
@@ -206,6 +207,7 @@ class PostgresStateStore(AsyncResource):
         timeout: float | None = 10.0,
         auto_migrate: bool = True,
         sweep_interval: float = _SWEEP_INTERVAL,
+        max_in_flight: int = 4,
     ) -> None:
         if not isinstance(pool, asyncpg.Pool):
             raise TypeError(
@@ -218,6 +220,8 @@ class PostgresStateStore(AsyncResource):
         self.ttl = check_ttl(ttl)
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive seconds, or None")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         if not sweep_interval > 0:
             raise ValueError("sweep_interval must be positive seconds")
         self.timeout = timeout
@@ -233,6 +237,7 @@ class PostgresStateStore(AsyncResource):
         self._next_sweep = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._sql = _Statements(schema, table_prefix, self.ttl)
+        self._batcher = Batcher(self._execute, max_in_flight)
 
     @classmethod
     async def connect(
@@ -395,35 +400,116 @@ class PostgresStateStore(AsyncResource):
         self._check_open()
         if not self._ready:
             await self._ensure_ready(op)
-        timeout = self.timeout
         try:
-            if timeout is None:
-                async with self.pool.acquire() as conn:
-                    return cast("list[Any]", await conn.fetch(query, *args))
-            # One deadline for waiting on the pool and for the statement.
-            deadline = time.monotonic() + timeout
-            try:
-                conn = await self.pool.acquire(timeout=timeout)
-            except asyncio.TimeoutError:
-                raise StoreUnavailableError(
-                    f"no free connection to {self._address} for {op} within {timeout}s: all "
-                    f"{self.pool.get_max_size()} pooled connections stayed busy. Raise the "
-                    "pool's max_size or the timeout, or look for slow statements "
-                    "(pg_stat_activity)"
-                ) from None
-            try:
-                return cast(
-                    "list[Any]",
-                    await conn.fetch(query, *args, timeout=max(0.001, deadline - time.monotonic())),
-                )
-            finally:
-                # Bounded too: after a timeout asyncpg waits for the server to confirm
-                # the cancellation (a frozen server never would).
-                await self.pool.release(conn, timeout=timeout)
+            return await self._run(op, query, args)
         except _DRIVER_ERRORS as exc:
-            if isinstance(exc, pgexc.UndefinedTableError):
-                self._ready = False  # dropped behind our back: check (or create) again
-            raise self._translate(exc, op) from exc
+            raise self._driver_error(exc, op) from exc
+
+    async def _run(self, op: str, query: str, args: Sequence[Any]) -> list[Any]:
+        """One statement on a pooled connection; driver errors are left to the caller."""
+        timeout = self.timeout
+        if timeout is None:
+            async with self.pool.acquire() as conn:
+                return cast("list[Any]", await conn.fetch(query, *args))
+        # One deadline for waiting on the pool and for the statement.
+        deadline = time.monotonic() + timeout
+        try:
+            conn = await self.pool.acquire(timeout=timeout)
+        except asyncio.TimeoutError:
+            raise StoreUnavailableError(
+                f"no free connection to {self._address} for {op} within {timeout}s: all "
+                f"{self.pool.get_max_size()} pooled connections stayed busy. Raise the "
+                "pool's max_size or the timeout, or look for slow statements "
+                "(pg_stat_activity)"
+            ) from None
+        try:
+            return cast(
+                "list[Any]",
+                await conn.fetch(query, *args, timeout=max(0.001, deadline - time.monotonic())),
+            )
+        finally:
+            # Bounded too: after a timeout asyncpg waits for the server to confirm the
+            # cancellation (a frozen server never would).
+            await self.pool.release(conn, timeout=timeout)
+
+    def _driver_error(self, exc: BaseException, op: str) -> StoreError:
+        if isinstance(exc, pgexc.UndefinedTableError):
+            self._ready = False  # dropped behind our back: check (or create) again
+        return self._translate(exc, op)
+
+    async def _batched(self, op: str, command: tuple[Any, ...]) -> Any:
+        """Run ``command`` in the next shared batch (see :meth:`_execute`)."""
+        self._check_open()
+        if not self._ready:
+            await self._ensure_ready(op)
+        result = (await self._batcher.call((command,)))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _execute(self, commands: list[Command]) -> list[Any]:
+        """Run a batch: all its appends in one statement, all its loads in another.
+
+        The two statements run at once on two pooled connections. Each operation keeps
+        its own atomicity: the appends of a batch commit together (one statement), and a
+        load reads one consistent snapshot. Errors are returned in place.
+        """
+        results: list[Any] = [None] * len(commands)
+        appends = [i for i, c in enumerate(commands) if c[0] == "append"]
+        loads = [i for i, c in enumerate(commands) if c[0] == "load"]
+        jobs = []
+        if appends:
+            jobs.append(self._append_batch(commands, appends, results))
+        if loads:
+            jobs.append(self._load_batch(commands, loads, results))
+        if len(jobs) == 1:
+            await jobs[0]
+        else:
+            await asyncio.gather(*jobs)
+        return results
+
+    async def _append_batch(
+        self, commands: list[Command], indexes: list[int], results: list[Any]
+    ) -> None:
+        # Appends to one session are joined in submission order, each one's records
+        # kept adjacent; sessions are locked in id order, so batches never deadlock.
+        grouped: dict[str, list[str]] = {}
+        for i in indexes:
+            grouped.setdefault(commands[i][1], []).extend(commands[i][2])
+        ids = sorted(grouped)
+        counts = [len(grouped[s]) for s in ids]
+        owners: list[int] = []
+        records: list[str] = []
+        for n, session_id in enumerate(ids, 1):
+            group = grouped[session_id]
+            owners += [n] * len(group)
+            records += group
+        try:
+            await self._run("append", self._sql.append_many, (ids, counts, owners, records))
+        except (*_DRIVER_ERRORS, StoreError) as exc:
+            error = exc if isinstance(exc, StoreError) else self._driver_error(exc, "append")
+            error.__cause__ = None if error is exc else exc
+            for i in indexes:
+                results[i] = error
+
+    async def _load_batch(
+        self, commands: list[Command], indexes: list[int], results: list[Any]
+    ) -> None:
+        ids = [commands[i][1] for i in indexes]
+        last = [commands[i][2] for i in indexes]
+        try:
+            rows = await self._run("load", self._sql.load_many, (ids, last))
+        except (*_DRIVER_ERRORS, StoreError) as exc:
+            error = exc if isinstance(exc, StoreError) else self._driver_error(exc, "load")
+            error.__cause__ = None if error is exc else exc
+            for i in indexes:
+                results[i] = error
+            return
+        found: list[list[str]] = [[] for _ in indexes]
+        for row in rows:
+            found[row[0] - 1].append(row[1])
+        for n, i in enumerate(indexes):
+            results[i] = found[n]
 
     def _translate(self, exc: BaseException, op: str) -> StoreError:
         return _translate(exc, op, self._address, self.timeout, self.schema)
@@ -485,16 +571,19 @@ class PostgresStateStore(AsyncResource):
             if self.refresh_ttl_on_read and self.ttl is not None:
                 await self._fetch("load", sql.touch, session_id)
             return []
-        query = sql.load_touch if self.refresh_ttl_on_read and self.ttl is not None else sql.load
-        rows = await self._fetch("load", query, session_id, last_n)
-        return decode_messages([r[0] for r in rows], session_id=session_id)
+        if self.refresh_ttl_on_read and self.ttl is not None:
+            rows = await self._fetch("load", sql.load_touch, session_id, last_n)
+            records = [r[0] for r in rows]
+        else:
+            records = await self._batched("load", ("load", session_id, last_n))
+        return decode_messages(records, session_id=session_id)
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
         """Append ``messages`` at the end, all together, in one statement."""
         check_session_id(session_id)
         records = encode_messages(messages)
         if records:
-            await self._fetch("append", self._sql.append, session_id, records)
+            await self._batched("append", ("append", session_id, records))
             self._maybe_sweep()
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
@@ -579,6 +668,7 @@ class PostgresStateStore(AsyncResource):
         if self._closed:
             return
         self._closed = True
+        await self._batcher.drain()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._owns_pool:
@@ -647,6 +737,14 @@ class _Statements:
             "AND m.seq < s.next_seq "
             f"WHERE s.id = $1 AND {live} ORDER BY m.seq"
         )
+        # Many loads in one statement: the q.i-th load's rows, oldest first.
+        self.load_many = (
+            "SELECT q.i, m.record FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY "
+            f"AS q(id, last_n, i) JOIN {sessions} s ON s.id = q.id AND {live} "
+            f"JOIN {messages} m ON m.session_id = s.id "
+            "AND m.seq >= greatest(s.start_seq, s.next_seq - coalesce(q.last_n, s.next_seq)) "
+            "AND m.seq < s.next_seq ORDER BY q.i, m.seq"
+        )
         self.touch = (
             f"UPDATE {sessions} s SET expires_at = {expires} WHERE s.id = $1 AND {live} "
             "RETURNING s.start_seq, s.next_seq, s.metadata"
@@ -666,6 +764,25 @@ class _Statements:
             f"g AS ({gone('$1', 'SELECT start_seq FROM t')}) "
             f"INSERT INTO {messages} (session_id, seq, record) "
             f"SELECT $1, t.first + r.i - 1, r.record FROM t, {rows}"
+        )
+        # Appends to many sessions in one statement: $1 the (distinct, sorted) ids, $2 how
+        # many records each gets; $3 the 1-based index in $1 of each record's session and
+        # $4 the records, in order.
+        self.append_many = (
+            "WITH q AS (SELECT * FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY "
+            "AS q(id, n, i)), "
+            f"t AS (INSERT INTO {sessions} AS s (id, next_seq, expires_at) "
+            f"SELECT q.id, q.n, {expires} FROM q ORDER BY q.id "
+            f"ON CONFLICT (id) DO UPDATE SET {restart}, "
+            "next_seq = s.next_seq + EXCLUDED.next_seq, expires_at = EXCLUDED.expires_at "
+            "RETURNING s.id, s.start_seq, s.next_seq), "
+            f"g AS (DELETE FROM {messages} m USING t "
+            "WHERE m.session_id = t.id AND m.seq < t.start_seq) "
+            f"INSERT INTO {messages} (session_id, seq, record) "
+            "SELECT q.id, t.next_seq - q.n + row_number() OVER (PARTITION BY r.owner "
+            "ORDER BY r.k) - 1, r.record "
+            "FROM unnest($3::int[], $4::text[]) WITH ORDINALITY AS r(owner, record, k) "
+            "JOIN q ON q.i = r.owner JOIN t ON t.id = q.id"
         )
         self.save = (
             f"WITH t AS (INSERT INTO {sessions} AS s (id, next_seq, expires_at) "
