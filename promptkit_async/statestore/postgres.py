@@ -49,6 +49,10 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _SWEEP_INTERVAL = 60.0
 _SWEEP_BATCH = 1000
 _WRITES = frozenset(("append", "save", "fork", "merge_metadata", "delete"))
+_TABLE_EXISTS = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+    "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)"
+)
 #: What asyncpg and the sockets under it raise; translated in one place (_translate).
 _DRIVER_ERRORS = (pgexc.PostgresError, pgexc.InterfaceError, OSError, asyncio.TimeoutError)
 
@@ -254,6 +258,8 @@ class PostgresStateStore(AsyncResource):
         min_size: int = 1,
         max_size: int = 10,
         auto_migrate: bool = True,
+        sweep_interval: float = _SWEEP_INTERVAL,
+        max_in_flight: int = 4,
         **pool_options: Any,
     ) -> PostgresStateStore:
         """Create a pool, check the server answers (and the tables); the store owns the pool.
@@ -262,8 +268,8 @@ class PostgresStateStore(AsyncResource):
             dsn: ``postgresql://user:password@host:port/database`` (``?sslmode=...`` and
                 the other libpq URL parameters work); ``None`` uses the ``PG*``
                 environment variables. The password never appears in errors or repr.
-            schema / table_prefix / ttl / refresh_ttl_on_read / timeout / auto_migrate:
-                see the class.
+            schema / table_prefix / ttl / refresh_ttl_on_read / timeout / auto_migrate /
+                sweep_interval / max_in_flight: see the class.
             connect_timeout: seconds to wait for the server when opening a connection.
             statement_timeout: the server-side ``statement_timeout`` for the pool's
                 connections, in seconds (``None``: the server's setting).
@@ -310,6 +316,8 @@ class PostgresStateStore(AsyncResource):
             refresh_ttl_on_read=refresh_ttl_on_read,
             timeout=timeout,
             auto_migrate=auto_migrate,
+            sweep_interval=sweep_interval,
+            max_in_flight=max_in_flight,
         )
         store._owns_pool = True
         store._address = address
@@ -338,25 +346,42 @@ class PostgresStateStore(AsyncResource):
         self._check_open()
         sql = self._sql
         try:
-            async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", sql.lock_key)
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
-                )
-                if not exists:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(sql.create_version_table)
-                version = await conn.fetchval(sql.current_version)
-                if version > LAYOUT_VERSION:
-                    raise StoreDataError(self._newer_message(version))
-                for step in range(version + 1, LAYOUT_VERSION + 1):
-                    for statement in sql.migrations[step]:
-                        await conn.execute(statement)
-                    await conn.execute(sql.record_version, step)
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                # Up to date (the usual case): no lock, no DDL, so a read-only replica
+                # or a user without CREATE rights can use tables that exist.
+                if await self._read_version(conn) != LAYOUT_VERSION:
+                    async with conn.transaction():
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock(hashtext($1))", sql.lock_key
+                        )
+                        version = await self._read_version(conn)
+                        if version < LAYOUT_VERSION:
+                            await self._upgrade(conn, version)
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, "migrate") from exc
         self._ready = True
         return LAYOUT_VERSION
+
+    async def _read_version(self, conn: asyncpg.Connection) -> int:
+        """The layout version of the tables (0: none yet); a newer one is refused."""
+        version = 0
+        # A catalog query, not to_regclass(): it reads the statement's snapshot, so it
+        # sees tables another migrator committed while this one waited for the lock.
+        if await conn.fetchval(_TABLE_EXISTS, self.schema, f"{self.table_prefix}schema_version"):
+            version = await conn.fetchval(self._sql.current_version)
+        if version > LAYOUT_VERSION:
+            raise StoreDataError(self._newer_message(version))
+        return int(version)
+
+    async def _upgrade(self, conn: asyncpg.Connection, version: int) -> None:
+        sql = self._sql
+        if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema):
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        await conn.execute(sql.create_version_table)
+        for step in range(version + 1, LAYOUT_VERSION + 1):
+            for statement in sql.migrations[step]:
+                await conn.execute(statement)
+            await conn.execute(sql.record_version, step)
 
     def _newer_message(self, version: int) -> str:
         return (
@@ -375,13 +400,9 @@ class PostgresStateStore(AsyncResource):
                 return
             try:
                 async with self.pool.acquire(timeout=self.timeout) as conn:
-                    version = await conn.fetchval(self._sql.current_version)
-            except pgexc.UndefinedTableError:
-                version = 0
+                    version = await self._read_version(conn)
             except _DRIVER_ERRORS as exc:
                 raise self._translate(exc, op) from exc
-            if version > LAYOUT_VERSION:
-                raise StoreDataError(self._newer_message(version))
             if version < LAYOUT_VERSION:
                 raise StoreError(
                     f"the tables {self._sql.where} are at layout {version}, this library "
@@ -738,12 +759,14 @@ class _Statements:
             f"WHERE s.id = $1 AND {live} ORDER BY m.seq"
         )
         # Many loads in one statement: the q.i-th load's rows, oldest first.
+        # Many loads in one statement: the q.i-th load's rows, oldest first. The newest
+        # last_n rows of each come from a backward index scan that stops after them.
         self.load_many = (
             "SELECT q.i, m.record FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY "
             f"AS q(id, last_n, i) JOIN {sessions} s ON s.id = q.id AND {live} "
-            f"JOIN {messages} m ON m.session_id = s.id "
-            "AND m.seq >= greatest(s.start_seq, s.next_seq - coalesce(q.last_n, s.next_seq)) "
-            "AND m.seq < s.next_seq ORDER BY q.i, m.seq"
+            f"CROSS JOIN LATERAL (SELECT m.seq, m.record FROM {messages} m "
+            "WHERE m.session_id = s.id AND m.seq >= s.start_seq AND m.seq < s.next_seq "
+            "ORDER BY m.seq DESC LIMIT q.last_n) m ORDER BY q.i, m.seq"
         )
         self.touch = (
             f"UPDATE {sessions} s SET expires_at = {expires} WHERE s.id = $1 AND {live} "
