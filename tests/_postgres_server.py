@@ -20,7 +20,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import pytest
 
 from tests._redis_server import free_port
 
-_START_TIMEOUT = 60.0
+_START_TIMEOUT = 60.0  # seconds for initdb, or a start
 
 
 def _find_bin_dir() -> Path | None:
@@ -231,10 +230,19 @@ def unique_schema() -> str:
     return f"t_{os.urandom(6).hex()}"
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll an external condition (a server state) until it holds, with a bound."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached in time")
-        time.sleep(0.02)  # polling an external process
+def server_pids(server: PostgresServer) -> list[int]:
+    """The postmaster's pid and its children's (backends, checkpointer, ...)."""
+    pid_file = server.data / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split("\n", 1)[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after the ")".
+        if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+            pids.append(int(entry.name))
+    return pids

@@ -54,7 +54,13 @@ _TABLE_EXISTS = (
     "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)"
 )
 #: What asyncpg and the sockets under it raise; translated in one place (_translate).
-_DRIVER_ERRORS = (pgexc.PostgresError, pgexc.InterfaceError, OSError, asyncio.TimeoutError)
+_DRIVER_ERRORS = (
+    pgexc.PostgresError,
+    pgexc.InterfaceError,
+    pgexc.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 # Metadata is JSONB, which cannot hold NUL characters (nor lone surrogates): keys escape
 # "%" and NUL as %25 / %00, and a value that JSONB cannot hold (or that looks like the
@@ -427,31 +433,39 @@ class PostgresStateStore(AsyncResource):
             raise self._driver_error(exc, op) from exc
 
     async def _run(self, op: str, query: str, args: Sequence[Any]) -> list[Any]:
-        """One statement on a pooled connection; driver errors are left to the caller."""
+        """One statement on a pooled connection; driver errors are left to the caller.
+
+        One deadline (``timeout``) covers waiting for a pooled connection (or opening
+        one) and the statement; giving the connection back is bounded by it too.
+        """
         timeout = self.timeout
-        if timeout is None:
-            async with self.pool.acquire() as conn:
-                return cast("list[Any]", await conn.fetch(query, *args))
-        # One deadline for waiting on the pool and for the statement.
-        deadline = time.monotonic() + timeout
-        try:
-            conn = await self.pool.acquire(timeout=timeout)
-        except asyncio.TimeoutError:
-            raise StoreUnavailableError(
-                f"no free connection to {self._address} for {op} within {timeout}s: all "
-                f"{self.pool.get_max_size()} pooled connections stayed busy. Raise the "
-                "pool's max_size or the timeout, or look for slow statements "
-                "(pg_stat_activity)"
-            ) from None
-        try:
-            return cast(
-                "list[Any]",
-                await conn.fetch(query, *args, timeout=max(0.001, deadline - time.monotonic())),
-            )
-        finally:
-            # Bounded too: after a timeout asyncpg waits for the server to confirm the
-            # cancellation (a frozen server never would).
-            await self.pool.release(conn, timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for attempt in (1, 2):
+            try:
+                conn = await self.pool.acquire(timeout=timeout)
+            except asyncio.TimeoutError:
+                raise StoreUnavailableError(
+                    f"no connection to {self._address} for {op} within {timeout}s: all "
+                    f"{self.pool.get_max_size()} pooled connections stayed busy, or a new "
+                    "one could not be opened in time. Raise the pool's max_size or the "
+                    "timeout, look for slow statements (pg_stat_activity), or check that "
+                    "the server answers (pg_isready)"
+                ) from None
+            try:
+                left = None if deadline is None else max(0.001, deadline - time.monotonic())
+                return cast("list[Any]", await conn.fetch(query, *args, timeout=left))
+            except pgexc.InternalClientError:
+                # The connection is still winding down a statement that timed out or was
+                # cancelled (asyncpg handed it back once the cancel request was sent).
+                # Nothing was sent: drop it and use another connection, once.
+                conn.terminate()
+                if attempt == 2:
+                    raise
+            finally:
+                # After a timeout asyncpg waits for the server to confirm the
+                # cancellation: bounded, since a frozen server never would.
+                await self.pool.release(conn, timeout=timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _driver_error(self, exc: BaseException, op: str) -> StoreError:
         if isinstance(exc, pgexc.UndefinedTableError):
@@ -936,6 +950,7 @@ def _translate(
     unavailable = (
         OSError,
         pgexc.InterfaceError,  # connection closed, pool closing
+        pgexc.InternalClientError,  # a connection still busy with a cancelled statement
         pgexc.PostgresConnectionError,  # class 08
         pgexc.OperatorInterventionError,  # class 57: shutdown, crash, starting up
         pgexc.InsufficientResourcesError,  # class 53: too many connections, disk full
