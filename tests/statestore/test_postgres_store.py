@@ -381,3 +381,26 @@ async def test_tables_dropped_behind_the_store_are_recreated(
             await store.count("s")
         await store.append("s", [user("again")])  # checked and created again
         assert contents(await store.load("s")) == ["again"]
+
+
+async def test_a_write_after_expiry_starts_an_empty_session(
+    postgres_server: PostgresServer,
+) -> None:
+    schema = unique_schema()
+    async with await PostgresStateStore.connect(
+        postgres_server.dsn, schema=schema, ttl=10, sweep_interval=3600
+    ) as store:
+        for session in ("a", "m", "f"):
+            await store.append(session, [user("old"), bot("old reply")])
+            await store.merge_metadata(session, {"old": True})
+        await shift_postgres_ttls(postgres_server.dsn, [schema], 11)
+        # Expired rows are still in the tables (no purge ran): the writes must not
+        # bring back the old history or metadata.
+        await store.append("a", [user("new")])
+        assert contents(await store.load("a")) == ["new"]
+        assert await store.count("a") == 1
+        assert await store.get_metadata("a") == {}
+        assert await store.merge_metadata("m", {"new": 1}) == {"new": 1}
+        assert await store.load("m") == []
+        assert await store.fork("f", "a") == 0  # an expired source is unknown
+        assert await store.load("a") == []
