@@ -13,7 +13,6 @@ user owns. Without the server binaries the PostgreSQL tests skip, except under C
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
@@ -22,11 +21,10 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests._redis_server import free_port
+from tests._redis_server import _share, free_port
 
 _START_TIMEOUT = 60.0  # seconds for initdb, or a start
 
@@ -172,39 +170,20 @@ class PostgresServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-# --- sharing between conftests --------------------------------------------------------
+class _SharedServer(PostgresServer):
+    """The session's server: stopping it for good also deletes its directory."""
 
-_shared: dict[str, list[Any]] = {}
-
-
-@contextlib.contextmanager
-def _share(name: str, create: Callable[[], PostgresServer]) -> Iterator[PostgresServer]:
-    # Each conftest that imports the fixture gets its own definition; reference counting
-    # makes them share one server, stopped when the last user is done.
-    entry = _shared.get(name)
-    if entry is None:
-        server = create()
-        try:
-            server.start()
-        except BaseException:
-            server.remove()
-            raise
-        entry = _shared[name] = [server, 0]
-    entry[1] += 1
-    try:
-        yield entry[0]
-    finally:
-        entry[1] -= 1
-        if entry[1] == 0:
-            del _shared[name]
-            entry[0].remove()
+    def stop(self, mode: str = "fast") -> None:
+        super().stop(mode)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole session (each test uses its own schema)."""
     require_postgres()
-    with _share("standalone", PostgresServer) as server:
+    # Shared (reference counted) like the Redis servers, by every conftest importing it.
+    with _share("postgres", _SharedServer) as server:
         yield server
 
 

@@ -294,22 +294,17 @@ async def open_store(
     Redis or PostgreSQL that cannot be reached falls back to the embedded SQLite store
     (saying why); an installation without SQLite support falls back to memory.
     """
-    if kind == "postgres":
-        url = postgres_url or DEFAULT_POSTGRES_URL
+    servers = {
+        "postgres": ("PostgreSQL", _open_postgres, postgres_url or DEFAULT_POSTGRES_URL),
+        "redis": ("Redis", _open_redis, redis_url),
+    }
+    if kind in servers:
+        name, opener, url = servers[kind]
         try:
-            return await _open_postgres(url), f"postgres at {redact_url(url)}"
+            return await opener(url), f"{kind} at {redact_url(url)}"
         except (StoreError, OSError) as exc:
             say(
-                f"PostgreSQL unavailable at {redact_url(url)} ({exc}); "
-                f"using the embedded SQLite store at {db} instead."
-            )
-            kind = "sqlite"
-    if kind == "redis":
-        try:
-            return await _open_redis(redis_url), f"redis at {redact_url(redis_url)}"
-        except (StoreError, OSError) as exc:
-            say(
-                f"Redis unavailable at {redact_url(redis_url)} ({exc}); "
+                f"{name} unavailable at {redact_url(url)} ({exc}); "
                 f"using the embedded SQLite store at {db} instead."
             )
             kind = "sqlite"

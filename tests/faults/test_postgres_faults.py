@@ -41,9 +41,8 @@ from promptkit_async import (
 from promptkit_async.statestore import PostgresStateStore
 from promptkit_async.statestore.records import decode_message
 from tests._postgres_server import PostgresServer, server_pids
-from tests.faults._checks import whole_turns
+from tests.faults._checks import Load, audit
 from tests.faults.conftest import Report, scales
-from tests.faults.test_redis_faults import Load
 
 pytestmark = pytest.mark.postgres
 
@@ -84,7 +83,7 @@ async def test_postgres_faults_under_load(
     provider = MockProvider(handler=lambda r: f"reply to {r.messages[-1].content}")
     pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
     sessions = [f"p{i}" for i in range(20 * scale)]
-    load = Load(pipe, sessions, seed=5)
+    load = Load(pipe, sessions, seed=5, hang_guard=HANG_GUARD)
     workers = [asyncio.ensure_future(load.worker(w)) for w in range(8)]
     try:
         await load.until(lambda: load.ok >= 50)
@@ -109,17 +108,7 @@ async def test_postgres_faults_under_load(
         load.stopping = True
         await asyncio.wait_for(asyncio.gather(*workers), PHASE_GUARD)
 
-    assert load.hangs == 0
-    assert load.unexpected == []
-    assert load.errors["StoreUnavailableError"] > 0
-    attempted = load.failed | {a for acked in load.acked.values() for a in acked}
-    checked = 0
-    for session in sessions:
-        stored = whole_turns(await store.load(session), session)  # decodes, whole, own, once
-        acked = load.acked[session]
-        assert [q for q in stored if q in set(acked)] == acked  # all there, in order
-        assert set(stored) <= attempted  # nothing made up
-        checked += len(stored)
+    attempted, checked = await audit(load, store)
     await pipe.shutdown()
     await store.aclose()
     # Every raw record decodes (read around the store, straight from the table).

@@ -17,7 +17,6 @@ import asyncpg
 import pytest
 
 from promptkit_async import (
-    Message,
     MockProvider,
     Pipeline,
     ProviderMiddleware,
@@ -31,21 +30,10 @@ from promptkit_async.statestore.postgres import LAYOUT_VERSION
 from tests._postgres_server import PostgresServer, unique_schema
 from tests._redis_server import free_port
 from tests.contract._harness import shift_postgres_ttls
+from tests.contract.test_store_contract import bot, contents, user
 from tests.statestore._proxy import CountingProxy
 
 pytestmark = pytest.mark.postgres
-
-
-def user(text: str, **kw: Any) -> Message:
-    return Message("user", text, **kw)
-
-
-def bot(text: str, **kw: Any) -> Message:
-    return Message("assistant", text, **kw)
-
-
-def contents(messages: list[Message]) -> list[str]:
-    return [m.content for m in messages]
 
 
 @pytest.fixture
