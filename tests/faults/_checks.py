@@ -169,9 +169,10 @@ class Load:
                 self.errors[type(exc).__name__] += 1
                 text = str(exc)
                 kind = (
-                    "timed out" if "did not answer" in text
+                    "timed out" if "did not answer" in text or "no connection" in text
                     else "loading" if "loading" in text.lower()
-                    else "refused/lost" if "cannot reach" in text
+                    else "starting up" if "starting up" in text
+                    else "refused/lost" if "cannot reach" in text or "cannot use" in text
                     else text[:60]
                 )  # fmt: skip
                 self.kinds[kind] += 1
