@@ -156,12 +156,13 @@ class PostgresStateStore(AsyncResource):
 
     or hand it a pool your application already owns; :meth:`aclose` then leaves it open::
 
-        pool = await asyncpg.create_pool(dsn, reset=None)
+        pool = await asyncpg.create_pool(dsn)
         store = PostgresStateStore(pool, schema="chat", ttl=3600)
 
     (A pool's default ``reset`` runs a reset query each time a connection goes back to
-    the pool: one more round trip per operation. Pass ``reset=`` a no-op coroutine
-    function if nothing else in your application leaves state on its connections.)
+    the pool: one more round trip per operation. If nothing in your application leaves
+    session state on its connections, pass ``reset=`` a coroutine function that does
+    nothing, as the pools :meth:`connect` creates do.)
 
     Args:
         pool: the ``asyncpg.Pool`` to use.
@@ -183,19 +184,28 @@ class PostgresStateStore(AsyncResource):
         sweep_interval: seconds between purges of expired sessions. A purge runs in the
             background after a write when one is due, on its own pooled connection, so
             no scheduler is needed and no operation waits for it.
+        max_in_flight: how many batches of loads and appends may run at once (see
+            below).
 
     Round trips: ``load``, ``append``, ``save``, ``delete``, ``count``, ``fork``,
     ``get_metadata``, ``merge_metadata`` and ``list_sessions`` are one statement each
     (one round trip with a warm pool), so a pipeline turn costs two. ``load(last_n=n)``
     reads only the newest ``n`` rows (an index range scan). The first operation also
-    checks (or creates) the tables: a few more round trips, once.
+    checks (or creates) the tables: a few more round trips, once. Loads and appends
+    that concurrent tasks start during one event-loop iteration travel together: one
+    statement for all the loads, one for all the appends, run at once on two pooled
+    connections (each operation is still atomic on its own; a server error fails the
+    operations of its statement).
 
     Concurrency: safe to share between any number of tasks on one event loop (asyncpg
     pools are bound to their loop). Each operation is one statement, atomic on the
     server; concurrent appends to a session, from any number of processes, are
-    serialised by the session row's lock and never interleave. Cancelling an operation
-    (or a timeout around it) makes asyncpg cancel the statement on the server: it is
-    then applied whole or not at all, and the connection is reset before reuse.
+    serialised by the session row's lock and never interleave. Cancelling a load or an
+    append before its batch was sent drops it; once sent, it completes on the server
+    and the caller just stops waiting. Cancelling another operation (or a timeout
+    around it) makes asyncpg cancel its statement on the server: it is applied whole
+    or not at all, and its connection goes back to the pool only once the server has
+    answered the cancellation (or is dropped).
 
     Failures: an unreachable, restarting or read-only server, a statement timeout, a
     serialization failure or an exhausted pool raise
@@ -270,12 +280,13 @@ class PostgresStateStore(AsyncResource):
     ) -> PostgresStateStore:
         """Create a pool, check the server answers (and the tables); the store owns the pool.
 
+        ``schema``, ``table_prefix``, ``ttl``, ``refresh_ttl_on_read``, ``timeout``,
+        ``auto_migrate``, ``sweep_interval`` and ``max_in_flight`` are the class's.
+
         Args:
             dsn: ``postgresql://user:password@host:port/database`` (``?sslmode=...`` and
                 the other libpq URL parameters work); ``None`` uses the ``PG*``
                 environment variables. The password never appears in errors or repr.
-            schema / table_prefix / ttl / refresh_ttl_on_read / timeout / auto_migrate /
-                sweep_interval / max_in_flight: see the class.
             connect_timeout: seconds to wait for the server when opening a connection.
             statement_timeout: the server-side ``statement_timeout`` for the pool's
                 connections, in seconds (``None``: the server's setting).
