@@ -568,9 +568,19 @@ def _counting_connection() -> Any:
     import asyncpg
 
     class CountingConnection(asyncpg.Connection):  # type: ignore[misc]
+        # The store's operations use fetch(); its schema check and background purges
+        # use fetchval() and execute() (transactions' BEGIN/COMMIT too).
         async def fetch(self, *args: Any, **kwargs: Any) -> Any:
             _STATEMENTS[0] += 1
             return await super().fetch(*args, **kwargs)
+
+        async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
+            _STATEMENTS[0] += 1
+            return await super().fetchval(*args, **kwargs)
+
+        async def execute(self, *args: Any, **kwargs: Any) -> Any:
+            _STATEMENTS[0] += 1
+            return await super().execute(*args, **kwargs)
 
     return CountingConnection
 
@@ -640,6 +650,7 @@ DEFAULT_CLIENTS = (
     "promptkit-memory",
     "promptkit-sqlite",
     "promptkit-redis",
+    "promptkit-postgres",
     "promptkit-shim-memory",
 )
 
