@@ -253,3 +253,25 @@ async def test_a_serialization_failure_is_a_retryable_error(
     assert [m.content for m in await store.load("s")] == ["1", "2"]
     await store.aclose()
     report.add(faults=1)
+
+
+async def test_a_cancelled_operation_leaves_no_stale_reply_behind(
+    pg: PostgresServer, locker: asyncpg.Connection, report: Report
+) -> None:
+    # One connection: the operations after the cancelled one run on the same one.
+    store = await PostgresStateStore.connect(pg.dsn, schema="faults", max_size=1, timeout=10)
+    await store.append("s", [user("1")])
+    await store.merge_metadata("s", {"k": "before"})
+    await store.append("other", [user("other")])
+    transaction = await _lock_session(locker, "s")
+    # The caller's own deadline around an operation, as plain asyncio code writes it.
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(store.merge_metadata("s", {"k": "cancelled"}), 0.3)
+    await transaction.rollback()
+    # Each answer is its own, not the late reply of the cancelled statement, which the
+    # server cancelled: nothing of it was applied.
+    assert await store.get_metadata("s") == {"k": "before"}
+    assert [m.content for m in await store.load("other")] == ["other"]
+    assert await store.count("s") == 1
+    await store.aclose()
+    report.add(faults=1)

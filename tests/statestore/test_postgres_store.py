@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -34,6 +38,8 @@ from tests.contract.test_store_contract import bot, contents, user
 from tests.statestore._proxy import CountingProxy
 
 pytestmark = pytest.mark.postgres
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -392,3 +398,25 @@ async def test_a_write_after_expiry_starts_an_empty_session(
         assert await store.load("m") == []
         assert await store.fork("f", "a") == 0  # an expired source is unknown
         assert await store.load("a") == []
+
+
+def test_importing_the_library_without_asyncpg_costs_nothing_and_fails_nothing() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['asyncpg'] = None  # as if it were not installed\n"
+        "import promptkit_async, promptkit_async.statestore as s\n"
+        "assert 'asyncpg' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "try:\n"
+        "    s.PostgresStateStore\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "pip install 'promptkit_async[postgres]'" in done.stdout
