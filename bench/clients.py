@@ -40,6 +40,7 @@ class ClientConfig:
     stream: bool = True
     max_connections: int = 0
     redis_url: str | None = None
+    postgres_url: str | None = None
     sqlite_path: str | None = None
     run_tag: str = "run"
 
@@ -53,7 +54,7 @@ class Client:
     describe: ClassVar[str] = ""
     #: Distributions the client imports (to say why it is unavailable).
     needs: ClassVar[tuple[str, ...]] = ()
-    #: Extra services the harness must start: "redis".
+    #: Extra services the harness must start: "redis", "postgres".
     services: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ClientConfig) -> None:
@@ -77,6 +78,10 @@ class Client:
     async def history_length(self, session: Any) -> int:
         """Messages the session holds after its turns (checked by the harness)."""
         return len(session)
+
+    def store_round_trips(self) -> int | None:
+        """Round trips to a store server so far (None: not counted for this client)."""
+        return None
 
     async def end_session(self, session: Any) -> None:
         """Release per-session resources."""
@@ -467,6 +472,16 @@ class _PromptKit(Client):
             return await RedisStateStore.connect(
                 self.config.redis_url, prefix=f"bench-{self.config.run_tag}"
             )
+        if kind == "postgres":
+            import hashlib
+
+            from promptkit_async.statestore import PostgresStateStore  # type: ignore[attr-defined]
+
+            assert self.config.postgres_url, "the harness starts PostgreSQL and passes its URL"
+            schema = "bench_" + hashlib.sha1(self.config.run_tag.encode()).hexdigest()[:12]
+            return await PostgresStateStore.connect(
+                self.config.postgres_url, schema=schema, connection_class=_counting_connection()
+            )
         raise ValueError(kind)
 
     async def open(self) -> None:
@@ -533,6 +548,43 @@ class PromptKitRedis(_PromptKit):
     services = ("redis",)
 
 
+class PromptKitPostgres(_PromptKit):
+    name = "promptkit-postgres"
+    describe = "promptkit_async Pipeline + StateMiddleware(PostgresStateStore) + OpenAIProvider"
+    store_kind = "postgres"
+    services = ("postgres",)
+
+    def store_round_trips(self) -> int | None:
+        # Every statement the store sends is one round trip (prepared once per
+        # connection, then bind + execute + sync in one write).
+        return _STATEMENTS[0]
+
+
+_STATEMENTS = [0]
+
+
+def _counting_connection() -> Any:
+    """An asyncpg connection class that counts the statements it runs."""
+    import asyncpg
+
+    class CountingConnection(asyncpg.Connection):  # type: ignore[misc]
+        # The store's operations use fetch(); its schema check and background purges
+        # use fetchval() and execute() (transactions' BEGIN/COMMIT too).
+        async def fetch(self, *args: Any, **kwargs: Any) -> Any:
+            _STATEMENTS[0] += 1
+            return await super().fetch(*args, **kwargs)
+
+        async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
+            _STATEMENTS[0] += 1
+            return await super().fetchval(*args, **kwargs)
+
+        async def execute(self, *args: Any, **kwargs: Any) -> Any:
+            _STATEMENTS[0] += 1
+            return await super().execute(*args, **kwargs)
+
+    return CountingConnection
+
+
 class _Shim(_PromptKit):
     def make_provider(self) -> Any:
         from ._shim import AiohttpShimProvider
@@ -580,6 +632,7 @@ CLIENTS: dict[str, type[Client]] = {
         PromptKitMemory,
         PromptKitSQLite,
         PromptKitRedis,
+        PromptKitPostgres,
         PromptKitShimMemory,
         PromptKitShimSQLite,
         PromptKitShimRedis,
@@ -597,6 +650,7 @@ DEFAULT_CLIENTS = (
     "promptkit-memory",
     "promptkit-sqlite",
     "promptkit-redis",
+    "promptkit-postgres",
     "promptkit-shim-memory",
 )
 
@@ -630,11 +684,19 @@ def _probe(name: str) -> str | None:
     ):
         return "promptkit_async.providers.openai.OpenAIProvider is not merged yet"
     if issubclass(cls, _PromptKit):
-        store = {"sqlite": "SQLiteStateStore", "redis": "RedisStateStore"}.get(cls.store_kind)
+        store = {
+            "sqlite": "SQLiteStateStore",
+            "redis": "RedisStateStore",
+            "postgres": "PostgresStateStore",
+        }.get(cls.store_kind)
         if store is not None:
             import promptkit_async.statestore as stores
 
-            if not hasattr(stores, store):
+            try:
+                found = hasattr(stores, store)
+            except ImportError as exc:  # an optional driver (asyncpg) is missing
+                return str(exc)
+            if not found:
                 return f"promptkit_async.statestore.{store} is not merged yet"
     return None
 

@@ -103,6 +103,13 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ]
         if cpu_ratios:
             entry["cpu_x_aiohttp"] = _spread(cpu_ratios)
+        trips = [
+            r["store_round_trips_per_turn"]
+            for r in rs
+            if r.get("store_round_trips_per_turn") is not None
+        ]
+        if trips:
+            entry["store_round_trips_per_turn"] = statistics.median(trips)
         if any("redis_busy" in r for r in rs):
             entry["redis_busy_max"] = max(r.get("redis_busy", 0.0) for r in rs)
         for ref in (*BASELINES, "openai", "promptkit-memory"):
@@ -130,6 +137,7 @@ _ORDER = (
     "promptkit-memory",
     "promptkit-sqlite",
     "promptkit-redis",
+    "promptkit-postgres",
     "promptkit-shim-memory",
     "promptkit-shim-sqlite",
     "promptkit-shim-redis",
@@ -469,6 +477,17 @@ def targets_markdown(results: Path) -> str:
             main, "promptkit-redis", lambda e: e.get("x_promptkit-memory"), "×", lambda v: v >= 0.8
         ),
     )
+    if main and any(e["client"] == "promptkit-postgres" for e in main["summary"]):
+        row(
+            "PostgreSQL store ≥ 0.8× the in-memory store's turns/s (1,000 × 5)",
+            per_loop(
+                main,
+                "promptkit-postgres",
+                lambda e: e.get("x_promptkit-memory"),
+                "×",
+                lambda v: v >= 0.8,
+            ),
+        )
     idle = micro.get("idle_sessions") if micro else None
     if idle:
         figure = idle["rss_delta_mb"]

@@ -11,10 +11,11 @@ Typical commands (from the repository root)::
     python -m bench.run --clients promptkit-memory --profiler pyinstrument --repeat 1
 
 What happens: the mock upstream (``bench.upstream``) starts in its own process pinned to
-one CPU; a ``redis-server`` is started on a free loopback port if a Redis client is
-selected; then each client runs in a fresh process (``bench.worker``) pinned to the other
-CPU, one after another (never two at once), for every loop and repeat. The client order
-rotates between repeats so slow drifts of a shared machine spread over all clients.
+one CPU; a ``redis-server`` (or PostgreSQL, ``initdb`` + ``pg_ctl``) is started on a free
+loopback port, on the same CPU, if a Redis (PostgreSQL) client is selected; then each
+client runs in a fresh process (``bench.worker``) pinned to the other CPU, one after
+another (never two at once), for every loop and repeat. The client order rotates between
+repeats so slow drifts of a shared machine spread over all clients.
 After each run the upstream's counters prove that every turn sent the growing history.
 
 Outputs: ``bench/results/<key>.json`` (every run and the aggregates), a Markdown table
@@ -168,6 +169,59 @@ def redis_server(cpus: set[int] | None) -> Iterator[tuple[str, int]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _postgres_bin() -> Path:
+    for directory in [*sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]:
+        if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
+            return directory
+    found = shutil.which("pg_ctl")
+    if found is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    return Path(found).resolve().parent
+
+
+@contextlib.contextmanager
+def postgres_server(cpus: set[int] | None) -> Iterator[tuple[str, int]]:
+    """Start a throwaway PostgreSQL (initdb + pg_ctl) on a free loopback port; yield (url, pid).
+
+    Like the Redis server here, it trades durability for speed: ``synchronous_commit=off``
+    (a commit returns before its WAL reaches the disk; a crash loses the last fraction of
+    a second, never consistency). As root, the server runs as the ``postgres`` user.
+    """
+    bindir = _postgres_bin()
+    user = "postgres" if os.geteuid() == 0 else None
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-postgres-"))
+    if user is not None:
+        shutil.chown(workdir, user, user)
+    data = workdir / "data"
+
+    def run(*argv: str) -> None:
+        subprocess.run(argv, user=user, check=True, capture_output=True, timeout=120, cwd=workdir)
+
+    started = False
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+            "--encoding=UTF8", "--locale=C", "--no-sync")  # fmt: skip
+        options = (
+            f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={workdir} "
+            "-c max_connections=200 -c shared_buffers=128MB -c synchronous_commit=off"
+        )
+        run(str(bindir / "pg_ctl"), "start", "-w", "-D", str(data), "-l",
+            str(workdir / "postgres.log"), "-o", options)  # fmt: skip
+        started = True
+        pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+        if cpus and hasattr(os, "sched_setaffinity"):
+            # Backends fork from the postmaster after this, so they inherit the CPUs.
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, cpus)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", pid
+    finally:
+        if started:
+            with contextlib.suppress(subprocess.SubprocessError):
+                run(str(bindir / "pg_ctl"), "stop", "-m", "fast", "-w", "-D", str(data))
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _http(port: int, method: str, path: str) -> dict[str, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -189,6 +243,7 @@ def run_worker(
     run_tag: str,
     upstream_pid: int,
     redis_pid: int | None,
+    postgres_url: str | None = None,
 ) -> dict[str, Any]:
     """Run one client once in a fresh process and return its enriched result."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
@@ -222,6 +277,8 @@ def run_worker(
         cmd.append("--no-stream")
     if redis_url:
         cmd += ["--redis-url", redis_url]
+    if postgres_url:
+        cmd += ["--postgres-url", postgres_url]
     profiled = args.profiler != "none"
     if args.profiler == "pyinstrument":
         cmd += ["--profiler", "pyinstrument", "--profile-out", str(_profile_path(args, client))]
@@ -353,11 +410,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [],
     }
     needs_redis = any("redis" in CLIENTS[_base(c)].services for c in clients)
+    needs_postgres = any("postgres" in CLIENTS[_base(c)].services for c in clients)
     with contextlib.ExitStack() as stack:
         port, up_pid = stack.enter_context(upstream(args.profile, args.upstream_loop, server_cpus))
         redis_url, redis_pid = None, None
         if needs_redis:
             redis_url, redis_pid = stack.enter_context(redis_server(server_cpus))
+        postgres_url = None
+        if needs_postgres:
+            postgres_url, _ = stack.enter_context(postgres_server(server_cpus))
         for rep in range(args.repeat):
             order = clients[rep % len(clients) :] + clients[: rep % len(clients)] if clients else []
             for loop in loops:
@@ -374,6 +435,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         run_tag=tag,
                         upstream_pid=up_pid,
                         redis_pid=redis_pid,
+                        postgres_url=postgres_url,
                     )
                     result["repeat"] = rep
                     record["runs"].append(result)

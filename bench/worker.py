@@ -104,6 +104,7 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
         stream=args.stream,
         max_connections=args.max_connections,
         redis_url=args.redis_url,
+        postgres_url=args.postgres_url,
         sqlite_path=args.sqlite_path,
         run_tag=args.run_tag,
     )
@@ -146,6 +147,7 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
     cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     sched0, steal0 = sched_wait_seconds(), steal_ticks(cpus)
     cpu0 = cpu_seconds()
+    trips0 = client.store_round_trips()
     t0 = perf()
     if profiler is not None:
         profiler.start()
@@ -154,6 +156,7 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
         profiler.stop()
     wall = perf() - t0
     cpu = cpu_seconds() - cpu0
+    trips1 = client.store_round_trips()
     sched1, steal1 = sched_wait_seconds(), steal_ticks(cpus)
     # Time the loop thread was runnable but another process had the CPU: on a shared
     # machine this is what makes wall-clock figures noisy while CPU per turn is not.
@@ -211,6 +214,9 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
         "rss_before_mb": rss_before,
         "rss_after_mb": rss_after,
         "missing_usage": client.missing_usage,
+        "store_round_trips_per_turn": (
+            (trips1 - trips0) / done if trips0 is not None and trips1 is not None and done else None
+        ),
         "history_mismatches": mismatches,
         "profiled": profiler is not None,
         "pid": os.getpid(),
@@ -230,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-stream", dest="stream", action="store_false")
     parser.add_argument("--max-connections", type=int, default=0)
     parser.add_argument("--redis-url")
+    parser.add_argument("--postgres-url")
     parser.add_argument("--sqlite-path")
     parser.add_argument("--run-tag", default=f"r{os.getpid()}")
     parser.add_argument("--profiler", choices=("none", "pyinstrument"), default="none")

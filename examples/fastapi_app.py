@@ -25,10 +25,11 @@ Endpoints:
 * ``DELETE /sessions/{id}`` forgets the session.
 
 The provider is OpenAI when ``OPENAI_API_KEY`` is set, else the offline demo model. The
-store is Redis when ``REDIS_URL`` is set, else an SQLite file (``CHAT_DB``, default
-``chat.db``), else memory. Both are created once, in the lifespan, and closed on shutdown;
-the pipeline is shared by every request (it is safe to share: turns on different sessions
-run concurrently, turns on one session one at a time).
+store is PostgreSQL when ``DATABASE_URL`` is set (``pip install -e ".[postgres]"``; the
+tables are created on first use), else Redis when ``REDIS_URL`` is set, else an SQLite
+file (``CHAT_DB``, default ``chat.db``), else memory. Both are created once, in the
+lifespan, and closed on shutdown; the pipeline is shared by every request (it is safe to
+share: turns on different sessions run concurrently, turns on one session one at a time).
 """
 
 from __future__ import annotations
@@ -134,9 +135,16 @@ def default_provider() -> Provider:
 
 
 async def default_store() -> StateStore:
-    """Redis when ``REDIS_URL`` is set, else SQLite (``CHAT_DB``), else memory."""
+    """PostgreSQL when ``DATABASE_URL`` is set, else Redis when ``REDIS_URL`` is set, else
+    SQLite (``CHAT_DB``), else memory."""
     import promptkit_async.statestore as stores
 
+    if os.environ.get("DATABASE_URL"):
+        # One pool for the app's lifetime, owned (and closed) by the store.
+        postgres: StateStore = await stores.PostgresStateStore.connect(
+            os.environ["DATABASE_URL"], max_size=20
+        )
+        return postgres
     if os.environ.get("REDIS_URL") and hasattr(stores, "RedisStateStore"):
         store: StateStore = await stores.RedisStateStore.connect(os.environ["REDIS_URL"])
         return store

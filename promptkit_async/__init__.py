@@ -80,6 +80,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from .statestore.postgres import PostgresStateStore
     from .statestore.redis import RedisStateStore
 
 __all__ = [
@@ -121,6 +122,7 @@ __all__ = [
     "PipelineClosedError",
     "PipelineError",
     "PipelineTimeoutError",
+    "PostgresStateStore",
     "PromptKitError",
     "Provider",
     "ProviderDefaults",
@@ -170,12 +172,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # RedisStateStore is imported on first use: redis-py takes about 0.1 s to import.
-    if name == "RedisStateStore":
-        from .statestore.redis import RedisStateStore
+    # The Redis and PostgreSQL stores are imported on first use: redis-py takes about
+    # 0.1 s to import, and asyncpg is an optional extra.
+    if name in ("RedisStateStore", "PostgresStateStore"):
+        from . import statestore
 
-        globals()[name] = RedisStateStore
-        return RedisStateStore
+        value = getattr(statestore, name)
+        globals()[name] = value
+        return value
     if name in errors._DEPRECATED:
         return getattr(errors, name)  # warns, and gives the new class
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

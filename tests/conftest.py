@@ -13,8 +13,9 @@ from promptkit_async import (
     StateMiddleware,
 )
 
-# Real redis-server fixtures (redis_server, redis_cluster, redis_factory) for every test dir.
-pytest_plugins = ["tests._redis_server"]
+# Real server fixtures for every test dir: redis_server, redis_cluster, redis_factory,
+# postgres_server, postgres_factory.
+pytest_plugins = ["tests._redis_server", "tests._postgres_server"]
 
 
 def echo_handler(request: ProviderRequest) -> str:

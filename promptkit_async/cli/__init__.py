@@ -72,6 +72,7 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
     session_id = args.session or default_session_id(env)
     db = args.db or default_db_path(env)
     redis_url = args.redis_url or env.get("REDIS_URL") or "localhost:6379"
+    postgres_url = args.postgres_url or env.get("DATABASE_URL") or ""
     name = choose_provider(args.provider, env)
 
     def say(text: str) -> None:
@@ -86,7 +87,7 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
             return 2
         stack.push_async_callback(provider.aclose)
         try:
-            store, store_label = await open_store(args.store, db, redis_url, say)
+            store, store_label = await open_store(args.store, db, redis_url, say, postgres_url)
         except PromptKitError as exc:
             print(f"promptkit-chat: error: could not open the store: {exc}", file=sys.stderr)
             return 1

@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 PROVIDERS = ("openai", "anthropic", "gemini", "ollama", "demo")
+#: The database of ``--store postgres`` without ``--postgres-url`` or ``$DATABASE_URL``.
+DEFAULT_POSTGRES_URL = "postgresql://localhost/postgres"
 #: The model each provider uses when ``--model`` is not given.
 DEFAULT_MODELS: Mapping[str, str] = {
     "openai": "gpt-4o-mini",
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--store",
-        choices=("sqlite", "memory", "redis"),
+        choices=("sqlite", "memory", "redis", "postgres"),
         default="sqlite",
         help="where conversations live (default: sqlite, an embedded file)",
     )
@@ -134,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--redis-url",
         help="Redis server for --store redis (default: $REDIS_URL, else localhost:6379)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        help="PostgreSQL database for --store postgres, postgresql://user:password@host/db "
+        f"(default: $DATABASE_URL, else {DEFAULT_POSTGRES_URL}); needs the [postgres] extra",
     )
     parser.add_argument(
         "--provider",
@@ -263,20 +270,41 @@ async def _open_redis(url: str) -> StateStore:
     return store
 
 
+async def _open_postgres(url: str) -> StateStore:
+    try:
+        postgres_store = importlib.import_module("promptkit_async.statestore").PostgresStateStore
+    except (ImportError, AttributeError) as exc:
+        raise StoreError(
+            "the PostgreSQL store needs asyncpg: pip install 'promptkit_async[postgres]'"
+        ) from exc
+    # connect() checks the server answers (and creates the tables): failures show now.
+    store: StateStore = await postgres_store.connect(url)
+    return store
+
+
 async def open_store(
-    kind: str, db: Path, redis_url: str, say: Callable[[str], None]
+    kind: str,
+    db: Path,
+    redis_url: str,
+    say: Callable[[str], None],
+    postgres_url: str = "",
 ) -> tuple[StateStore, str]:
     """Open the store ``kind``, falling back as the tutorial does; returns it and a label.
 
-    Redis that cannot be reached falls back to the embedded SQLite store (saying why); an
-    installation without SQLite support falls back to memory.
+    Redis or PostgreSQL that cannot be reached falls back to the embedded SQLite store
+    (saying why); an installation without SQLite support falls back to memory.
     """
-    if kind == "redis":
+    servers = {
+        "postgres": ("PostgreSQL", _open_postgres, postgres_url or DEFAULT_POSTGRES_URL),
+        "redis": ("Redis", _open_redis, redis_url),
+    }
+    if kind in servers:
+        name, opener, url = servers[kind]
         try:
-            return await _open_redis(redis_url), f"redis at {redact_url(redis_url)}"
+            return await opener(url), f"{kind} at {redact_url(url)}"
         except (StoreError, OSError) as exc:
             say(
-                f"Redis unavailable at {redact_url(redis_url)} ({exc}); "
+                f"{name} unavailable at {redact_url(url)} ({exc}); "
                 f"using the embedded SQLite store at {db} instead."
             )
             kind = "sqlite"

@@ -3,6 +3,8 @@
 * :class:`InMemoryStateStore`: in this process only; for development and tests.
 * :class:`SQLiteStateStore`: one local file; survives restarts, no server.
 * :class:`RedisStateStore`: Redis or Redis Cluster; shared by many processes.
+* :class:`PostgresStateStore`: PostgreSQL (asyncpg, the ``[postgres]`` extra); shared,
+  durable and queryable.
 
 All of them fulfil :class:`StateStore` with the same behaviour (``tests/contract``).
 A store of your own awaits its writes through :func:`finish_shielded`, so a write that
@@ -17,10 +19,12 @@ from .memory import InMemoryStateStore
 from .sqlite import SQLiteStateStore
 
 if TYPE_CHECKING:
+    from .postgres import PostgresStateStore
     from .redis import RedisStateStore
 
 __all__ = [
     "InMemoryStateStore",
+    "PostgresStateStore",
     "RedisStateStore",
     "SQLiteStateStore",
     "SessionPage",
@@ -36,4 +40,17 @@ def __getattr__(name: str) -> Any:
 
         globals()[name] = RedisStateStore
         return RedisStateStore
+    if name == "PostgresStateStore":
+        # asyncpg is optional (the [postgres] extra): imported only when Postgres is used.
+        try:
+            from .postgres import PostgresStateStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "asyncpg":
+                raise
+            raise ImportError(
+                "PostgresStateStore needs asyncpg: pip install 'promptkit_async[postgres]'"
+            ) from exc
+
+        globals()[name] = PostgresStateStore
+        return PostgresStateStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

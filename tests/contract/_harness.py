@@ -27,9 +27,10 @@ class StoreHarness:
 
     ``make(ttl=..., refresh_ttl_on_read=...)`` returns a fresh, empty store (its own
     SQLite file or Redis key prefix); ``advance(seconds)`` lets that much time pass for
-    every store made: a fake clock for memory and SQLite, and for Redis every key's
+    every store made: a fake clock for memory and SQLite, for Redis every key's
     remaining TTL is shortened by the same amount (keys whose TTL runs out are deleted,
-    as Redis would), so no test sleeps.
+    as Redis would), and for PostgreSQL every session's expiry time moves that much
+    earlier (the server's clock decides), so no test sleeps.
     """
 
     kind: str
@@ -69,3 +70,20 @@ async def shift_redis_ttls(client: Any, prefixes: list[str], seconds: float) -> 
                 await client.delete(key)
             else:
                 await client.pexpire(key, left - step)
+
+
+async def shift_postgres_ttls(dsn: str, schemas: list[str], seconds: float) -> None:
+    """Let ``seconds`` pass for the expiry times of every session in ``schemas``."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        for schema in schemas:
+            await conn.execute(
+                f'UPDATE "{schema}".promptkit_sessions '
+                "SET expires_at = expires_at - $1 * interval '1 second' "
+                "WHERE expires_at IS NOT NULL",
+                float(seconds),
+            )
+    finally:
+        await conn.close()

@@ -13,17 +13,20 @@ from redis.asyncio.cluster import RedisCluster
 
 from promptkit_async.statestore import (
     InMemoryStateStore,
+    PostgresStateStore,
     RedisStateStore,
     SQLiteStateStore,
     StateStore,
 )
-from tests.contract._harness import FakeClock, StoreHarness, shift_redis_ttls
+from tests._postgres_server import unique_schema
+from tests.contract._harness import FakeClock, StoreHarness, shift_postgres_ttls, shift_redis_ttls
 
 KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("redis-cluster", id="redis-cluster", marks=pytest.mark.redis),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
 
 
@@ -57,6 +60,20 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             )
 
         advance = advance_clock
+    elif kind == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        schemas: list[str] = []
+
+        async def make(ttl: float | None = None, refresh_ttl_on_read: bool = False) -> StateStore:
+            schemas.append(unique_schema())
+            return await PostgresStateStore.connect(
+                server.dsn, schema=schemas[-1], ttl=ttl, refresh_ttl_on_read=refresh_ttl_on_read
+            )
+
+        async def advance_postgres(seconds: float) -> None:
+            await shift_postgres_ttls(server.dsn, schemas, seconds)
+
+        advance = advance_postgres
     else:
         cluster = kind == "redis-cluster"
         server = request.getfixturevalue("redis_cluster" if cluster else "redis_server")

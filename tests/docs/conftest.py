@@ -37,3 +37,17 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     """A loopback OpenAI-compatible server, for the examples' "with a key" path."""
     with FakeOpenAI() as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def docs_database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$DATABASE_URL`` for the examples: a real PostgreSQL when the server binaries are
+    here (always under CI), else a loopback port nobody listens on (their fallback)."""
+    try:
+        server = request.getfixturevalue("postgres_server")
+        url = server.dsn
+    except (pytest.FixtureLookupError, pytest.skip.Exception):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            url = f"postgresql://postgres@127.0.0.1:{sock.getsockname()[1]}/postgres"
+    monkeypatch.setenv("DATABASE_URL", url)

@@ -9,12 +9,15 @@ its session (``"<session>|<tag>"``) and the model (mock or loopback server) answ
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from promptkit_async import Message
+from promptkit_async import Message, Pipeline, StoreError, StoreTimeoutError
 from promptkit_async.statestore import SessionPage, StateStore, finish_shielded
+
+PHASE_GUARD = 60.0  # seconds: a load phase (faults observed, recovery) taking longer fails
 
 
 class HistoryError(AssertionError):
@@ -133,3 +136,89 @@ class GatedStore:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class Load:
+    """Workers running turns non-stop on shared sessions, and what happened to each turn."""
+
+    def __init__(
+        self, pipe: Pipeline, sessions: list[str], seed: int, *, hang_guard: float
+    ) -> None:
+        self.pipe = pipe
+        self.hang_guard = hang_guard  # seconds: a turn taking this long counts as a hang
+        self.sessions = sessions
+        self.rng = random.Random(seed)
+        self.acked: dict[str, list[str]] = {s: [] for s in sessions}
+        self.failed: set[str] = set()
+        self.not_applied: set[str] = set()  # timed out, and said nothing was applied
+        self.errors: Counter[str] = Counter()
+        self.kinds: Counter[str] = Counter()
+        self.unexpected: list[BaseException] = []
+        self.hangs = 0
+        self.ok = 0
+        self.fail = 0
+        self.stopping = False
+        self._changed = asyncio.Condition()
+
+    async def worker(self, w: int) -> None:
+        i = 0
+        while not self.stopping:
+            session = self.rng.choice(self.sessions)
+            ask = question(session, f"w{w}-{i}")
+            i += 1
+            try:
+                await asyncio.wait_for(self.pipe.execute(session, "user", ask), self.hang_guard)
+            except asyncio.TimeoutError:
+                self.hangs += 1
+                self.failed.add(ask)
+            except StoreError as exc:
+                self.errors[type(exc).__name__] += 1
+                text = str(exc)
+                kind = (
+                    "timed out" if "did not answer" in text or "no connection" in text
+                    else "loading" if "loading" in text.lower()
+                    else "starting up" if "starting up" in text
+                    else "refused/lost" if "cannot reach" in text or "cannot use" in text
+                    else text[:60]
+                )  # fmt: skip
+                self.kinds[kind] += 1
+                self.failed.add(ask)
+                if isinstance(exc, StoreTimeoutError) and not exc.maybe_applied:
+                    self.not_applied.add(ask)
+                self.fail += 1
+            except Exception as exc:  # anything untyped fails the test at the end
+                self.unexpected.append(exc)
+                self.failed.add(ask)
+                self.fail += 1
+            else:
+                self.acked[session].append(ask)
+                self.ok += 1
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), PHASE_GUARD)
+
+
+async def audit(load: Load, store: StateStore) -> tuple[set[str], int]:
+    """Check the histories a faulted load left: (turns attempted, stored turns checked).
+
+    No turn hung, every failure was a :class:`StoreError` with at least one
+    ``StoreUnavailableError``; every stored history decodes and is whole, its own and
+    free of duplicates; every acknowledged turn is stored, in acknowledgement order;
+    nothing is stored that was not attempted.
+    """
+    assert load.hangs == 0
+    assert load.unexpected == []
+    assert load.errors["StoreUnavailableError"] > 0
+    attempted = load.failed | {a for acked in load.acked.values() for a in acked}
+    checked = 0
+    for session in load.sessions:
+        stored = whole_turns(await store.load(session), session)  # decodes, whole, own, once
+        acked = load.acked[session]
+        assert [q for q in stored if q in set(acked)] == acked  # all there, in order
+        assert set(stored) <= attempted  # nothing made up
+        assert not set(stored) & load.not_applied  # "not applied" was true
+        checked += len(stored)
+    return attempted, checked

@@ -9,7 +9,7 @@ Properties:
 * Codec: every message (any Unicode content, NULs, lone surrogates, tool calls,
   JSON metadata) round-trips exactly; arbitrary bytes or JSON raise only
   :class:`StoreDataError`.
-* Stores (memory, SQLite, Redis): the same messages round-trip through each; huge
+* Stores (memory, SQLite, Redis, PostgreSQL): the same messages round-trip through each; huge
   contents too.
 * Session ids: each id is either refused with :class:`InvalidSessionIdError` (nothing
   written) or round-trips faithfully; ``list_sessions`` returns exactly the accepted
@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, example, given, settings
@@ -41,11 +42,13 @@ from promptkit_async.errors import APIResponseError
 from promptkit_async.providers._sse import MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
 from promptkit_async.statestore import (
     InMemoryStateStore,
+    PostgresStateStore,
     RedisStateStore,
     SQLiteStateStore,
     StateStore,
 )
 from promptkit_async.statestore.records import decode_message, encode_message
+from tests._postgres_server import PostgresServer, unique_schema
 from tests._redis_server import RedisServer
 from tests.faults._checks import all_sessions
 from tests.faults.conftest import SOAK_FACTOR, Report
@@ -318,14 +321,25 @@ test_codec_refuses_garbage_with_store_data_error_soak = pytest.mark.soak(
 StoreFactory = Callable[[], Awaitable[StateStore]]
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Makes fresh, empty stores of one kind (one per hypothesis example)."""
     made: list[StateStore] = []
     client: aioredis.Redis | None = None
+    pool: asyncpg.Pool | None = None
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         client = aioredis.Redis(host="127.0.0.1", port=server.port)
+    elif request.param == "postgres":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=4)
 
     async def make() -> StateStore:
         store: StateStore
@@ -333,6 +347,8 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             store = InMemoryStateStore()
         elif request.param == "sqlite":
             store = SQLiteStateStore(tmp_path / f"fuzz{len(made)}.sqlite3")
+        elif pool is not None:
+            store = PostgresStateStore(pool, schema=unique_schema())
         else:
             assert client is not None
             store = RedisStateStore(client, prefix=f"fuzz-{uuid.uuid4().hex[:12]}")
@@ -344,6 +360,8 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         await store.aclose()
     if client is not None:
         await client.aclose()
+    if pool is not None:
+        await pool.close()
 
 
 async def _store_round_trip(

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -37,13 +35,12 @@ from promptkit_async import (
     Pipeline,
     ProviderMiddleware,
     StateMiddleware,
-    StoreError,
     StoreTimeoutError,
 )
 from promptkit_async.statestore import RedisStateStore
 from promptkit_async.statestore.records import decode_message
 from tests._redis_server import RedisServer, command
-from tests.faults._checks import question, whole_turns
+from tests.faults._checks import Load, audit
 from tests.faults.conftest import Report, scales
 
 pytestmark = pytest.mark.redis
@@ -51,65 +48,6 @@ pytestmark = pytest.mark.redis
 TIMEOUT = 0.25  # the store's connect and reply timeouts
 HANG_GUARD = 20 * TIMEOUT + 5  # one turn is two store round trips; anything near this is a hang
 PHASE_GUARD = 60.0
-
-
-class Load:
-    """Workers running turns non-stop, and what happened to each turn."""
-
-    def __init__(self, pipe: Pipeline, sessions: list[str], seed: int) -> None:
-        self.pipe = pipe
-        self.sessions = sessions
-        self.rng = random.Random(seed)
-        self.acked: dict[str, list[str]] = {s: [] for s in sessions}
-        self.failed: set[str] = set()
-        self.not_applied: set[str] = set()  # timed out, and said nothing was applied
-        self.errors: Counter[str] = Counter()
-        self.kinds: Counter[str] = Counter()
-        self.unexpected: list[BaseException] = []
-        self.hangs = 0
-        self.ok = 0
-        self.fail = 0
-        self.stopping = False
-        self._changed = asyncio.Condition()
-
-    async def worker(self, w: int) -> None:
-        i = 0
-        while not self.stopping:
-            session = self.rng.choice(self.sessions)
-            ask = question(session, f"w{w}-{i}")
-            i += 1
-            try:
-                await asyncio.wait_for(self.pipe.execute(session, "user", ask), HANG_GUARD)
-            except asyncio.TimeoutError:
-                self.hangs += 1
-                self.failed.add(ask)
-            except StoreError as exc:
-                self.errors[type(exc).__name__] += 1
-                text = str(exc)
-                kind = (
-                    "timed out" if "did not answer" in text
-                    else "loading" if "loading" in text.lower()
-                    else "refused/lost" if "cannot reach" in text
-                    else text[:60]
-                )  # fmt: skip
-                self.kinds[kind] += 1
-                self.failed.add(ask)
-                self.fail += 1
-                if isinstance(exc, StoreTimeoutError) and not exc.maybe_applied:
-                    self.not_applied.add(ask)
-            except Exception as exc:  # anything untyped fails the test at the end
-                self.unexpected.append(exc)
-                self.failed.add(ask)
-                self.fail += 1
-            else:
-                self.acked[session].append(ask)
-                self.ok += 1
-            async with self._changed:
-                self._changed.notify_all()
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(predicate), PHASE_GUARD)
 
 
 async def side(port: int, *args: str) -> bytes:
@@ -205,7 +143,7 @@ async def test_redis_faults_under_load(
     provider = MockProvider(handler=lambda r: f"reply to {r.messages[-1].content}")
     pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
     sessions = [f"r{i}" for i in range(20 * scale)]
-    load = Load(pipe, sessions, seed=3)
+    load = Load(pipe, sessions, seed=3, hang_guard=HANG_GUARD)
     workers = [asyncio.ensure_future(load.worker(w)) for w in range(8)]
     try:
         await load.until(lambda: load.ok >= 50)
@@ -214,18 +152,7 @@ async def test_redis_faults_under_load(
         load.stopping = True
         await asyncio.wait_for(asyncio.gather(*workers), PHASE_GUARD)
 
-    assert load.hangs == 0
-    assert load.unexpected == []
-    assert load.errors["StoreUnavailableError"] > 0
-    attempted = load.failed | {a for acked in load.acked.values() for a in acked}
-    checked = 0
-    for session in sessions:
-        stored = whole_turns(await store.load(session), session)  # decodes, whole, own, once
-        acked = load.acked[session]
-        assert [q for q in stored if q in set(acked)] == acked  # all there, in order
-        assert set(stored) <= attempted  # nothing made up
-        assert not set(stored) & load.not_applied  # "not applied" was true
-        checked += len(stored)
+    attempted, checked = await audit(load, store)
     # Every raw record decodes (read around the store, straight from Redis).
     raw = aioredis.Redis(host="127.0.0.1", port=server.port)
     records = 0
