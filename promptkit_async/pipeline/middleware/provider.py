@@ -12,7 +12,7 @@ from ..._context import ExecutionContext, Next
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import Provider, ProviderRequest
 from ...tools._assemble import ToolCallAssembler
-from ...tools._registry import ToolLike, ToolPolicy, ToolRegistry, as_registry
+from ...tools._registry import ToolLike, ToolPolicy, ToolRegistry, ToolSource, as_registry
 from ...tools._runner import run_tool_calls
 from ...types import Message, ProviderResponse, ToolCall, ToolDefinition, TraceEvent
 
@@ -80,7 +80,7 @@ class ProviderMiddleware:
         provider: any :class:`~promptkit_async.providers.base.Provider`; shared freely.
         tools: a :class:`~promptkit_async.tools.ToolRegistry` (used live: tools added
             later are offered from the next request on) or a sequence of tools /
-            functions; ``None`` for no tools.
+            functions / tool sources (MCP servers); ``None`` for no tools.
         tool_policy: limits of the tool loop (default ``ToolPolicy()``).
         config: request settings.
 
@@ -94,7 +94,7 @@ class ProviderMiddleware:
     def __init__(
         self,
         provider: Provider,
-        tools: ToolRegistry | Iterable[ToolLike] | None = None,
+        tools: ToolRegistry | Iterable[ToolLike | ToolSource] | None = None,
         tool_policy: ToolPolicy | None = None,
         config: ProviderMiddlewareConfig | None = None,
     ) -> None:
@@ -206,6 +206,7 @@ class ProviderMiddleware:
         # One list when a middleware made them the same: append each message once.
         shared = ctx.messages is ctx.new_messages
         rounds = 0
+        await tools.prepare()  # tool sources (MCP servers) connect on first use
         while True:
             definitions = self._tool_definitions(tools)
             # A snapshot: the request must not change when the loop appends messages.
