@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from .._context import ExecutionContext
@@ -108,8 +108,7 @@ def _refusals(
     cap, same = policy.max_calls, policy.max_identical_calls
     if cap is None and same is None:
         return out
-    current = {c.id for c in calls}
-    earlier = [c for c in _turn_calls(ctx.new_messages) if c.id not in current]
+    earlier = _earlier_calls(ctx.new_messages, calls)
     made = len(earlier)
     seen = Counter(_call_key(c) for c in earlier) if same is not None else Counter()
     for i, call in enumerate(calls):
@@ -134,10 +133,16 @@ def _refusals(
     return out
 
 
-def _turn_calls(messages: Iterable[Message]) -> Iterable[ToolCall]:
-    for m in messages:
-        if m.role == "assistant":
-            yield from m.tool_calls
+def _earlier_calls(messages: Sequence[Message], current: Sequence[ToolCall]) -> list[ToolCall]:
+    """The turn's tool calls before ``current`` (whose message the loop appended last)."""
+    end = len(messages)
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if m.role == "assistant" and m.tool_calls:
+            if tuple(m.tool_calls) == tuple(current):
+                end = i
+            break
+    return [c for m in messages[:end] if m.role == "assistant" for c in m.tool_calls]
 
 
 async def _approved(call: ToolCall, policy: ToolPolicy) -> tuple[bool, str]:

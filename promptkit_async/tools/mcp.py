@@ -109,17 +109,21 @@ def _is_connection_error(exc: BaseException) -> bool:
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None)
     if isinstance(code, int):  # the server (or the SDK for it) answered with JSON-RPC
-        return code == _CONNECTION_CLOSED or getattr(error, "message", "") == "Session terminated"
+        return code == _CONNECTION_CLOSED or getattr(error, "message", None) in _FORGOTTEN
     if isinstance(exc, (OSError, EOFError)):
         return True
     module = type(exc).__module__.split(".")[0]
     return module in ("anyio", "httpx", "httpx2", "httpcore")
 
 
+#: How a Streamable HTTP server's 404 for an unknown session id reaches us: the SDK
+#: client's own stand-in, or the SDK server's JSON-RPC error body passed through.
+_FORGOTTEN = frozenset(("Session terminated", "Session not found"))
+
+
 def _session_forgotten(exc: BaseException) -> bool:
-    # Streamable HTTP answers 404 to an unknown session id; the SDK reports it so.
     error = getattr(_leaf(exc), "error", None)
-    return getattr(error, "message", None) == "Session terminated"
+    return getattr(error, "message", None) in _FORGOTTEN
 
 
 def _base64_size(data: object) -> int:

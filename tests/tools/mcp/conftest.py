@@ -64,7 +64,12 @@ class LoopbackServer:
         mcp = build("web")
         app = mcp.streamable_http_app() if self.transport == "http" else mcp.sse_app()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name=f"mcp-{self.transport}", daemon=True)
@@ -79,7 +84,9 @@ class LoopbackServer:
     def stop(self) -> None:
         if self._server is None or self._thread is None:
             return
+        # Open SSE streams would hold a graceful shutdown: cut them, as a crash would.
         self._server.should_exit = True
+        self._server.force_exit = True
         self._thread.join(20)
         assert not self._thread.is_alive(), "the loopback MCP server did not stop"
         self._server = self._thread = None
