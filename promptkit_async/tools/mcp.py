@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from pathlib import Path
@@ -736,11 +737,11 @@ class MCPServerStdio(MCPServer):
         args: its arguments.
         env: extra environment variables (on top of the SDK's safe default set).
         cwd: its working directory.
-        errlog: where its stderr goes (default ``sys.stderr``; must have a file
-            descriptor).
-        name / prefix / allow / block / timeout / tool_timeouts / connect_timeout /
-            close_timeout: as for :class:`MCPServer`. ``name`` defaults to the script's
-            (or the command's) file name without its extension.
+        errlog: where its stderr goes (a file with a descriptor; default ``sys.stderr``,
+            or the process's original stderr when ``sys.stderr`` has no descriptor).
+        name / prefix / allow / block / timeout / tool_timeouts: as for
+            :class:`MCPServer` (also ``connect_timeout`` and ``close_timeout``). ``name``
+            defaults to the script's (or the command's) file name without its extension.
 
     The process is started on connect and stopped on :meth:`aclose`; if it exits on its
     own, the next call starts it again. Arguments and environment are never shown in
@@ -813,12 +814,25 @@ class MCPServerStdio(MCPServer):
             command=self.command, args=list(self.args), env=self.env, cwd=self.cwd
         )
         cm: contextlib.AbstractAsyncContextManager[Sequence[Any]] = stdio.stdio_client(
-            params, errlog=self.errlog or sys.stderr
+            params, errlog=self.errlog or _stderr()
         )
         return cm
 
     def __repr__(self) -> str:
         return f"MCPServerStdio(name={self.name!r}, command={Path(self.command).name!r})"
+
+
+def _stderr() -> Any:
+    """Where a server's stderr goes by default: ours, if it is a real file (under a test
+    runner or a notebook ``sys.stderr`` may have no descriptor), else the original one."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.fileno()
+                return stream
+        except (AttributeError, OSError, ValueError):
+            continue
+    return subprocess.DEVNULL
 
 
 def _safe_url(url: str) -> str:
@@ -847,8 +861,9 @@ class MCPServerHTTP(MCPServer):
         url: the server's MCP endpoint.
         headers: sent with every request (e.g. authorisation); never shown in ``repr``,
             logs or errors.
-        name / prefix / allow / block / timeout / tool_timeouts / connect_timeout /
-            close_timeout: as for :class:`MCPServer`; ``name`` defaults to the host.
+        name / prefix / allow / block / timeout / tool_timeouts: as for
+            :class:`MCPServer` (also ``connect_timeout`` and ``close_timeout``); ``name``
+            defaults to the host.
 
     If the server forgets the session (it restarted) or the connection drops, the call in
     flight fails and the next call opens a new session.
