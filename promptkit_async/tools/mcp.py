@@ -323,11 +323,11 @@ class MCPServer(AsyncResource):
     Raises:
         ToolError: a bad value.
 
-    One object is one connection, shared by every task that uses it: calls run
-    concurrently over it. :attr:`tools` and :attr:`version` never wait. Cancelling a call
-    cancels that call only (the server is sent a cancellation); the connection stays up
-    for other sessions. Close it with ``async with`` or :meth:`aclose`; a closed server
-    cannot be reopened.
+    One object is one connection, shared by every task that uses it (in the event loop
+    that connected it): calls run concurrently over it. :attr:`tools` and
+    :attr:`version` never wait. Cancelling a call cancels that call only (the server is
+    sent a cancellation); the connection stays up for other sessions. Close it with
+    ``async with`` or :meth:`aclose`; a closed server cannot be reopened.
     """
 
     def __init__(
@@ -366,6 +366,7 @@ class MCPServer(AsyncResource):
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._owners: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # --- the ToolSource side ------------------------------------------------------------
@@ -494,18 +495,31 @@ class MCPServer(AsyncResource):
             return conn
         if self._closed:
             raise MCPConnectionError(f"MCP server {self.name!r} is closed")
+        loop = asyncio.get_running_loop()
+        if self._owners and self._loop is not loop:
+            raise MCPConnectionError(
+                f"MCP server {self.name!r} is connected in another event loop; create one "
+                "server object per loop (in the loop that uses it)"
+            )
         pending = self._connecting
         if pending is None:
             _sdk()  # fail here, clearly, without the SDK
-            loop = asyncio.get_running_loop()
+            self._loop = loop
             pending = self._connecting = loop.create_future()
             # Nobody may be waiting when it fails (every waiter was cancelled).
             pending.add_done_callback(lambda f: f.cancelled() or f.exception())
             task = loop.create_task(self._own(pending), name=f"mcp-server-{self.name}")
             self._owners.add(task)
-            task.add_done_callback(self._owners.discard)
+            task.add_done_callback(self._owner_done)
         # Shielded: one waiter's cancellation must not cancel the shared connect.
         return await asyncio.shield(pending)
+
+    def _owner_done(self, task: asyncio.Task[None]) -> None:
+        self._owners.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "MCP server %r: its connection task failed", self.name, exc_info=task.exception()
+            )
 
     def _open(self) -> contextlib.AbstractAsyncContextManager[Sequence[Any]]:
         """The SDK transport's context manager, yielding ``(read, write, ...)``."""

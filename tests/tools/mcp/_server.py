@@ -30,6 +30,7 @@ PNG = base64.b64decode(
 def build(name: str = "test") -> Any:
     server = FastMCP(name, log_level="WARNING")
     notes: dict[str, str] = {}
+    sleeping = [0]
 
     @server.tool()
     def add(a: int, b: int) -> int:
@@ -60,8 +61,17 @@ def build(name: str = "test") -> Any:
     @server.tool()
     async def sleep(seconds: float) -> str:
         """Sleep, then say how long."""
-        await asyncio.sleep(seconds)
+        sleeping[0] += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            sleeping[0] -= 1
         return f"slept {seconds}"
+
+    @server.tool()
+    def sleepers() -> int:
+        """How many sleep calls are running now."""
+        return sleeping[0]
 
     @server.tool()
     async def hang() -> str:

@@ -43,9 +43,9 @@ def test_mcp_flags_connect_and_tools_lists_them(
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "MCP:     server: 12 tool(s)" in out
-    assert "MCP:     127_0_0_1: 12 tool(s)" in out
-    assert "[24 tool(s)]" in out
+    assert "MCP:     server: 13 tool(s)" in out
+    assert "MCP:     127_0_0_1: 13 tool(s)" in out
+    assert "[26 tool(s)]" in out
     assert "  server_add - Add two integers." in out
     assert "  127_0_0_1_recall - Read the note stored under a key." in out
 

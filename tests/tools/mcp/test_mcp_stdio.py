@@ -61,6 +61,7 @@ async def wait_for(condition: Any, what: str, seconds: float = 10.0) -> None:
 async def test_tools_are_listed_with_the_prefix(server: MCPServerStdio) -> None:
     names = {t.name for t in server.tools}
     assert {"t_add", "t_echo", "t_remember", "t_recall", "t_fail", "t_hang"} <= names
+    assert len(names) == 13
     add = next(t for t in server.tools if t.name == "t_add")
     assert add.remote_name == "add"
     assert add.description == "Add two integers."
@@ -121,11 +122,24 @@ async def test_cancelling_a_turn_mid_call_keeps_the_connection_for_others(
     pid = await server.call_tool("pid")
     pipe = pipeline(server)
     slow = asyncio.ensure_future(pipe.execute("slow", "user", 'call t_sleep {"seconds": 30}'))
+    sleepers: list[str] = []
+
+    async def sleeping() -> bool:
+        sleepers.append(await server.call_tool("sleepers"))
+        return sleepers[-1] == "1"
+
+    deadline = time.monotonic() + 10
+    while not await sleeping():  # the call reached the server
+        assert time.monotonic() < deadline
     other = await pipe.execute("other", "user", 'call t_echo {"text": "meanwhile"}')
     assert other.response.content == "results: meanwhile"
     slow.cancel()
     with pytest.raises(asyncio.CancelledError):
         await slow
+    # The server was told: its handler was cancelled (not left to sleep for 30 s).
+    deadline = time.monotonic() + 5
+    while await sleeping():
+        assert time.monotonic() < deadline, "the server never saw the cancellation"
     assert server.connected
     assert await server.call_tool("echo", {"text": "after"}) == "after"
     assert await server.call_tool("pid") == pid  # the same process: nothing reconnected
