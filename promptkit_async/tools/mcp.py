@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
-from typing_extensions import Self
+from typing_extensions import Self, TypedDict, Unpack
 
 from .._lifecycle import AsyncResource
 from ..errors import MCPConnectionError, MCPServerError, MCPToolCallError, ToolError
@@ -67,7 +67,15 @@ if TYPE_CHECKING:
     import anyio
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["MCPServer", "MCPServerHTTP", "MCPServerSSE", "MCPServerStdio", "MCPTool"]
+__all__ = [
+    "MCPServer",
+    "MCPServerHTTP",
+    "MCPServerOptions",
+    "MCPServerSSE",
+    "MCPServerStdio",
+    "MCPTool",
+    "result_text",
+]
 
 logger = logging.getLogger("promptkit_async.tools.mcp")
 
@@ -298,6 +306,19 @@ class _Connection:
         self.send(_STOP)
 
 
+class MCPServerOptions(TypedDict, total=False):
+    """The keyword options every MCP server takes; see :class:`MCPServer`."""
+
+    name: str | None
+    prefix: str | None
+    allow: Collection[str] | None
+    block: Collection[str]
+    timeout: float | None
+    tool_timeouts: Mapping[str, float | None] | None
+    connect_timeout: float
+    close_timeout: float
+
+
 class MCPServer(AsyncResource):
     """A connection to one MCP server whose tools the model may call (the base class).
 
@@ -305,7 +326,7 @@ class MCPServer(AsyncResource):
 
     Args:
         name: a short name for logs, errors and ``/tools`` (default: from the command or
-            URL).
+            URL; ``"mcp"`` here).
         prefix: put in front of each tool's name (default ``name + "_"``; ``""`` for
             none). Tool names are then made safe for every provider (other characters
             become ``_``; a name over 64 characters is shortened with a hash).
@@ -333,7 +354,7 @@ class MCPServer(AsyncResource):
     def __init__(
         self,
         *,
-        name: str,
+        name: str | None = None,
         prefix: str | None = None,
         allow: Collection[str] | None = None,
         block: Collection[str] = (),
@@ -342,6 +363,8 @@ class MCPServer(AsyncResource):
         connect_timeout: float = 10.0,
         close_timeout: float = 10.0,
     ) -> None:
+        if name is None:
+            name = "mcp"
         if not isinstance(name, str) or not name.strip():
             raise ToolError(f"an MCP server's name must be a non-empty string, not {name!r}")
         if prefix is not None and not isinstance(prefix, str):
@@ -753,9 +776,10 @@ class MCPServerStdio(MCPServer):
         cwd: its working directory.
         errlog: where its stderr goes (a file with a descriptor; default ``sys.stderr``,
             or the process's original stderr when ``sys.stderr`` has no descriptor).
-        name / prefix / allow / block / timeout / tool_timeouts: as for
-            :class:`MCPServer` (also ``connect_timeout`` and ``close_timeout``). ``name``
-            defaults to the script's (or the command's) file name without its extension.
+        options: ``name``, ``prefix``, ``allow``, ``block``, ``timeout``,
+            ``tool_timeouts``, ``connect_timeout``, ``close_timeout``, as for
+            :class:`MCPServer`. ``name`` defaults to the script's (or the command's) file
+            name without its extension.
 
     The process is started on connect and stopped on :meth:`aclose`; if it exits on its
     own, the next call starts it again. Arguments and environment are never shown in
@@ -770,14 +794,7 @@ class MCPServerStdio(MCPServer):
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
         errlog: TextIO | None = None,
-        name: str | None = None,
-        prefix: str | None = None,
-        allow: Collection[str] | None = None,
-        block: Collection[str] = (),
-        timeout: float | None = None,
-        tool_timeouts: Mapping[str, float | None] | None = None,
-        connect_timeout: float = 10.0,
-        close_timeout: float = 10.0,
+        **options: Unpack[MCPServerOptions],
     ) -> None:
         if not isinstance(command, str) or not command:
             raise ToolError(f"command must be a non-empty string, not {command!r}")
@@ -791,19 +808,10 @@ class MCPServerStdio(MCPServer):
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.errlog = errlog
-        if name is None:
+        if options.get("name") is None:
             scripts = [a for a in self.args if not a.startswith("-")]
-            name = _name_from(Path(scripts[-1] if scripts else command).stem)
-        super().__init__(
-            name=name,
-            prefix=prefix,
-            allow=allow,
-            block=block,
-            timeout=timeout,
-            tool_timeouts=tool_timeouts,
-            connect_timeout=connect_timeout,
-            close_timeout=close_timeout,
-        )
+            options["name"] = _name_from(Path(scripts[-1] if scripts else command).stem)
+        super().__init__(**options)
 
     @classmethod
     def from_command_line(cls, command_line: str, **options: Any) -> MCPServerStdio:
@@ -875,9 +883,7 @@ class MCPServerHTTP(MCPServer):
         url: the server's MCP endpoint.
         headers: sent with every request (e.g. authorisation); never shown in ``repr``,
             logs or errors.
-        name / prefix / allow / block / timeout / tool_timeouts: as for
-            :class:`MCPServer` (also ``connect_timeout`` and ``close_timeout``); ``name``
-            defaults to the host.
+        options: as for :class:`MCPServerStdio`; ``name`` defaults to the host.
 
     If the server forgets the session (it restarted) or the connection drops, the call in
     flight fails and the next call opens a new session.
@@ -888,27 +894,13 @@ class MCPServerHTTP(MCPServer):
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
-        name: str | None = None,
-        prefix: str | None = None,
-        allow: Collection[str] | None = None,
-        block: Collection[str] = (),
-        timeout: float | None = None,
-        tool_timeouts: Mapping[str, float | None] | None = None,
-        connect_timeout: float = 10.0,
-        close_timeout: float = 10.0,
+        **options: Unpack[MCPServerOptions],
     ) -> None:
         self.url = _check_url(url)
         self._headers = dict(headers or {})
-        super().__init__(
-            name=name or _name_from(urlsplit(url).hostname or "mcp"),
-            prefix=prefix,
-            allow=allow,
-            block=block,
-            timeout=timeout,
-            tool_timeouts=tool_timeouts,
-            connect_timeout=connect_timeout,
-            close_timeout=close_timeout,
-        )
+        if options.get("name") is None:
+            options["name"] = _name_from(urlsplit(url).hostname or "mcp")
+        super().__init__(**options)
 
     @contextlib.asynccontextmanager
     async def _streams(self) -> AsyncIterator[Sequence[Any]]:

@@ -97,17 +97,20 @@ class LoopbackServer:
         self.start()
 
 
-@pytest.fixture(scope="module")
-def http_server() -> Iterator[LoopbackServer]:
-    server = LoopbackServer("http")
+def _serving(transport: str) -> Iterator[LoopbackServer]:
+    server = LoopbackServer(transport)
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[LoopbackServer]:
+    """The test server over Streamable HTTP, at ``.url`` (``/mcp``)."""
+    yield from _serving("http")
 
 
 @pytest.fixture(scope="module")
 def sse_server() -> Iterator[LoopbackServer]:
-    server = LoopbackServer("sse")
-    server.start()
-    yield server
-    server.stop()
+    """The test server over the older SSE transport, at ``.url`` (``/sse``)."""
+    yield from _serving("sse")
