@@ -534,8 +534,15 @@ class MCPServer(AsyncResource):
             task = loop.create_task(self._own(pending), name=f"mcp-server-{self.name}")
             self._owners.add(task)
             task.add_done_callback(self._owner_done)
-        # Shielded: one waiter's cancellation must not cancel the shared connect.
-        return await asyncio.shield(pending)
+        # Shielded: one waiter's cancellation must not cancel the shared connect. The
+        # bound is here too, so a caller is not kept while a silent server is stopped.
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise MCPConnectionError(
+                f"could not connect to MCP server {self.name!r} within "
+                f"{self.connect_timeout:g} s: no answer in time"
+            ) from None
 
     def _owner_done(self, task: asyncio.Task[None]) -> None:
         self._owners.discard(task)

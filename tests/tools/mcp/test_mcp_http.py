@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -70,6 +71,20 @@ async def test_a_dropped_http_session_is_reopened_on_the_next_call(
         await asyncio.to_thread(http_server.restart)
         assert await server.call_tool("echo", {"text": "after"}) == "after"
         assert server.connected
+
+
+async def test_a_server_that_went_away_fails_fast_and_is_reconnected_when_back(
+    http_server: LoopbackServer,
+) -> None:
+    async with MCPServerHTTP(http_server.url, name="web", connect_timeout=5) as server:
+        assert await server.call_tool("echo", {"text": "up"}) == "up"
+        await asyncio.to_thread(http_server.stop)
+        started = time.perf_counter()
+        with pytest.raises(MCPConnectionError):
+            await server.call_tool("echo", {"text": "down"})
+        assert time.perf_counter() - started < 5  # an error at once, not a timeout
+        await asyncio.to_thread(http_server.start)
+        assert await server.call_tool("echo", {"text": "back"}) == "back"
 
 
 async def test_an_unreachable_server_is_a_tool_error_not_a_failed_turn() -> None:

@@ -257,3 +257,19 @@ async def test_200_concurrent_sessions_share_one_server(server: MCPServerStdio) 
     assert not errors
     assert [r.response.content for r in results] == [f"results: {i + 1}" for i in range(sessions)]
     await pipe.shutdown()
+
+
+async def test_a_server_that_never_answers_the_handshake_fails_in_bounded_time(
+    errlog: TextIO,
+) -> None:
+    import sys
+
+    silent = MCPServerStdio(
+        sys.executable, ["-c", "import time; time.sleep(60)"], errlog=errlog, connect_timeout=1
+    )
+    started = time.perf_counter()
+    with pytest.raises(MCPConnectionError, match="within 1 s: no answer in time"):
+        await silent.connect()
+    assert time.perf_counter() - started < 2  # at its deadline, not after the cleanup
+    await silent.aclose()  # stopping the silent process is bounded too
+    assert time.perf_counter() - started < 15
