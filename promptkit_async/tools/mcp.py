@@ -346,8 +346,8 @@ class MCPServer(AsyncResource):
 
     One object is one connection, shared by every task that uses it (in the event loop
     that connected it): calls run concurrently over it. :attr:`tools` and
-    :attr:`version` never wait. Cancelling a call cancels that call only (the server is
-    sent a cancellation); the connection stays up for other sessions. Close it with
+    :attr:`version` never wait. Cancelling a call cancels that call only (the SDK tells
+    the server, from mcp 2.0 on); the connection stays up for other sessions. Close it with
     ``async with`` or :meth:`aclose`; a closed server cannot be reopened.
     """
 
@@ -745,6 +745,11 @@ async def _relay(source: Any, sink: Any, conn: _Connection) -> None:
         logger.debug("MCP relay ended: %s", _describe(exc))
     finally:
         conn.end()
+        # The session would have closed the transport's stream; the relay stands in
+        # for it (some SDK versions leave it to the reader).
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
 
 async def _list_all(sdk: Any, session: Any) -> list[dict[str, Any]]:
