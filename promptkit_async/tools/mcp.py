@@ -544,6 +544,13 @@ class MCPServer(AsyncResource):
                 f"{self.connect_timeout:g} s: no answer in time"
             ) from None
 
+    def _scrub(self, text: str) -> str:
+        """``text`` without anything secret this server was given (URLs, headers)."""
+        return text
+
+    def _why(self, exc: BaseException) -> str:
+        return self._scrub(_describe(exc))
+
     def _owner_done(self, task: asyncio.Task[None]) -> None:
         self._owners.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -599,11 +606,11 @@ class MCPServer(AsyncResource):
                     ready,
                     exc=MCPConnectionError(
                         f"could not connect to MCP server {self.name!r} within "
-                        f"{self.connect_timeout:g} s: {_describe(exc)}"
+                        f"{self.connect_timeout:g} s: {self._why(exc)}"
                     ),
                 )
             else:
-                logger.debug("MCP server %r: the connection ended: %s", self.name, _describe(exc))
+                logger.debug("MCP server %r: the connection ended: %s", self.name, self._why(exc))
         finally:
             if conn is not None:
                 conn.alive = False
@@ -661,11 +668,11 @@ class MCPServer(AsyncResource):
                     job.future,
                     exc=MCPConnectionError(
                         f"the connection to MCP server {self.name!r} was lost during the "
-                        f"call to {job.name!r} ({_describe(exc)}); it reconnects on the next call"
+                        f"call to {job.name!r} ({self._why(exc)}); it reconnects on the next call"
                     ),
                 )
             else:
-                _settle(job.future, exc=MCPToolCallError(_describe(exc)))
+                _settle(job.future, exc=MCPToolCallError(self._why(exc)))
         finally:
             _settle(
                 job.future,
@@ -685,7 +692,7 @@ class MCPServer(AsyncResource):
         try:
             await self._refresh(session)
         except Exception as exc:
-            logger.warning("MCP server %r: could not list its tools: %s", self.name, _describe(exc))
+            logger.warning("MCP server %r: could not list its tools: %s", self.name, self._why(exc))
 
     def _install(self, specs: Sequence[Mapping[str, Any]]) -> None:
         tools: list[MCPTool] = []
@@ -933,6 +940,13 @@ class MCPServerHTTP(MCPServer):
 
     def _open(self) -> contextlib.AbstractAsyncContextManager[Sequence[Any]]:
         return self._streams()
+
+    def _scrub(self, text: str) -> str:
+        text = text.replace(self.url, _safe_url(self.url))
+        for value in self._headers.values():
+            if value:
+                text = text.replace(value, "***")
+        return text
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, url={_safe_url(self.url)!r})"

@@ -117,3 +117,17 @@ def test_secrets_stay_out_of_repr() -> None:
     assert "sekrit" not in text
     assert "pw" not in text
     assert "https://example.com/mcp" in text
+    # Errors pass through the same filter (a transport error may quote the URL).
+    leak = "GET https://user:pw@example.com/mcp?token=sekrit with Bearer sekrit failed"
+    assert "sekrit" not in server._scrub(leak)
+
+
+async def test_connection_errors_do_not_carry_the_url_or_headers() -> None:
+    from tests.tools.mcp.conftest import _free_port
+
+    url = f"http://127.0.0.1:{_free_port()}/mcp?token=sekrit"
+    server = MCPServerHTTP(url, headers={"X-Key": "sekrit"}, connect_timeout=3)
+    with pytest.raises(MCPConnectionError) as caught:
+        await server.connect()
+    assert "sekrit" not in str(caught.value)
+    await server.aclose()
