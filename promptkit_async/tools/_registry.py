@@ -719,8 +719,9 @@ class ToolPolicy:
         approve: ``async (call) -> bool``, awaited with the :class:`ToolCall` before a tool
             in ``require_approval`` runs (after its arguments were checked). ``False``, an
             exception or no answer within ``approval_timeout`` refuses the call: the model
-            gets a tool result saying the user declined. Runs in the turn's task or a task
-            of the round; cancelling the turn cancels it.
+            gets a tool result saying the user declined. The calls of one round run
+            concurrently, so it may be awaited for several calls at once; cancelling the
+            turn cancels it.
         approval_timeout: seconds ``approve`` may take (``None``: no limit).
 
     Raises:
