@@ -4,7 +4,7 @@ Run as a script it serves over stdio (the tests start it with ``sys.executable``
 ``build()`` returns the same server for the Streamable HTTP / SSE fixtures.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": older FastMCP reads the hints as objects.
 
 import asyncio
 import base64
