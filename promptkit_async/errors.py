@@ -40,6 +40,9 @@ place per layer and re-raised ``from`` the original::
     │                                               token budget (a provider's own limit
     │                                               is ContextLengthExceededError)
     └── ToolError                                   a tool registry / tool loop problem
+        └── MCPServerError                          an MCP server failed (tools.mcp)
+            ├── MCPConnectionError                  could not connect / lost the connection
+            └── MCPToolCallError                    the server answered a call with an error
 
 Errors never carry API keys: providers redact their key from every message and body
 before an error is built.
@@ -67,6 +70,9 @@ __all__ = [
     "InvalidRequestError",
     "InvalidRoleError",
     "InvalidSessionIdError",
+    "MCPConnectionError",
+    "MCPServerError",
+    "MCPToolCallError",
     "NotFoundError",
     "PermissionDeniedError",
     "PipelineClosedError",
@@ -316,6 +322,27 @@ class TokenBudgetExceededError(PromptKitError):
 
 class ToolError(PromptKitError):
     """A tool could not be registered or the tool loop could not continue."""
+
+
+class MCPServerError(ToolError):
+    """An MCP server (see :mod:`promptkit_async.tools.mcp`) could not serve a request.
+
+    In the tool loop these never fail a turn: the model gets them as the tool's result.
+    """
+
+
+class MCPConnectionError(MCPServerError):
+    """Could not connect to an MCP server, or the connection was lost during a call.
+
+    The next call reconnects (a stdio server is started again).
+    """
+
+
+class MCPToolCallError(MCPServerError):
+    """The MCP server answered a tool call with an error (``isError`` or a JSON-RPC error).
+
+    The message is the server's own text, so the model can act on it.
+    """
 
 
 _DEPRECATED = {"ContextWindowExceededError": ("TokenBudgetExceededError", TokenBudgetExceededError)}

@@ -22,10 +22,12 @@ from typing import TextIO
 from ..errors import InvalidRequestError, PromptKitError
 from ..pipeline import Middleware, Pipeline
 from ..pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
+from ..tools import ToolPolicy, ToolRegistry
 from ._chat import PERSONA_KEY, Chat, Persona
 from ._config import (
     KEY_VARIABLES,
     UsageError,
+    build_mcp_servers,
     build_parser,
     build_provider,
     choose_provider,
@@ -112,9 +114,21 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
             return 2
         if window is not None:
             layers.append(window)
+        try:
+            servers = build_mcp_servers(args.mcp, args.mcp_url, stack)
+        except UsageError as exc:
+            parser.print_usage(sys.stderr)
+            print(f"promptkit-chat: error: {exc}", file=sys.stderr)
+            return 2
+        for server in servers:
+            stack.push_async_callback(server.aclose)
+        tools = ToolRegistry(servers) if servers else None
         config = ProviderMiddlewareConfig(max_tokens=args.max_tokens)
-        layers.append(ProviderMiddleware(provider, config=config))
+        chat = Chat(None, store, persona, session_id, stdout=out, tools=tools)
+        policy = ToolPolicy(require_approval={"*"}, approve=chat.show_tool_call)
+        layers.append(ProviderMiddleware(provider, tools, policy, config=config))
         pipeline = Pipeline(*layers)
+        chat.pipeline = pipeline
         stack.push_async_callback(pipeline.shutdown)
 
         say("=== promptkit-chat ===")
@@ -132,11 +146,18 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
             say(f"Model:   {provider.model} via {name}")
         if persona.prompt:
             say(f"Persona: {persona.prompt}")
+        for server in servers:
+            try:
+                await server.connect()
+            except PromptKitError as exc:
+                say(f"MCP:     {server.name}: not connected ({exc}); retried on first use")
+            else:
+                say(f"MCP:     {server.name}: {len(server.tools)} tool(s), /tools lists them")
         say(
             "Commands: 'exit' to quit, 'clear' to reset the conversation, /help for more. "
             "Ctrl-C stops a reply.\n"
         )
-        await Chat(pipeline, store, persona, session_id, stdout=out).run()
+        await chat.run()
     return 0
 
 

@@ -14,7 +14,8 @@ from typing import TextIO
 from ..errors import PromptKitError
 from ..pipeline import ExecutionContext, Next, Pipeline
 from ..statestore.base import StateStore
-from ..types import Message, StreamChunk
+from ..tools import ToolRegistry
+from ..types import Message, StreamChunk, ToolCall
 
 __all__ = ["Chat", "LineReader", "Persona"]
 
@@ -25,6 +26,7 @@ Commands:
   /history          show the conversation so far
   /system <prompt>  set the bot's persona (system prompt); /system alone shows it,
                     /system off removes it
+  /tools            list the tools the model may call (from --mcp / --mcp-url)
   /help             this list
 Ctrl-C while the bot is answering stops that reply; nothing of it is saved."""
 
@@ -134,19 +136,22 @@ class Chat:
         persona: the pipeline's :class:`Persona` layer.
         session_id: the conversation.
         stdin / stdout: where lines come from and output goes.
+        tools: the pipeline's tools, for ``/tools``.
     """
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Pipeline | None,
         store: StateStore,
         persona: Persona,
         session_id: str,
         *,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.tools = tools
         self.store = store
         self.persona = persona
         self.session_id = session_id
@@ -216,6 +221,8 @@ class Chat:
                 await self.clear()
             elif command == "/history":
                 await self.history()
+            elif command == "/tools":
+                self.list_tools()
             elif command == "/system":
                 await self.system(text[len(command) :].strip())
             elif command in ("/help", "help", "/?"):
@@ -259,6 +266,7 @@ class Chat:
 
     async def _stream(self, text: str) -> None:
         self.write("\nBot: ")
+        assert self.pipeline is not None, "Chat.pipeline is set before the chat runs"
         try:
             async with self.pipeline.stream(self.session_id, "user", text) as chunks:
                 async for chunk in chunks:
@@ -275,6 +283,26 @@ class Chat:
             f"\n\n[Tokens: {result.usage.total_tokens} | This: ${result.cost.total_cost:.6f}"
             f" | Total: ${self.total_cost:.6f}]\n\n"
         )
+
+    async def show_tool_call(self, call: ToolCall) -> bool:
+        """Show a tool call as it starts (the tool loop's approval hook; always yes)."""
+        arguments = call.arguments if len(call.arguments) <= 200 else call.arguments[:200] + "..."
+        self.write(f"\n[tool: {call.name} {arguments}]\n")
+        return True
+
+    def list_tools(self) -> None:
+        """Print the tools on offer, with the first line of each description."""
+        tools = list(self.tools) if self.tools is not None else []
+        if not tools:
+            self.write(
+                '[No tools. Start with --mcp "COMMAND ARGS" or --mcp-url URL to add some]\n\n'
+            )
+            return
+        self.write(f"[{len(tools)} tool(s)]\n")
+        for t in tools:
+            about = t.description.strip().splitlines()[0] if t.description.strip() else ""
+            self.write(f"  {t.name}" + (f" - {about}" if about else "") + "\n")
+        self.write("\n")
 
     async def clear(self) -> None:
         """Forget the conversation (the persona stays)."""

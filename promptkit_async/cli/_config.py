@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -162,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         metavar="N",
         help="cap on each reply's length in tokens (default: 1024)",
+    )
+    parser.add_argument(
+        "--mcp",
+        action="append",
+        default=[],
+        metavar='"COMMAND ARGS"',
+        help="start an MCP server with this command line and offer its tools to the model "
+        "(repeatable; needs the [mcp] extra)",
+    )
+    parser.add_argument(
+        "--mcp-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="offer the tools of the MCP server at this URL: Streamable HTTP, or the older "
+        "SSE transport for a URL ending in /sse (repeatable)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Pacing of the demo model's stream; tests slow it down to interrupt a reply midway.
@@ -324,3 +341,41 @@ def warn(out: TextIO, text: str) -> None:
 def environment() -> dict[str, str]:
     """A copy of the process environment (tests pass their own mapping instead)."""
     return dict(os.environ)
+
+
+def build_mcp_servers(commands: list[str], urls: list[str], stack: AsyncExitStack) -> list[Any]:
+    """The MCP servers of ``--mcp`` / ``--mcp-url``, not yet connected.
+
+    Their stderr goes to the null device (it would garble the chat); ``stack`` closes it.
+
+    Raises:
+        UsageError: a command line or URL is unusable.
+    """
+    if not commands and not urls:
+        return []
+    from ..errors import ToolError
+    from ..tools import mcp
+
+    errlog = stack.enter_context(open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+
+    servers: list[Any] = []
+    names: set[str] = set()
+    try:
+        for line in commands:
+            servers.append(mcp.MCPServerStdio.from_command_line(line, errlog=errlog))
+        for url in urls:
+            kind = (
+                mcp.MCPServerSSE
+                if urlsplit(url).path.rstrip("/").endswith("/sse")
+                else (mcp.MCPServerHTTP)
+            )
+            servers.append(kind(url))
+    except ToolError as exc:
+        raise UsageError(str(exc)) from exc
+    # Two servers of one name would get one prefix: number the later ones.
+    for i, server in enumerate(servers):
+        if server.name in names:
+            server.name = f"{server.name}{i + 1}"
+            server.prefix = f"{server.name}_"
+        names.add(server.name)
+    return servers

@@ -23,20 +23,49 @@ name; :class:`ToolPolicy` limits the loop that
 
 A tool's failure never fails the turn: exceptions, timeouts, unknown or blocked names and
 malformed arguments all come back to the model as the tool's result, so it can recover.
+
+MCP servers' tools join the same loop: :class:`MCPServerStdio`, :class:`MCPServerHTTP`
+and :class:`MCPServerSSE` (from :mod:`promptkit_async.tools.mcp`, the ``[mcp]`` extra;
+imported on first use, so the library never needs the SDK otherwise) are
+:class:`ToolSource` objects to pass beside local tools.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._assemble import ToolCallAssembler
-from ._registry import Tool, ToolLike, ToolPolicy, ToolRegistry, as_registry, tool
+from ._registry import Tool, ToolLike, ToolPolicy, ToolRegistry, ToolSource, as_registry, tool
 from ._runner import result_text, run_tool_calls
 
+if TYPE_CHECKING:
+    from .mcp import MCPServer, MCPServerHTTP, MCPServerSSE, MCPServerStdio, MCPTool
+
 __all__ = [
+    "MCPServer",
+    "MCPServerHTTP",
+    "MCPServerSSE",
+    "MCPServerStdio",
+    "MCPTool",
     "Tool",
     "ToolCallAssembler",
     "ToolLike",
     "ToolPolicy",
     "ToolRegistry",
+    "ToolSource",
     "as_registry",
     "result_text",
     "run_tool_calls",
     "tool",
 ]
+
+_MCP_NAMES = frozenset(("MCPServer", "MCPServerHTTP", "MCPServerSSE", "MCPServerStdio", "MCPTool"))
+
+
+def __getattr__(name: str) -> Any:
+    # The MCP classes load on first use (their module never imports the SDK by itself).
+    if name in _MCP_NAMES:
+        from . import mcp
+
+        value = getattr(mcp, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

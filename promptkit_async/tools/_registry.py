@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import functools
 import inspect
 import json
+import logging
 import math
 import re
 import typing
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload, runtime_checkable
 
 from typing_extensions import ParamSpec
 
 from .._context import ExecutionContext
 from ..errors import ToolError
-from ..types import ToolDefinition
+from ..types import ToolCall, ToolDefinition
 from ._schema import ArgumentError, Converter, SchemaCompiler, check_keys, json_default
 from ._schema import parse_docstring as _parse_docstring
 
-__all__ = ["Tool", "ToolPolicy", "ToolRegistry", "tool"]
+__all__ = ["Tool", "ToolPolicy", "ToolRegistry", "ToolSource", "tool"]
+
+logger = logging.getLogger("promptkit_async.tools")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -398,6 +402,32 @@ def tool(
     return wrap if function is None else wrap(function)
 
 
+@runtime_checkable
+class ToolSource(Protocol):
+    """A set of tools that changes on its own, e.g. an MCP server's
+    (:class:`~promptkit_async.tools.mcp.MCPServer`).
+
+    Add one to a :class:`ToolRegistry` (or pass it in ``ProviderMiddleware(tools=[...])``)
+    beside local tools; the registry offers whatever :attr:`tools` holds at each model
+    request.
+    """
+
+    @property
+    def tools(self) -> Sequence[Tool[..., Any]]:
+        """The tools on offer now (cached; never waits)."""
+        ...
+
+    @property
+    def version(self) -> int:
+        """A counter that grows whenever :attr:`tools` changes."""
+        ...
+
+    async def prepare(self) -> None:
+        """Make :attr:`tools` current before a turn (connect, list); bounded, never raises
+        for a source that cannot be reached (it then offers no tools)."""
+        ...
+
+
 class ToolRegistry:
     """The tools a pipeline offers to the model, by name.
 
@@ -411,31 +441,42 @@ class ToolRegistry:
             return a + b
 
     Args:
-        tools: :class:`Tool` objects or plain functions (wrapped with default settings).
+        tools: :class:`Tool` objects, plain functions (wrapped with default settings) or
+            :class:`ToolSource` objects such as MCP servers, whose tools are offered beside
+            the local ones.
 
     Raises:
         ToolError: two tools with one name, or a function that cannot be a tool.
 
     Safe to share between pipelines and tasks. Registering or removing tools while turns
     run is allowed (everything runs on one event loop); a change is seen from the next
-    model request on.
+    model request on. A source's tool whose name a local tool (or an earlier source)
+    already has is left out, with a warning.
     """
 
-    __slots__ = ("_tools", "_version")
+    __slots__ = ("_merged", "_merged_key", "_sources", "_tools", "_version")
 
-    def __init__(self, tools: Iterable[ToolLike] = ()) -> None:
+    def __init__(self, tools: Iterable[ToolLike | ToolSource] = ()) -> None:
         self._tools: dict[str, AnyTool] = {}
+        self._sources: list[ToolSource] = []
         self._version = 0
+        self._merged: dict[str, AnyTool] = self._tools
+        self._merged_key: tuple[int, ...] = ()
         for t in tools:
-            self.add(t)
+            if _is_source(t):
+                self.add_source(typing.cast(ToolSource, t))
+            else:
+                self.add(typing.cast(ToolLike, t))
 
     def __repr__(self) -> str:
-        return f"ToolRegistry({list(self._tools)!r})"
+        return f"ToolRegistry({list(self._all())!r})"
 
     def add(self, tool: ToolLike) -> AnyTool:
         """Add a :class:`Tool` (or a function, wrapped with defaults) and return the tool."""
+        if _is_source(tool):
+            raise ToolError(f"{tool!r} is a tool source; use add_source()")
         t: AnyTool = tool if isinstance(tool, Tool) else Tool(tool)
-        if t.name in self._tools:
+        if t.name in self._all():
             raise ToolError(
                 f"a tool named {t.name!r} is already registered; pass name= to register "
                 "this one under another name, or remove() the old one first"
@@ -443,6 +484,51 @@ class ToolRegistry:
         self._tools[t.name] = t
         self._version += 1
         return t
+
+    def add_source(self, source: ToolSource) -> ToolSource:
+        """Offer the tools of ``source`` (an MCP server, say) beside the local ones.
+
+        Raises:
+            ToolError: ``source`` is already added, it has the same ``prefix`` as one
+                already added, or one of its current tools' names is taken.
+        """
+        if not _is_source(source):
+            raise ToolError(
+                f"a tool source needs tools, version and prepare(); got {type(source).__name__}"
+            )
+        prefix = getattr(source, "prefix", None)
+        for other in self._sources:
+            if other is source:
+                raise ToolError(f"{source!r} is already in this registry")
+            if isinstance(prefix, str) and prefix and getattr(other, "prefix", None) == prefix:
+                raise ToolError(
+                    f"{source!r} and {other!r} share the tool-name prefix {prefix!r}; give "
+                    "one of them another prefix= so their tools' names cannot collide"
+                )
+        taken = self._all()
+        clash = [t.name for t in source.tools if t.name in taken]
+        if clash:
+            raise ToolError(
+                f"{source!r} offers tools whose names are taken: {', '.join(clash)}; "
+                "give it a prefix= (or rename the local tools)"
+            )
+        self._sources.append(source)
+        self._version += 1
+        return source
+
+    @property
+    def sources(self) -> tuple[ToolSource, ...]:
+        """The tool sources added, in order."""
+        return tuple(self._sources)
+
+    async def prepare(self) -> None:
+        """Let every source bring its tools up to date (connect on first use).
+
+        ``ProviderMiddleware`` awaits this at the start of each turn with tools; it returns
+        at once when there are no sources or they are all connected.
+        """
+        for source in self._sources:
+            await source.prepare()
 
     @overload
     def register(self, function: Callable[P, R], /) -> Tool[P, R]: ...
@@ -482,7 +568,7 @@ class ToolRegistry:
         return wrap if function is None else wrap(function)
 
     def remove(self, name: str) -> None:
-        """Remove the tool called ``name``.
+        """Remove the local tool called ``name`` (a source's tools come with the source).
 
         Raises:
             KeyError: no such tool.
@@ -490,41 +576,73 @@ class ToolRegistry:
         del self._tools[name]
         self._version += 1
 
+    def _all(self) -> dict[str, AnyTool]:
+        # Local tools, then each source's, rebuilt only when a version moved.
+        if not self._sources:
+            return self._tools
+        key = (self._version, *(s.version for s in self._sources))
+        if key != self._merged_key:
+            merged = dict(self._tools)
+            for source in self._sources:
+                for t in source.tools:
+                    if t.name in merged:
+                        logger.warning(
+                            "tool %r of %r is left out: a tool of that name is already "
+                            "registered; give the source a prefix=",
+                            t.name,
+                            source,
+                        )
+                        continue
+                    merged[t.name] = t
+            self._merged, self._merged_key = merged, key
+        return self._merged
+
     def get(self, name: str) -> AnyTool | None:
         """The tool called ``name``, or ``None``."""
-        return self._tools.get(name)
+        return self._all().get(name)
 
     def __getitem__(self, name: str) -> AnyTool:
-        return self._tools[name]
+        return self._all()[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tools
+        return name in self._all()
 
     def __iter__(self) -> Iterator[AnyTool]:
-        return iter(tuple(self._tools.values()))
+        return iter(tuple(self._all().values()))
 
     def __len__(self) -> int:
-        return len(self._tools)
+        return len(self._all())
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The registered names, in registration order."""
-        return tuple(self._tools)
+        """The tools' names: local ones in registration order, then each source's."""
+        return tuple(self._all())
 
     @property
     def version(self) -> int:
         """A counter that changes whenever a tool is added or removed (for caches)."""
-        return self._version
+        return self._version + sum(s.version for s in self._sources)
 
     def definitions(self, *, exclude: Collection[str] = ()) -> tuple[ToolDefinition, ...]:
         """The definitions to send to the model, leaving out the names in ``exclude``."""
-        return tuple(t.definition for n, t in self._tools.items() if n not in exclude)
+        return tuple(t.definition for n, t in self._all().items() if n not in exclude)
 
 
-def as_registry(tools: ToolRegistry | Iterable[ToolLike] | None) -> ToolRegistry | None:
+def _is_source(obj: object) -> bool:
+    return not isinstance(obj, Tool) and isinstance(obj, ToolSource)
+
+
+def as_registry(
+    tools: ToolRegistry | Iterable[ToolLike | ToolSource] | None,
+) -> ToolRegistry | None:
     """``tools`` as a registry: a registry as is (shared), a sequence wrapped in a new one."""
     if tools is None or isinstance(tools, ToolRegistry):
         return tools
+    if _is_source(tools):
+        raise ToolError(
+            "tools must be a ToolRegistry or a sequence of tools/functions/servers; "
+            "wrap a single server in a list: tools=[server]"
+        )
     if isinstance(tools, Tool) or (callable(tools) and not isinstance(tools, Iterable)):
         raise ToolError(
             "tools must be a ToolRegistry or a sequence of tools/functions; "
@@ -536,6 +654,35 @@ def as_registry(tools: ToolRegistry | Iterable[ToolLike] | None) -> ToolRegistry
             f"{type(tools).__name__}"
         )
     return ToolRegistry(tools)
+
+
+#: ``async (call) -> bool``: asked before a tool that needs approval runs.
+ApprovalHook = Callable[[ToolCall], Awaitable[bool]]
+
+
+def _patterns(value: Collection[str], what: str) -> frozenset[str]:
+    if isinstance(value, str):
+        raise ToolError(
+            f"{what} must be a collection of tool names, not the string {value!r}; "
+            f"write {what}={{{value!r}}}"
+        )
+    out = frozenset(value)
+    if not all(isinstance(n, str) for n in out):
+        raise ToolError(f"{what} must contain tool names or patterns (str)")
+    return out
+
+
+def matches(name: str, patterns: Collection[str]) -> bool:
+    """Whether ``name`` matches one of ``patterns`` (shell wildcards: ``*``, ``?``, ``[ab]``)."""
+    return any(p == name or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _check_limit(value: int | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ToolError(f"{what} must be a positive int or None, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,15 +707,36 @@ class ToolPolicy:
         timeout: seconds each tool call may run (``None``: no limit). A call that takes
             longer is cancelled and the model gets a tool result saying it timed out. A
             tool's own ``timeout`` overrides this.
+        max_calls: how many tool calls the model may make in one turn (``None``: no cap).
+            Calls past the cap are not run; each gets a tool result saying the limit is
+            reached, so the model answers with what it has.
+        max_identical_calls: the loop guard: how many times one turn may call the same
+            tool with the same arguments (compared as parsed JSON; ``None``: no guard).
+            A repeat past it is not run; its result tells the model to use the earlier
+            result instead.
+        require_approval: names of tools (shell wildcards allowed: ``"fs_write_*"``,
+            ``"*"``) that run only after ``approve`` said yes.
+        approve: ``async (call) -> bool``, awaited with the :class:`ToolCall` before a tool
+            in ``require_approval`` runs (after its arguments were checked). ``False``, an
+            exception or no answer within ``approval_timeout`` refuses the call: the model
+            gets a tool result saying the user declined. The calls of one round run
+            concurrently, so it may be awaited for several calls at once; cancelling the
+            turn cancels it.
+        approval_timeout: seconds ``approve`` may take (``None``: no limit).
 
     Raises:
-        ToolError: for an invalid value.
+        ToolError: for an invalid value, or ``require_approval`` without ``approve``.
     """
 
     max_rounds: int = 10
     tool_choice: str | None = None
     blocklist: Collection[str] = field(default=frozenset())
     timeout: float | None = 30.0
+    max_calls: int | None = None
+    max_identical_calls: int | None = None
+    require_approval: Collection[str] = field(default=frozenset())
+    approve: ApprovalHook | None = None
+    approval_timeout: float | None = 300.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int):
@@ -584,13 +752,25 @@ class ToolPolicy:
                 f"tool_choice must be 'auto', 'none', 'required', a tool name or None, "
                 f"not {choice!r}"
             )
-        if isinstance(self.blocklist, str):
-            raise ToolError(
-                f"blocklist must be a collection of tool names, not the string "
-                f"{self.blocklist!r}; write blocklist={{{self.blocklist!r}}}"
-            )
-        blocked = frozenset(self.blocklist)
-        if not all(isinstance(n, str) for n in blocked):
-            raise ToolError("blocklist must contain tool names (str)")
-        object.__setattr__(self, "blocklist", blocked)
+        object.__setattr__(self, "blocklist", _patterns(self.blocklist, "blocklist"))
         object.__setattr__(self, "timeout", _check_timeout(self.timeout, "ToolPolicy.timeout"))
+        _check_limit(self.max_calls, "max_calls")
+        _check_limit(self.max_identical_calls, "max_identical_calls")
+        required = _patterns(self.require_approval, "require_approval")
+        object.__setattr__(self, "require_approval", required)
+        if self.approve is not None and not callable(self.approve):
+            raise ToolError(f"approve must be an async function, not {self.approve!r}")
+        if required and self.approve is None:
+            raise ToolError(
+                "require_approval names tools but approve is None: pass "
+                "approve=an async function (call) -> bool that asks a human"
+            )
+        object.__setattr__(
+            self,
+            "approval_timeout",
+            _check_timeout(self.approval_timeout, "ToolPolicy.approval_timeout"),
+        )
+
+    def needs_approval(self, name: str) -> bool:
+        """Whether the tool called ``name`` must be approved before it runs."""
+        return bool(self.require_approval) and matches(name, self.require_approval)

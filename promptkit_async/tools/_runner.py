@@ -2,8 +2,12 @@
 
 Every call ends as a ``role="tool"`` message answering its ``tool_call_id``: the tool's
 result, or a sentence telling the model what went wrong (unknown or blocked tool, bad
-arguments, an exception, a timeout), so the model can recover. Only cancellation of the
-turn propagates, after the running tools were cancelled and have finished.
+arguments, an exception, a timeout, the turn's call cap, a repeated call, a refused
+approval), so the model can recover. Only cancellation of the turn propagates, after the
+running tools were cancelled and have finished.
+
+The per-turn cap and the loop guard keep no state of their own: they count the calls of
+the turn's earlier assistant messages in ``ctx.new_messages``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import enum
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -85,6 +90,77 @@ async def _invoke(tool: AnyTool, kwargs: dict[str, Any], ctx: ExecutionContext) 
     return "ok", result_text(value)
 
 
+def _call_key(call: ToolCall) -> tuple[str, str]:
+    # The loop guard's identity of a call: its name and its arguments as canonical JSON
+    # (so key order and spacing do not make a repeat look new).
+    try:
+        args = json.dumps(json.loads(call.arguments or "{}"), sort_keys=True)
+    except ValueError:
+        args = call.arguments
+    return call.name, args
+
+
+def _refusals(
+    calls: Sequence[ToolCall], policy: ToolPolicy, ctx: ExecutionContext
+) -> list[tuple[str, str] | None]:
+    """For each call, ``(status, text)`` when the cap or the loop guard refuses it."""
+    out: list[tuple[str, str] | None] = [None] * len(calls)
+    cap, same = policy.max_calls, policy.max_identical_calls
+    if cap is None and same is None:
+        return out
+    earlier = _earlier_calls(ctx.new_messages, calls)
+    made = len(earlier)
+    seen = Counter(_call_key(c) for c in earlier) if same is not None else Counter()
+    for i, call in enumerate(calls):
+        made += 1
+        if cap is not None and made > cap:
+            out[i] = (
+                "capped",
+                f"Error: the limit of {cap} tool calls for this turn is reached; "
+                f"{call.name!r} was not run. Answer with the results you already have.",
+            )
+            continue
+        if same is not None:
+            key = _call_key(call)
+            seen[key] += 1
+            if seen[key] > same:
+                out[i] = (
+                    "repeated",
+                    f"Error: {call.name!r} was already called with these same arguments "
+                    f"in this turn ({same} time(s)); it was not run again. Use the "
+                    "earlier result above, or call it with different arguments.",
+                )
+    return out
+
+
+def _earlier_calls(messages: Sequence[Message], current: Sequence[ToolCall]) -> list[ToolCall]:
+    """The turn's tool calls before ``current`` (whose message the loop appended last)."""
+    end = len(messages)
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if m.role == "assistant" and m.tool_calls:
+            if tuple(m.tool_calls) == tuple(current):
+                end = i
+            break
+    return [c for m in messages[:end] if m.role == "assistant" for c in m.tool_calls]
+
+
+async def _approved(call: ToolCall, policy: ToolPolicy) -> tuple[bool, str]:
+    hook = policy.approve
+    assert hook is not None  # ToolPolicy refuses require_approval without approve
+    try:
+        if policy.approval_timeout is None:
+            ok = await hook(call)
+        else:
+            ok = await asyncio.wait_for(hook(call), policy.approval_timeout)
+    except asyncio.TimeoutError:
+        return False, f"no answer within {policy.approval_timeout:g} seconds"
+    except Exception as exc:
+        logger.warning("approval hook failed for %r: %s: %s", call.name, type(exc).__name__, exc)
+        return False, "the approval could not be asked"
+    return ok is True, "the user declined"
+
+
 async def _outcome(
     registry: ToolRegistry, call: ToolCall, policy: ToolPolicy, ctx: ExecutionContext
 ) -> tuple[str, str]:
@@ -110,6 +186,13 @@ async def _outcome(
             f"Error: invalid arguments for {name!r}: {exc}. "
             "Call the tool again with arguments that match its schema."
         )
+    if policy.needs_approval(name):
+        ok, why = await _approved(call, policy)
+        if not ok:
+            return "declined", (
+                f"Error: the tool {name!r} needs the user's approval, and it was not given "
+                f"({why}); it was not run. Do not call it again unless the user asks."
+            )
     timeout = tool.timeout if tool.timeout is not None else policy.timeout
     if timeout is None:
         return await _invoke(tool, kwargs, ctx)
@@ -127,10 +210,17 @@ _Result = tuple[Message, dict[str, Any]]
 
 
 async def _run_call(
-    registry: ToolRegistry, call: ToolCall, policy: ToolPolicy, ctx: ExecutionContext
+    registry: ToolRegistry,
+    call: ToolCall,
+    policy: ToolPolicy,
+    ctx: ExecutionContext,
+    refused: tuple[str, str] | None = None,
 ) -> _Result:
     started = time.perf_counter()
-    status, text = await _outcome(registry, call, policy, ctx)
+    if refused is not None:
+        status, text = refused
+    else:
+        status, text = await _outcome(registry, call, policy, ctx)
     record = {
         "id": call.id,
         "name": call.name,
@@ -166,8 +256,13 @@ async def run_tool_calls(
     """Run ``calls`` concurrently; return their tool messages (in call order) and records.
 
     Each record is ``{"id", "name", "status", "seconds"}`` with status ``"ok"``,
-    ``"error"``, ``"timeout"``, ``"unknown"``, ``"blocked"`` or ``"bad_arguments"``.
-    Never raises for a tool's failure; cancellation cancels the running tools.
+    ``"error"``, ``"timeout"``, ``"unknown"``, ``"blocked"``, ``"bad_arguments"``,
+    ``"capped"`` (past ``max_calls``), ``"repeated"`` (the loop guard) or ``"declined"``
+    (not approved). Never raises for a tool's failure; cancellation cancels the running
+    tools.
     """
-    results = await _all([_run_call(registry, c, policy, ctx) for c in calls])
+    refusals = _refusals(calls, policy, ctx)
+    results = await _all(
+        [_run_call(registry, c, policy, ctx, r) for c, r in zip(calls, refusals, strict=True)]
+    )
     return [m for m, _ in results], [r for _, r in results]

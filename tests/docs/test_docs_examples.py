@@ -30,6 +30,15 @@ EXPECTED_OUTPUT = {
     "docs/tutorial/multi-turn.md": ["Your name is Alice", "You mentioned that you love pizza"],
     "docs/index.md": ["Your name is Alice."],
     "docs/getting-started.md": ["Hello Alice!", "Your name is Alice.", "4 messages stored"],
+    "docs/tutorial/mcp.md": [
+        "weather_server_get_weather - The current temperature (Celsius) and sky in a city.",
+        "Bot: The tool said: 64.4",
+        "['user', 'assistant', 'tool', 'assistant', 'user', 'assistant', 'tool', 'assistant']",
+        "MCPToolCallError: Error executing tool get_weather: no weather station in Atlantis",
+        "The model wants to run weather_get_weather",
+        "needs the user's approval",
+        "MCPServerHTTP(name='docs', url='https://mcp.example.com/mcp')",
+    ],
 }
 
 

@@ -16,6 +16,7 @@ from ...tools import (
     ToolLike,
     ToolPolicy,
     ToolRegistry,
+    ToolSource,
     as_registry,
     run_tool_calls,
 )
@@ -92,7 +93,7 @@ class ProviderMiddleware:
         provider: any :class:`~promptkit_async.providers.base.Provider`; shared freely.
         tools: a :class:`~promptkit_async.tools.ToolRegistry` (used live: tools added
             later are offered from the next request on) or a sequence of tools /
-            functions; ``None`` for no tools.
+            functions / tool sources (MCP servers); ``None`` for no tools.
         tool_policy: limits of the tool loop (default ``ToolPolicy()``).
         config: request settings.
 
@@ -106,7 +107,7 @@ class ProviderMiddleware:
     def __init__(
         self,
         provider: Provider,
-        tools: ToolRegistry | Iterable[ToolLike] | None = None,
+        tools: ToolRegistry | Iterable[ToolLike | ToolSource] | None = None,
         tool_policy: ToolPolicy | None = None,
         config: ProviderMiddlewareConfig | None = None,
     ) -> None:
@@ -162,6 +163,8 @@ class ProviderMiddleware:
         # One flat generator for the whole loop (one layer per chunk, and every provider
         # stream closed here, in a finally, whatever ends the turn).
         tools = self.tools
+        if tools is not None:
+            await tools.prepare()  # tool sources (MCP servers) connect on first use
         loop = _ToolLoop(self, ctx, tools) if tools is not None else None
         request = self._request(ctx.messages) if loop is None else loop.request()
         while True:
