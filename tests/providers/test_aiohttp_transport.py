@@ -312,17 +312,11 @@ async def test_pool_survives_1000_cancelled_streams(loopback) -> None:
             # Every response was closed: the server saw every client leave.
             await loopback.wait_for(lambda: loopback.disconnects == 1000, timeout=30)
 
-            # The same pool still serves new requests, streamed and not.
-            ok = OpenAIProvider(
-                "openai",
-                "gpt-4o-mini",
-                "sk-loop",
-                base_url=f"{loopback.url}/ok/v1",
-                http_client=provider.http_client,
-            )
-            chunks = [c async for c in ok.stream(HELLO)]
-            assert chunks[-1].response is not None
-            assert (await ok.complete(HELLO)).content == "Hello there!"
+            # New requests are still served, streamed and not.
+            async with provider_for(loopback, "ok") as ok:
+                chunks = [c async for c in ok.stream(HELLO)]
+                assert chunks[-1].response is not None
+                assert (await ok.complete(HELLO)).content == "Hello there!"
         gc.collect()
 
 
