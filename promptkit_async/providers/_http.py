@@ -190,7 +190,7 @@ class Secret:
         value: the secret.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_bytes", "_value")
 
     def __init__(self, value: str | Secret) -> None:
         if isinstance(value, Secret):
@@ -198,6 +198,7 @@ class Secret:
         if not isinstance(value, str):
             raise InvalidRequestError("a Secret holds a string (e.g. an API key)")
         self._value = value
+        self._bytes = value.encode()  # for scrubbing bodies without encoding per chunk
 
     def reveal(self) -> str:
         """The secret value itself (hand it only to what must send it)."""
@@ -677,7 +678,6 @@ class HTTPProvider(BaseProvider):
             stream: list((self._sse_headers if stream else headers).items())
             for stream in (False, True)
         }
-        self._key_bytes = key.reveal().encode() if key else b""
 
     def __repr__(self) -> str:
         # Identity only: never the key, nor the URL's user info or query.
@@ -942,7 +942,8 @@ class HTTPProvider(BaseProvider):
 
     def _scrub(self, data: bytes) -> bytes:
         """``data`` without the API key's bytes (a server may echo the key anywhere)."""
-        key = self._key_bytes
+        secret = self._api_key
+        key = secret._bytes if secret is not None else b""
         if key and key in data:
             return data.replace(key, _REDACTED.encode())
         return data
@@ -1264,8 +1265,8 @@ class SSEStream:
                 if retry:
                     continue
                 return []
-            key = provider._key_bytes
-            if key and key in chunk:
+            secret = provider._api_key
+            if secret is not None and secret._bytes in chunk:
                 chunk = provider._scrub(chunk)
             try:
                 if chunk:
