@@ -261,7 +261,9 @@ def test_the_secret_type_never_shows_its_value() -> None:
     assert secret.reveal() == KEY
     for shown in (repr(secret), str(secret), f"{secret}", repr([secret]), repr({"k": secret})):
         assert KEY not in shown
-    assert secret == Secret(KEY) and secret != Secret("other") and bool(secret)
+    assert secret == Secret(KEY)
+    assert secret != Secret("other")
+    assert secret
     assert not Secret("")
     with pytest.raises(TypeError):
         pickle.dumps(secret)
