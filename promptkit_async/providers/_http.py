@@ -1,30 +1,38 @@
-"""What every HTTP provider shares: client, timeouts, retries, error mapping, redaction.
+"""What every HTTP provider shares: sending, timeouts, retries, error mapping, redaction.
 
 A provider module (OpenAI, Anthropic, Gemini...) subclasses :class:`HTTPProvider`, says how
 to authenticate (:meth:`HTTPProvider._auth_headers`) and keeps its wire format to itself; it
 sends requests with :meth:`HTTPProvider._post_json` (whole JSON answer) or
 :meth:`HTTPProvider._post_events` (server-sent events), which handle:
 
-* the HTTP client: one long-lived ``httpx.AsyncClient`` per provider over
-  :class:`~promptkit_async.providers._transport.AiohttpTransport`, or the caller's client
-  (never closed by us). With our own client, requests go straight to the transport's
-  :meth:`~promptkit_async.providers._transport.AiohttpTransport.send` (no httpx request,
-  response or headers objects per call: a fraction of the client CPU of a streamed turn);
-  a body with a ``Content-Encoding`` is still decoded by httpx;
-* timeouts: httpx's connect / read / write / pool per attempt, a total ``deadline`` per call
-  (attempts, waits and reading the answer), and a ``stream_idle_timeout`` (no bytes for that
-  long while streaming → :class:`~promptkit_async.errors.StreamIdleTimeoutError`);
+* sending: by default straight through the provider's own
+  :class:`~promptkit_async.providers._transport.AiohttpTransport` (no httpx client,
+  request, response or headers objects per call: a fraction of the client CPU of a
+  streamed turn); with ``http_client=`` through the caller's ``httpx.AsyncClient``
+  (never closed by us; what ``respx`` mocks in tests). One path either way, one
+  translation of transport errors (:meth:`HTTPProvider._connection_error`);
+* timeouts: ``connect`` / ``pool`` (aiohttp's own), one ``asyncio.timeout`` scope per
+  attempt for the wait for the headers (rescheduled for a body read whole), one
+  ``asyncio.timeout_at`` scope for the call's total ``deadline`` (attempts, waits and the
+  answer), and for a streamed body a ``stream_idle_timeout`` (on by default, 120 s):
+  one timer per call that closes the response when a read overstays (cheaper than a
+  scope per read, and it never cancels a task). The caller's own ``asyncio.timeout`` /
+  ``anyio.fail_after`` around a call or a stream fire as in plain asyncio;
 * retries: 408 / 409 / 429 / 5xx and connection errors, waiting as the failed response asks
   (``retry-after-ms``, ``Retry-After``) or with jittered exponential backoff, each failed
-  response closed before the wait, never once a streamed event has reached the provider;
-  each retry is a ``TraceEvent("retry", ...)`` and a log record on ``promptkit_async.providers``;
+  response closed before the wait, never once a streamed event has reached the provider,
+  never after an idle timeout (the prompt is not re-sent to a silent server); each retry
+  is a ``TraceEvent("retry", ...)`` and a log record on ``promptkit_async.providers``;
 * errors: HTTP statuses and transport failures become :mod:`promptkit_async.errors` classes
-  carrying status, request id, the provider's message and body, with the API key redacted
-  (from bodies, messages, request ids and the base URL shown);
+  carrying status, request id, the provider's message and body. The API key is held as
+  a :class:`Secret`, scrubbed from every body and event the server sends, redacted from
+  messages, request ids and mapping keys and values; errors show ``base_url``'s origin
+  only;
 * size caps: an error body is read up to 64 KiB, a 2xx body up to :data:`MAX_BODY_SIZE`
   and one SSE line or event up to ``MAX_EVENT_SIZE`` (32 MiB each, beyond which
-  :class:`~promptkit_async.errors.APIResponseError`), so a broken or endless answer
-  cannot exhaust memory.
+  :class:`~promptkit_async.errors.APIResponseError`), all counted on *decoded* bytes: a
+  ``gzip`` / ``deflate`` body (the only encodings we ask for) is inflated in 64 KiB steps,
+  so a compression bomb stops at the same caps.
 
 Cancellation: cancelling the task that awaits a call, or closing a stream, closes the HTTP
 response at once; a cancelled retry wait simply ends. ``CancelledError`` is never caught
@@ -744,9 +752,11 @@ class HTTPProvider(BaseProvider):
         """One attempt: the response and its body (read whole and closed, unless it is
         a 2xx and not ``read_body``: then returned open, body unread, ``b""``).
 
-        Over our transport the wait for the headers, then for the body, is one
-        ``asyncio.timeout`` scope, rescheduled between the two; over a caller's client
-        httpx applies its own timeouts.
+        Over our transport one ``asyncio.timeout`` scope bounds the attempt: ``connect``
+        plus the read (or, streaming, idle) limit until the headers (aiohttp bounds the
+        connecting and pool wait itself, and a long pool wait counts against the scope),
+        then it is rescheduled to the read limit for a body read whole. Over a caller's
+        client httpx applies its own timeouts.
         """
         response: _Response | None = None
         try:
@@ -760,9 +770,9 @@ class HTTPProvider(BaseProvider):
                 return response, await self._read_whole(response)
             gap, reason = self._gap(call.stream)
             timeouts = self._timeouts
-            wait = None
+            wait = None  # connecting (aiohttp bounds it) and then the wait for the headers
             if gap is not None:
-                wait = gap + (timeouts.get("connect") or 0.0) + (timeouts.get("pool") or 0.0)
+                wait = gap + (timeouts.get("connect") or 0.0)
             try:
                 async with _timeout(wait) as scope:
                     response = await self._transport.send(
