@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import gzip
 import math
 import socket
 import sys
 import warnings
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -505,3 +507,57 @@ async def test_respx_sees_a_provider_given_an_httpx_client() -> None:
         ):
             assert (await provider.complete(HELLO)).content == "mocked"
     assert route.call_count == 1
+
+
+def _encoded(kind: str, data: bytes) -> tuple[str, bytes]:
+    if kind == "gzip":
+        return "gzip", gzip.compress(data)
+    if kind == "deflate (zlib)":
+        return "deflate", zlib.compress(data)
+    if kind == "deflate (raw)":  # no zlib header: some servers send this
+        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return "deflate", packer.compress(data) + packer.flush()
+    return kind, data  # an encoding we never asked for, e.g. "br"
+
+
+def _compressed(kind: str, streaming: bool) -> srv.Behaviour:
+    async def behaviour(request: srv.Request, conn: srv.Conn) -> bool:
+        if streaming:
+            data = b"".join(srv.reply_events("Hello there!"))
+        else:
+            data = srv.completion_body("Hello there!")
+        encoding, body = _encoded(kind, data)
+        kind_ = "text/event-stream" if streaming else "application/json"
+        await conn.head(200, {"content-encoding": encoding}, content_type=kind_)
+        for start in range(0, len(body), 7):  # small pieces: state carried across reads
+            await conn.chunk(body[start : start + 7])
+        await conn.end_chunks()
+        return True
+
+    return behaviour
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "complete"])
+@pytest.mark.parametrize("kind", ["gzip", "deflate (zlib)", "deflate (raw)", "br"])
+async def test_content_encodings(kind: str, streaming: bool) -> None:
+    server = await srv.ScriptedServer().start()
+    server.default = _compressed(kind, streaming)
+    try:
+        async with OpenAIProvider(
+            "openai", "m", "sk-test", base_url=server.url, max_retries=2
+        ) as provider:
+
+            async def call() -> str:
+                if streaming:
+                    return "".join([c.delta async for c in provider.stream(HELLO)])
+                return (await provider.complete(HELLO)).content
+
+            if kind == "br":  # not asked for, not decoded: a typed error, not retried
+                with pytest.raises(APIResponseError, match="unsupported Content-Encoding"):
+                    await call()
+                assert len(server.requests) == 1
+            else:
+                assert await call() == "Hello there!"
+            assert server.requests[0].headers["accept-encoding"] == "gzip, deflate"
+    finally:
+        await server.aclose()
