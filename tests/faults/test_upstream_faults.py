@@ -431,8 +431,23 @@ async def test_endless_bodies_end_with_a_typed_error_in_bounded_memory(
     """The server never stops sending; the client must stop (the cap is 32 MB per event,
     64 KB per error body), raise a typed error and not have held much more than that."""
     server.push(behaviour())
-    store = await seeded_store("huge")
-    before = await store.load("huge")
+    peak = await failing_turn_peak(server, "huge", error, stream, options)
+    assert peak < limit_mb * 1024 * 1024, f"{name}: peak {peak / 2**20:.1f} MB"
+    report.add(faults=1, peak_mb=round(peak / 2**20, 1), losses=0)
+
+
+async def failing_turn_peak(
+    server: ScriptedServer,
+    session: str,
+    error: type[ProviderError],
+    stream: bool,
+    options: dict[str, Any],
+) -> int:
+    """Run one turn that must fail with ``error`` (the server's next behaviour is the
+    fault) and return its peak traced memory; the session must keep what it had, and the
+    next turn on the same provider must succeed."""
+    store = await seeded_store(session)
+    before = await store.load(session)
     async with make_provider(server, max_retries=0, **options) as provider:
         pipe = pipeline_for(provider, store, stream=stream)
         gc.collect()
@@ -440,15 +455,14 @@ async def test_endless_bodies_end_with_a_typed_error_in_bounded_memory(
         try:
             base = tracemalloc.get_traced_memory()[0]
             with pytest.raises(error):
-                await asyncio.wait_for(pipe.execute("huge", "user", question("huge", "q")), GUARD)
+                await asyncio.wait_for(pipe.execute(session, "user", question(session, "q")), GUARD)
             peak = _peak_during(base)
         finally:
             tracemalloc.stop()
-        assert peak < limit_mb * 1024 * 1024, f"{name}: peak {peak / 2**20:.1f} MB"
-        assert await store.load("huge") == before
-        result = await asyncio.wait_for(pipe.execute("huge", "user", question("huge", "ok")), GUARD)
-        assert result.response.content.startswith("reply to")
-    report.add(faults=1, peak_mb=round(peak / 2**20, 1), losses=0)
+        assert await store.load(session) == before
+        ok = await asyncio.wait_for(pipe.execute(session, "user", question(session, "ok")), GUARD)
+        assert ok.response.content.startswith("reply to")
+    return peak
 
 
 @functools.cache
@@ -508,23 +522,8 @@ async def test_compression_bombs_are_decoded_only_up_to_the_caps(
     memory stays within the cap (tracemalloc, measured around the failing turn)."""
     gzip_bomb()  # built before measuring
     server.push(bomb(status_code, content_type))
-    store = await seeded_store("bomb")
-    before = await store.load("bomb")
-    async with make_provider(server, max_retries=0) as provider:
-        pipe = pipeline_for(provider, store, stream=stream)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            with pytest.raises(error):
-                await asyncio.wait_for(pipe.execute("bomb", "user", question("bomb", "q")), GUARD)
-            peak = _peak_during(base)
-        finally:
-            tracemalloc.stop()
-        assert peak < limit_mb * 1024 * 1024, f"{name}: peak {peak / 2**20:.1f} MB"
-        assert await store.load("bomb") == before
-        result = await asyncio.wait_for(pipe.execute("bomb", "user", question("bomb", "ok")), GUARD)
-        assert result.response.content.startswith("reply to")
+    peak = await failing_turn_peak(server, "bomb", error, stream, {})
+    assert peak < limit_mb * 1024 * 1024, f"{name}: peak {peak / 2**20:.1f} MB"
     assert "gzip" in server.requests[0].headers.get("accept-encoding", "")
     report.add(bombs=1, **{f"peak_mb_{name.replace(' ', '_')}": round(peak / 2**20, 1)})
 

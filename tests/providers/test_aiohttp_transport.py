@@ -391,6 +391,10 @@ async def _user_scope(kind: str, seconds: float) -> AsyncIterator[None]:
             yield
 
 
+def scripted_provider(server: srv.ScriptedServer, **options: Any) -> OpenAIProvider:
+    return OpenAIProvider("openai", "m", "sk-test", base_url=server.url, **options)
+
+
 SILENCES = {
     # what the server does, what the caller does, our own limits (all far longer)
     "no headers, complete": (lambda: srv.stall(headers_sent=False), False),
@@ -410,15 +414,8 @@ async def test_the_callers_timeout_fires_as_in_plain_asyncio(scope: str, case: s
     server = await srv.ScriptedServer().start()
     server.default = behaviour()
     try:
-        async with OpenAIProvider(
-            "openai",
-            "m",
-            "sk-test",
-            base_url=server.url,
-            deadline=30,
-            stream_idle_timeout=20,
-            timeout=httpx.Timeout(25.0),
-            max_retries=0,
+        async with scripted_provider(
+            server, deadline=30, stream_idle_timeout=20, timeout=25.0, max_retries=0
         ) as provider:
             seen: list[str] = []
             started = asyncio.get_running_loop().time()
@@ -456,9 +453,7 @@ async def test_our_idle_timeout_inside_a_longer_caller_scope(scope: str) -> None
     server = await srv.ScriptedServer().start()
     server.default = srv.sse([srv.delta("one ")], end="hang")
     try:
-        async with OpenAIProvider(
-            "openai", "m", "sk-test", base_url=server.url, stream_idle_timeout=0.1
-        ) as provider:
+        async with scripted_provider(server, stream_idle_timeout=0.1) as provider:
             async with _user_scope(scope, 20):
                 with pytest.raises(StreamIdleTimeoutError):
                     async for _ in provider.stream(HELLO):
@@ -543,9 +538,7 @@ async def test_content_encodings(kind: str, streaming: bool) -> None:
     server = await srv.ScriptedServer().start()
     server.default = _compressed(kind, streaming)
     try:
-        async with OpenAIProvider(
-            "openai", "m", "sk-test", base_url=server.url, max_retries=2
-        ) as provider:
+        async with scripted_provider(server, max_retries=2) as provider:
 
             async def call() -> str:
                 if streaming:
