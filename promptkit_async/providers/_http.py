@@ -11,13 +11,16 @@ sends requests with :meth:`HTTPProvider._post_json` (whole JSON answer) or
   streamed turn); with ``http_client=`` through the caller's ``httpx.AsyncClient``
   (never closed by us; what ``respx`` mocks in tests). One path either way, one
   translation of transport errors (:meth:`HTTPProvider._connection_error`);
-* timeouts: ``connect`` / ``pool`` (aiohttp's own), one ``asyncio.timeout`` scope per
-  attempt for the wait for the headers (rescheduled for a body read whole), one
-  ``asyncio.timeout_at`` scope for the call's total ``deadline`` (attempts, waits and the
-  answer), and for a streamed body a ``stream_idle_timeout`` (on by default, 120 s):
-  one timer per call that closes the response when a read overstays (cheaper than a
-  scope per read, and it never cancels a task). The caller's own ``asyncio.timeout`` /
-  ``anyio.fail_after`` around a call or a stream fire as in plain asyncio;
+* timeouts: standard scopes, a few per call, none per read. A whole answer: one
+  ``asyncio.timeout`` scope per attempt (connecting, the headers, then rescheduled once
+  for the body). A stream: one timer per attempt (:class:`_StreamTimer`) for
+  ``stream_idle_timeout`` (on by default, 120 s; or the read timeout if shorter): it
+  reschedules the ``asyncio.timeout(None)`` scope around the wait for the headers if
+  they are late, then closes the response when a read of the body overstays (aiohttp's
+  public ``close()``: no task is cancelled). The call's total ``deadline``: one
+  ``asyncio.timeout_at`` scope around the attempts and waits (and the stream's timer for
+  its body). The caller's own ``asyncio.timeout`` / ``anyio.fail_after`` around a call or
+  a stream fire as in plain asyncio;
 * retries: 408 / 409 / 429 / 5xx and connection errors, waiting as the failed response asks
   (``retry-after-ms``, ``Retry-After``) or with jittered exponential backoff, each failed
   response closed before the wait, never once a streamed event has reached the provider,
@@ -299,39 +302,62 @@ def _error_message(body: Any) -> tuple[str | None, object]:
     return None, None
 
 
-class _BodyTimer:
-    """The limits on reading one streamed body from our transport, on one lazy timer.
+class _StreamTimer:
+    """The limits of one streamed attempt over our transport, on one lazy timer.
 
-    Each read records when it began to wait (``since``, ``waiting``). The timer, moved at
-    most once per ``gap`` seconds, closes the response when a read has waited ``gap``
-    seconds or the call's deadline has passed, and records why in ``fired``. Closing is
-    aiohttp's public ``ClientResponse.close()``: the waiting read fails at once, and no
-    task is ever cancelled, so a cancellation is never ours to tell apart from the
-    caller's. The cost is a clock read per read and a timer per call (a scope per read,
-    ``asyncio.timeout``, costs ~2 us each: ~10% of a turn's client CPU at 11 reads).
+    A wait records when it began (``since``; ``None`` while nobody waits). First the wait
+    for the headers, connecting included: it runs in an ``asyncio.timeout(None)`` scope
+    (:meth:`watch`) that the timer reschedules to "now" if the headers are ``gap``
+    seconds late, so the scope itself cancels and raises, as a standard scope does. Then
+    each read of the body (:meth:`reading`): an overdue read, or the call's deadline, has
+    the timer close the response (aiohttp's public ``ClientResponse.close()``), which
+    fails the waiting read at once, and ``fired`` says why; no task is cancelled there.
+
+    One timer per attempt, moved at most once per ``gap`` seconds of silence: a scope
+    with a deadline per read (``asyncio.timeout``) costs a timer each, ~11 per turn.
     """
 
-    __slots__ = ("_close", "_handle", "_loop", "deadline", "fired", "gap", "reason", "since")
+    __slots__ = (
+        "_close",
+        "_handle",
+        "_loop",
+        "_scope",
+        "deadline",
+        "fired",
+        "gap",
+        "reason",
+        "since",
+    )
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        close: Callable[[], None],
-        gap: float | None,
-        reason: str,
-        deadline: float | None,
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gap: float, reason: str) -> None:
         self._loop = loop
-        self._close = close
-        self.gap = gap  # the longest wait for the next piece of the body
-        self.reason = reason  # what a gap overrun is reported as: "idle", "read", "end"
-        self.deadline = deadline  # the call's, on the loop's clock
+        self.gap = gap  # the longest wait for the headers, then for each piece of the body
+        self.reason = reason  # what an overrun is reported as: "idle", "read", "end"
+        self.deadline: float | None = None  # the call's, on the loop's clock (body only)
         self.fired: str | None = None
-        self.since: float | None = None  # when the read in progress began (None: idle)
-        self._handle: asyncio.TimerHandle | None = None
-        self._schedule(None if gap is None else loop.time() + gap)
+        self.since: float | None = loop.time()  # the headers are awaited from now
+        self._scope: Any = None  # the headers' scope, while they are awaited
+        self._close: Callable[[], None] | None = None  # the response, once it is there
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.since + gap, self._check)
 
-    def _schedule(self, when: float | None) -> None:
+    def watch(self, scope: Any) -> None:
+        """The scope around the wait for the headers (``None`` once they arrived)."""
+        self._scope = scope
+        if scope is None:
+            self.since = None
+
+    def reading(self, close: Callable[[], None], deadline: float | None) -> None:
+        """The headers arrived: from now on time the body's reads, closing with ``close``."""
+        self._close = close
+        if deadline is not None:
+            self.deadline = deadline
+            handle = self._handle
+            if handle is None or deadline < handle.when():
+                self._reschedule(deadline)
+
+    def _reschedule(self, when: float | None) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
         deadline = self.deadline
         if deadline is not None and (when is None or deadline < when):
             when = deadline
@@ -340,34 +366,35 @@ class _BodyTimer:
     def _check(self) -> None:
         self._handle = None
         now = self._loop.time() + 0.001  # the loop may run a timer a hair early
-        if self.deadline is not None and now >= self.deadline:
+        if self.deadline is not None and now >= self.deadline and self._close is not None:
             self._fire("deadline")
             return
-        due = None
-        if self.gap is not None:
-            since = self.since
-            if since is None:
-                due = now + self.gap  # nobody waits now; look again a gap later
-            else:
-                due = since + self.gap
-                if now >= due:
-                    self._fire(self.reason)
-                    return
-        self._schedule(due)
+        since = self.since
+        if since is None:
+            due = now + self.gap  # nobody waits now; look again a gap later
+        else:
+            due = since + self.gap
+            if now >= due:
+                self._fire(self.reason)
+                return
+        self._reschedule(due)
 
     def _fire(self, reason: str) -> None:
         self.fired = reason
-        self._close()
+        if self._scope is not None:
+            self._scope.reschedule(self._loop.time())  # the scope cancels, and says so
+        elif self._close is not None:
+            self._close()
 
     def limit(self, gap: float, reason: str) -> None:
         """From now on wait at most ``gap`` seconds per read, reported as ``reason``."""
-        if self.gap is not None and self.gap <= gap:
+        if self.gap <= gap:
             return
         self.gap = gap
         self.reason = reason
-        if self._handle is not None:
-            self._handle.cancel()
-        self._schedule(self._loop.time() + gap)
+        handle = self._handle
+        if handle is None or handle.when() > self._loop.time() + gap:
+            self._reschedule(self._loop.time() + gap)
 
     def cancel(self) -> None:
         if self._handle is not None:
@@ -485,6 +512,9 @@ class _Decoded:
     def close(self) -> None:
         self._inner.close()  # type: ignore[attr-defined]  # only over RawResponse
 
+    def at_eof(self) -> bool:
+        return False  # (compressed input may still be pending)
+
     async def aclose(self) -> None:
         await self._inner.aclose()
 
@@ -505,6 +535,7 @@ class _Call:
         "retries",
         "started",
         "stream",
+        "timer",
         "trace",
         "url",
     )
@@ -524,6 +555,7 @@ class _Call:
         self.request = request
         self.deadline = deadline
         self.stream = stream
+        self.timer: _StreamTimer | None = None  # a streamed 2xx's, for its SSEStream
         self.trace: tuple[TraceEvent, ...] = ()  # retries (rare: no list per call)
         self.retries = 0
         self.started = time.perf_counter()
@@ -582,10 +614,11 @@ class HTTPProvider(BaseProvider):
         api_key_env: the environment variable read when ``api_key`` is ``None``.
 
     Timeouts and cancellation: our limits are ``asyncio.timeout`` scopes (per attempt and
-    per call) plus, for a streamed body from our transport, one timer per call that
-    closes the response when a read overstays; none of them cancels anything but its own
-    scope, so the caller's ``asyncio.timeout`` / ``anyio.fail_after`` / task-group
-    cancellation around a call or a stream fires exactly as in plain asyncio.
+    per call) plus, for a stream over our transport, one timer per attempt that
+    reschedules the headers' scope or closes the response when a wait overstays; none
+    of them cancels anything but its own scope, so the caller's ``asyncio.timeout`` /
+    ``anyio.fail_after`` / task-group cancellation around a call or a stream fires
+    exactly as in plain asyncio.
 
     Concurrency: share one instance between any number of tasks on one event loop; calls
     are independent. Use ``async with`` or :meth:`aclose` to release the transport.
@@ -753,10 +786,10 @@ class HTTPProvider(BaseProvider):
         a 2xx and not ``read_body``: then returned open, body unread, ``b""``).
 
         Over our transport one ``asyncio.timeout`` scope bounds the attempt: ``connect``
-        plus the read (or, streaming, idle) limit until the headers (aiohttp bounds the
-        connecting and pool wait itself, and a long pool wait counts against the scope),
-        then it is rescheduled to the read limit for a body read whole. Over a caller's
-        client httpx applies its own timeouts.
+        plus the read (streaming: the shorter of read and idle) limit until the headers
+        (aiohttp bounds connecting and the pool wait itself; a long pool wait counts
+        against the scope), then that limit again for a body read whole. Over a
+        caller's client httpx applies its own timeouts.
         """
         response: _Response | None = None
         try:
@@ -770,9 +803,12 @@ class HTTPProvider(BaseProvider):
                 return response, await self._read_whole(response)
             gap, reason = self._gap(call.stream)
             timeouts = self._timeouts
-            wait = None  # connecting (aiohttp bounds it) and then the wait for the headers
+            if call.stream and gap is not None:
+                return await self._attempt_stream(call, gap, reason)
+            wait = None  # connecting (and the pool wait), then the wait for the headers
             if gap is not None:
                 wait = gap + (timeouts.get("connect") or 0.0)
+            waiting_for = "no response headers"
             try:
                 async with _timeout(wait) as scope:
                     response = await self._transport.send(
@@ -781,23 +817,62 @@ class HTTPProvider(BaseProvider):
                     response = _decoded(response)
                     if response.status < 300 and not read_body:
                         return response, b""
-                    read = timeouts.get("read")  # the body's turn: the same scope, moved
-                    if read is not None:
-                        scope.reschedule(asyncio.get_running_loop().time() + read)
-                    elif wait is not None:
-                        scope.reschedule(None)
+                    # The body's turn (a whole answer, or an error body): the same scope,
+                    # moved once.
+                    waiting_for = "the response body did not end"
+                    if gap is not None:
+                        scope.reschedule(asyncio.get_running_loop().time() + gap)
                     return response, await self._read_whole(response)
             except asyncio.TimeoutError as exc:
                 if isinstance(exc, aiohttp.ClientError):
                     raise  # aiohttp's own connect / pool timeout
                 raise APITimeoutError(
-                    f"{self._origin} sent no response within {gap}s ({reason} timeout)",
+                    f"{waiting_for} from {self._origin} within {gap}s ({reason} timeout)",
                     provider=self.id,
                 ) from None
         except BaseException:
             if response is not None:
                 await _close(response)
             raise
+
+    async def _attempt_stream(
+        self, call: _Call, gap: float, reason: str
+    ) -> tuple[_Response, bytes]:
+        """One streamed attempt over our transport: the headers within ``gap`` seconds
+        (connecting included), timed by the attempt's :class:`_StreamTimer`, which then
+        goes with a 2xx to its :class:`SSEStream` (``call.timer``) to time the body."""
+        assert self._transport is not None
+        timer = _StreamTimer(asyncio.get_running_loop(), gap, reason)
+        response: _Response | None = None
+        try:
+            try:
+                async with _timeout(None) as scope:
+                    timer.watch(scope)
+                    response = await self._transport.send(
+                        "POST", call.url, call.headers, call.content, self._timeouts
+                    )
+            finally:
+                timer.watch(None)
+            response = _decoded(response)
+            if response.status < 300:
+                call.timer, timer = timer, None  # type: ignore[assignment]
+                return response, b""
+            timer.reading(response.close, None)  # type: ignore[attr-defined]
+            return response, await self._read_whole(response)
+        except asyncio.TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError) or timer is None or timer.fired is None:
+                raise  # aiohttp's own connect timeout
+            raise APITimeoutError(
+                f"no response headers from {self._origin} within {gap}s ({reason} timeout)",
+                provider=self.id,
+            ) from None
+        except BaseException:
+            if response is not None:
+                await _close(response)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _read_whole(self, response: _Response) -> bytes:
         """A 2xx body (see :meth:`_read_body`) or an error body (see
@@ -1199,7 +1274,7 @@ class SSEStream:
         self._done = False
         self._ending = False
         self._response: _Response | None = None
-        self._timer: _BodyTimer | None = None
+        self._timer: _StreamTimer | None = None
         if provider._transport is None:  # httpx applies the read timeout itself
             self._gap, self._reason = provider.stream_idle_timeout, "idle"
         else:
@@ -1227,8 +1302,9 @@ class SSEStream:
         self._ending = True
         if self._gap is None or self._gap > grace:
             self._gap, self._reason = grace, "end"
-            if self._timer is not None:
-                self._timer.limit(grace, "end")
+            timer = self._timer
+            if timer is not None and not self._response.at_eof():  # type: ignore[union-attr]
+                timer.limit(grace, "end")  # (at the end already: no read will wait)
 
     def __aiter__(self) -> SSEStream:
         return self
@@ -1375,14 +1451,10 @@ class SSEStream:
         self._response = response
         self.headers = response.headers
         self.request_id = self._provider._request_id(response.headers)
-        if self._provider._transport is not None:
-            self._timer = _BodyTimer(
-                self._loop,
-                response.close,  # type: ignore[attr-defined]
-                self._gap,
-                self._reason,
-                self._call.deadline,
-            )
+        timer, self._call.timer = self._call.timer, None
+        if timer is not None:  # our transport's: it times the body's reads from now on
+            timer.reading(response.close, self._call.deadline)  # type: ignore[attr-defined]
+            self._timer = timer
         if response.headers.get("content-type", "").startswith("application/json"):
             await self._json_instead_of_events(response)
 

@@ -104,6 +104,11 @@ class RawResponse(httpx.AsyncByteStream):
         """Close the response now (synchronously; safe to call twice)."""
         self._response.close()
 
+    def at_eof(self) -> bool:
+        """Whether the whole body has arrived and been read (the next read returns
+        ``b""`` without waiting)."""
+        return self._response.content.at_eof()
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             while chunk := await self._response.content.readany():
@@ -241,12 +246,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 self._timeouts.clear()
             found = self._timeouts[key] = aiohttp.ClientTimeout(
                 total=None,
-                # aiohttp's "connect" covers waiting for the pool plus connecting.
-                connect=None if pool is None else pool + (connect or 0.0),
+                # aiohttp's "connect" covers waiting for the pool plus connecting, with a
+                # timer per request: only for httpx clients over this transport. The
+                # providers bound the whole attempt (pool, connecting, headers) with one
+                # timer of their own; sock_connect still bounds opening a connection.
+                connect=None if pool is None or not per_read else pool + (connect or 0.0),
                 sock_connect=connect,
-                # sock_read re-arms a timer on every network read: only for httpx clients
-                # over this transport. The providers bound the wait for the headers and
-                # the body themselves, with a scope and a timer per call, not per read.
+                # sock_read re-arms a timer on every network read: only for httpx clients.
                 sock_read=read,
             )
         return found
