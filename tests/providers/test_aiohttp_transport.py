@@ -554,3 +554,48 @@ async def test_content_encodings(kind: str, streaming: bool) -> None:
             assert server.requests[0].headers["accept-encoding"] == "gzip, deflate"
     finally:
         await server.aclose()
+
+
+async def test_a_stream_waits_for_its_headers_at_most_the_idle_timeout() -> None:
+    # No headers at all: each attempt ends after stream_idle_timeout (connecting
+    # included) with a timeout error, and is retried like a connection failure.
+    server = await srv.ScriptedServer().start()
+    server.default = srv.stall(headers_sent=False)
+    try:
+        async with scripted_provider(
+            server, stream_idle_timeout=0.1, max_retries=1, retry_policy=FAST
+        ) as provider:
+            with pytest.raises(APITimeoutError, match="no response headers") as caught:
+                await asyncio.wait_for(drain(provider.stream(HELLO), []), 10)
+            assert type(caught.value) is APITimeoutError
+            assert len(server.requests) == 2
+            await asyncio.wait_for(server.wait_for(lambda: server.open == 0), 10)
+    finally:
+        await server.aclose()
+
+
+async def test_a_slow_reader_is_not_an_idle_stream() -> None:
+    # The idle limit times the waits for bytes, not the caller: a consumer that holds
+    # each chunk longer than the limit (the fault simulated here) still gets it all.
+    server = await srv.ScriptedServer().start()
+
+    async def paced(request: srv.Request, conn: srv.Conn) -> bool:
+        # Events 20 ms apart (within the limit), then the body stays open: closing the
+        # response would break the reads still to come.
+        await conn.head(200)
+        for event in srv.reply_events("Hello there!", pieces=6):
+            await conn.chunk(event)
+            await asyncio.sleep(0.02)  # the pacing of a real stream
+        await conn.until_client_leaves()
+        return False
+
+    server.default = paced
+    try:
+        async with scripted_provider(server, stream_idle_timeout=0.05) as provider:
+            seen: list[str] = []
+            async for chunk in provider.stream(HELLO):
+                seen.append(chunk.delta)
+                await asyncio.sleep(0.1)  # a slow consumer, longer than the idle limit
+            assert "".join(seen) == "Hello there!"
+    finally:
+        await server.aclose()
