@@ -824,12 +824,7 @@ class HTTPProvider(BaseProvider):
                         scope.reschedule(asyncio.get_running_loop().time() + gap)
                     return response, await self._read_whole(response)
             except asyncio.TimeoutError as exc:
-                if isinstance(exc, aiohttp.ClientError):
-                    raise  # aiohttp's own connect / pool timeout
-                raise APITimeoutError(
-                    f"{waiting_for} from {self._origin} within {gap}s ({reason} timeout)",
-                    provider=self.id,
-                ) from None
+                raise self._too_slow(exc, True, waiting_for, gap, reason) from None
         except BaseException:
             if response is not None:
                 await _close(response)
@@ -860,12 +855,8 @@ class HTTPProvider(BaseProvider):
             timer.reading(response.close, None)  # type: ignore[attr-defined]
             return response, await self._read_whole(response)
         except asyncio.TimeoutError as exc:
-            if isinstance(exc, aiohttp.ClientError) or timer is None or timer.fired is None:
-                raise  # aiohttp's own connect timeout
-            raise APITimeoutError(
-                f"no response headers from {self._origin} within {gap}s ({reason} timeout)",
-                provider=self.id,
-            ) from None
+            ours = timer is not None and timer.fired is not None
+            raise self._too_slow(exc, ours, "no response headers", gap, reason) from None
         except BaseException:
             if response is not None:
                 await _close(response)
@@ -873,6 +864,18 @@ class HTTPProvider(BaseProvider):
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _too_slow(
+        self, exc: BaseException, ours: bool, waiting_for: str, gap: float | None, reason: str
+    ) -> BaseException:
+        """The error for an attempt that outlived its own limit (``ours``), else ``exc``
+        itself (e.g. aiohttp's connect timeout, translated with the others later)."""
+        if not ours or isinstance(exc, aiohttp.ClientError):
+            return exc
+        return APITimeoutError(
+            f"{waiting_for} from {self._origin} within {gap}s ({reason} timeout)",
+            provider=self.id,
+        )
 
     async def _read_whole(self, response: _Response) -> bytes:
         """A 2xx body (see :meth:`_read_body`) or an error body (see
