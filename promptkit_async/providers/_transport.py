@@ -36,10 +36,9 @@ _HTTP11 = {"http_version": b"HTTP/1.1"}
 def _map_error(
     exc: BaseException, request: httpx.Request | None, *, reading: bool
 ) -> Exception | None:
-    """The httpx error matching an aiohttp/OS error, or ``None`` for anything else.
-
-    ``request`` is ``None`` on the providers' direct path (:meth:`AiohttpTransport.send`).
-    """
+    """The httpx error matching an aiohttp/OS error, or ``None`` for anything else: for
+    an ``httpx.AsyncClient`` over this transport only (the providers translate aiohttp's
+    errors themselves, once)."""
     message = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         # aiohttp's connect timeout also covers waiting for a pooled connection.
