@@ -1,6 +1,7 @@
 """Model providers: one module per wire format, one shape for the rest of the library."""
 
 from . import presets
+from ._http import Secret
 from ._retry import RetryPolicy
 from ._transport import AiohttpTransport
 from .anthropic import AnthropicProvider
@@ -23,5 +24,6 @@ __all__ = [
     "ProviderDefaults",
     "ProviderRequest",
     "RetryPolicy",
+    "Secret",
     "presets",
 ]

@@ -1,30 +1,41 @@
-"""What every HTTP provider shares: client, timeouts, retries, error mapping, redaction.
+"""What every HTTP provider shares: sending, timeouts, retries, error mapping, redaction.
 
 A provider module (OpenAI, Anthropic, Gemini...) subclasses :class:`HTTPProvider`, says how
 to authenticate (:meth:`HTTPProvider._auth_headers`) and keeps its wire format to itself; it
 sends requests with :meth:`HTTPProvider._post_json` (whole JSON answer) or
 :meth:`HTTPProvider._post_events` (server-sent events), which handle:
 
-* the HTTP client: one long-lived ``httpx.AsyncClient`` per provider over
-  :class:`~promptkit_async.providers._transport.AiohttpTransport`, or the caller's client
-  (never closed by us). With our own client, requests go straight to the transport's
-  :meth:`~promptkit_async.providers._transport.AiohttpTransport.send` (no httpx request,
-  response or headers objects per call: a fraction of the client CPU of a streamed turn);
-  a body with a ``Content-Encoding`` is still decoded by httpx;
-* timeouts: httpx's connect / read / write / pool per attempt, a total ``deadline`` per call
-  (attempts, waits and reading the answer), and a ``stream_idle_timeout`` (no bytes for that
-  long while streaming → :class:`~promptkit_async.errors.StreamIdleTimeoutError`);
+* sending: by default straight through the provider's own
+  :class:`~promptkit_async.providers._transport.AiohttpTransport` (no httpx client,
+  request, response or headers objects per call: a fraction of the client CPU of a
+  streamed turn); with ``http_client=`` through the caller's ``httpx.AsyncClient``
+  (never closed by us; what ``respx`` mocks in tests). One path either way, one
+  translation of transport errors (:meth:`HTTPProvider._connection_error`);
+* timeouts: standard scopes, a few per call, none per read. A whole answer: one
+  ``asyncio.timeout`` scope per attempt (connecting, the headers, then rescheduled once
+  for the body). A stream: one timer per attempt (:class:`_StreamTimer`) for
+  ``stream_idle_timeout`` (on by default, 120 s; or the read timeout if shorter): it
+  reschedules the ``asyncio.timeout(None)`` scope around the wait for the headers if
+  they are late, then closes the response when a read of the body overstays (aiohttp's
+  public ``close()``: no task is cancelled). The call's total ``deadline``: one
+  ``asyncio.timeout_at`` scope around the attempts and waits (and the stream's timer for
+  its body). The caller's own ``asyncio.timeout`` / ``anyio.fail_after`` around a call or
+  a stream fire as in plain asyncio;
 * retries: 408 / 409 / 429 / 5xx and connection errors, waiting as the failed response asks
   (``retry-after-ms``, ``Retry-After``) or with jittered exponential backoff, each failed
-  response closed before the wait, never once a streamed event has reached the provider;
-  each retry is a ``TraceEvent("retry", ...)`` and a log record on ``promptkit_async.providers``;
+  response closed before the wait, never once a streamed event has reached the provider,
+  never after an idle timeout (the prompt is not re-sent to a silent server); each retry
+  is a ``TraceEvent("retry", ...)`` and a log record on ``promptkit_async.providers``;
 * errors: HTTP statuses and transport failures become :mod:`promptkit_async.errors` classes
-  carrying status, request id, the provider's message and body, with the API key redacted
-  (from bodies, messages, request ids and the base URL shown);
+  carrying status, request id, the provider's message and body. The API key is held as
+  a :class:`Secret`, scrubbed from every body and event the server sends, redacted from
+  messages, request ids and mapping keys and values; errors show ``base_url``'s origin
+  only;
 * size caps: an error body is read up to 64 KiB, a 2xx body up to :data:`MAX_BODY_SIZE`
   and one SSE line or event up to ``MAX_EVENT_SIZE`` (32 MiB each, beyond which
-  :class:`~promptkit_async.errors.APIResponseError`), so a broken or endless answer
-  cannot exhaust memory.
+  :class:`~promptkit_async.errors.APIResponseError`), all counted on *decoded* bytes: a
+  ``gzip`` / ``deflate`` body (the only encodings we ask for) is inflated in 64 KiB steps,
+  so a compression bomb stops at the same caps.
 
 Cancellation: cancelling the task that awaits a call, or closing a stream, closes the HTTP
 response at once; a cancelled retry wait simply ends. ``CancelledError`` is never caught
@@ -62,12 +73,14 @@ Writing a provider on top (Anthropic, Gemini...)::
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
 import re
 import sys
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, NoReturn, Protocol
@@ -99,14 +112,23 @@ from ..errors import (
 from ..types import TraceEvent
 from ._retry import RetryPolicy, parse_retry_after, should_retry_status
 from ._sse import MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
-from ._transport import AiohttpTransport, RawResponse
+from ._transport import AiohttpTransport
 from .base import BaseProvider, ProviderDefaults
 
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+    from asyncio import timeout_at as _timeout_at
+else:  # pragma: no cover - the same scopes, from aiohttp's own dependency
+    from async_timeout import timeout as _timeout  # type: ignore[import-not-found,unused-ignore]
+    from async_timeout import timeout_at as _timeout_at  # type: ignore[import-not-found,unused-ignore]
+
 __all__ = [
+    "DEFAULT_STREAM_IDLE_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "MAX_BODY_SIZE",
     "HTTPProvider",
     "SSEStream",
+    "Secret",
     "json_dumps",
     "json_loads",
     "error_class_for_status",
@@ -138,6 +160,11 @@ except ImportError:  # pragma: no cover - depends on the environment
 #: Per-attempt timeouts when none are given: 5 s to connect, 10 minutes for the rest (a
 #: long non-streamed answer can take minutes).
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+#: The default ``stream_idle_timeout``: a streamed call fails with
+#: :class:`~promptkit_async.errors.StreamIdleTimeoutError` (not retried) after this many
+#: seconds without a byte. Long enough for a reasoning model that thinks before its first
+#: token; short enough that a silent upstream costs two minutes, not half an hour.
+DEFAULT_STREAM_IDLE_TIMEOUT = 120.0
 
 _ERROR_BODY_LIMIT = 64 * 1024
 #: The largest non-streamed 2xx body read (decoded); streamed events are capped by the
@@ -162,14 +189,74 @@ _CONTEXT_LENGTH = re.compile(
 _CONTEXT_LENGTH_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 
 
-def redact(value: Any, secret: str | None) -> Any:
-    """``value`` with every occurrence of ``secret`` replaced, through dicts and lists."""
+class Secret:
+    """A secret string (an API key) that does not show itself.
+
+    ``repr`` and ``str`` give ``[REDACTED]``, so a secret held in a variable or attribute
+    stays hidden from logs, tracebacks and error trackers that capture local variables;
+    :meth:`reveal` returns the value. Equal to another ``Secret`` with the same value
+    (compared in constant time). It cannot be pickled (nor stored by accident).
+
+    Args:
+        value: the secret.
+    """
+
+    __slots__ = ("_bytes", "_value")
+
+    def __init__(self, value: str | Secret) -> None:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if not isinstance(value, str):
+            raise InvalidRequestError("a Secret holds a string (e.g. an API key)")
+        self._value = value
+        self._bytes = value.encode()  # for scrubbing bodies without encoding per chunk
+
+    def reveal(self) -> str:
+        """The secret value itself (hand it only to what must send it)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('[REDACTED]')"
+
+    def __str__(self) -> str:
+        return _REDACTED
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret cannot be pickled")
+
+
+class _SecretHeader(str):
+    """A header value that carries a secret: sent as itself, shown redacted by ``repr``
+    (so header lists and mappings in a traceback's locals do not show the key)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(_REDACTED)
+
+
+def redact(value: Any, secret: str | Secret | None) -> Any:
+    """``value`` with every occurrence of ``secret`` replaced, through dicts (keys and
+    values) and lists."""
+    if isinstance(secret, Secret):
+        secret = secret.reveal()
     if not secret:
         return value
     if isinstance(value, str):
         return value.replace(secret, _REDACTED) if secret in value else value
     if isinstance(value, Mapping):
-        return {k: redact(v, secret) for k, v in value.items()}
+        return {redact(k, secret): redact(v, secret) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v, secret) for v in value]
     return value
@@ -215,126 +302,111 @@ def _error_message(body: Any) -> tuple[str | None, object]:
     return None, None
 
 
-class _Watchdog:
-    """The total deadline and stream idle timeout of one call, with no timer per read.
+class _StreamTimer:
+    """The limits of one streamed attempt over our transport, on one lazy timer.
 
-    The call ``arm``s it around each of its own awaits (sending, reading, waiting to
-    retry) and ``disarm``s it after. When a limit passes while armed, the awaiting task
-    is cancelled and the call turns that cancellation into a timeout error
-    (:meth:`absorb`). While disarmed (the caller holds a chunk) nothing is cancelled; a
-    passed deadline is reported at the next ``arm``. The idle timer is moved only when
-    it fires (at most once per idle period), so arming costs a clock read, not a timer.
+    A wait records when it began (``since``; ``None`` while nobody waits). First the wait
+    for the headers, connecting included: it runs in an ``asyncio.timeout(None)`` scope
+    (:meth:`watch`) that the timer reschedules to "now" if the headers are ``gap``
+    seconds late, so the scope itself cancels and raises, as a standard scope does. Then
+    each read of the body (:meth:`reading`): an overdue read, or the call's deadline, has
+    the timer close the response (aiohttp's public ``ClientResponse.close()``), which
+    fails the waiting read at once, and ``fired`` says why; no task is cancelled there.
+
+    One timer per attempt, moved at most once per ``gap`` seconds of silence: a scope
+    with a deadline per read (``asyncio.timeout``) costs a timer each, ~11 per turn.
     """
 
     __slots__ = (
-        "_deadline_handle",
-        "_idle_handle",
+        "_close",
+        "_handle",
         "_loop",
-        "_since",
-        "_task",
-        "_watch_idle",
-        "active",
-        "armed",
-        "cancelled",
+        "_scope",
         "deadline",
         "fired",
-        "idle",
-        "timeout",
+        "gap",
+        "reason",
+        "since",
     )
 
-    def __init__(self, timeout: float | None, idle: float | None) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.timeout = timeout
-        self.idle = idle
-        self.active = timeout is not None or idle is not None
-        self.deadline = self._loop.time() + timeout if timeout is not None else None
-        self._deadline_handle = (
-            self._loop.call_at(self.deadline, self._on_deadline)
-            if self.deadline is not None
-            else None
-        )
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._since = 0.0
-        self._watch_idle = False
-        self.armed = False
-        self.cancelled = False
-        self.fired: str | None = None  # "deadline" or "idle"
+    def __init__(self, loop: asyncio.AbstractEventLoop, gap: float, reason: str) -> None:
+        self._loop = loop
+        self.gap = gap  # the longest wait for the headers, then for each piece of the body
+        self.reason = reason  # what an overrun is reported as: "idle", "read", "end"
+        self.deadline: float | None = None  # the call's, on the loop's clock (body only)
+        self.fired: str | None = None
+        self.since: float | None = loop.time()  # the headers are awaited from now
+        self._scope: Any = None  # the headers' scope, while they are awaited
+        self._close: Callable[[], None] | None = None  # the response, once it is there
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.since + gap, self._check)
 
-    def arm(self, idle: bool = False) -> None:
-        if not self.active:
-            return  # no limits, no timers: nothing could cancel
-        self._task = asyncio.current_task()
-        self.armed = True
-        if idle and self.idle is not None:
-            self._watch_idle = True
-            self._since = self._loop.time()
-            if self._idle_handle is None:
-                self._idle_handle = self._loop.call_at(self._since + self.idle, self._on_idle)
+    def watch(self, scope: Any) -> None:
+        """The scope around the wait for the headers (``None`` once they arrived)."""
+        self._scope = scope
+        if scope is None:
+            self.since = None
+
+    def reading(self, close: Callable[[], None], deadline: float | None) -> None:
+        """The headers arrived: from now on time the body's reads, closing with ``close``."""
+        self._close = close
+        if deadline is not None:
+            self.deadline = deadline
+            handle = self._handle
+            if handle is None or deadline < handle.when():
+                self._reschedule(deadline)
+
+    def _reschedule(self, when: float | None) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        deadline = self.deadline
+        if deadline is not None and (when is None or deadline < when):
+            when = deadline
+        self._handle = None if when is None else self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        now = self._loop.time() + 0.001  # the loop may run a timer a hair early
+        if self.deadline is not None and now >= self.deadline and self._close is not None:
+            self._fire("deadline")
+            return
+        since = self.since
+        if since is None:
+            due = now + self.gap  # nobody waits now; look again a gap later
         else:
-            self._watch_idle = False
+            due = since + self.gap
+            if now >= due:
+                self._fire(self.reason)
+                return
+        self._reschedule(due)
 
-    def disarm(self) -> None:
-        self.armed = False
-
-    def set_idle(self, idle: float) -> None:
-        """Change the idle limit (takes effect from the next :meth:`arm`)."""
-        self.idle = idle
-        self.active = True
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-
-    def remaining(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return self.deadline - self._loop.time()
-
-    def _cancel_task(self, reason: str) -> None:
+    def _fire(self, reason: str) -> None:
         self.fired = reason
-        if self.armed and self._task is not None and not self.cancelled:
-            self.cancelled = True
-            self._task.cancel()
+        if self._scope is not None:
+            self._scope.reschedule(self._loop.time())  # the scope cancels, and says so
+        elif self._close is not None:
+            self._close()
 
-    def _on_deadline(self) -> None:
-        self._deadline_handle = None
-        if self.fired is None:
-            self._cancel_task("deadline")
+    def limit(self, gap: float, reason: str) -> None:
+        """From now on wait at most ``gap`` seconds per read, reported as ``reason``."""
+        if self.gap <= gap:
+            return
+        self.gap = gap
+        self.reason = reason
+        handle = self._handle
+        if handle is None or handle.when() > self._loop.time() + gap:
+            self._reschedule(self._loop.time() + gap)
 
-    def _on_idle(self) -> None:
-        self._idle_handle = None
-        if not (self.armed and self._watch_idle) or self.fired is not None:
-            return  # not waiting for bytes now; the next arm() restarts the clock
-        due = self._since + self.idle  # type: ignore[operator]
-        if self._loop.time() + 0.001 >= due:
-            self._cancel_task("idle")
-        else:
-            self._idle_handle = self._loop.call_at(due, self._on_idle)
-
-    def absorb(self) -> bool:
-        """Called on ``CancelledError``: True if the cancellation was ours (now undone)."""
-        if not self.cancelled:
-            return False
-        self.cancelled = False
-        task = self._task
-        if sys.version_info >= (3, 11) and task is not None and task.uncancel() > 0:
-            return False  # someone else cancelled the task as well
-        return True
-
-    def close(self) -> None:
-        if self._deadline_handle is not None:
-            self._deadline_handle.cancel()
-            self._deadline_handle = None
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class _Response(Protocol):
     """An open response as the retry loop and :class:`SSEStream` read it: our transport's
-    :class:`~promptkit_async.providers._transport.RawResponse`, or :class:`_HttpxResponse`.
-    ``headers`` is case-insensitive; ``read`` returns the next piece of the (decoded) body,
-    ``b""`` at its end."""
+    :class:`~promptkit_async.providers._transport.RawResponse`, :class:`_HttpxResponse`
+    or either decoded by :class:`_Decoded`. ``headers`` is case-insensitive; ``read``
+    returns the next piece of the body, ``b""`` at its end."""
 
     @property
     def status(self) -> int: ...
@@ -348,16 +420,21 @@ class _Response(Protocol):
 
 
 class _HttpxResponse:
-    """An ``httpx.Response`` (a caller's client, or a compressed body) read as a
-    :class:`_Response`; httpx decodes the body."""
+    """An ``httpx.Response`` from a caller's client, read as a :class:`_Response`: its
+    raw bytes, decoded (bounded) by :class:`_Decoded` like our transport's. A body that
+    is already in memory (a ``respx`` mock's) is read as httpx decoded it (``decoded``)."""
 
-    __slots__ = ("_chunks", "_response", "headers", "status")
+    __slots__ = ("_chunks", "_response", "decoded", "headers", "status")
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
         self.status = response.status_code
         self.headers = response.headers
-        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
+        self.decoded = response.is_stream_consumed
+        if self.decoded:
+            self._chunks: AsyncIterator[bytes] = _once(response.content)
+        else:
+            self._chunks = response.aiter_raw()
 
     async def read(self) -> bytes:
         return await anext(self._chunks, b"")
@@ -369,14 +446,99 @@ class _HttpxResponse:
             await self._response.aclose()
 
 
+async def _once(content: bytes) -> AsyncIterator[bytes]:
+    if content:
+        yield content
+
+
+class _DecodeError(Exception):
+    """A compressed body that cannot be decoded (or an encoding we did not ask for)."""
+
+
+#: Decoded bytes produced per step at most: a compressed body inflates by this much
+#: between two checks of the size caps, whatever its compression ratio.
+_DECODE_STEP = 64 * 1024
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+#: What we ask for: both are in the standard library and decoded in bounded steps.
+_ACCEPT_ENCODING = "gzip, deflate"
+
+
+class _Decoded:
+    """A ``Content-Encoding: gzip / deflate`` body decoded in steps of at most
+    :data:`_DECODE_STEP` bytes, so the callers' size caps (64 KiB of an error body, the
+    2xx body cap, the SSE line and event caps) bound the memory a compression bomb can
+    take: a step's input that would inflate further stays compressed until the next read.
+    Any other encoding raises :class:`_DecodeError` (we only advertise these two)."""
+
+    __slots__ = ("_encoding", "_fresh", "_inner", "_tail", "_zlib", "headers", "status")
+
+    def __init__(self, inner: _Response, encoding: str) -> None:
+        self._inner = inner
+        self._encoding = encoding
+        self.status = inner.status
+        self.headers = inner.headers
+        wbits = _WBITS.get(encoding)
+        self._zlib: Any = None if wbits is None else zlib.decompressobj(wbits)
+        self._tail = b""
+        self._fresh = True  # nothing decoded yet
+
+    async def read(self) -> bytes:
+        if self._zlib is None:
+            raise _DecodeError(f"unsupported Content-Encoding {self._encoding[:40]!r}")
+        while True:
+            data = self._tail
+            if not data:
+                data = await self._inner.read()
+                if not data:
+                    try:
+                        return self._zlib.flush()  # type: ignore[no-any-return]
+                    except zlib.error as exc:
+                        raise _DecodeError(f"{self._encoding}: {exc}") from None
+            try:
+                out = self._zlib.decompress(data, _DECODE_STEP)
+            except zlib.error as exc:
+                if self._encoding == "deflate" and self._fresh:
+                    # Some servers send raw deflate, without the zlib header.
+                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                    self._encoding = "raw deflate"
+                    self._tail = data
+                    continue
+                raise _DecodeError(f"{self._encoding}: {exc}") from None
+            self._tail = self._zlib.unconsumed_tail
+            if out:
+                self._fresh = False
+                return out  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._inner.close()  # type: ignore[attr-defined]  # only over RawResponse
+
+    def at_eof(self) -> bool:
+        return False  # (compressed input may still be pending)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class _Call:
     """The state of one provider call across its attempts.
 
     With our own transport the request is ``url`` + ``headers`` + ``content``; with a
-    caller's client it is the built ``httpx.Request``.
+    caller's client it is the built ``httpx.Request``. ``deadline`` is the call's end on
+    the event loop's clock (``None``: no total deadline).
     """
 
-    __slots__ = ("content", "headers", "request", "retries", "started", "trace", "url", "watchdog")
+    __slots__ = (
+        "content",
+        "deadline",
+        "headers",
+        "request",
+        "retries",
+        "started",
+        "stream",
+        "timer",
+        "trace",
+        "url",
+    )
 
     def __init__(
         self,
@@ -384,13 +546,16 @@ class _Call:
         content: bytes,
         headers: list[tuple[str, str]],
         request: httpx.Request | None,
-        watchdog: _Watchdog,
+        deadline: float | None,
+        stream: bool,
     ) -> None:
         self.url = url
         self.content = content
         self.headers = headers
         self.request = request
-        self.watchdog = watchdog
+        self.deadline = deadline
+        self.stream = stream
+        self.timer: _StreamTimer | None = None  # a streamed 2xx's, for its SSEStream
         self.trace: tuple[TraceEvent, ...] = ()  # retries (rare: no list per call)
         self.retries = 0
         self.started = time.perf_counter()
@@ -420,28 +585,43 @@ class HTTPProvider(BaseProvider):
     Args:
         id: a short name for logs and errors.
         model: the model to call.
-        api_key: the API key; ``None`` reads the environment variable ``api_key_env``.
-            Never shown in ``repr``, logs or errors.
+        api_key: the API key (a ``str`` or a :class:`Secret`); ``None`` reads the
+            environment variable ``api_key_env``. Held as a :class:`Secret`: never shown
+            in ``repr``, logs, errors or the local variables of a traceback.
         defaults: request defaults and pricing.
         include_raw_output: put the provider's raw payload(s) in ``response.raw``.
         base_url: the API root; ``None`` reads ``base_url_env`` (unless ``api_key_env``
             was given, as presets do), else the vendor's default.
-        http_client: an ``httpx.AsyncClient`` to use (not closed by :meth:`aclose`); by
-            default the provider creates one over aiohttp and closes it in :meth:`aclose`
-            (and sends straight through its transport).
-        timeout: per-attempt timeouts: seconds or an ``httpx.Timeout``. ``None`` keeps an
-            injected client's own timeouts, else :data:`DEFAULT_TIMEOUT`.
+        http_client: an ``httpx.AsyncClient`` to send through (not closed by
+            :meth:`aclose`), e.g. one that ``respx`` mocks in tests. By default the
+            provider sends through its own
+            :class:`~promptkit_async.providers.AiohttpTransport` (no httpx client) and
+            closes it in :meth:`aclose`.
+        timeout: per-attempt timeouts: seconds or an ``httpx.Timeout``. ``connect`` and
+            ``pool`` bound getting a connection; ``read`` bounds the wait for the
+            response headers and for each piece of the body. ``None`` keeps an injected
+            client's own timeouts, else :data:`DEFAULT_TIMEOUT`.
         max_retries: retries after the first attempt (0 disables retrying).
-        stream_idle_timeout: seconds a stream may go without a byte, once its response
-            headers arrived, before :class:`~promptkit_async.errors.StreamIdleTimeoutError`.
+        stream_idle_timeout: the longest a streamed call waits for its response headers
+            or for the next piece of the body before
+            :class:`~promptkit_async.errors.StreamIdleTimeoutError` (not retried; a
+            silent wait for the headers is retried like a read timeout). ``None``:
+            :data:`DEFAULT_STREAM_IDLE_TIMEOUT` (120 s); ``math.inf`` turns it off.
         deadline: seconds for a whole call: every attempt, the waits between them and
             reading the answer to its end (:class:`~promptkit_async.errors.APITimeoutError`).
         retry_policy: backoff timing (see :class:`RetryPolicy`).
         default_headers: extra headers sent with every request.
         api_key_env: the environment variable read when ``api_key`` is ``None``.
 
+    Timeouts and cancellation: our limits are ``asyncio.timeout`` scopes (per attempt and
+    per call) plus, for a stream over our transport, one timer per attempt that
+    reschedules the headers' scope or closes the response when a wait overstays; none
+    of them cancels anything but its own scope, so the caller's ``asyncio.timeout`` /
+    ``anyio.fail_after`` / task-group cancellation around a call or a stream fires
+    exactly as in plain asyncio.
+
     Concurrency: share one instance between any number of tasks on one event loop; calls
-    are independent. Use ``async with`` or :meth:`aclose` to release the client.
+    are independent. Use ``async with`` or :meth:`aclose` to release the transport.
     """
 
     #: The API root used when ``base_url`` is not given.
@@ -471,81 +651,86 @@ class HTTPProvider(BaseProvider):
         default_headers: Mapping[str, str] | None = None,
         api_key_env: str | None = None,
     ) -> None:
+        # First of all: from here on no frame of ours holds the key as a plain string
+        # (error trackers capture the local variables of every frame of a traceback).
+        key: Secret | None = Secret(api_key) if api_key else None
+        del api_key
         super().__init__(id, model, defaults)
         if not model or not isinstance(model, str):
             raise InvalidRequestError("model must be a non-empty string, e.g. 'gpt-4o-mini'")
         if max_retries < 0:
             raise InvalidRequestError("max_retries must be >= 0")
         for name, value in (("stream_idle_timeout", stream_idle_timeout), ("deadline", deadline)):
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:
                 raise InvalidRequestError(f"{name} must be a positive number of seconds, or None")
         if base_url is None and api_key_env is None and self.base_url_env:
             base_url = os.environ.get(self.base_url_env) or None
         url = (base_url or self.default_base_url).rstrip("/")
         if not url.startswith(("http://", "https://")):
+            # Never the value itself: a URL may carry a key or a token.
+            scheme = url.partition("://")[0] if "://" in url else ""
+            shown = f"its scheme is {scheme!r}" if scheme.isalnum() else "it has no scheme"
             raise InvalidRequestError(
-                f"base_url must start with http:// or https://, got {url!r} "
-                "(e.g. 'http://localhost:11434/v1')"
+                f"base_url must start with http:// or https:// ({shown}); "
+                "e.g. 'http://localhost:11434/v1'"
             )
         env = api_key_env if api_key_env is not None else self.default_api_key_env
-        if api_key is None and env:
-            api_key = os.environ.get(env)
-        self._api_key = api_key or None
+        if key is None and env:
+            key = Secret(os.environ.get(env) or "") or None
+        self._api_key = key
         self._api_key_env = env
         self.base_url = url
+        self._origin = _origin(url)
         self.include_raw_output = include_raw_output
         self.max_retries = max_retries
-        self.stream_idle_timeout = stream_idle_timeout
+        if stream_idle_timeout is None:
+            stream_idle_timeout = DEFAULT_STREAM_IDLE_TIMEOUT
+        self.stream_idle_timeout: float | None = (
+            None if stream_idle_timeout == float("inf") else stream_idle_timeout
+        )
         self.deadline = deadline
         self.retry_policy = retry_policy or RetryPolicy()
         #: Seconds a stream may stay silent after the answer is complete (OpenAI's
         #: ``[DONE]``) before we stop waiting for the body's end and close it.
         self.end_grace = 5.0
         self._timeout: httpx.Timeout | None = None if timeout is None else httpx.Timeout(timeout)
-        # With our own client we send straight through its transport (see _open).
+        self._timeouts = (self._timeout or DEFAULT_TIMEOUT).as_dict()
+        # Our own transport, sent to directly; or the caller's httpx client.
         self._transport: AiohttpTransport | None = None
         if http_client is None:
             self._transport = AiohttpTransport()
-            http_client = httpx.AsyncClient(
-                transport=self._transport,
-                timeout=self._timeout or DEFAULT_TIMEOUT,
-                trust_env=False,  # the transport reads proxy variables itself
-            )
-            self._owns_client = True
-        else:
-            self._owns_client = False
         self._client = http_client
         self._closed = False
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
+            "Accept-Encoding": _ACCEPT_ENCODING,
             "User-Agent": f"promptkit-async/{__version__}",
         }
         if default_headers:
             headers.update(default_headers)
-        if self._api_key:
-            headers.update(self._auth_headers(self._api_key))
+        if key:
+            secret = key.reveal()
+            for header, text in self._auth_headers(secret).items():
+                headers[header] = _SecretHeader(text) if secret in text else text
         self._json_headers = headers
         self._sse_headers = {**headers, "Accept": "text/event-stream"}
-        # For our own transport: the client's default headers merged with ours, once (what
-        # httpx would send, less Host and Content-Length, which aiohttp adds).
         self._direct_headers = {
-            stream: _merged(http_client.headers, self._sse_headers if stream else headers)
+            stream: list((self._sse_headers if stream else headers).items())
             for stream in (False, True)
         }
-        self._timeouts = (self._timeout or DEFAULT_TIMEOUT).as_dict()
 
     def __repr__(self) -> str:
-        # Identity only: never the key (nor headers that carry it).
+        # Identity only: never the key, nor the URL's user info or query.
         return (
             f"{type(self).__name__}(id={self.id!r}, model={self.model!r}, "
-            f"base_url={redact(self.base_url, self._api_key)!r})"
+            f"base_url={redact(_origin(self.base_url, path=True), self._api_key)!r})"
         )
 
     @property
-    def http_client(self) -> httpx.AsyncClient:
-        """The ``httpx.AsyncClient`` of this provider (the caller's, or its own, whose
-        transport it sends through directly); it can be shared with other providers."""
+    def http_client(self) -> httpx.AsyncClient | None:
+        """The caller's ``httpx.AsyncClient``, or ``None`` when the provider sends
+        through its own transport."""
         return self._client
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
@@ -553,10 +738,10 @@ class HTTPProvider(BaseProvider):
         return {"Authorization": f"Bearer {api_key}"}
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this provider created it. Safe to call twice."""
+        """Close the transport if this provider created it. Safe to call twice."""
         self._closed = True
-        if self._owns_client:
-            await self._client.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
 
     # --- building and sending -----------------------------------------------------------
 
@@ -575,7 +760,7 @@ class HTTPProvider(BaseProvider):
                 f"the {self.id} provider is closed; create a new one", provider=self.id
             )
         request = None
-        if self._transport is None:
+        if self._client is not None:
             request = self._client.build_request(
                 "POST",
                 url,
@@ -583,23 +768,124 @@ class HTTPProvider(BaseProvider):
                 headers=self._sse_headers if stream else self._json_headers,
                 timeout=httpx.USE_CLIENT_DEFAULT if self._timeout is None else self._timeout,
             )
-        watchdog = _Watchdog(self.deadline, self.stream_idle_timeout if stream else None)
-        return _Call(url, content, self._direct_headers[stream], request, watchdog)
+        deadline = None
+        if self.deadline is not None:
+            deadline = asyncio.get_running_loop().time() + self.deadline
+        return _Call(url, content, self._direct_headers[stream], request, deadline, stream)
 
-    async def _open(self, call: _Call) -> _Response:
-        """One attempt: send the call's request; the response comes back unread."""
-        transport = self._transport
-        if transport is None:
-            assert call.request is not None
-            return _HttpxResponse(await self._client.send(call.request, stream=True))
-        # Our own client has no cookies, auth, hooks or mounts to apply, so skip httpx's
-        # per-request machinery and objects (tens of us of CPU per call).
-        response = await transport.send(
-            "POST", call.url, call.headers, call.content, self._timeouts
+    def _gap(self, stream: bool) -> tuple[float | None, str]:
+        """The longest wait for the headers or a piece of the body, and its name."""
+        read = self._timeouts.get("read")
+        idle = self.stream_idle_timeout if stream else None
+        if idle is not None and (read is None or idle <= read):
+            return idle, "idle"
+        return read, "read"
+
+    async def _attempt(self, call: _Call, read_body: bool) -> tuple[_Response, bytes]:
+        """One attempt: the response and its body (read whole and closed, unless it is
+        a 2xx and not ``read_body``: then returned open, body unread, ``b""``).
+
+        Over our transport one ``asyncio.timeout`` scope bounds the attempt: ``connect``
+        plus the read (streaming: the shorter of read and idle) limit until the headers
+        (aiohttp bounds connecting and the pool wait itself; a long pool wait counts
+        against the scope), then that limit again for a body read whole. Over a
+        caller's client httpx applies its own timeouts.
+        """
+        response: _Response | None = None
+        try:
+            if self._transport is None:
+                assert self._client is not None
+                assert call.request is not None
+                sent = _HttpxResponse(await self._client.send(call.request, stream=True))
+                response = sent if sent.decoded else _decoded(sent)
+                if response.status < 300 and not read_body:
+                    return response, b""
+                return response, await self._read_whole(response)
+            gap, reason = self._gap(call.stream)
+            timeouts = self._timeouts
+            if call.stream and gap is not None:
+                return await self._attempt_stream(call, gap, reason)
+            wait = None  # connecting (and the pool wait), then the wait for the headers
+            if gap is not None:
+                wait = gap + (timeouts.get("connect") or 0.0)
+            waiting_for = "no response headers"
+            try:
+                async with _timeout(wait) as scope:
+                    response = await self._transport.send(
+                        "POST", call.url, call.headers, call.content, timeouts
+                    )
+                    response = _decoded(response)
+                    if response.status < 300 and not read_body:
+                        return response, b""
+                    # The body's turn (a whole answer, or an error body): the same scope,
+                    # moved once.
+                    waiting_for = "the response body did not end"
+                    if gap is not None:
+                        scope.reschedule(asyncio.get_running_loop().time() + gap)
+                    return response, await self._read_whole(response)
+            except asyncio.TimeoutError as exc:
+                raise self._too_slow(exc, True, waiting_for, gap, reason) from None
+        except BaseException:
+            if response is not None:
+                await _close(response)
+            raise
+
+    async def _attempt_stream(
+        self, call: _Call, gap: float, reason: str
+    ) -> tuple[_Response, bytes]:
+        """One streamed attempt over our transport: the headers within ``gap`` seconds
+        (connecting included), timed by the attempt's :class:`_StreamTimer`, which then
+        goes with a 2xx to its :class:`SSEStream` (``call.timer``) to time the body."""
+        assert self._transport is not None
+        timer = _StreamTimer(asyncio.get_running_loop(), gap, reason)
+        response: _Response | None = None
+        try:
+            try:
+                async with _timeout(None) as scope:
+                    timer.watch(scope)
+                    response = await self._transport.send(
+                        "POST", call.url, call.headers, call.content, self._timeouts
+                    )
+            finally:
+                timer.watch(None)
+            response = _decoded(response)
+            if response.status < 300:
+                call.timer, timer = timer, None  # type: ignore[assignment]
+                return response, b""
+            timer.reading(response.close, None)  # type: ignore[attr-defined]
+            return response, await self._read_whole(response)
+        except asyncio.TimeoutError as exc:
+            ours = timer is not None and timer.fired is not None
+            raise self._too_slow(exc, ours, "no response headers", gap, reason) from None
+        except BaseException:
+            if response is not None:
+                await _close(response)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _too_slow(
+        self, exc: BaseException, ours: bool, waiting_for: str, gap: float | None, reason: str
+    ) -> BaseException:
+        """The error for an attempt that outlived its own limit (``ours``), else ``exc``
+        itself (e.g. aiohttp's connect timeout, translated with the others later)."""
+        if not ours or isinstance(exc, aiohttp.ClientError):
+            return exc
+        return APITimeoutError(
+            f"{waiting_for} from {self._origin} within {gap}s ({reason} timeout)",
+            provider=self.id,
         )
-        if "content-encoding" in response.headers:
-            return _HttpxResponse(response.to_httpx())  # httpx decodes, as for any client
-        return response
+
+    async def _read_whole(self, response: _Response) -> bytes:
+        """A 2xx body (see :meth:`_read_body`) or an error body (see
+        :meth:`_read_error_body`); the response is closed either way."""
+        try:
+            if response.status < 300:
+                return await self._read_body(response)
+            return await self._read_error_body(response)
+        finally:
+            await _close(response)
 
     def _request_id(self, headers: Mapping[str, str]) -> str | None:
         for name in self.request_id_headers:
@@ -609,17 +895,9 @@ class HTTPProvider(BaseProvider):
                 return redact(value, self._api_key)  # type: ignore[no-any-return]
         return None
 
-    def _timeout_error(self, call: _Call, request_id: str | None = None) -> APITimeoutError:
-        watchdog = call.watchdog
-        if watchdog.fired == "idle":
-            return StreamIdleTimeoutError(
-                f"the stream sent nothing for {watchdog.idle}s (stream_idle_timeout); "
-                "the response was closed",
-                provider=self.id,
-                request_id=request_id,
-            )
+    def _deadline_error(self, request_id: str | None = None) -> APITimeoutError:
         return APITimeoutError(
-            f"the call did not finish within its {watchdog.timeout}s deadline",
+            f"the call did not finish within its {self.deadline}s deadline",
             provider=self.id,
             request_id=request_id,
         )
@@ -627,18 +905,26 @@ class HTTPProvider(BaseProvider):
     def _connection_error(
         self, exc: BaseException, request_id: str | None = None
     ) -> ProviderError | None:
-        """The library error for a transport failure, or ``None`` if ``exc`` is not one."""
+        """The library error for a transport failure, or ``None`` if ``exc`` is not one.
+
+        The one translation of transport errors: aiohttp's and the OS's (our transport),
+        httpx's (a caller's client), a body we cannot decode.
+        """
+        if isinstance(exc, ProviderError):
+            return exc
         detail = redact(
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, self._api_key
         )
-        url = redact(self.base_url, self._api_key)  # a gateway URL may carry the key
+        if self.base_url != self._origin:
+            detail = detail.replace(self.base_url, self._origin)
+        url = self._origin  # never the rest of base_url: it may carry a token
         if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
             return APITimeoutError(
                 f"timed out talking to {url} ({detail})",
                 provider=self.id,
                 request_id=request_id,
             )
-        if isinstance(exc, httpx.DecodingError):
+        if isinstance(exc, (_DecodeError, httpx.DecodingError)):
             return APIResponseError(
                 f"could not decode the response body ({detail})",
                 provider=self.id,
@@ -655,7 +941,7 @@ class HTTPProvider(BaseProvider):
     def _status_error(
         self, status: int, headers: Mapping[str, str], content: bytes
     ) -> APIStatusError:
-        """The typed error for an HTTP error response (its body already read)."""
+        """The typed error for an HTTP error response (its body already read, scrubbed)."""
         text = content.decode("utf-8", "replace")
         body: Any
         try:
@@ -742,8 +1028,17 @@ class HTTPProvider(BaseProvider):
             request_id=request_id,
         )
 
+    def _scrub(self, data: bytes) -> bytes:
+        """``data`` without the API key's bytes (a server may echo the key anywhere)."""
+        secret = self._api_key
+        key = secret._bytes if secret is not None else b""
+        if key and key in data:
+            return data.replace(key, _REDACTED.encode())
+        return data
+
     async def _read_error_body(self, response: _Response) -> bytes:
-        """Up to 64 KiB of an error response's body; always closes the response."""
+        """Up to 64 KiB of an error response's (decoded) body, without the key; always
+        closes the response."""
         parts: list[bytes] = []
         size = 0
         try:
@@ -754,10 +1049,11 @@ class HTTPProvider(BaseProvider):
             pass
         finally:
             await _close(response)
-        return b"".join(parts)[:_ERROR_BODY_LIMIT]
+        return self._scrub(b"".join(parts)[:_ERROR_BODY_LIMIT])
 
     async def _read_body(self, response: _Response) -> bytes:
-        """A 2xx body, refused past :data:`MAX_BODY_SIZE` (a broken or endless body)."""
+        """A 2xx body (decoded, without the key), refused past :data:`MAX_BODY_SIZE` (a
+        broken or endless body, or a compression bomb)."""
         parts: list[bytes] = []
         size = 0
         while part := await response.read():
@@ -770,56 +1066,46 @@ class HTTPProvider(BaseProvider):
                     request_id=self._request_id(response.headers),
                 )
             parts.append(part)
-        return b"".join(parts)
+        return self._scrub(b"".join(parts))
 
     async def _send(self, call: _Call, *, read_body: bool) -> tuple[_Response, bytes]:
-        """Send the call's request with retries until a 2xx arrives.
+        """Send the call's request with retries until a 2xx arrives, within the call's
+        deadline (one ``asyncio.timeout_at`` scope around the attempts and waits).
 
         With ``read_body`` the whole body is read (and the response closed) inside the
         retry loop; otherwise the response is returned open, its body unread.
         """
-        watchdog = call.watchdog
+        if call.deadline is None:
+            return await self._attempts(call, read_body)
+        try:
+            async with _timeout_at(call.deadline):
+                return await self._attempts(call, read_body)
+        except asyncio.TimeoutError:
+            # Only our scope raises it here: inside, every failure is already ours.
+            raise self._deadline_error() from None
+
+    async def _attempts(self, call: _Call, read_body: bool) -> tuple[_Response, bytes]:
         while True:
-            if watchdog.fired is not None:
-                raise self._timeout_error(call)
-            response: _Response | None = None
             retry_after: float | None = None
             status: int | None = None
-            watchdog.arm()
             try:
-                response = await self._open(call)
+                response, content = await self._attempt(call, read_body)
                 if response.status < 300:
-                    if not read_body:
-                        return response, b""
-                    try:
-                        return response, await self._read_body(response)
-                    finally:
-                        await _close(response)
+                    return response, content
                 status = response.status
-                content = await self._read_error_body(response)
-            except asyncio.CancelledError:
-                if response is not None:
-                    await _close(response)
-                if watchdog.absorb():
-                    raise self._timeout_error(call) from None
-                raise
             except Exception as exc:
-                if response is not None:
-                    await _close(response)
                 mapped = self._connection_error(exc)
                 if mapped is None:
                     raise
                 error: ProviderError = mapped
                 retryable = isinstance(mapped, APIConnectionError)
-                cause: BaseException | None = exc
+                cause: BaseException | None = None if mapped is exc else exc
             else:
-                assert response is not None
                 error = self._status_error(status, response.headers, content)
                 retry_after = parse_retry_after(response.headers)
                 retryable = should_retry_status(status, response.headers)
                 cause = None
-            finally:
-                watchdog.disarm()
+                del content  # the server's words are in the error; keep no other copy
             if not retryable or call.retries >= self.max_retries:
                 raise error from cause
             await self._wait_to_retry(call, error, status, retry_after, cause)
@@ -834,9 +1120,8 @@ class HTTPProvider(BaseProvider):
     ) -> None:
         """Record and log a retry, then sleep before it (or raise if the deadline forbids)."""
         delay = self.retry_policy.delay(call.retries, retry_after)
-        watchdog = call.watchdog
-        remaining = watchdog.remaining()
-        if remaining is not None and delay >= remaining:
+        deadline = call.deadline
+        if deadline is not None and delay >= deadline - asyncio.get_running_loop().time():
             # Waiting would pass the deadline: report the real failure now.
             raise error from cause
         call.retries += 1
@@ -861,15 +1146,7 @@ class HTTPProvider(BaseProvider):
             "" if retry_after is None else f" (server asked {retry_after:.3f}s)",
             extra={"provider": self.id, "retry": detail},
         )
-        watchdog.arm()
-        try:
-            await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            if watchdog.absorb():
-                raise error from cause
-            raise
-        finally:
-            watchdog.disarm()
+        await asyncio.sleep(delay)
 
     async def _post_json(
         self, url: httpx.URL | str, body: Mapping[str, Any]
@@ -880,15 +1157,12 @@ class HTTPProvider(BaseProvider):
         not JSON raises :class:`~promptkit_async.errors.APIResponseError`.
         """
         call = self._start(url, self._encode(body), stream=False)
-        try:
-            response, content = await self._send(call, read_body=True)
-        finally:
-            call.watchdog.close()
+        response, content = await self._send(call, read_body=True)
         request_id = self._request_id(response.headers)
         try:
             payload = json_loads(content)
         except ValueError:
-            snippet = redact(content[:200].decode("utf-8", "replace"), self._api_key)
+            snippet = content[:200].decode("utf-8", "replace")
             raise APIResponseError(
                 f"the response is not valid JSON: {snippet!r}",
                 provider=self.id,
@@ -903,6 +1177,29 @@ class HTTPProvider(BaseProvider):
         done; that closes the HTTP response.
         """
         return SSEStream(self, self._start(url, self._encode(body), stream=True))
+
+
+def _origin(url: str, *, path: bool = False) -> str:
+    """``scheme://host[:port]`` of a URL (``path``: and its path): what errors and
+    ``repr`` show of it, never its user info or query (a gateway token may be there)."""
+    try:
+        parsed = httpx.URL(url)
+        port = f":{parsed.port}" if parsed.port is not None else ""
+        rest = parsed.path.rstrip("/") if path else ""
+        return f"{parsed.scheme}://{parsed.host}{port}{rest}"
+    except Exception:  # an unparsable URL: show nothing of it
+        return "(base_url)"
+
+
+def _decoded(response: _Response) -> _Response:
+    """``response``, decoded (in bounded steps) if it has a ``Content-Encoding``."""
+    encoding = response.headers.get("content-encoding")
+    if encoding is None:
+        return response
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return response
+    return _Decoded(response, encoding)
 
 
 def _status_for_kind(kind: str) -> int:
@@ -922,12 +1219,6 @@ def _status_for_kind(kind: str) -> int:
     return 500
 
 
-def _merged(defaults: httpx.Headers, headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    merged = defaults.copy()
-    merged.update(headers)
-    return merged.multi_items()
-
-
 async def _close(response: _Response) -> None:
     try:
         await response.aclose()
@@ -939,14 +1230,16 @@ class SSEStream:
     """The server-sent events of one streamed call, as an async iterator.
 
     The request is sent on the first ``__anext__``; connection failures and retryable
-    statuses are retried until the first event has been returned, never after. Idle and
-    deadline limits raise :class:`~promptkit_async.errors.StreamIdleTimeoutError` /
-    :class:`~promptkit_async.errors.APITimeoutError`; a connection lost mid-stream raises
+    statuses are retried until the first event has been returned, never after. The wait
+    for each piece of the body is bounded by the provider's ``stream_idle_timeout``
+    (:class:`~promptkit_async.errors.StreamIdleTimeoutError`, not retried) or its read
+    timeout, whichever is shorter, and by its ``deadline``
+    (:class:`~promptkit_async.errors.APITimeoutError`); a connection lost mid-stream raises
     :class:`~promptkit_async.errors.IncompleteStreamError` (the server closed it early)
     or :class:`~promptkit_async.errors.APIConnectionError`. The normal end of the body
     ends the iteration (whether the answer was complete is the provider's call).
     :meth:`aclose` closes the response at once; so does cancellation of the reading
-    task. One stream belongs to one consumer task.
+    task, which always propagates. One stream belongs to one consumer task.
 
     Attributes:
         headers: the 2xx response's headers, a case-insensitive mapping (``None`` before
@@ -963,8 +1256,12 @@ class SSEStream:
         "_done",
         "_ending",
         "_events",
+        "_gap",
+        "_loop",
         "_provider",
+        "_reason",
         "_response",
+        "_timer",
         "ended",
         "headers",
         "request_id",
@@ -973,12 +1270,18 @@ class SSEStream:
     def __init__(self, provider: HTTPProvider, call: _Call) -> None:
         self._provider = provider
         self._call = call
+        self._loop = asyncio.get_running_loop()
         self._decoder = SSEDecoder()
         self._events: deque[ServerSentEvent] = deque()
         self._delivered = False
         self._done = False
         self._ending = False
         self._response: _Response | None = None
+        self._timer: _StreamTimer | None = None
+        if provider._transport is None:  # httpx applies the read timeout itself
+            self._gap, self._reason = provider.stream_idle_timeout, "idle"
+        else:
+            self._gap, self._reason = provider._gap(True)
         self.headers: Mapping[str, str] | None = None
         self.request_id: str | None = None
         #: True once the body has ended: events returned after that were flushed at EOF
@@ -1000,13 +1303,11 @@ class SSEStream:
         to the end of the body, so the connection goes back to the pool, but for at most
         ``grace`` idle seconds; then, or on any error, just end quietly."""
         self._ending = True
-        if isinstance(self._response, RawResponse):
-            # Its read timeout is timed by the transport's clock: no timer of our own.
-            self._response.limit_read_timeout(grace)
-            return
-        watchdog = self._call.watchdog
-        if watchdog.idle is None or watchdog.idle > grace:
-            watchdog.set_idle(grace)
+        if self._gap is None or self._gap > grace:
+            self._gap, self._reason = grace, "end"
+            timer = self._timer
+            if timer is not None and not self._response.at_eof():  # type: ignore[union-attr]
+                timer.limit(grace, "end")  # (at the end already: no read will wait)
 
     def __aiter__(self) -> SSEStream:
         return self
@@ -1028,55 +1329,34 @@ class SSEStream:
         """
         if self._done:
             return []
-        call = self._call
-        watchdog = call.watchdog
         provider = self._provider
         while True:
             if self._response is None:
                 await self._connect()
-            if watchdog.fired is not None:
-                await self.aclose()
-                if self._ending:
-                    return []
-                raise provider._timeout_error(call, self.request_id)
-            if watchdog.active:
-                watchdog.arm(idle=True)
+            timer = self._timer
             try:
-                chunk = await self._response.read()  # type: ignore[union-attr]
+                if timer is not None:  # our transport: the call's timer bounds the read
+                    timer.since = self._loop.time()
+                    try:
+                        chunk = await self._response.read()  # type: ignore[union-attr]
+                    finally:
+                        timer.since = None
+                else:
+                    chunk = await self._read_in_scope()
             except asyncio.CancelledError:
                 await self.aclose()
-                if watchdog.absorb():
-                    if self._ending:
-                        return []
-                    raise provider._timeout_error(call, self.request_id) from None
                 raise
             except Exception as exc:
-                await self._drop_response()
-                if self._ending:  # the answer is complete; a broken tail does not matter
-                    await self.aclose()
-                    return []
-                error = provider._connection_error(exc, self.request_id)
-                if error is None:
-                    await self.aclose()
-                    raise
-                if (
-                    not self._delivered
-                    and isinstance(error, APIConnectionError)
-                    and call.retries < provider.max_retries
-                ):
-                    await provider._wait_to_retry(call, error, None, None, exc)
-                    self._decoder = SSEDecoder()
+                fired = timer.fired if timer is not None else None
+                if fired is None and isinstance(exc, _ScopeExpired):
+                    fired = exc.reason
+                retry = await self._failed(exc, fired)
+                if retry:
                     continue
-                await self.aclose()
-                if self._delivered and isinstance(exc, httpx.RemoteProtocolError):
-                    raise IncompleteStreamError(
-                        f"the server closed the stream before it finished ({error.message})",
-                        provider=provider.id,
-                        request_id=self.request_id,
-                    ) from exc
-                raise error from exc
-            finally:
-                watchdog.armed = False
+                return []
+            secret = provider._api_key
+            if secret is not None and secret._bytes in chunk:
+                chunk = provider._scrub(chunk)
             try:
                 if chunk:
                     events = self._decoder.feed(chunk)
@@ -1097,11 +1377,87 @@ class SSEStream:
             if self._done:
                 return events
 
+    async def _read_in_scope(self) -> bytes:
+        """A read from a caller's httpx client, in an ``asyncio.timeout_at`` scope for
+        the idle limit and the deadline (httpx applies its own read timeout)."""
+        response = self._response
+        assert response is not None
+        gap = self._gap
+        deadline = self._call.deadline
+        if gap is None and deadline is None:
+            return await response.read()
+        when = None if gap is None else self._loop.time() + gap
+        reason = self._reason
+        if deadline is not None and (when is None or deadline <= when):
+            when, reason = deadline, "deadline"
+        try:
+            async with _timeout_at(when):
+                return await response.read()
+        except asyncio.TimeoutError:
+            raise _ScopeExpired(reason) from None
+
+    async def _failed(self, exc: Exception, fired: str | None) -> bool:
+        """Handle a failed read: True to retry the call, False to end the stream quietly
+        (the answer was complete); else raise the error to report."""
+        provider = self._provider
+        call = self._call
+        await self._drop_response()
+        if self._ending:  # the answer is complete; a broken or silent tail does not matter
+            await self.aclose()
+            return False
+        if fired == "deadline":
+            await self.aclose()
+            raise provider._deadline_error(self.request_id) from None
+        if fired == "idle":
+            await self.aclose()
+            raise StreamIdleTimeoutError(
+                f"the stream sent nothing for {self._gap}s (stream_idle_timeout); "
+                "the response was closed",
+                provider=provider.id,
+                request_id=self.request_id,
+            ) from None
+        error: ProviderError | None
+        if fired == "read":
+            error = APITimeoutError(
+                f"read timeout: {provider._origin} sent nothing for {self._gap}s",
+                provider=provider.id,
+                request_id=self.request_id,
+            )
+        else:
+            error = provider._connection_error(exc, self.request_id)
+            if error is None:
+                await self.aclose()
+                raise exc
+        if (
+            not self._delivered
+            and isinstance(error, APIConnectionError)
+            and call.retries < provider.max_retries
+        ):
+            remaining = None if call.deadline is None else call.deadline - self._loop.time()
+            if remaining is not None and remaining <= 0:
+                await self.aclose()
+                raise provider._deadline_error(self.request_id) from None
+            await provider._wait_to_retry(call, error, None, None, exc)
+            self._decoder = SSEDecoder()
+            return True
+        await self.aclose()
+        if self._delivered and isinstance(exc, _CUT_OFF):
+            raise IncompleteStreamError(
+                f"the server closed the stream before it finished ({error.message})",
+                provider=provider.id,
+                request_id=self.request_id,
+            ) from exc
+        raise error from (None if fired else exc)
+
     async def _connect(self) -> None:
         response, _ = await self._provider._send(self._call, read_body=False)
         self._response = response
         self.headers = response.headers
         self.request_id = self._provider._request_id(response.headers)
+        timer, self._call.timer = self._call.timer, None
+        if timer is not None:  # our transport's: it times the body's reads from now on
+            timer.reading(response.close, self._call.deadline)  # type: ignore[attr-defined]
+            self._timer = timer
         if response.headers.get("content-type", "").startswith("application/json"):
             await self._json_instead_of_events(response)
 
@@ -1124,12 +1480,26 @@ class SSEStream:
 
     async def _drop_response(self) -> None:
         response, self._response = self._response, None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         if response is not None:
             await _close(response)
 
     async def aclose(self) -> None:
-        """Close the HTTP response now and stop the call's timers. Safe to call twice."""
+        """Close the HTTP response now and stop the call's timer. Safe to call twice."""
         self._done = True
         self._events.clear()
-        self._call.watchdog.close()
         await self._drop_response()
+
+
+#: A connection the server closed before the body's end (our transport's, httpx's words).
+_CUT_OFF = (httpx.RemoteProtocolError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)
+
+
+class _ScopeExpired(Exception):
+    """A read's own ``asyncio.timeout_at`` scope expired (``reason``: what it bounded)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

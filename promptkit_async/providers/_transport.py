@@ -1,17 +1,16 @@
-"""A lean httpx transport over one aiohttp ``ClientSession``: the providers' default.
+"""The providers' HTTP transport: one aiohttp ``ClientSession``, sent to directly.
 
 Why not httpx's own (httpcore) pool: it scans every pooled connection on each request, which
 costs milliseconds of CPU per request once hundreds of streams share it. aiohttp's connector
 keeps per-host deques, so the cost per request stays flat at thousands of concurrent streams.
-Why not the ``httpx-aiohttp`` package: its error mapping turns any aiohttp connection error
-(a reset, a server disconnect) into ``ConnectTimeout`` and it does per-request work we do not
-need. This transport maps every aiohttp error to the matching httpx error (which the
-providers then map to :mod:`promptkit_async.errors`), closes the aiohttp response on every
-exit path, and leaves cookies, redirects and content decoding to httpx.
 
-:meth:`AiohttpTransport.send` is the same request without httpx objects: the providers use it
-when the transport is their own (no per-call ``httpx.Request`` / ``httpx.Response`` /
-``httpx.Headers``), reading the body from the :class:`RawResponse` it returns.
+The providers call :meth:`AiohttpTransport.send` and read the :class:`RawResponse` it returns:
+no httpx client, request, response or headers objects on that path, and aiohttp's errors
+reach the provider untranslated, to be turned into :mod:`promptkit_async.errors` in one
+place. The same class is also an ``httpx.AsyncBaseTransport``
+(:meth:`AiohttpTransport.handle_async_request`), for an ``httpx.AsyncClient`` of your own
+that should use aiohttp's pool: there aiohttp's errors become the matching httpx errors,
+and httpx does cookies, redirects and content decoding.
 
 Concurrency: one transport (and its session) serves any number of concurrent requests on one
 event loop. The session is created lazily on the first request, inside the running loop.
@@ -37,10 +36,9 @@ _HTTP11 = {"http_version": b"HTTP/1.1"}
 def _map_error(
     exc: BaseException, request: httpx.Request | None, *, reading: bool
 ) -> Exception | None:
-    """The httpx error matching an aiohttp/OS error, or ``None`` for anything else.
-
-    ``request`` is ``None`` on the providers' direct path (:meth:`AiohttpTransport.send`).
-    """
+    """The httpx error matching an aiohttp/OS error, or ``None`` for anything else: for
+    an ``httpx.AsyncClient`` over this transport only (the providers translate aiohttp's
+    errors themselves, once)."""
     message = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         # aiohttp's connect timeout also covers waiting for a pooled connection.
@@ -66,129 +64,60 @@ def _map_error(
     return None
 
 
-class _ReadClock:
-    """The read timeouts of every body read through one transport, on one timer.
-
-    A read that has to wait records its deadline (a clock read and a dict entry); the one
-    timer fires at the earliest deadline it knows of, fails the reads past theirs (as
-    aiohttp's ``sock_read`` would) and moves on to the next. Reads with the same timeout
-    never move it, so a streamed answer costs no timer at all (aiohttp re-arms one per
-    network read; a timer per response would still be one per call).
-    """
-
-    __slots__ = ("_loop", "_timer", "_when", "waiting")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.waiting: dict[RawResponse, float] = {}  # reading now -> its deadline
-        self._timer: asyncio.TimerHandle | None = None
-        self._when = float("inf")
-
-    def start(self, response: RawResponse, timeout: float) -> None:
-        deadline = self._loop.time() + timeout
-        self.waiting[response] = deadline
-        if deadline < self._when:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._when = deadline
-            self._timer = self._loop.call_at(deadline, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        now = self._loop.time() + 0.001  # the loop may run a timer a hair early
-        expired = [r for r, deadline in self.waiting.items() if deadline <= now]
-        for response in expired:
-            del self.waiting[response]
-            response._expire()
-        self._when = min(self.waiting.values(), default=float("inf"))
-        if self.waiting:
-            self._timer = self._loop.call_at(self._when, self._fire)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._when = float("inf")
-
-
 class RawResponse(httpx.AsyncByteStream):
     """One aiohttp response with its body unread and undecoded.
 
     Read directly (:meth:`read`, ``status``, ``headers``) by the providers, or wrapped in an
     ``httpx.Response`` (:meth:`to_httpx`, which decodes ``Content-Encoding``) as the body
-    stream httpx reads. Read errors are raised as the matching httpx errors.
+    stream httpx reads.
+
+    :meth:`read` raises aiohttp's own errors (the providers translate them, once, into
+    :mod:`promptkit_async.errors`); iterating it (what httpx does) raises the matching
+    httpx errors. It has no timer of its own: the providers bound their waits themselves
+    (see ``promptkit_async.providers._http``); an ``httpx.AsyncClient`` over
+    :class:`AiohttpTransport` gets aiohttp's ``sock_read`` timeout.
 
     Attributes:
         status: the HTTP status code.
         headers: the response headers (a case-insensitive mapping).
     """
 
-    __slots__ = ("_clock", "_read_timeout", "_request", "_response", "headers", "status")
+    __slots__ = ("_request", "_response", "headers", "status")
 
-    def __init__(
-        self,
-        response: aiohttp.ClientResponse,
-        request: httpx.Request | None,
-        read_timeout: float | None = None,
-        clock: _ReadClock | None = None,
-    ) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request | None) -> None:
         self._response = response
         self._request = request
         self.status = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
-        self._clock = clock
-        self._read_timeout = read_timeout if clock is not None else None
-        connection = response.connection
-        protocol = connection.protocol if connection is not None else None
-        if self._read_timeout is not None and protocol is not None:  # (it has __len__)
-            # aiohttp's sock_read re-arms a timer on every network read (a dozen per
-            # streamed answer). It covered the wait for the headers; the body's reads
-            # are timed by the transport's one clock (aiohttp does the same for websockets).
-            protocol.read_timeout = None
-
-    def limit_read_timeout(self, seconds: float) -> None:
-        """Wait at most ``seconds`` for each further piece of the body (a shorter limit
-        for reading on past the end of an answer)."""
-        if self._clock is not None:
-            current = self._read_timeout
-            self._read_timeout = seconds if current is None else min(current, seconds)
 
     async def read(self) -> bytes:
         """The next piece of the body as it arrives; ``b""`` at its end.
 
         No async generator per chunk (unlike ``__aiter__``), for the providers' readers.
-        Waiting longer than the read timeout for a piece raises ``httpx.ReadTimeout``.
+        Closing the response (:meth:`close`, e.g. from a timer callback) makes a waiting
+        read fail at once with ``aiohttp.ClientConnectionError``.
         """
-        timeout = self._read_timeout
-        if timeout is not None:
-            self._clock.start(self, timeout)  # type: ignore[union-attr]
+        return await self._response.content.readany()
+
+    def close(self) -> None:
+        """Close the response now (synchronously; safe to call twice)."""
+        self._response.close()
+
+    def at_eof(self) -> bool:
+        """Whether the whole body has arrived and been read (the next read returns
+        ``b""`` without waiting)."""
+        return self._response.content.at_eof()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            return await self._response.content.readany()
+            while chunk := await self._response.content.readany():
+                yield chunk
         except Exception as exc:
             self.close()
             mapped = _map_error(exc, self._request, reading=True)
             if mapped is None:
                 raise
             raise mapped from exc
-        finally:
-            if timeout is not None:
-                self._clock.waiting.pop(self, None)  # type: ignore[union-attr]
-
-    def _expire(self) -> None:
-        self._response.content.set_exception(
-            aiohttp.SocketTimeoutError("Timeout on reading data from socket")
-        )
-
-    def close(self) -> None:
-        """Close the response now (synchronously; safe to call twice)."""
-        self._response.close()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
-            chunk = await self.read()
-            if not chunk:
-                return
-            yield chunk
 
     async def aclose(self) -> None:
         """Close the response (safe to call twice)."""
@@ -257,9 +186,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._env_proxies: dict[str, str] | None = None
         # Per URL: where and how to send (yarl URL, ssl argument, proxy), worked out once.
         self._targets: dict[str, tuple[URL, ssl.SSLContext | bool, str | None]] = {}
-        self._timeout_key: tuple[float | None, float | None, float | None] | None = None
-        self._timeout = aiohttp.ClientTimeout()
-        self._clock: _ReadClock | None = None
+        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
         self._closed = False
 
     def _create_session(self) -> aiohttp.ClientSession:
@@ -305,21 +232,29 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._proxies[key] = proxy or None
         return proxy or None
 
-    def _client_timeout(self, timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+    def _client_timeout(
+        self, timeouts: Mapping[str, float | None], per_read: bool
+    ) -> aiohttp.ClientTimeout:
         connect = timeouts.get("connect")
-        read = timeouts.get("read")
         pool = timeouts.get("pool")
-        key = (connect, read, pool)
-        if key != self._timeout_key:
-            self._timeout_key = key
-            self._timeout = aiohttp.ClientTimeout(
+        read = timeouts.get("read") if per_read else None
+        key = (connect, pool, read)
+        found = self._timeouts.get(key)
+        if found is None:
+            if len(self._timeouts) > 64:
+                self._timeouts.clear()
+            found = self._timeouts[key] = aiohttp.ClientTimeout(
                 total=None,
-                # aiohttp's "connect" covers waiting for the pool plus connecting.
-                connect=None if pool is None else pool + (connect or 0.0),
+                # aiohttp's "connect" covers waiting for the pool plus connecting, with a
+                # timer per request: only for httpx clients over this transport. The
+                # providers bound the whole attempt (pool, connecting, headers) with one
+                # timer of their own; sock_connect still bounds opening a connection.
+                connect=None if pool is None or not per_read else pool + (connect or 0.0),
                 sock_connect=connect,
+                # sock_read re-arms a timer on every network read: only for httpx clients.
                 sock_read=read,
             )
-        return self._timeout
+        return found
 
     def _target(self, url: httpx.URL | str) -> tuple[URL, ssl.SSLContext | bool, str | None]:
         text = str(url)
@@ -343,44 +278,41 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         headers: Iterable[tuple[str, str]] | Mapping[str, str],
         data: bytes | AsyncIterator[bytes] | None,
         timeouts: Mapping[str, float | None],
-        request: httpx.Request | None = None,
+        *,
+        per_read_timeout: bool = False,
     ) -> RawResponse:
         """Send a request and return the response with its body unread.
 
         The providers' direct path (and :meth:`handle_async_request`'s core): ``headers``
-        are sent as given (aiohttp adds ``Host`` and ``Content-Length``), ``timeouts`` has
-        httpx's ``connect`` / ``read`` / ``pool`` keys (see ``httpx.Timeout.as_dict()``).
-        Failures raise the matching httpx errors (their ``request`` is ``request``).
+        are sent as given (aiohttp adds ``Host`` and ``Content-Length``); ``timeouts`` has
+        httpx's ``connect`` / ``read`` / ``pool`` keys (see ``httpx.Timeout.as_dict()``),
+        of which only ``connect`` and ``pool`` apply unless ``per_read_timeout`` (then
+        ``read`` bounds every network read, the headers' included). Failures raise
+        aiohttp's (or the OS's) errors untranslated: the caller translates them, once.
         """
         if self._closed:
             raise RuntimeError("the transport is closed")
         session = self._session
         if session is None:
             session = self._session = self._create_session()
-        clock = self._clock
-        if clock is None:
-            clock = self._clock = _ReadClock(asyncio.get_running_loop())
         target, ssl_arg, proxy = self._target(url)
-        try:
-            response = await session.request(
-                method,
-                target,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=self._client_timeout(timeouts),
-                ssl=ssl_arg,
-                proxy=proxy,
-            )
-        except Exception as exc:
-            mapped = _map_error(exc, request, reading=False)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        return RawResponse(response, request, timeouts.get("read"), clock)
+        response = await session.request(
+            method,
+            target,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            timeout=self._client_timeout(timeouts, per_read_timeout),
+            ssl=ssl_arg,
+            proxy=proxy,
+        )
+        return RawResponse(response, None)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` and return the response with its body still unread."""
+        """Send ``request`` and return the response with its body still unread.
+
+        aiohttp's errors are raised as the matching httpx errors.
+        """
         data: bytes | AsyncIterator[bytes] | None
         try:
             data = request.content or None
@@ -390,21 +322,26 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if not isinstance(request.stream, httpx.ByteStream):
             # aiohttp frames a streamed body itself.
             headers = [h for h in headers if h[0].lower() != "transfer-encoding"]
-        response = await self.send(
-            request.method,
-            request.url,
-            headers,
-            data,
-            request.extensions.get("timeout", {}),
-            request,
-        )
+        try:
+            response = await self.send(
+                request.method,
+                request.url,
+                headers,
+                data,
+                request.extensions.get("timeout", {}),
+                per_read_timeout=True,
+            )
+        except Exception as exc:
+            mapped = _map_error(exc, request, reading=False)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        response._request = request
         return response.to_httpx(request)
 
     async def aclose(self) -> None:
         """Close the session (and its connections) if this transport created it."""
         self._closed = True
-        if self._clock is not None:
-            self._clock.close()
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 import redis.asyncio as aioredis
 
 from promptkit_async import (
+    InvalidRequestError,
     Message,
     Pipeline,
     PromptKitError,
@@ -35,7 +38,7 @@ from promptkit_async import (
     StateMiddleware,
 )
 from promptkit_async.pipeline.middleware import ProviderMiddlewareConfig
-from promptkit_async.providers import OpenAIProvider, RetryPolicy
+from promptkit_async.providers import OpenAIProvider, ProviderRequest, RetryPolicy, Secret
 from promptkit_async.statestore import (
     InMemoryStateStore,
     RedisStateStore,
@@ -115,6 +118,12 @@ def echoing(kind: str) -> srv.Behaviour:
             )
         if kind == "huge error":
             return await srv.status(503, (key + " ").encode() * 20_000, echo)(request, conn)
+        if kind == "401 json, key as a key":
+            body = {"error": {"message": "bad key", "details": {key: "unknown", auth: 1}}}
+            return await srv.status(401, body, echo)(request, conn)
+        if kind == "sse error event, key as a key":
+            payload = {"error": {"message": "bad key", "type": "authentication_error", key: 1}}
+            return await srv.sse([srv.event(payload)], headers=echo)(request, conn)
         if kind == "sse error event":
             payload = {"error": {"message": f"bad key {key}", "type": "invalid_request_error"}}
             return await srv.sse([srv.event(payload)], headers=echo)(request, conn)
@@ -137,6 +146,8 @@ def echoing(kind: str) -> srv.Behaviour:
 
 KINDS = [
     "401 json",
+    "401 json, key as a key",
+    "sse error event, key as a key",
     "500 text",
     "429 storm",
     "huge error",
@@ -147,6 +158,118 @@ KINDS = [
     "json instead of stream",
     "non-stream invalid json",
 ]
+
+
+def frames_of(exc: BaseException) -> Iterator[FrameType]:
+    """Every frame of the tracebacks of ``exc`` and of its whole cause / context chain:
+    what an error tracker (Sentry captures local variables by default) would record."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            yield tb.tb_frame
+            tb = tb.tb_next
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+
+
+def key_in_locals(frame: FrameType) -> list[str]:
+    """The names of ``frame``'s local variables that show the key: in their ``repr``, or
+    as a plain ``str`` / ``bytes`` value."""
+    found = []
+    for name, value in frame.f_locals.items():
+        try:
+            shown = repr(value)
+        except Exception:  # a half-built object: nothing to show
+            continue
+        plain = KEY in value if type(value) is str else False
+        if isinstance(value, (bytes, bytearray)):
+            plain = KEY.encode() in value
+        if KEY in shown or plain:
+            found.append(f"{frame.f_code.co_name}:{name}")
+    return found
+
+
+FRAME_CASES = ["401 json", "401 json, key as a key", "sse error event, key as a key", "500 text"]
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "complete"])
+async def test_failed_calls_keep_no_key_in_their_frames(
+    server: ScriptedServer, streaming: bool, report: Report
+) -> None:
+    """Walk the frames of failed calls (server errors echoing the key, a refused
+    connection, an idle stream): no local variable of any frame shows the key, and the
+    provider holds it as a Secret."""
+    failures: list[BaseException] = []
+    async with OpenAIProvider(
+        "openai", "gpt-4o-mini", KEY, base_url=server.url, max_retries=0
+    ) as provider:
+        assert isinstance(provider._api_key, Secret)
+        for kind in FRAME_CASES:
+            server.default = echoing(kind)
+            failures.append(await _failure(provider, streaming))
+        server.default = srv.stall()
+        provider.stream_idle_timeout = 0.05  # a stream: StreamIdleTimeoutError
+        provider.deadline = 0.2  # a whole answer: APITimeoutError (the deadline)
+        failures.append(await _failure(provider, streaming))
+    async with OpenAIProvider(
+        "openai", "gpt-4o-mini", KEY, base_url=f"http://127.0.0.1:{free_port()}/v1"
+    ) as refused:
+        failures.append(await _failure(refused, streaming))
+    frames = 0
+    for failure in failures:
+        assert isinstance(failure, PromptKitError), repr(failure)
+        for frame in frames_of(failure):
+            frames += 1
+            assert not key_in_locals(frame), f"{type(failure).__name__}: {key_in_locals(frame)}"
+    report.add(failed_calls=len(failures), frames_walked=frames)
+
+
+async def _failure(provider: OpenAIProvider, streaming: bool) -> BaseException:
+    request = ProviderRequest([Message("user", "hi")])
+    try:
+        if streaming:
+            async for _ in provider.stream(request):
+                pass
+        else:
+            await asyncio.wait_for(provider.complete(request), GUARD)
+    except Exception as exc:
+        return exc
+    raise AssertionError("the call should have failed")
+
+
+def test_a_bad_base_url_error_shows_neither_the_url_nor_the_key() -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        OpenAIProvider("openai", "gpt-4o-mini", KEY, base_url=f"ftp://user:{KEY}@host/{KEY}")
+    assert KEY not in str(caught.value)
+    assert "ftp" in str(caught.value)  # says what is wrong, without the value
+    # From HTTPProvider.__init__ on, no frame holds the key (the caller's frames, and the
+    # subclass's own __init__, hold what the caller passed).
+    with pytest.raises(InvalidRequestError) as caught:
+        OpenAIProvider("openai", "gpt-4o-mini", KEY, base_url="ftp://host/v1")
+    ours = [f for f in frames_of(caught.value) if f.f_code.co_filename.endswith("_http.py")]
+    assert ours
+    assert not [name for frame in ours for name in key_in_locals(frame)]
+
+
+def test_the_secret_type_never_shows_its_value() -> None:
+    secret = Secret(KEY)
+    assert secret.reveal() == KEY
+    for shown in (repr(secret), str(secret), f"{secret}", repr([secret]), repr({"k": secret})):
+        assert KEY not in shown
+    assert secret == Secret(KEY)
+    assert secret != Secret("other")
+    assert secret
+    assert not Secret("")
+    with pytest.raises(TypeError):
+        pickle.dumps(secret)
+    provider = OpenAIProvider("openai", "gpt-4o-mini", secret)  # type: ignore[arg-type]
+    assert provider._api_key == secret
+    assert KEY not in repr(vars(provider) if hasattr(provider, "__dict__") else provider)
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])

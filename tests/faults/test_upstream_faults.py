@@ -11,9 +11,12 @@ same provider answers the next turn normally (its connection pool survived).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import random
+import struct
 import tracemalloc
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -428,8 +431,23 @@ async def test_endless_bodies_end_with_a_typed_error_in_bounded_memory(
     """The server never stops sending; the client must stop (the cap is 32 MB per event,
     64 KB per error body), raise a typed error and not have held much more than that."""
     server.push(behaviour())
-    store = await seeded_store("huge")
-    before = await store.load("huge")
+    peak = await failing_turn_peak(server, "huge", error, stream, options)
+    assert peak < limit_mb * 1024 * 1024, f"{name}: peak {peak / 2**20:.1f} MB"
+    report.add(faults=1, peak_mb=round(peak / 2**20, 1), losses=0)
+
+
+async def failing_turn_peak(
+    server: ScriptedServer,
+    session: str,
+    error: type[ProviderError],
+    stream: bool,
+    options: dict[str, Any],
+) -> int:
+    """Run one turn that must fail with ``error`` (the server's next behaviour is the
+    fault) and return its peak traced memory; the session must keep what it had, and the
+    next turn on the same provider must succeed."""
+    store = await seeded_store(session)
+    before = await store.load(session)
     async with make_provider(server, max_retries=0, **options) as provider:
         pipe = pipeline_for(provider, store, stream=stream)
         gc.collect()
@@ -437,15 +455,77 @@ async def test_endless_bodies_end_with_a_typed_error_in_bounded_memory(
         try:
             base = tracemalloc.get_traced_memory()[0]
             with pytest.raises(error):
-                await asyncio.wait_for(pipe.execute("huge", "user", question("huge", "q")), GUARD)
+                await asyncio.wait_for(pipe.execute(session, "user", question(session, "q")), GUARD)
             peak = _peak_during(base)
         finally:
             tracemalloc.stop()
-        assert peak < limit_mb * 1024 * 1024, f"{name}: peak {peak / 2**20:.1f} MB"
-        assert await store.load("huge") == before
-        result = await asyncio.wait_for(pipe.execute("huge", "user", question("huge", "ok")), GUARD)
-        assert result.response.content.startswith("reply to")
-    report.add(faults=1, peak_mb=round(peak / 2**20, 1), losses=0)
+        assert await store.load(session) == before
+        ok = await asyncio.wait_for(pipe.execute(session, "user", question(session, "ok")), GUARD)
+        assert ok.response.content.startswith("reply to")
+    return peak
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """~1 MB of gzip that inflates to 1 GiB of zeros (built from one repeated block
+    compressed after a full flush, so it takes a second, not a minute)."""
+    zeros = bytes(1 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    first = packer.compress(zeros) + packer.flush(zlib.Z_FULL_FLUSH)
+    block = packer.compress(zeros) + packer.flush(zlib.Z_FULL_FLUSH)
+    end = packer.flush(zlib.Z_FINISH)
+    crc = 0
+    for _ in range(1024):
+        crc = zlib.crc32(zeros, crc)
+    return first + block * 1023 + end[:-8] + struct.pack("<II", crc, (1 << 30) & 0xFFFFFFFF)
+
+
+def bomb(status_code: int, content_type: str) -> srv.Behaviour:
+    """Answer with the gzip bomb as the body (``Content-Encoding: gzip``, chunked)."""
+
+    async def behaviour(request: srv.Request, conn: srv.Conn) -> bool:
+        await conn.head(status_code, {"content-encoding": "gzip"}, content_type=content_type)
+        body = gzip_bomb()
+        try:
+            for start in range(0, len(body), 16384):
+                await conn.chunk(body[start : start + 16384])
+            await conn.end_chunks()
+        except srv.Gone:
+            return False
+        return True
+
+    return behaviour
+
+
+@pytest.mark.parametrize(
+    ("name", "status_code", "content_type", "stream", "error", "limit_mb"),
+    [
+        # A 2xx body: the 32 MiB caps (SSE line, JSON body) on the *decoded* bytes.
+        ("SSE stream", 200, "text/event-stream", True, APIResponseError, 72),
+        ("JSON answer", 200, "application/json", False, APIResponseError, 72),
+        # An error body: 64 KiB of it is read, decoded or not.
+        ("error body", 500, "application/json", True, InternalServerError, 4),
+    ],
+)
+async def test_compression_bombs_are_decoded_only_up_to_the_caps(
+    server: ScriptedServer,
+    report: Report,
+    name: str,
+    status_code: int,
+    content_type: str,
+    stream: bool,
+    error: type[ProviderError],
+    limit_mb: int,
+) -> None:
+    """1 MB of gzip that inflates to 1 GiB: the client stops at the same caps as for an
+    uncompressed body (it decodes in 64 KiB steps), raises a typed error, and its peak
+    memory stays within the cap (tracemalloc, measured around the failing turn)."""
+    gzip_bomb()  # built before measuring
+    server.push(bomb(status_code, content_type))
+    peak = await failing_turn_peak(server, "bomb", error, stream, {})
+    assert peak < limit_mb * 1024 * 1024, f"{name}: peak {peak / 2**20:.1f} MB"
+    assert "gzip" in server.requests[0].headers.get("accept-encoding", "")
+    report.add(bombs=1, **{f"peak_mb_{name.replace(' ', '_')}": round(peak / 2**20, 1)})
 
 
 CHAOS = [

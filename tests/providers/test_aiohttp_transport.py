@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import gzip
+import math
 import socket
+import sys
 import warnings
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+import respx
 
 from promptkit_async.errors import (
     APIConnectionError,
     APIResponseError,
     APITimeoutError,
     IncompleteStreamError,
+    PromptKitError,
     RateLimitError,
     StreamIdleTimeoutError,
 )
@@ -312,17 +320,11 @@ async def test_pool_survives_1000_cancelled_streams(loopback) -> None:
             # Every response was closed: the server saw every client leave.
             await loopback.wait_for(lambda: loopback.disconnects == 1000, timeout=30)
 
-            # The same pool still serves new requests, streamed and not.
-            ok = OpenAIProvider(
-                "openai",
-                "gpt-4o-mini",
-                "sk-loop",
-                base_url=f"{loopback.url}/ok/v1",
-                http_client=provider.http_client,
-            )
-            chunks = [c async for c in ok.stream(HELLO)]
-            assert chunks[-1].response is not None
-            assert (await ok.complete(HELLO)).content == "Hello there!"
+            # New requests are still served, streamed and not.
+            async with provider_for(loopback, "ok") as ok:
+                chunks = [c async for c in ok.stream(HELLO)]
+                assert chunks[-1].response is not None
+                assert (await ok.complete(HELLO)).content == "Hello there!"
         gc.collect()
 
 
@@ -370,3 +372,230 @@ async def test_transport_refuses_use_after_close(loopback) -> None:
         assert response.json()["object"] == "chat.completion"
     with pytest.raises(RuntimeError, match="closed"):
         await transport.handle_async_request(httpx.Request("GET", loopback.url))
+
+
+# --- the caller's own timeouts and cancel scopes ---------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _user_scope(kind: str, seconds: float) -> AsyncIterator[None]:
+    """The caller's timeout: ``asyncio.timeout`` or ``anyio.fail_after`` (both raise the
+    builtin ``TimeoutError``)."""
+    if kind == "asyncio":
+        if sys.version_info < (3, 11):
+            pytest.skip("asyncio.timeout is Python 3.11+")
+        async with asyncio.timeout(seconds):
+            yield
+    else:
+        with anyio.fail_after(seconds):
+            yield
+
+
+def scripted_provider(server: srv.ScriptedServer, **options: Any) -> OpenAIProvider:
+    return OpenAIProvider("openai", "m", "sk-test", base_url=server.url, **options)
+
+
+SILENCES = {
+    # what the server does, what the caller does, our own limits (all far longer)
+    "no headers, complete": (lambda: srv.stall(headers_sent=False), False),
+    "no headers, stream": (lambda: srv.stall(headers_sent=False), True),
+    "silent body, stream": (lambda: srv.sse([srv.delta("one ")], end="hang"), True),
+    "silent body, complete": (lambda: srv.stall(), False),
+}
+
+
+@pytest.mark.parametrize("scope", ["asyncio", "anyio"])
+@pytest.mark.parametrize("case", sorted(SILENCES))
+async def test_the_callers_timeout_fires_as_in_plain_asyncio(scope: str, case: str) -> None:
+    # Our own limits (an attempt scope, a deadline scope, a stream's timer) are running
+    # and much longer: the caller's 0.2 s scope must fire, as itself (TimeoutError, not
+    # one of ours), the task must not stay cancelled, and the connection must be closed.
+    behaviour, streaming = SILENCES[case]
+    server = await srv.ScriptedServer().start()
+    server.default = behaviour()
+    try:
+        async with scripted_provider(
+            server, deadline=30, stream_idle_timeout=20, timeout=25.0, max_retries=0
+        ) as provider:
+            seen: list[str] = []
+            started = asyncio.get_running_loop().time()
+
+            async def call() -> None:
+                async with _user_scope(scope, 0.2):
+                    if streaming:
+                        async for chunk in provider.stream(HELLO):
+                            seen.append(chunk.delta)
+                    else:
+                        await provider.complete(HELLO)
+
+            with pytest.raises(TimeoutError) as caught:
+                await call()
+            elapsed = asyncio.get_running_loop().time() - started
+            assert not isinstance(caught.value, PromptKitError)
+            assert elapsed < 10  # the caller's 0.2 s, not any of our 20-30 s limits
+            task = asyncio.current_task()
+            assert task is not None
+            assert task.cancelling() == 0  # nothing left cancelled behind
+            await asyncio.wait_for(server.wait_for(lambda: server.open == 0), 10)
+            if case == "silent body, stream":
+                assert seen == ["one "]
+            # The provider still works, and our own limit is still ours.
+            server.default = srv.answer
+            assert (await provider.complete(HELLO)).content.startswith("reply to")
+    finally:
+        await server.aclose()
+
+
+@pytest.mark.parametrize("scope", ["asyncio", "anyio"])
+async def test_our_idle_timeout_inside_a_longer_caller_scope(scope: str) -> None:
+    # Ours fires first: our typed error, and the caller's scope neither fires nor is
+    # left with a stray cancellation (the code after the call still runs).
+    server = await srv.ScriptedServer().start()
+    server.default = srv.sse([srv.delta("one ")], end="hang")
+    try:
+        async with scripted_provider(server, stream_idle_timeout=0.1) as provider:
+            async with _user_scope(scope, 20):
+                with pytest.raises(StreamIdleTimeoutError):
+                    async for _ in provider.stream(HELLO):
+                        pass
+                await asyncio.sleep(0)  # a stray cancel would land here
+                after = "ran"
+            assert after == "ran"
+            assert len(server.requests) == 1  # an idle stream is not re-sent
+    finally:
+        await server.aclose()
+
+
+async def test_a_silent_stream_fails_by_default_in_bounded_time() -> None:
+    # The default: an idle limit on every streamed call (no more 600 s x 3 attempts).
+    from promptkit_async.providers._http import DEFAULT_STREAM_IDLE_TIMEOUT
+
+    async with OpenAIProvider("openai", "m", "sk-test") as provider:
+        assert provider.stream_idle_timeout == DEFAULT_STREAM_IDLE_TIMEOUT == 120.0
+    async with OpenAIProvider("openai", "m", "sk-test", stream_idle_timeout=math.inf) as off:
+        assert off.stream_idle_timeout is None
+
+
+async def test_respx_sees_a_provider_given_an_httpx_client() -> None:
+    # The documented way to test with respx (docs/how-to/testing.md): hand the provider
+    # an httpx.AsyncClient; respx.mock then answers, and nothing reaches the network.
+    url = "https://api.openai.com/v1/chat/completions"
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "mocked"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+    with respx.mock(assert_all_called=True) as router:
+        route = router.post(url).respond(json=answer)
+        async with (
+            httpx.AsyncClient() as client,
+            OpenAIProvider("openai", "gpt-4o-mini", "sk-x", http_client=client) as provider,
+        ):
+            assert (await provider.complete(HELLO)).content == "mocked"
+    assert route.call_count == 1
+
+
+def _encoded(kind: str, data: bytes) -> tuple[str, bytes]:
+    if kind == "gzip":
+        return "gzip", gzip.compress(data)
+    if kind == "deflate (zlib)":
+        return "deflate", zlib.compress(data)
+    if kind == "deflate (raw)":  # no zlib header: some servers send this
+        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return "deflate", packer.compress(data) + packer.flush()
+    return kind, data  # an encoding we never asked for, e.g. "br"
+
+
+def _compressed(kind: str, streaming: bool) -> srv.Behaviour:
+    async def behaviour(request: srv.Request, conn: srv.Conn) -> bool:
+        if streaming:
+            data = b"".join(srv.reply_events("Hello there!"))
+        else:
+            data = srv.completion_body("Hello there!")
+        encoding, body = _encoded(kind, data)
+        kind_ = "text/event-stream" if streaming else "application/json"
+        await conn.head(200, {"content-encoding": encoding}, content_type=kind_)
+        for start in range(0, len(body), 7):  # small pieces: state carried across reads
+            await conn.chunk(body[start : start + 7])
+        await conn.end_chunks()
+        return True
+
+    return behaviour
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "complete"])
+@pytest.mark.parametrize("kind", ["gzip", "deflate (zlib)", "deflate (raw)", "br"])
+async def test_content_encodings(kind: str, streaming: bool) -> None:
+    server = await srv.ScriptedServer().start()
+    server.default = _compressed(kind, streaming)
+    try:
+        async with scripted_provider(server, max_retries=2) as provider:
+
+            async def call() -> str:
+                if streaming:
+                    return "".join([c.delta async for c in provider.stream(HELLO)])
+                return (await provider.complete(HELLO)).content
+
+            if kind == "br":  # not asked for, not decoded: a typed error, not retried
+                with pytest.raises(APIResponseError, match="unsupported Content-Encoding"):
+                    await call()
+                assert len(server.requests) == 1
+            else:
+                assert await call() == "Hello there!"
+            assert server.requests[0].headers["accept-encoding"] == "gzip, deflate"
+    finally:
+        await server.aclose()
+
+
+async def test_a_stream_waits_for_its_headers_at_most_the_idle_timeout() -> None:
+    # No headers at all: each attempt ends after stream_idle_timeout (connecting
+    # included) with a timeout error, and is retried like a connection failure.
+    server = await srv.ScriptedServer().start()
+    server.default = srv.stall(headers_sent=False)
+    try:
+        async with scripted_provider(
+            server, stream_idle_timeout=0.1, max_retries=1, retry_policy=FAST
+        ) as provider:
+            with pytest.raises(APITimeoutError, match="no response headers") as caught:
+                await asyncio.wait_for(drain(provider.stream(HELLO), []), 10)
+            assert type(caught.value) is APITimeoutError
+            assert len(server.requests) == 2
+            await asyncio.wait_for(server.wait_for(lambda: server.open == 0), 10)
+    finally:
+        await server.aclose()
+
+
+async def test_a_slow_reader_is_not_an_idle_stream() -> None:
+    # The idle limit times the waits for bytes, not the caller: a consumer that holds
+    # each chunk longer than the limit (the fault simulated here) still gets it all.
+    server = await srv.ScriptedServer().start()
+
+    async def paced(request: srv.Request, conn: srv.Conn) -> bool:
+        # Events 20 ms apart (within the limit), then the body stays open: closing the
+        # response would break the reads still to come.
+        await conn.head(200)
+        for event in srv.reply_events("Hello there!", pieces=6):
+            await conn.chunk(event)
+            await asyncio.sleep(0.02)  # the pacing of a real stream
+        await conn.until_client_leaves()
+        return False
+
+    server.default = paced
+    try:
+        async with scripted_provider(server, stream_idle_timeout=0.05) as provider:
+            seen: list[str] = []
+            async for chunk in provider.stream(HELLO):
+                seen.append(chunk.delta)
+                await asyncio.sleep(0.1)  # a slow consumer, longer than the idle limit
+            assert "".join(seen) == "Hello there!"
+    finally:
+        await server.aclose()

@@ -759,11 +759,12 @@ async def test_injected_client_is_not_closed(http_client, fakes) -> None:
         await provider.complete(HELLO)
 
 
-async def test_owned_client_is_closed() -> None:
+async def test_owned_transport_is_closed() -> None:
     provider = OpenAIProvider("openai", "gpt-4o-mini", "sk-x")
     async with provider:
-        client = provider.http_client
-    assert client.is_closed
+        assert provider.http_client is None  # no httpx client: our transport, sent to directly
+    with pytest.raises(ProviderError, match="closed"):
+        await provider.complete(ProviderRequest([Message("user", "Hi")]))
     await provider.aclose()  # twice is fine
 
 
