@@ -18,7 +18,7 @@ from .._context import ExecutionContext, Middleware, Next
 from .._lifecycle import AsyncResource
 from .._validation import check_input, check_session_id
 from ..errors import PipelineClosedError, PipelineError, PipelineTimeoutError
-from ..types import ExecutionResult, Message, StreamChunk
+from ..types import ExecutionResult, Message, MessageContent, StreamChunk
 
 __all__ = ["Pipeline", "ResultStream"]
 
@@ -100,7 +100,7 @@ class Pipeline:
         return self._closing
 
     def _context(
-        self, session_id: str, role: str, content: str, metadata: dict[str, Any] | None
+        self, session_id: str, role: str, content: MessageContent, metadata: dict[str, Any] | None
     ) -> ExecutionContext:
         if self._closing:
             raise PipelineClosedError("the pipeline is shut down; create a new one for new turns")
@@ -143,7 +143,7 @@ class Pipeline:
         self,
         session_id: str,
         role: str,
-        content: str,
+        content: MessageContent,
         *,
         metadata: dict[str, Any] | None = None,
     ) -> ExecutionResult:
@@ -166,7 +166,7 @@ class Pipeline:
         self,
         session_id: str,
         role: str,
-        content: str,
+        content: MessageContent,
         *,
         metadata: dict[str, Any] | None = None,
     ) -> ResultStream:

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from promptkit_async import (
+    DocumentPart,
+    ImagePart,
     InvalidMessageError,
     InvalidRequestError,
     InvalidSessionIdError,
@@ -20,11 +22,13 @@ from promptkit_async import (
     Pipeline,
     ProviderMiddleware,
     StateMiddleware,
+    TextPart,
     ToolCall,
 )
 from promptkit_async.providers.base import ProviderRequest
 from promptkit_async.statestore import StateStore
 from tests.contract._harness import StoreHarness
+from tests.statestore._records import EXPECTED, PNG
 
 
 def user(text: str, **kw: Any) -> Message:
@@ -97,6 +101,38 @@ async def test_every_message_field_round_trips(store: StateStore) -> None:
     assert loaded == messages
     assert [m.metadata for m in loaded] == [m.metadata for m in messages]
     assert loaded[2].tool_calls == (call,)
+
+
+async def test_content_parts_and_every_record_version_round_trip(store: StateStore) -> None:
+    # Every part type and source (fixture v2), next to messages decoded from the records
+    # of older releases: append, load (whole and last_n), fork and save keep them all.
+    history = [m for version in sorted(EXPECTED) for m in EXPECTED[version]]
+    await store.append("s", history[:7])
+    await store.append("s", history[7:])
+
+    loaded = await store.load("s")
+    assert loaded == history
+    assert [m.metadata for m in loaded] == [m.metadata for m in history]
+    assert loaded[-2].content == EXPECTED[2][-2].content  # a tool result holding an image
+    image = loaded[-5].content[1]
+    assert isinstance(image, ImagePart)
+    assert image.data == PNG
+    assert image.size() == (2, 3)
+    assert await store.load("s", last_n=5) == history[-5:]
+
+    assert await store.fork("s", "copy") == len(history)
+    assert await store.load("copy") == history
+    await store.save("copy", EXPECTED[2][1:3])
+    assert await store.load("copy") == EXPECTED[2][1:3]
+
+
+async def test_a_large_binary_part_round_trips_exactly(store: StateStore) -> None:
+    blob = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    message = user([TextPart("read this"), DocumentPart(blob, filename="big.pdf")])
+    await store.append("s", [message])
+    (loaded,) = await store.load("s")
+    assert loaded == message
+    assert loaded.content[1].data == blob  # type: ignore[index,union-attr]
 
 
 async def test_empty_append_is_a_no_op(store: StateStore) -> None:
