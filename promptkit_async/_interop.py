@@ -173,6 +173,8 @@ def from_openai(message: Mapping[str, Any]) -> Message:
         extras["name"] = name  # OpenAI's tool messages have no name; keep it only to give it back
         name = None
     content = message.get("content")
+    if content is None and not (role == "assistant" and message.get("tool_calls")):
+        extras["content"] = None  # e.g. a refusal: give back null, not ""
     if isinstance(content, list):
         content = tuple(_openai_part(p) for p in content)
     elif content is not None and not isinstance(content, str):
@@ -250,7 +252,11 @@ def to_openai(message: Message) -> dict[str, Any]:
         out["tool_call_id"] = message.tool_call_id
     extras = message.metadata.get(OPENAI_KEY) if message.metadata else None
     if isinstance(extras, Mapping):
-        out.update(extras)
+        for key, value in extras.items():
+            if key != "content":
+                out[key] = value
+            elif value is None and not out["content"]:
+                out["content"] = None
     return out
 
 
