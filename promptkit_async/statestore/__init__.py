@@ -5,11 +5,14 @@
 * :class:`RedisStateStore`: Redis or Redis Cluster; shared by many processes.
 
 All of them fulfil :class:`StateStore` with the same behaviour (``tests/contract``).
+:class:`~promptkit_async.statestore.blobs.BlobOffloadStore` wraps any of them to keep
+large image/document/audio bytes in a blob store of yours instead of in the history.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from .base import SessionPage, StateStore
+from .blobs import BlobOffloadStore, BlobStore, InMemoryBlobStore
 from .memory import InMemoryStateStore
 from .sqlite import SQLiteStateStore
 
@@ -17,6 +20,9 @@ if TYPE_CHECKING:
     from .redis import RedisStateStore
 
 __all__ = [
+    "BlobOffloadStore",
+    "BlobStore",
+    "InMemoryBlobStore",
     "InMemoryStateStore",
     "RedisStateStore",
     "SQLiteStateStore",

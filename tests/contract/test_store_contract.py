@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from promptkit_async import (
+    AudioPart,
     DocumentPart,
     ImagePart,
     InvalidMessageError,
@@ -26,9 +27,10 @@ from promptkit_async import (
     ToolCall,
 )
 from promptkit_async.providers.base import ProviderRequest
-from promptkit_async.statestore import StateStore
+from promptkit_async.statestore import BlobOffloadStore, InMemoryBlobStore, StateStore
+from promptkit_async.statestore.blobs import blob_key
 from tests.contract._harness import StoreHarness
-from tests.statestore._records import EXPECTED, PNG
+from tests.statestore._records import EXPECTED, PDF, PNG, WAV
 
 
 def user(text: str, **kw: Any) -> Message:
@@ -133,6 +135,26 @@ async def test_a_large_binary_part_round_trips_exactly(store: StateStore) -> Non
     (loaded,) = await store.load("s")
     assert loaded == message
     assert loaded.content[1].data == blob  # type: ignore[index,union-attr]
+
+
+async def test_large_parts_offloaded_to_a_blob_store_round_trip(store: StateStore) -> None:
+    blobs = InMemoryBlobStore()
+    offloading = BlobOffloadStore(store, blobs, min_bytes=len(WAV))
+    history = [m for version in sorted(EXPECTED) for m in EXPECTED[version]]
+    history.remove(EXPECTED[2][2])  # refers to a blob this store does not have
+    history.append(user([AudioPart(WAV), DocumentPart(url="https://example.com/a.pdf")]))
+    await offloading.append("s", history)
+
+    assert await offloading.load("s") == history
+    assert [m.metadata for m in await offloading.load("s")] == [m.metadata for m in history]
+    assert set(blobs.blobs) == {blob_key(PNG), blob_key(PDF), blob_key(WAV)}  # PNG once
+    # The records themselves hold keys (and the image's size, for token counts).
+    stored = await store.load("s", last_n=5)
+    image = stored[0].content[1]
+    assert isinstance(image, ImagePart)
+    assert (image.data, image.blob_key, image.size()) == (None, blob_key(PNG), (2, 3))
+    assert await offloading.fork("s", "t") == len(history)
+    assert await BlobOffloadStore(store, blobs, resolve=False).load("t", last_n=5) == stored
 
 
 async def test_empty_append_is_a_no_op(store: StateStore) -> None:
