@@ -7,8 +7,8 @@ Properties:
   events of feeding it whole; the decoder never raises anything but the library's
   :class:`APIResponseError`, and never holds more than its size cap.
 * Codec: every message (any Unicode content, NULs, lone surrogates, tool calls,
-  JSON metadata) round-trips exactly; arbitrary bytes or JSON raise only
-  :class:`StoreDataError`.
+  content parts of every kind, JSON metadata) round-trips exactly; arbitrary bytes or
+  JSON raise only :class:`StoreDataError`.
 * Stores (memory, SQLite, Redis): the same messages round-trip through each; huge
   contents too.
 * Session ids: each id is either refused with :class:`InvalidSessionIdError` (nothing
@@ -19,10 +19,12 @@ Properties:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -30,10 +32,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from promptkit_async import (
+    AudioPart,
+    DocumentPart,
+    ImagePart,
     InvalidMessageError,
     InvalidSessionIdError,
     Message,
     StoreDataError,
+    TextPart,
+    ThinkingPart,
     ToolCall,
 )
 from promptkit_async._validation import check_session_id
@@ -83,6 +90,34 @@ json_value = st.recursive(
 json_object = st.dictionaries(any_text, json_value, max_size=4)
 
 
+opt_text = st.none() | any_text
+any_bytes = st.binary(max_size=80)
+#: One part of every kind, each source, any field values.
+content_parts = st.one_of(
+    st.builds(TextPart, any_text),
+    st.builds(
+        lambda source, value, mt, detail, size: ImagePart(
+            **{source: value}, media_type=mt, detail=detail, width=size, height=size
+        ),
+        st.sampled_from(["url", "file_id", "blob_key"]),
+        any_text,
+        opt_text,
+        st.none() | st.sampled_from(["auto", "low", "high"]),
+        st.none() | st.integers(1, 10_000),
+    ),
+    st.builds(lambda data, mt: ImagePart(data, media_type=mt), any_bytes, any_text),
+    st.builds(
+        lambda data, mt, name: DocumentPart(data, media_type=mt, filename=name),
+        any_bytes,
+        any_text,
+        opt_text,
+    ),
+    st.builds(lambda url: DocumentPart(url=url), any_text),
+    st.builds(lambda data, fmt: AudioPart(data, fmt), any_bytes, any_text.filter(bool)),
+    st.builds(ThinkingPart, any_text, opt_text, opt_text, opt_text),
+)
+
+
 @st.composite
 def messages(draw: st.DrawFn) -> Message:
     role = draw(st.sampled_from(["user", "assistant", "system", "tool"]))
@@ -92,7 +127,7 @@ def messages(draw: st.DrawFn) -> Message:
     call_id = draw(any_text.filter(bool)) if role == "tool" else draw(st.none() | any_text)
     return Message(
         role,  # type: ignore[arg-type]
-        draw(any_text),
+        draw(any_text | st.lists(content_parts, min_size=1, max_size=4)),
         calls,
         call_id,
         draw(st.none() | any_text),
@@ -243,9 +278,18 @@ def as_stored(message: Message) -> Message:
             return [walk(v) for v in value]
         return value
 
+    def part(value: Any) -> Any:
+        changes = {
+            f.name: text(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if isinstance(getattr(value, f.name), str)
+        }
+        return dataclasses.replace(value, **changes)
+
+    content = message.content
     return Message(
         message.role,
-        text(message.content),
+        text(content) if isinstance(content, str) else tuple(map(part, content)),
         tuple(ToolCall(text(c.id), text(c.name), text(c.arguments)) for c in message.tool_calls),
         None if message.tool_call_id is None else text(message.tool_call_id),
         None if message.name is None else text(message.name),
