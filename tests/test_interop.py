@@ -25,6 +25,7 @@ from promptkit_async import (
     ThinkingPart,
     ToolCall,
 )
+from tests._strategies import json_objects
 from tests.statestore._records import PDF, PNG, WAV
 
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -32,19 +33,7 @@ PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 text = st.text(max_size=30)
 word = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
 blob = st.binary(max_size=40)
-json_scalar = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**53), 2**53),
-    st.floats(allow_nan=False, allow_infinity=False),
-    text,
-)
-json_value = st.recursive(
-    json_scalar,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
-    max_leaves=8,
-)
-json_object = st.dictionaries(text, json_value, max_size=3)
+json_object = json_objects(text)
 image_types = st.sampled_from(["image/png", "image/jpeg", "image/gif", "image/webp"])
 urls = word.map(lambda w: f"https://example.com/{w}")
 details = st.none() | st.sampled_from(["auto", "low", "high"])

@@ -102,7 +102,7 @@ def decode_message(record: str | bytes, *, session_id: str = "?") -> Message:
         if version == 1:
             return _from_v1(data)
         if version == 2:
-            return _from_v2(data)
+            return _from_v1(data, parts=True)
         if version == 0:
             return _from_v0(data)
     except StoreDataError:
@@ -131,10 +131,13 @@ def _metadata(raw: Any) -> Mapping[str, Any]:
     return raw
 
 
-def _from_v1(data: dict[str, Any]) -> Message:
+def _from_v1(data: dict[str, Any], parts: bool = False) -> Message:
+    # Versions 1 and 2 differ only in what content may be (2 adds a list of parts).
     content = data.get("content", "")
-    if not isinstance(content, str):
-        raise TypeError("content is not a string")
+    if parts and isinstance(content, list):
+        content = tuple(_decode_part(p) for p in content)
+    elif not isinstance(content, str):
+        raise TypeError("content is not a string" + (" or a list of parts" if parts else ""))
     return Message(
         data["role"],
         content,
@@ -192,22 +195,6 @@ def _decode_part(raw: Any) -> ContentPart:
             raise ValueError(f"part data is not base64: {exc}") from None
     part: ContentPart = cls(**kwargs)
     return part
-
-
-def _from_v2(data: dict[str, Any]) -> Message:
-    content = data.get("content", "")
-    if isinstance(content, list):
-        content = tuple(_decode_part(p) for p in content)
-    elif not isinstance(content, str):
-        raise TypeError("content is neither a string nor a list of parts")
-    return Message(
-        data["role"],
-        content,
-        _tool_calls(data.get("tool_calls")),
-        data.get("tool_call_id"),
-        data.get("name"),
-        _metadata(data.get("metadata")),
-    )
 
 
 def _from_v0(data: dict[str, Any]) -> Message:

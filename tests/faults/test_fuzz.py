@@ -54,6 +54,7 @@ from promptkit_async.statestore import (
 )
 from promptkit_async.statestore.records import decode_message, encode_message
 from tests._redis_server import RedisServer
+from tests._strategies import json_objects, json_values
 from tests.faults._checks import all_sessions
 from tests.faults.conftest import SOAK_FACTOR, Report
 
@@ -75,19 +76,8 @@ SPECIAL = list("\x00\ud800\udbff\udc00\udfff\U0001f600\u00e9e\u0301:{}*?[]%\\|/\
 any_char = st.one_of(st.characters(exclude_categories=()), st.sampled_from(SPECIAL))
 any_text = st.text(any_char, max_size=60)
 
-json_scalar = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**63), 2**63),
-    st.floats(allow_nan=False, allow_infinity=False),
-    any_text,
-)
-json_value = st.recursive(
-    json_scalar,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
-    max_leaves=12,
-)
-json_object = st.dictionaries(any_text, json_value, max_size=4)
+json_value = json_values(any_text)
+json_object = json_objects(any_text)
 
 
 opt_text = st.none() | any_text
