@@ -127,3 +127,18 @@ def test_a_huge_part_in_the_current_turn_says_what_to_do() -> None:
     with pytest.raises(ContextWindowExceededError) as info:
         truncate_messages([Message("user", "x" * 5000)], 500, model=MODEL)
     assert "counted whole" not in str(info.value)
+
+
+def test_the_summary_transcript_names_media_without_their_bytes() -> None:
+    from promptkit_async.prompt._summary import render_transcript
+
+    transcript = render_transcript(
+        [
+            Message("user", ["Look:", ImagePart(PNG), DocumentPart(PDF, filename="q3.pdf")]),
+            Message("assistant", [ThinkingPart("secret plan"), TextPart("A chart.")]),
+            Message("tool", [AudioPart(WAV)], tool_call_id="c1"),
+        ]
+    )
+    assert transcript == (
+        "user: Look: [image] [document q3.pdf]\nassistant: A chart.\ntool result (c1): [audio]"
+    )
