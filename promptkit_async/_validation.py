@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .errors import InvalidMessageError, InvalidRoleError, InvalidSessionIdError
 
 #: The longest session id accepted, in characters.
@@ -56,7 +58,7 @@ def check_input(role: object, content: object) -> None:
         if not content.strip():
             raise InvalidMessageError("content is empty; send some text")
         return
-    if not isinstance(content, (list, tuple)):
+    if not isinstance(content, Sequence) or isinstance(content, (bytes, bytearray)):
         raise InvalidMessageError(
             f"content must be str or a list of content parts, not {type(content).__name__}"
         )
