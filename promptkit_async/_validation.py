@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .errors import InvalidMessageError, InvalidRoleError, InvalidSessionIdError
 
 #: The longest session id accepted, in characters.
@@ -42,12 +44,23 @@ def check_session_id(session_id: object) -> str:
 
 
 def check_input(role: object, content: object) -> None:
-    """Validate the role and content a caller starts a turn with."""
+    """Validate the role and content a caller starts a turn with.
+
+    ``content`` is text or a non-empty sequence of content parts (the parts themselves
+    are checked when the :class:`~promptkit_async.types.Message` is built, also before
+    any I/O).
+    """
     if role not in INPUT_ROLES:
         raise InvalidRoleError(
             f"unknown role {role!r} for a new turn; use 'user' (or 'system'/'assistant')"
         )
-    if not isinstance(content, str):
-        raise InvalidMessageError(f"content must be str, not {type(content).__name__}")
-    if not content.strip():
-        raise InvalidMessageError("content is empty; send some text")
+    if isinstance(content, str):
+        if not content.strip():
+            raise InvalidMessageError("content is empty; send some text")
+        return
+    if not isinstance(content, Sequence) or isinstance(content, (bytes, bytearray)):
+        raise InvalidMessageError(
+            f"content must be str or a list of content parts, not {type(content).__name__}"
+        )
+    if not content:
+        raise InvalidMessageError("content has no parts; send some text or a part")

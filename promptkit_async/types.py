@@ -7,20 +7,31 @@ changed copy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._media import image_media_type, image_size
 from .errors import InvalidMessageError, InvalidRoleError
 
 __all__ = [
+    "PART_TYPES",
     "ROLES",
+    "AudioPart",
+    "ContentPart",
     "Cost",
+    "DocumentPart",
     "ExecutionResult",
+    "ImageDetail",
+    "ImagePart",
     "Message",
+    "MessageContent",
     "ProviderResponse",
     "Role",
     "StreamChunk",
+    "TextPart",
+    "ThinkingPart",
     "ToolCall",
     "ToolCallDelta",
     "ToolDefinition",
@@ -94,27 +105,306 @@ class ToolDefinition:
     )
 
 
+ImageDetail = Literal["auto", "low", "high"]
+_DETAILS = frozenset(("auto", "low", "high"))
+
+
+def _check_source(kind: str, sources: tuple[object, ...], names: str) -> None:
+    # Exactly one place the bytes come from; checked on construction so a stored part is
+    # always usable.
+    given = sum(source is not None for source in sources)
+    if given != 1:
+        raise InvalidMessageError(
+            f"{kind} needs exactly one of {names} ({'none' if not given else 'several'} given)"
+        )
+
+
+def _check_str(kind: str, name: str, value: object, *, optional: bool = True) -> None:
+    if (value is None and optional) or isinstance(value, str):
+        return
+    raise InvalidMessageError(f"{kind}.{name} must be a str, not {type(value).__name__}")
+
+
+def _check_data(kind: str, data: object) -> None:
+    if data is not None and type(data) is not bytes:
+        raise InvalidMessageError(
+            f"{kind}.data must be bytes, not {type(data).__name__} (decode base64 first)"
+        )
+
+
+def _binary_repr(part: object, names: tuple[str, ...]) -> str:
+    # Never print megabytes of bytes: data shows as its length.
+    fields = []
+    for name in names:
+        value = getattr(part, name)
+        if value is None:
+            continue
+        shown = f"<{len(value)} bytes>" if name == "data" else repr(value)
+        fields.append(f"{name}={shown}")
+    return f"{type(part).__name__}({', '.join(fields)})"
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """A piece of text in a message's content parts."""
+
+    text: str
+
+    def __post_init__(self) -> None:
+        _check_str("TextPart", "text", self.text, optional=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image, given by exactly one of: its bytes, a URL, a provider file id or a blob key.
+
+    Attributes:
+        data: the image file's bytes (PNG, JPEG, GIF or WebP).
+        url: an ``https:`` (or ``data:``) URL the provider fetches itself.
+        file_id: an id of a file already uploaded to the provider.
+        blob_key: the key of the bytes in a user-provided blob store (see
+            :class:`~promptkit_async.statestore.blobs.BlobOffloadStore`).
+        media_type: ``"image/png"`` etc.; read from the bytes' header when not given.
+        detail: OpenAI's ``"low"``/``"high"``/``"auto"`` (other providers ignore it).
+        width / height: the size in pixels, for token counting of images whose bytes are
+            not at hand (read from the bytes when they are).
+
+    Raises:
+        InvalidMessageError: no source or several, non-bytes data, an unknown detail, or
+            bytes of an unrecognised format without a ``media_type``.
+    """
+
+    data: bytes | None = None
+    url: str | None = None
+    file_id: str | None = None
+    blob_key: str | None = None
+    media_type: str | None = None
+    detail: ImageDetail | None = None
+    width: int | None = None
+    height: int | None = None
+
+    def __repr__(self) -> str:
+        return _binary_repr(
+            self, ("data", "url", "file_id", "blob_key", "media_type", "detail", "width", "height")
+        )
+
+    def __post_init__(self) -> None:
+        _check_source(
+            "ImagePart",
+            (self.data, self.url, self.file_id, self.blob_key),
+            "data, url, file_id, blob_key",
+        )
+        _check_data("ImagePart", self.data)
+        for name in ("url", "file_id", "blob_key", "media_type"):
+            _check_str("ImagePart", name, getattr(self, name))
+        if self.detail is not None and self.detail not in _DETAILS:
+            raise InvalidMessageError(
+                f"ImagePart.detail must be 'auto', 'low' or 'high', not {self.detail!r}"
+            )
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value <= 0):
+                raise InvalidMessageError(f"ImagePart.{name} must be a positive int")
+        if self.data is not None and self.media_type is None:
+            media_type = image_media_type(self.data)
+            if media_type is None:
+                raise InvalidMessageError(
+                    "ImagePart.data is not a PNG, JPEG, GIF or WebP image; pass media_type"
+                )
+            object.__setattr__(self, "media_type", media_type)
+
+    def size(self) -> tuple[int, int] | None:
+        """``(width, height)``: as given, else read from the bytes; ``None`` if unknown."""
+        if self.width is not None and self.height is not None:
+            return self.width, self.height
+        return image_size(self.data) if self.data is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentPart:
+    """A document (typically a PDF), given by exactly one of: bytes, URL, file id, blob key.
+
+    Attributes:
+        data / url / file_id / blob_key: where the document is (see :class:`ImagePart`).
+        media_type: ``"application/pdf"`` (default) or ``"text/plain"``.
+        filename: the file's name (OpenAI's ``filename``, Anthropic's ``title``).
+
+    Raises:
+        InvalidMessageError: no source or several, or non-bytes data.
+    """
+
+    data: bytes | None = None
+    url: str | None = None
+    file_id: str | None = None
+    blob_key: str | None = None
+    media_type: str = "application/pdf"
+    filename: str | None = None
+
+    def __repr__(self) -> str:
+        return _binary_repr(self, ("data", "url", "file_id", "blob_key", "media_type", "filename"))
+
+    def __post_init__(self) -> None:
+        _check_source(
+            "DocumentPart",
+            (self.data, self.url, self.file_id, self.blob_key),
+            "data, url, file_id, blob_key",
+        )
+        _check_data("DocumentPart", self.data)
+        for name in ("url", "file_id", "blob_key", "filename"):
+            _check_str("DocumentPart", name, getattr(self, name))
+        _check_str("DocumentPart", "media_type", self.media_type, optional=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPart:
+    """An audio clip: its bytes (or a blob key) and format (``"wav"``, ``"mp3"``...).
+
+    Raises:
+        InvalidMessageError: neither or both of ``data`` and ``blob_key``, non-bytes
+            data, or no format.
+    """
+
+    data: bytes | None = None
+    format: str = "wav"
+    blob_key: str | None = None
+
+    def __repr__(self) -> str:
+        return _binary_repr(self, ("data", "format", "blob_key"))
+
+    def __post_init__(self) -> None:
+        _check_source("AudioPart", (self.data, self.blob_key), "data, blob_key")
+        _check_data("AudioPart", self.data)
+        _check_str("AudioPart", "blob_key", self.blob_key)
+        _check_str("AudioPart", "format", self.format, optional=False)
+        if not self.format:
+            raise InvalidMessageError("AudioPart.format is empty; say e.g. 'wav' or 'mp3'")
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingPart:
+    """The model's reasoning, kept so it can be sent back (Anthropic requires it in tool loops).
+
+    Attributes:
+        text: the reasoning text (empty when redacted).
+        signature: the provider's signature over ``text`` (Anthropic ``signature``, Gemini
+            ``thoughtSignature``); replay sends it back unchanged.
+        redacted: the opaque, encrypted reasoning of a redacted block (Anthropic
+            ``redacted_thinking.data``, OpenAI ``encrypted_content``).
+        provider: which provider wrote it (``"anthropic"``, ``"openai"``, ``"gemini"``);
+            signatures are only valid for that provider, so others drop the part.
+    """
+
+    text: str = ""
+    signature: str | None = None
+    redacted: str | None = None
+    provider: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_str("ThinkingPart", "text", self.text, optional=False)
+        for name in ("signature", "redacted", "provider"):
+            _check_str("ThinkingPart", name, getattr(self, name))
+
+
+#: Any content part of a :class:`Message`.
+ContentPart = TextPart | ImagePart | DocumentPart | AudioPart | ThinkingPart
+#: A message's content: text, or a sequence of parts.
+MessageContent = str | Sequence[ContentPart]
+#: The part classes (for ``isinstance`` checks).
+PART_TYPES: tuple[type, ...] = (TextPart, ImagePart, DocumentPart, AudioPart, ThinkingPart)
+
+
+def _tool_call(raw: object) -> ToolCall:
+    # A dict in OpenAI's shape ({"id", "type": "function", "function": {"name",
+    # "arguments"}}) or flat ({"id", "name", "arguments"}); arguments may be parsed JSON.
+    if isinstance(raw, ToolCall):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise InvalidMessageError(
+            f"a tool call must be a ToolCall or a dict, not {type(raw).__name__}"
+        )
+    kind = raw.get("type", "function")
+    fn = raw.get("function", raw)
+    if kind != "function" or not isinstance(fn, Mapping):
+        raise InvalidMessageError(
+            f"unsupported tool call {raw!r}: expected {{'id': ..., 'type': 'function', "
+            "'function': {'name': ..., 'arguments': '...'}}"
+        )
+    call_id, name, arguments = raw.get("id"), fn.get("name"), fn.get("arguments", "{}")
+    if not isinstance(call_id, str) or not isinstance(name, str):
+        raise InvalidMessageError(
+            f"a tool call needs a str 'id' and function 'name'; got id={call_id!r}, name={name!r}"
+        )
+    if not isinstance(arguments, str):
+        try:
+            arguments = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessageError(
+                f"tool call {call_id!r} has arguments that are not JSON ({exc})"
+            ) from None
+    return ToolCall(call_id, name, arguments)
+
+
+def _parts(content: object) -> str | tuple[ContentPart, ...]:
+    # Off the hot path: only content that is not a plain str comes here.
+    if content is None:
+        return ""  # OpenAI's content=None (an assistant message that only calls tools)
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (bytes, bytearray, Mapping)) or not isinstance(content, Iterable):
+        raise InvalidMessageError(
+            f"message content must be str or a sequence of content parts, not "
+            f"{type(content).__name__}"
+        )
+    parts: list[ContentPart] = []
+    for part in content:
+        if isinstance(part, PART_TYPES):
+            parts.append(part)  # type: ignore[arg-type]
+        elif isinstance(part, str):
+            parts.append(TextPart(part))
+        else:
+            hint = (
+                "; to import provider-format dicts use Message.from_openai / from_anthropic"
+                if isinstance(part, Mapping)
+                else ""
+            )
+            raise InvalidMessageError(
+                "content parts must be TextPart, ImagePart, DocumentPart, AudioPart or "
+                f"ThinkingPart, not {type(part).__name__}{hint}"
+            )
+    return tuple(parts) if parts else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One message of a conversation.
 
     Attributes:
         role: ``"system"``, ``"user"``, ``"assistant"`` or ``"tool"``.
-        content: the text. May be empty for an assistant message that only calls tools.
-        tool_calls: on assistant messages, the tool calls the model asked for.
+        content: the text (a ``str``), or a sequence of content parts (:class:`TextPart`,
+            :class:`ImagePart`, :class:`DocumentPart`, :class:`AudioPart`,
+            :class:`ThinkingPart`; plain strings in it become :class:`TextPart`), stored
+            as a tuple. ``None`` and an empty sequence become ``""``. May be empty for an
+            assistant message that only calls tools. :attr:`text` gives the text either way.
+        tool_calls: on assistant messages, the tool calls the model asked for: ``ToolCall``
+            objects, or dicts in OpenAI's shape (``{"id", "type": "function",
+            "function": {"name", "arguments"}}``), which are converted.
         tool_call_id: on tool messages, the id of the call this message answers.
         name: optional participant or tool name.
         metadata: free-form JSON-serialisable data stored with the message (never sent to
             the model). Not part of equality or hashing.
 
+    Text messages keep ``content`` a plain ``str``: parts cost nothing unless used.
+    :meth:`from_openai` / :meth:`to_openai` and :meth:`from_anthropic_list` /
+    :meth:`to_anthropic_list` convert from and to the providers' chat formats.
+
     Raises:
         InvalidRoleError: for a role outside :data:`ROLES`.
-        InvalidMessageError: for a non-string content, or a tool message with no
-            ``tool_call_id``.
+        InvalidMessageError: for content that is neither text nor parts, a malformed tool
+            call, or a tool message with no ``tool_call_id``.
     """
 
     role: Role
-    content: str = ""
+    content: MessageContent = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
@@ -125,16 +415,128 @@ class Message:
             raise InvalidRoleError(
                 f"unknown role {self.role!r}; use one of: assistant, system, tool, user"
             )
-        if not isinstance(self.content, str):
-            raise InvalidMessageError(
-                f"message content must be str, not {type(self.content).__name__}"
-            )
+        if type(self.content) is not str:
+            object.__setattr__(self, "content", _parts(self.content))
         if type(self.tool_calls) is not tuple:
             # Accept any sequence (a list is the natural thing to pass) but store a tuple,
             # so a stored message cannot be changed through the caller's list.
-            object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+            calls: object = self.tool_calls
+            if calls is None:
+                object.__setattr__(self, "tool_calls", ())
+            elif isinstance(calls, (str, bytes, Mapping)):
+                raise InvalidMessageError("tool_calls must be a sequence of tool calls")
+            else:
+                object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+        for call in self.tool_calls:
+            if type(call) is not ToolCall:
+                object.__setattr__(self, "tool_calls", tuple(map(_tool_call, self.tool_calls)))
+                break
         if self.role == "tool" and not self.tool_call_id:
             raise InvalidMessageError("a tool message needs the tool_call_id it answers")
+
+    @property
+    def text(self) -> str:
+        """The message's text: ``content`` itself, or its text parts joined."""
+        content = self.content
+        if isinstance(content, str):
+            return content
+        return "".join(p.text for p in content if isinstance(p, TextPart))
+
+    @property
+    def parts(self) -> tuple[ContentPart, ...]:
+        """The content as parts (a text message is one :class:`TextPart`, or none if empty)."""
+        content = self.content
+        if isinstance(content, str):
+            return (TextPart(content),) if content else ()
+        return tuple(content)
+
+    # --- provider formats (see promptkit_async._interop for the mapping) ------------------
+
+    @classmethod
+    def from_openai(cls, message: Mapping[str, Any]) -> Message:
+        """A message from a dict in the OpenAI chat format (``content=None`` accepted).
+
+        Raises:
+            InvalidMessageError: a shape the format does not have; the error names it.
+        """
+        from ._interop import from_openai
+
+        return from_openai(message)
+
+    def to_openai(self) -> dict[str, Any]:
+        """This message as a dict in the OpenAI chat format (the mapping: ``_interop``)."""
+        from ._interop import to_openai
+
+        return to_openai(self)
+
+    @classmethod
+    def from_openai_list(cls, messages: Iterable[Mapping[str, Any]]) -> list[Message]:
+        """:meth:`from_openai` for a whole history."""
+        from ._interop import from_openai
+
+        return [from_openai(m) for m in messages]
+
+    @staticmethod
+    def to_openai_list(messages: Iterable[Message]) -> list[dict[str, Any]]:
+        """:meth:`to_openai` for a whole history."""
+        from ._interop import to_openai
+
+        return [to_openai(m) for m in messages]
+
+    @classmethod
+    def from_anthropic(cls, message: Mapping[str, Any]) -> Message:
+        """A message from one Anthropic ``messages`` entry that maps to one message.
+
+        Raises:
+            InvalidMessageError: a malformed entry, or one that holds tool results next
+                to other blocks (use :meth:`from_anthropic_list`, which splits it).
+        """
+        from ._interop import from_anthropic
+
+        out = from_anthropic([message])
+        if len(out) != 1:
+            raise InvalidMessageError(
+                "this Anthropic message holds several tool results or other blocks beside "
+                "them; use Message.from_anthropic_list, which splits it"
+            )
+        return out[0]
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """This message as one Anthropic ``messages`` entry (a tool result is a user entry).
+
+        Raises:
+            InvalidMessageError: for a system message (Anthropic takes the system prompt
+                apart; use :meth:`to_anthropic_list`).
+        """
+        from ._interop import to_anthropic
+
+        request = to_anthropic([self])
+        if "system" in request:
+            raise InvalidMessageError(
+                "Anthropic takes system prompts apart from the messages; use "
+                "Message.to_anthropic_list"
+            )
+        entry: dict[str, Any] = request["messages"][0]
+        return entry
+
+    @classmethod
+    def from_anthropic_list(
+        cls, messages: Iterable[Mapping[str, Any]], *, system: str | Sequence[Any] | None = None
+    ) -> list[Message]:
+        """A history from Anthropic's ``messages`` (and ``system``) request fields."""
+        from ._interop import from_anthropic
+
+        return from_anthropic(messages, system=system)
+
+    @staticmethod
+    def to_anthropic_list(messages: Iterable[Message]) -> dict[str, Any]:
+        """``{"system": ..., "messages": [...]}`` for Anthropic's Messages API.
+
+        ``system`` is left out when there is no system message.
+        """
+        from ._interop import to_anthropic
+
+        return to_anthropic(messages)
 
 
 @dataclass(frozen=True, slots=True)

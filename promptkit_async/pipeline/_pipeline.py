@@ -21,7 +21,7 @@ from ..errors import (
     PipelineTimeoutError,
     StreamBusyError,
 )
-from ..types import ExecutionResult, Message, StreamChunk
+from ..types import ExecutionResult, Message, MessageContent, StreamChunk
 
 __all__ = ["Pipeline", "ResultStream", "build_onion"]
 
@@ -123,7 +123,7 @@ class Pipeline(AsyncResource):
         return self._closing
 
     def _context(
-        self, session_id: str, role: str, content: str, metadata: dict[str, Any] | None
+        self, session_id: str, role: str, content: MessageContent, metadata: dict[str, Any] | None
     ) -> ExecutionContext:
         if self._closing:
             raise PipelineClosedError("the pipeline is closed; create a new one for new turns")
@@ -178,7 +178,7 @@ class Pipeline(AsyncResource):
         self,
         session_id: str,
         role: str,
-        content: str,
+        content: MessageContent,
         *,
         metadata: dict[str, Any] | None = None,
     ) -> ExecutionResult:
@@ -206,7 +206,7 @@ class Pipeline(AsyncResource):
         self,
         session_id: str,
         role: str,
-        content: str,
+        content: MessageContent,
         *,
         metadata: dict[str, Any] | None = None,
     ) -> ResultStream:

@@ -1,6 +1,7 @@
 """Prompts that fit: exact token counts, trimming that never breaks a conversation, summaries.
 
 * Counting (tiktoken, offline): :func:`count_tokens`, :func:`count_message_tokens`,
+  :func:`image_tokens` (content parts: images, documents, audio are counted too),
   :func:`measure_tokens` (which says whether a count is exact or estimated),
   :class:`Tokenizer` via :func:`get_tokenizer` / :func:`aget_tokenizer`.
 * Trimming: :func:`truncate_messages` (by tokens) and :func:`keep_last_messages` (by
@@ -17,6 +18,11 @@ all of this per turn.
 
 from ._summary import SUMMARY_INSTRUCTIONS, summarize_messages, summary_message
 from ._tokens import (
+    AUDIO_TOKENS_PER_SECOND,
+    DEFAULT_AUDIO_SECONDS,
+    DEFAULT_DOCUMENT_PAGES,
+    DEFAULT_IMAGE_SIZE,
+    DOCUMENT_TOKENS_PER_PAGE,
     REPLY_PRIMING_TOKENS,
     TOKENS_METADATA_KEY,
     TOKENS_PER_MESSAGE,
@@ -28,12 +34,18 @@ from ._tokens import (
     count_message_tokens,
     count_tokens,
     get_tokenizer,
+    image_tokens,
     measure_tokens,
 )
 from ._truncation import PinSystem, Window, fit_window, keep_last_messages, truncate_messages
 from .models import FALLBACK_ENCODING, ModelInfo, lookup_model, register_model
 
 __all__ = [
+    "AUDIO_TOKENS_PER_SECOND",
+    "DEFAULT_AUDIO_SECONDS",
+    "DEFAULT_DOCUMENT_PAGES",
+    "DEFAULT_IMAGE_SIZE",
+    "DOCUMENT_TOKENS_PER_PAGE",
     "FALLBACK_ENCODING",
     "REPLY_PRIMING_TOKENS",
     "SUMMARY_INSTRUCTIONS",
@@ -51,6 +63,7 @@ __all__ = [
     "count_tokens",
     "fit_window",
     "get_tokenizer",
+    "image_tokens",
     "keep_last_messages",
     "lookup_model",
     "measure_tokens",

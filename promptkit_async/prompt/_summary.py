@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from ..errors import APIResponseError
 from ..providers.base import Provider, ProviderRequest
-from ..types import Message, ProviderResponse
+from ..types import AudioPart, DocumentPart, ImagePart, Message, ProviderResponse, TextPart
 
 __all__ = ["SUMMARY_INSTRUCTIONS", "SUMMARY_PREFIX", "summarize_messages", "summary_message"]
 
@@ -27,6 +27,25 @@ def summary_message(text: str) -> Message:
     return Message("system", SUMMARY_PREFIX + text)
 
 
+def _text(message: Message) -> str:
+    # Media become short placeholders (the summarizer sees that they were there, not
+    # their bytes); reasoning is left out.
+    content = message.content
+    if isinstance(content, str):
+        return content
+    pieces = []
+    for part in content:
+        if isinstance(part, TextPart):
+            pieces.append(part.text)
+        elif isinstance(part, ImagePart):
+            pieces.append("[image]")
+        elif isinstance(part, DocumentPart):
+            pieces.append(f"[document {part.filename}]" if part.filename else "[document]")
+        elif isinstance(part, AudioPart):
+            pieces.append("[audio]")
+    return " ".join(p for p in pieces if p)
+
+
 def render_transcript(messages: Iterable[Message]) -> str:
     """A plain-text transcript of ``messages`` for the summarizer (system ones skipped)."""
     lines: list[str] = []
@@ -34,9 +53,10 @@ def render_transcript(messages: Iterable[Message]) -> str:
         if m.role == "system":
             continue
         if m.role == "tool":
-            lines.append(f"tool result ({m.name or m.tool_call_id}): {m.content}")
+            lines.append(f"tool result ({m.name or m.tool_call_id}): {_text(m)}")
             continue
-        text = f"{m.name or m.role}: {m.content}" if m.content else f"{m.name or m.role}:"
+        body = _text(m)
+        text = f"{m.name or m.role}: {body}" if body else f"{m.name or m.role}:"
         for call in m.tool_calls:
             text += f" [called {call.name}({call.arguments})]"
         lines.append(text)

@@ -16,6 +16,13 @@ The rules, shared by :func:`truncate_messages` (a token budget) and
   everything after it (a tool loop in progress). If it cannot fit beside the pinned
   system messages, :class:`~promptkit_async.errors.TokenBudgetExceededError` says how
   many tokens it needs.
+* **Messages are never split**: a message with content parts (images, documents, audio)
+  is kept or dropped whole, counted as the sum of its parts. A huge part is therefore
+  treated like a long text: in an older message it ends the window there (it and
+  everything older are dropped, as the kept run is contiguous); in the current turn it
+  raises :class:`~promptkit_async.errors.TokenBudgetExceededError`, whose message says
+  the turn holds media and how to make it smaller. Nothing is silently cut out of a
+  message.
 
 Cost: the walk goes from the newest message backwards and stops when the budget is
 full, using cached per-message counts, so its cost follows the size of the window, not
@@ -27,14 +34,14 @@ check of each older message's role (no tokenizing; ~30 ns a message), skipped wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from operator import attrgetter
 from typing import Literal
 
 from ..errors import InvalidRequestError, TokenBudgetExceededError
-from ..types import Message
+from ..types import Message, TextPart, ThinkingPart
 from ._tokens import REPLY_PRIMING_TOKENS, get_tokenizer
 
 __all__ = ["PinSystem", "Window", "fit_window", "keep_last_messages", "truncate_messages"]
@@ -71,11 +78,29 @@ class Window:
         return out
 
 
-def _exceeded(used: int, budget: int) -> TokenBudgetExceededError:
+def _media_kinds(messages: Iterable[Message]) -> list[str]:
+    kinds = {
+        type(part).__name__
+        for m in messages
+        if not isinstance(m.content, str)
+        for part in m.content
+        if not isinstance(part, (TextPart, ThinkingPart))
+    }
+    return sorted(kinds)
+
+
+def _exceeded(used: int, budget: int, required: Iterable[Message] = ()) -> TokenBudgetExceededError:
+    media = _media_kinds(required)
+    hint = (
+        f"; they hold {', '.join(media)} content, counted whole (a message is never split): "
+        "send a smaller image or detail='low', fewer pages, or a shorter clip"
+        if media
+        else ""
+    )
     return TokenBudgetExceededError(
         f"the pinned system messages and the newest user turn need {used} tokens, but the "
         f"budget is {budget}; raise the budget (max_tokens) or shorten the system prompt "
-        "or the message",
+        f"or the message{hint}",
         required_tokens=used,
         max_tokens=budget,
     )
@@ -131,7 +156,8 @@ def fit_window(
             need += sum(
                 count(messages[k]) for k in range(lead, turn) if messages[k].role == "system"
             )
-        return _exceeded(need, budget)
+        required = [messages[k] for k in range(lead)] + [messages[k] for k in range(turn, n)]
+        return _exceeded(need, budget, required)
 
     if used > budget:
         raise exceeded()

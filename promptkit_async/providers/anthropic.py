@@ -137,7 +137,7 @@ def _turns(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
     for message in messages:
         if message.role == "system":
             if message.content:
-                system.append(message.content)
+                system.append(message.text)
             continue
         role = "assistant" if message.role == "assistant" else "user"
         blocks = _blocks(message)

@@ -107,7 +107,7 @@ def _facts(messages: Sequence[Message]) -> _Facts:
         if message.role != "user":
             continue
         facts.user_turns += 1
-        text = message.content
+        text = message.text
         if "?" in text:
             # Questions ("do I like pizza?") state nothing.
             continue
@@ -125,7 +125,7 @@ def _facts(messages: Sequence[Message]) -> _Facts:
 def _persona(messages: Sequence[Message]) -> str:
     for message in reversed(messages):
         if message.role == "system":
-            return message.content.lower()
+            return message.text.lower()
     return ""
 
 
@@ -138,7 +138,7 @@ def answer(messages: Sequence[Message]) -> str:
     last = next((m for m in reversed(messages) if m.role == "user"), None)
     if last is None:
         return "Hello! I'm the promptkit demo model. Tell me your name to get started."
-    text = last.content.strip()
+    text = last.text.strip()
     facts = _facts(messages)
     reply = _reply(text, facts)
     if "pirate" in _persona(messages):
@@ -267,7 +267,7 @@ class DemoProvider(BaseProvider):
 
     def _response(self, request: ProviderRequest, started: float) -> ProviderResponse:
         text = answer(request.messages)
-        usage = Usage(sum(_tokens(m.content) + 4 for m in request.messages), _tokens(text))
+        usage = Usage(sum(_tokens(m.text) + 4 for m in request.messages), _tokens(text))
         return ProviderResponse(
             text,
             finish_reason="stop",

@@ -275,7 +275,7 @@ class GeminiProvider(HTTPProvider):
             parts: list[dict[str, Any]] = []
             if role == "system":
                 if message.content:
-                    system.append(message.content)
+                    system.append(message.text)
                 continue
             if role == "tool":
                 call_id = message.tool_call_id or ""

@@ -95,7 +95,7 @@ class MockProvider(BaseProvider):
             reply = self._script.popleft()
             self._used += 1
         else:
-            last = request.messages[-1].content if request.messages else ""
+            last = request.messages[-1].text if request.messages else ""
             reply = f"echo: {last}"
         if isinstance(reply, BaseException):
             raise reply
@@ -107,7 +107,7 @@ class MockProvider(BaseProvider):
                 response, finish_reason="tool_calls" if response.tool_calls else "stop"
             )
         if response.usage == Usage():
-            prompt = sum(_approx_tokens(m.content) + 4 for m in request.messages)
+            prompt = sum(_approx_tokens(m.text) + 4 for m in request.messages)
             completion = _approx_tokens(response.content) + sum(
                 _approx_tokens(c.name + c.arguments) for c in response.tool_calls
             )

@@ -9,12 +9,15 @@
 All of them fulfil :class:`StateStore` with the same behaviour (``tests/contract``).
 A store of your own awaits its writes through :func:`finish_shielded`, so a write that
 has begun completes even if the turn is cancelled.
+:class:`~promptkit_async.statestore.blobs.BlobOffloadStore` wraps any of them to keep
+large image/document/audio bytes in a blob store of yours instead of in the history.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from .._concurrency import finish_shielded
 from .base import SessionPage, StateStore
+from .blobs import BlobOffloadStore, BlobStore, InMemoryBlobStore
 from .memory import InMemoryStateStore
 from .sqlite import SQLiteStateStore
 
@@ -23,6 +26,9 @@ if TYPE_CHECKING:
     from .redis import RedisStateStore
 
 __all__ = [
+    "BlobOffloadStore",
+    "BlobStore",
+    "InMemoryBlobStore",
     "InMemoryStateStore",
     "PostgresStateStore",
     "RedisStateStore",

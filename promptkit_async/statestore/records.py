@@ -6,7 +6,17 @@ A record is one compact JSON object per message::
      "tool_calls": [{"id": "...", "name": "...", "arguments": "{...}"}],
      "tool_call_id": "...", "name": "...", "metadata": {...}}
 
-``v`` is the schema version; empty optional fields are left out. Records are ASCII-only
+``v`` is the schema version; empty optional fields are left out. Version 2 adds content
+parts: ``content`` is then a list of part objects, each with a ``type`` and the part's
+non-empty fields, bytes as base64::
+
+    {"v": 2, "role": "user", "content": [{"type": "text", "text": "What is this?"},
+     {"type": "image", "data": "iVBORw0K...", "media_type": "image/png", "detail": "low"}]}
+
+Part types: ``text``, ``image``, ``document``, ``audio``, ``thinking`` (fields as the
+classes in :mod:`promptkit_async.types`). A message is written in the oldest version that
+can hold it: text messages stay version 1, byte for byte, so a process still running the
+previous release keeps reading every text-only session. Records are ASCII-only
 (non-ASCII is escaped), so they survive any byte-oriented transport. Any text round-trips,
 NULs and lone surrogates included, with one exception JSON imposes (its ``\\uXXXX``
 escapes are UTF-16 code units): a high surrogate directly followed by a low one, two
@@ -23,13 +33,24 @@ store, and any other package that reads or writes records, imports it as
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import InvalidMessageError, PromptKitError, StoreDataError
-from ..types import Message, ToolCall
+from ..types import (
+    AudioPart,
+    ContentPart,
+    DocumentPart,
+    ImagePart,
+    Message,
+    TextPart,
+    ThinkingPart,
+    ToolCall,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -40,7 +61,7 @@ __all__ = [
 ]
 
 #: The record version this library writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 _decode = json.JSONDecoder().decode
@@ -52,7 +73,12 @@ def encode_message(message: Message) -> str:
     Raises:
         InvalidMessageError: if its metadata is not JSON-serialisable.
     """
-    record: dict[str, Any] = {"v": SCHEMA_VERSION, "role": message.role, "content": message.content}
+    content = message.content
+    record: dict[str, Any]
+    if isinstance(content, str):
+        record = {"v": 1, "role": message.role, "content": content}
+    else:
+        record = {"v": 2, "role": message.role, "content": [_encode_part(p) for p in content]}
     if message.tool_calls:
         record["tool_calls"] = [
             {"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls
@@ -81,6 +107,8 @@ def decode_message(record: str | bytes, *, session_id: str = "?") -> Message:
         version = data.get("v", 0)
         if version == 1:
             return _from_v1(data)
+        if version == 2:
+            return _from_v1(data, parts=True)
         if version == 0:
             return _from_v0(data)
     except StoreDataError:
@@ -109,10 +137,13 @@ def _metadata(raw: Any) -> Mapping[str, Any]:
     return raw
 
 
-def _from_v1(data: dict[str, Any]) -> Message:
+def _from_v1(data: dict[str, Any], parts: bool = False) -> Message:
+    # Versions 1 and 2 differ only in what content may be (2 adds a list of parts).
     content = data.get("content", "")
-    if not isinstance(content, str):
-        raise TypeError("content is not a string")
+    if parts and isinstance(content, list):
+        content = tuple(_decode_part(p) for p in content)
+    elif not isinstance(content, str):
+        raise TypeError("content is not a string" + (" or a list of parts" if parts else ""))
     return Message(
         data["role"],
         content,
@@ -121,6 +152,55 @@ def _from_v1(data: dict[str, Any]) -> Message:
         data.get("name"),
         _metadata(data.get("metadata")),
     )
+
+
+# Per part type: the class and its fields, in record order; bytes fields are base64.
+_PART_FIELDS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "text": (TextPart, ("text",)),
+    "image": (
+        ImagePart,
+        ("data", "url", "file_id", "blob_key", "media_type", "detail", "width", "height"),
+    ),
+    "document": (DocumentPart, ("data", "url", "file_id", "blob_key", "media_type", "filename")),
+    "audio": (AudioPart, ("data", "format", "blob_key")),
+    "thinking": (ThinkingPart, ("text", "signature", "redacted", "provider")),
+}
+_PART_TYPE = {cls: (name, fields) for name, (cls, fields) in _PART_FIELDS.items()}
+
+
+def _encode_part(part: ContentPart) -> dict[str, Any]:
+    name, fields = _PART_TYPE[type(part)]
+    out: dict[str, Any] = {"type": name}
+    for field_name in fields:
+        value = getattr(part, field_name)
+        if value is None:
+            continue
+        out[field_name] = base64.b64encode(value).decode("ascii") if field_name == "data" else value
+    return out
+
+
+def _decode_part(raw: Any) -> ContentPart:
+    if not isinstance(raw, dict):
+        raise TypeError("a content part is not an object")
+    kind = raw.get("type")
+    if kind not in _PART_FIELDS:
+        raise TypeError(f"unknown content part type {kind!r}")
+    cls, fields = _PART_FIELDS[kind]
+    unknown = raw.keys() - fields - {"type"}
+    if unknown:
+        raise TypeError(f"unknown fields {sorted(unknown)} in a {kind} part")
+    kwargs = dict(raw)
+    del kwargs["type"]
+    data = kwargs.get("data")
+    if data is not None:
+        if not isinstance(data, str):
+            raise TypeError("part data is not base64 text")
+        try:
+            kwargs["data"] = base64.b64decode(data, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"part data is not base64: {exc}") from None
+    part: ContentPart = cls(**kwargs)
+    return part
 
 
 def _from_v0(data: dict[str, Any]) -> Message:

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 
 from promptkit_async import (
+    AudioPart,
+    DocumentPart,
+    ImagePart,
     InvalidMessageError,
     InvalidRequestError,
     InvalidSessionIdError,
@@ -20,11 +23,14 @@ from promptkit_async import (
     Pipeline,
     ProviderMiddleware,
     StateMiddleware,
+    TextPart,
     ToolCall,
 )
 from promptkit_async.providers.base import ProviderRequest
-from promptkit_async.statestore import StateStore
+from promptkit_async.statestore import BlobOffloadStore, InMemoryBlobStore, StateStore
+from promptkit_async.statestore.blobs import blob_key
 from tests.contract._harness import StoreHarness
+from tests.statestore._records import EXPECTED, PDF, PNG, WAV
 
 
 def user(text: str, **kw: Any) -> Message:
@@ -97,6 +103,58 @@ async def test_every_message_field_round_trips(store: StateStore) -> None:
     assert loaded == messages
     assert [m.metadata for m in loaded] == [m.metadata for m in messages]
     assert loaded[2].tool_calls == (call,)
+
+
+async def test_content_parts_and_every_record_version_round_trip(store: StateStore) -> None:
+    # Every part type and source (fixture v2), next to messages decoded from the records
+    # of older releases: append, load (whole and last_n), fork and save keep them all.
+    history = [m for version in sorted(EXPECTED) for m in EXPECTED[version]]
+    await store.append("s", history[:7])
+    await store.append("s", history[7:])
+
+    loaded = await store.load("s")
+    assert loaded == history
+    assert [m.metadata for m in loaded] == [m.metadata for m in history]
+    assert loaded[-2].content == EXPECTED[2][-2].content  # a tool result holding an image
+    image = loaded[-5].content[1]
+    assert isinstance(image, ImagePart)
+    assert image.data == PNG
+    assert image.size() == (2, 3)
+    assert await store.load("s", last_n=5) == history[-5:]
+
+    assert await store.fork("s", "copy") == len(history)
+    assert await store.load("copy") == history
+    await store.save("copy", EXPECTED[2][1:3])
+    assert await store.load("copy") == EXPECTED[2][1:3]
+
+
+async def test_a_large_binary_part_round_trips_exactly(store: StateStore) -> None:
+    blob = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    message = user([TextPart("read this"), DocumentPart(blob, filename="big.pdf")])
+    await store.append("s", [message])
+    (loaded,) = await store.load("s")
+    assert loaded == message
+    assert loaded.content[1].data == blob  # type: ignore[index,union-attr]
+
+
+async def test_large_parts_offloaded_to_a_blob_store_round_trip(store: StateStore) -> None:
+    blobs = InMemoryBlobStore()
+    offloading = BlobOffloadStore(store, blobs, min_bytes=len(WAV))
+    history = [m for version in sorted(EXPECTED) for m in EXPECTED[version]]
+    history.remove(EXPECTED[2][2])  # refers to a blob this store does not have
+    history.append(user([AudioPart(WAV), DocumentPart(url="https://example.com/a.pdf")]))
+    await offloading.append("s", history)
+
+    assert await offloading.load("s") == history
+    assert [m.metadata for m in await offloading.load("s")] == [m.metadata for m in history]
+    assert set(blobs.blobs) == {blob_key(PNG), blob_key(PDF), blob_key(WAV)}  # PNG once
+    # The records themselves hold keys (and the image's size, for token counts).
+    stored = await store.load("s", last_n=5)
+    image = stored[0].content[1]
+    assert isinstance(image, ImagePart)
+    assert (image.data, image.blob_key, image.size()) == (None, blob_key(PNG), (2, 3))
+    assert await offloading.fork("s", "t") == len(history)
+    assert await BlobOffloadStore(store, blobs, resolve=False).load("t", last_n=5) == stored
 
 
 async def test_empty_append_is_a_no_op(store: StateStore) -> None:

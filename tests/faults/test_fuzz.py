@@ -7,8 +7,8 @@ Properties:
   events of feeding it whole; the decoder never raises anything but the library's
   :class:`APIResponseError`, and never holds more than its size cap.
 * Codec: every message (any Unicode content, NULs, lone surrogates, tool calls,
-  JSON metadata) round-trips exactly; arbitrary bytes or JSON raise only
-  :class:`StoreDataError`.
+  content parts of every kind, JSON metadata) round-trips exactly; arbitrary bytes or
+  JSON raise only :class:`StoreDataError`.
 * Stores (memory, SQLite, Redis, PostgreSQL): the same messages round-trip through each; huge
   contents too.
 * Session ids: each id is either refused with :class:`InvalidSessionIdError` (nothing
@@ -19,10 +19,12 @@ Properties:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -31,10 +33,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from promptkit_async import (
+    AudioPart,
+    DocumentPart,
+    ImagePart,
     InvalidMessageError,
     InvalidSessionIdError,
     Message,
     StoreDataError,
+    TextPart,
+    ThinkingPart,
     ToolCall,
 )
 from promptkit_async._validation import check_session_id
@@ -50,6 +57,7 @@ from promptkit_async.statestore import (
 from promptkit_async.statestore.records import decode_message, encode_message
 from tests._postgres_server import PostgresServer, unique_schema
 from tests._redis_server import RedisServer
+from tests._strategies import json_objects, json_values
 from tests.faults._checks import all_sessions
 from tests.faults.conftest import SOAK_FACTOR, Report
 
@@ -71,19 +79,36 @@ SPECIAL = list("\x00\ud800\udbff\udc00\udfff\U0001f600\u00e9e\u0301:{}*?[]%\\|/\
 any_char = st.one_of(st.characters(exclude_categories=()), st.sampled_from(SPECIAL))
 any_text = st.text(any_char, max_size=60)
 
-json_scalar = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**63), 2**63),
-    st.floats(allow_nan=False, allow_infinity=False),
-    any_text,
+json_value = json_values(any_text)
+json_object = json_objects(any_text)
+
+
+opt_text = st.none() | any_text
+any_bytes = st.binary(max_size=80)
+#: One part of every kind, each source, any field values.
+content_parts = st.one_of(
+    st.builds(TextPart, any_text),
+    st.builds(
+        lambda source, value, mt, detail, size: ImagePart(
+            **{source: value}, media_type=mt, detail=detail, width=size, height=size
+        ),
+        st.sampled_from(["url", "file_id", "blob_key"]),
+        any_text,
+        opt_text,
+        st.none() | st.sampled_from(["auto", "low", "high"]),
+        st.none() | st.integers(1, 10_000),
+    ),
+    st.builds(lambda data, mt: ImagePart(data, media_type=mt), any_bytes, any_text),
+    st.builds(
+        lambda data, mt, name: DocumentPart(data, media_type=mt, filename=name),
+        any_bytes,
+        any_text,
+        opt_text,
+    ),
+    st.builds(lambda url: DocumentPart(url=url), any_text),
+    st.builds(lambda data, fmt: AudioPart(data, fmt), any_bytes, any_text.filter(bool)),
+    st.builds(ThinkingPart, any_text, opt_text, opt_text, opt_text),
 )
-json_value = st.recursive(
-    json_scalar,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
-    max_leaves=12,
-)
-json_object = st.dictionaries(any_text, json_value, max_size=4)
 
 
 @st.composite
@@ -95,7 +120,7 @@ def messages(draw: st.DrawFn) -> Message:
     call_id = draw(any_text.filter(bool)) if role == "tool" else draw(st.none() | any_text)
     return Message(
         role,  # type: ignore[arg-type]
-        draw(any_text),
+        draw(any_text | st.lists(content_parts, min_size=1, max_size=4)),
         calls,
         call_id,
         draw(st.none() | any_text),
@@ -246,9 +271,18 @@ def as_stored(message: Message) -> Message:
             return [walk(v) for v in value]
         return value
 
+    def part(value: Any) -> Any:
+        changes = {
+            f.name: text(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if isinstance(getattr(value, f.name), str)
+        }
+        return dataclasses.replace(value, **changes)
+
+    content = message.content
     return Message(
         message.role,
-        text(message.content),
+        text(content) if isinstance(content, str) else tuple(map(part, content)),
         tuple(ToolCall(text(c.id), text(c.name), text(c.arguments)) for c in message.tool_calls),
         None if message.tool_call_id is None else text(message.tool_call_id),
         None if message.name is None else text(message.name),

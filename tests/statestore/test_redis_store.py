@@ -40,7 +40,7 @@ from promptkit_async.statestore import RedisStateStore
 from promptkit_async.statestore.redis import DEFAULT_TIMEOUT
 from tests._redis_server import RedisClusterServers, RedisServer, command, free_port
 from tests.statestore._proxy import CountingProxy
-from tests.statestore._records import check_loaded, raw_records
+from tests.statestore._records import EXPECTED, check_loaded, raw_records
 
 pytestmark = pytest.mark.redis
 
@@ -340,7 +340,7 @@ async def test_refresh_on_read_restarts_the_ttl(
 # --- stored data ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("version", sorted(EXPECTED))
 async def test_records_of_every_schema_version_load(
     store: RedisStateStore, raw: aioredis.Redis, version: int
 ) -> None:

@@ -24,7 +24,7 @@ from promptkit_async import (
     StoreUnavailableError,
 )
 from promptkit_async.statestore import SQLiteStateStore
-from tests.statestore._records import check_loaded, raw_records
+from tests.statestore._records import EXPECTED, check_loaded, raw_records
 
 
 def user(text: str) -> Message:
@@ -190,7 +190,7 @@ async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
             await store.load("s")
 
 
-@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("version", sorted(EXPECTED))
 async def test_records_of_every_schema_version_load(tmp_path: Path, version: int) -> None:
     path = tmp_path / "chat.sqlite3"
     async with SQLiteStateStore(path) as store:

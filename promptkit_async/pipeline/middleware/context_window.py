@@ -69,10 +69,12 @@ _ADVANCE_EVERY = 32
 def _fingerprint(message: Message) -> str:
     # Identifies the message at the record's boundary, to notice a rewritten history.
     # Metadata is left out: token annotations may be added after the record is written.
+    content = message.content
     body = json.dumps(
         [
             message.role,
-            message.content,
+            # Parts: their record form (bytes as base64), so a changed image changes it too.
+            content if isinstance(content, str) else encode_message(Message("user", content)),
             [[c.id, c.name, c.arguments] for c in message.tool_calls],
             message.tool_call_id,
             message.name,
