@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .types import Cost, Message, ProviderResponse, StreamChunk, TraceEvent, Usage
 
 if TYPE_CHECKING:
+    from .events import _Turn
     from .statestore.base import StateStore
 
 __all__ = ["Emit", "ExecutionContext", "Middleware", "Next"]
@@ -49,6 +50,8 @@ class ExecutionContext:
             later middleware can keep per-session data (``get_metadata``/``merge_metadata``).
         emit: send a chunk towards the streaming caller. A middleware may wrap it
             (replace ``ctx.emit`` before calling ``next``) to observe or transform chunks.
+        events: the turn's event publisher when its pipeline has listeners, else
+            ``None`` (see :mod:`promptkit_async.events`; middleware leave it alone).
 
     A context belongs to one turn and one task; it is not shared.
     """
@@ -57,6 +60,7 @@ class ExecutionContext:
         "cost",
         "emit",
         "estimated_prompt_tokens",
+        "events",
         "input",
         "messages",
         "metadata",
@@ -84,6 +88,7 @@ class ExecutionContext:
         self.estimated_prompt_tokens: int | None = None
         self.store: StateStore | None = None
         self.emit: Emit = _discard
+        self.events: _Turn | None = None
         self.started = time.perf_counter()
 
     def __repr__(self) -> str:

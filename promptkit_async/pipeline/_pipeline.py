@@ -14,10 +14,12 @@ from typing import Any
 
 from typing_extensions import Self
 
+from .. import events
 from .._context import ExecutionContext, Middleware, Next
 from .._lifecycle import AsyncResource
 from .._validation import check_input, check_session_id
 from ..errors import PipelineClosedError, PipelineError, PipelineTimeoutError
+from ..events import Listener, ListenerSet
 from ..types import ExecutionResult, Message, StreamChunk
 
 __all__ = ["Pipeline", "ResultStream"]
@@ -56,6 +58,8 @@ class Pipeline:
         max_concurrency: at most this many turns run at once (others wait their turn);
             ``None`` for no cap.
         shutdown_timeout: default seconds :meth:`shutdown` waits for in-flight turns.
+        listeners: receive each turn's events (see :mod:`promptkit_async.events`); more
+            can be added later through :attr:`listeners`.
 
     The onion is composed once, here. A pipeline is safe to share between any number of
     tasks (one per web request, say): turns on different sessions run concurrently, and
@@ -69,6 +73,7 @@ class Pipeline:
         *middleware: Middleware,
         max_concurrency: int | None = None,
         shutdown_timeout: float = 30.0,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1, or None")
@@ -84,6 +89,8 @@ class Pipeline:
         # own task (``runs_next_inline``); always, once one was seen.
         self._watch_start = not all(getattr(m, "runs_next_inline", False) for m in middleware)
         self._foreign_emits = False
+        #: Who receives this pipeline's turn events (``add``/``remove`` listeners here).
+        self.listeners = ListenerSet(listeners)
 
     def __repr__(self) -> str:
         names = ", ".join(type(m).__name__ for m in self.middleware)
@@ -112,12 +119,16 @@ class Pipeline:
         if self._closing:
             raise PipelineClosedError("the pipeline is shut down; create a new one for new turns")
         self._in_flight += 1
+        events.turn_started(ctx, self.listeners)
         try:
             if self._limit is None:
                 await self._handler(ctx)
             else:
                 async with self._limit:
                     await self._handler(ctx)
+        except BaseException as exc:
+            events.turn_failed(ctx, exc)
+            raise
         finally:
             self._in_flight -= 1
             if self._in_flight == 0 and self._idle is not None:
@@ -127,6 +138,7 @@ class Pipeline:
             raise PipelineError(
                 "no middleware produced a response; add ProviderMiddleware as the last layer"
             )
+        events.turn_completed(ctx)
         return ExecutionResult(
             session_id=ctx.session_id,
             response=response,
@@ -196,10 +208,13 @@ class Pipeline:
             PipelineTimeoutError: if turns are still running after ``timeout``; they keep
                 running, and calling ``shutdown`` again waits again.
 
+        Async event listeners' backlog is drained too (for at most ``timeout``).
+
         Safe to call more than once.
         """
         self._closing = True
         if self._in_flight == 0:
+            await self.listeners.drain(self.shutdown_timeout if timeout is None else timeout)
             return
         if self._idle is None or self._idle.is_set():
             self._idle = asyncio.Event()
@@ -211,6 +226,7 @@ class Pipeline:
                 f"{self._in_flight} turn(s) still running after {wait}s; "
                 "call shutdown() again to keep waiting"
             ) from None
+        await self.listeners.drain(wait)
 
     async def __aenter__(self) -> Self:
         return self

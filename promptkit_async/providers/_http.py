@@ -76,6 +76,7 @@ import aiohttp
 import httpx
 from typing_extensions import TypedDict
 
+from .. import events
 from .._version import __version__
 from ..errors import (
     APIConnectionError,
@@ -786,6 +787,7 @@ class HTTPProvider(BaseProvider):
             retry_after: float | None = None
             status: int | None = None
             watchdog.arm()
+            events.request_sent(call.retries + 1)
             try:
                 response = await self._open(call)
                 if response.status < 300:
@@ -851,6 +853,7 @@ class HTTPProvider(BaseProvider):
             "error": error.message,
         }
         call.trace += (TraceEvent("retry", detail),)
+        events.provider_retried(detail, error)
         logger.info(
             "%s: %s; retry %d/%d in %.3fs%s",
             self.id,

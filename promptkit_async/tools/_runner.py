@@ -18,6 +18,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from .. import events
 from .._context import ExecutionContext
 from ..types import Message, ToolCall
 from ._registry import AnyTool, ToolPolicy, ToolRegistry
@@ -129,14 +130,12 @@ _Result = tuple[Message, dict[str, Any]]
 async def _run_call(
     registry: ToolRegistry, call: ToolCall, policy: ToolPolicy, ctx: ExecutionContext
 ) -> _Result:
+    events.tool_started(ctx, call)
     started = time.perf_counter()
     status, text = await _outcome(registry, call, policy, ctx)
-    record = {
-        "id": call.id,
-        "name": call.name,
-        "status": status,
-        "seconds": time.perf_counter() - started,
-    }
+    seconds = time.perf_counter() - started
+    record = {"id": call.id, "name": call.name, "status": status, "seconds": seconds}
+    events.tool_finished(ctx, call, status, seconds, text)
     return Message("tool", text, tool_call_id=call.id, name=call.name), record
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ... import events
 from ..._context import ExecutionContext, Next
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import Provider, ProviderRequest
@@ -145,7 +146,13 @@ class ProviderMiddleware:
             extra_body=c.extra_body,
         )
 
-    async def _call(self, ctx: ExecutionContext, request: ProviderRequest) -> ProviderResponse:
+    def _call(self, ctx: ExecutionContext, request: ProviderRequest) -> Awaitable[ProviderResponse]:
+        if ctx.events is None:  # not observed: no wrapper coroutine at all
+            return self._send(ctx, request)
+        call = self._send(ctx, request)
+        return events.observe_call(ctx, self.provider, request, self.config.stream, call)
+
+    async def _send(self, ctx: ExecutionContext, request: ProviderRequest) -> ProviderResponse:
         if not self.config.stream:
             return await self.provider.complete(request)
         response: ProviderResponse | None = None

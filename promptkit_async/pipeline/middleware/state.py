@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from ... import events
 from ..._concurrency import finish_shielded
 from ..._context import ExecutionContext, Next
 from ...statestore.base import StateStore
@@ -78,12 +79,16 @@ class StateMiddleware:
         ctx.store = self.store
         try:
             if self.load_history:
+                since = events.clock(ctx)
                 history = await self.store.load(session_id, self.max_history_messages)
+                events.history_loaded(ctx, len(history), since)
                 if history:
                     ctx.messages[:0] = history
             await next(ctx)
             if ctx.response is not None and ctx.new_messages:
+                since = events.clock(ctx)
                 await finish_shielded(self.store.append(session_id, ctx.new_messages))
+                events.turn_stored(ctx, since)
         finally:
             self._pass_turn(session_id)
 
