@@ -1,4 +1,4 @@
-"""Fixtures for the telemetry tests (defined in tests/_otel.py, shared with other dirs)."""
+"""Fixtures for the telemetry tests (defined in tests/_otel.py)."""
 
 from tests._otel import openai, otel, router
 
