@@ -165,15 +165,18 @@ async def test_failed_and_cancelled_turns() -> None:
     assert call.response is None
     assert not seen.of(TurnStored)
 
+    called = asyncio.Event()
+
     async def hang(request: object) -> str:
+        called.set()
         await asyncio.Event().wait()
         return "never"  # pragma: no cover
 
     seen = Recorder()
     pipe = make(MockProvider(handler=hang), seen, config=ProviderMiddlewareConfig(stream=False))
     task = asyncio.create_task(pipe.execute("s", "user", "Hi"))
-    while not seen.of(ProviderCallStarted):
-        await asyncio.sleep(0)
+    await called.wait()
+    assert seen.kinds()[-1] == "ProviderCallStarted"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -199,7 +202,9 @@ async def test_window_trimmed_event() -> None:
     assert trimmed.tokens <= trimmed.budget
 
 
-async def test_http_attempts_and_retries_reach_the_turn(router: respx.MockRouter, openai: OpenAIProvider) -> None:  # fmt: skip
+async def test_http_attempts_and_retries_reach_the_turn(
+    router: respx.MockRouter, openai: OpenAIProvider
+) -> None:
     router.post(CHAT_URL).mock(
         side_effect=[
             httpx.Response(429, json={}, headers={"retry-after-ms": "1"}),

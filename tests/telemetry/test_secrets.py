@@ -59,7 +59,9 @@ def log_output() -> Iterator[io.StringIO]:
     root.setLevel(old)
 
 
-async def run_turns(otel: Otel, router: respx.MockRouter, openai: OpenAIProvider, **kw: object) -> None:  # fmt: skip
+async def run_turns(
+    otel: Otel, router: respx.MockRouter, openai: OpenAIProvider, **kw: object
+) -> None:
     echo_key = {"error": {"message": f"Incorrect API key provided: {API_KEY}", "code": "x"}}
     router.post(CHAT_URL).mock(
         side_effect=[
