@@ -32,7 +32,6 @@ from promptkit_async.events import (
     HistoryLoaded,
     ListenerSet,
     ProviderCallFinished,
-    ProviderCallStarted,
     ProviderRequestSent,
     ProviderRetried,
     ToolCallFinished,
