@@ -576,7 +576,7 @@ class _Metrics:
             explicit_bucket_boundaries_advisory=list(_SECONDS_BUCKETS),
         )
         self.cost = meter.create_counter(
-            "promptkit.client.cost", unit="USD", description="What model calls cost"
+            "promptkit.client.cost", unit="{USD}", description="What model calls cost"
         )
         self.retries = meter.create_counter(
             "promptkit.client.retries", unit="{retry}", description="Provider calls retried"
