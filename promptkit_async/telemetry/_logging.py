@@ -76,9 +76,11 @@ class LoggingListener:
 
     def __call__(self, event: Event) -> None:
         """Log ``event``."""
-        logger, level, message, fields = self._describe(event)
-        if not logger.isEnabledFor(level):
+        # Decide first, so a disabled level costs a dict lookup and a level check.
+        level = logging.WARNING if isinstance(event, TurnFailed) else self.level
+        if not _LOGGERS.get(type(event), _PIPELINE).isEnabledFor(level):
             return
+        logger, level, message, fields = self._describe(event)
         extra = {"event": _snake(type(event).__name__), "session_id": event.session_id}
         extra["turn_id"] = event.turn_id
         extra.update(fields)
@@ -200,6 +202,20 @@ class LoggingListener:
             args=(event.provider, response.finish_reason, event.duration),
         )
         return _PROVIDERS, self.level, "%s call finished (%s) in %.3fs", fields
+
+
+_LOGGERS: dict[type[Event], logging.Logger] = {
+    HistoryLoaded: _STORE,
+    TurnStored: _STORE,
+    WindowTrimmed: _WINDOW,
+    ProviderCallStarted: _PROVIDERS,
+    ProviderRequestSent: _PROVIDERS,
+    ProviderRetried: _PROVIDERS,
+    FirstChunk: _PROVIDERS,
+    ProviderCallFinished: _PROVIDERS,
+    ToolCallStarted: _TOOLS,
+    ToolCallFinished: _TOOLS,
+}
 
 
 def _without_args(extra: dict[str, Any]) -> dict[str, Any]:

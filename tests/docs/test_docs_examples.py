@@ -30,6 +30,12 @@ EXPECTED_OUTPUT = {
     "docs/tutorial/multi-turn.md": ["Your name is Alice", "You mentioned that you love pizza"],
     "docs/index.md": ["Your name is Alice."],
     "docs/getting-started.md": ["Hello Alice!", "Your name is Alice.", "4 messages stored"],
+    "docs/how-to/observability.md": [
+        "model call: 17 tokens",
+        "chat gpt-4o-mini 9\n",
+        "invoke_agent promptkit 9\nPOST /chat",
+        "key [REDACTED] never shows",
+    ],
 }
 
 
