@@ -666,7 +666,10 @@ async def observe_call(
         error = exc
         raise
     finally:
-        _current_call.reset(token)
+        try:
+            _current_call.reset(token)
+        except ValueError:  # finished from another context (a dropped stream's clean-up)
+            _current_call.set(None)
         if streaming:
             ctx.emit = downstream
         listeners.publish(

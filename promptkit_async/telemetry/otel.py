@@ -56,7 +56,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 try:
@@ -509,14 +509,17 @@ class OpenTelemetryListener:
         if state is None:
             return
         span = state.span
-        span.set_attribute("gen_ai.usage.input_tokens", event.usage.prompt_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", event.usage.completion_tokens)
-        span.set_attribute("promptkit.cost", event.cost.total_cost)
-        span.set_attribute("promptkit.turn.messages", event.messages)
+        attributes: dict[str, Any] = {
+            "gen_ai.usage.input_tokens": event.usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": event.usage.completion_tokens,
+            "promptkit.cost": event.cost.total_cost,
+            "promptkit.turn.messages": event.messages,
+        }
         if event.finish_reason:
-            span.set_attribute("gen_ai.response.finish_reasons", [event.finish_reason])
+            attributes["gen_ai.response.finish_reasons"] = [event.finish_reason]
         if event.model:
-            span.set_attribute("gen_ai.response.model", event.model)
+            attributes["gen_ai.response.model"] = event.model
+        span.set_attributes(attributes)  # one lock, not one per attribute
         span.end()
 
     def _turn_failed(self, event: TurnFailed) -> None:
@@ -581,8 +584,13 @@ class _Metrics:
         self.retries = meter.create_counter(
             "promptkit.client.retries", unit="{retry}", description="Provider calls retried"
         )
-        self.active = meter.create_up_down_counter(
-            "promptkit.turns.active", unit="{turn}", description="Turns in flight"
+        # Observed at collection time: no measurement per turn.
+        self.in_flight = 0
+        meter.create_observable_up_down_counter(
+            "promptkit.turns.active",
+            callbacks=[self._observe_in_flight],
+            unit="{turn}",
+            description="Turns in flight",
         )
         self.turn_duration = meter.create_histogram(
             "promptkit.turn.duration",
@@ -597,20 +605,23 @@ class _Metrics:
             explicit_bucket_boundaries_advisory=list(_FAST_BUCKETS),
         )
 
+    def _observe_in_flight(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return (metrics.Observation(self.in_flight),)
+
     def record(self, event: Event) -> None:
         if isinstance(event, ProviderCallFinished):
             self._call(event)
         elif isinstance(event, TurnStarted):
-            self.active.add(1)
+            self.in_flight += 1
         elif isinstance(event, TurnCompleted):
-            self.active.add(-1)
+            self.in_flight -= 1
             self.turn_duration.record(event.duration, {"promptkit.turn.outcome": "completed"})
         elif isinstance(event, TurnFailed):
-            self.active.add(-1)
+            self.in_flight -= 1
             outcome = {"promptkit.turn.outcome": "failed", "error.type": type(event.error).__name__}
             self.turn_duration.record(event.duration, outcome)
         elif isinstance(event, TurnCancelled):
-            self.active.add(-1)
+            self.in_flight -= 1
             self.turn_duration.record(event.duration, {"promptkit.turn.outcome": "cancelled"})
         elif isinstance(event, ProviderRetried):
             provider = provider_name(event.provider)

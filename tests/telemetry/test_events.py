@@ -24,6 +24,7 @@ from promptkit_async import (
     ProviderMiddlewareConfig,
     ProviderResponse,
     StateMiddleware,
+    StreamChunk,
     ToolCall,
 )
 from promptkit_async.events import (
@@ -36,6 +37,7 @@ from promptkit_async.events import (
     ProviderRetried,
     ToolCallFinished,
     ToolCallStarted,
+    TurnCancelled,
     TurnCompleted,
     TurnFailed,
     TurnStarted,
@@ -363,3 +365,33 @@ def test_without_opentelemetry_the_error_says_what_to_install() -> None:
         "    raise SystemExit('no ImportError')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_a_dropped_stream_is_reported_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+    import gc
+
+    seen = Recorder()
+    cancelled = asyncio.Event()
+
+    def watch(event: Event) -> None:
+        seen(event)
+        if isinstance(event, TurnCancelled):
+            cancelled.set()
+
+    class Hanging(MockProvider):
+        async def stream(self, request):  # type: ignore[no-untyped-def,override]
+            yield StreamChunk(delta="first")
+            await asyncio.Event().wait()
+
+    pipe = make(Hanging(), watch)
+
+    async def read_one() -> None:
+        stream = pipe.stream("s", "user", "Hi")
+        assert (await stream.__anext__()).delta == "first"
+        # dropped here, mid-turn, from a task that then ends
+
+    await asyncio.create_task(read_one())
+    gc.collect()
+    await asyncio.wait_for(cancelled.wait(), 5)
+    assert seen.kinds()[-2:] == ["ProviderCallFinished", "TurnCancelled"]
+    assert "failed while it was cancelled" not in caplog.text
