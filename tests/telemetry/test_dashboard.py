@@ -63,7 +63,8 @@ async def exposition(router: respx.MockRouter, openai: OpenAIProvider) -> str:
             listeners=[listener],
         )
         await looped.execute("b", "user", "Hi")
-        failing = Pipeline(ProviderMiddleware(MockProvider([ValueError("x")])), listeners=[listener])
+        broken = MockProvider([ValueError("x")])
+        failing = Pipeline(ProviderMiddleware(broken), listeners=[listener])
         with pytest.raises(ValueError, match="x"):
             await failing.execute("c", "user", "Hi")
         return generate_latest(REGISTRY).decode()
