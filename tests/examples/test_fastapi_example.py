@@ -280,5 +280,5 @@ async def test_metrics_endpoint_serves_prometheus_text(
     assert value("promptkit_turns_active") == 0
     assert value("promptkit_turn_duration_seconds_count", 'outcome="completed"') == 2
     assert value("promptkit_store_operation_duration_seconds_count", 'operation="append"') == 2
-    assert "gen_ai_provider_name=\"demo\"" in r.text
+    assert 'gen_ai_provider_name="demo"' in r.text
     assert "m1" not in r.text  # no session ids in metrics
