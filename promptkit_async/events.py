@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import itertools
 import logging
 import secrets
 import time
@@ -89,7 +90,8 @@ class Event:
 
     Attributes:
         session_id: the conversation.
-        turn_id: a random id of this turn, unique per turn (16 hex digits).
+        turn_id: this turn's id: 16 hex digits, a random per-process prefix and a
+            counter, so unique across processes and runs.
     """
 
     session_id: str
@@ -472,6 +474,11 @@ class ListenerSet:
 # context when it has listeners.
 
 
+# Turn ids: a random prefix per process and a counter (no system call per turn).
+_ID_PREFIX = secrets.token_hex(4)
+_turn_numbers = itertools.count(1)
+
+
 class _Turn:
     """What the emission helpers need for one observed turn."""
 
@@ -480,7 +487,7 @@ class _Turn:
     def __init__(self, listeners: ListenerSet, session_id: str) -> None:
         self.listeners = listeners
         self.session_id = session_id
-        self.turn_id = secrets.token_hex(8)
+        self.turn_id = f"{_ID_PREFIX}{next(_turn_numbers):08x}"
         self.started = time.perf_counter()
 
 
@@ -690,14 +697,15 @@ async def observe_call(
 
 
 def _first_chunk_emit(record: _Call, downstream: Emit) -> Emit:
-    async def emit(chunk: StreamChunk) -> None:
+    # A plain function handing back downstream's awaitable: no extra coroutine per chunk.
+    def emit(chunk: StreamChunk) -> Awaitable[None]:
         if record.first_chunk is None:
             record.first_chunk = seconds = time.perf_counter() - record.started
             turn = record.turn
             turn.listeners.publish(
                 FirstChunk(turn.session_id, turn.turn_id, record.provider, seconds)
             )
-        await downstream(chunk)
+        return downstream(chunk)
 
     return emit
 
