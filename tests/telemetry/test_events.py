@@ -395,3 +395,19 @@ async def test_a_dropped_stream_is_reported_cancelled(caplog: pytest.LogCaptureF
     await asyncio.wait_for(cancelled.wait(), 5)
     assert seen.kinds()[-2:] == ["ProviderCallFinished", "TurnCancelled"]
     assert "failed while it was cancelled" not in caplog.text
+
+
+def test_public_names_exist_and_have_docstrings() -> None:
+    import inspect
+
+    import promptkit_async.events as events_module
+    import promptkit_async.telemetry as telemetry_module
+    import promptkit_async.telemetry.otel as otel_module
+
+    for module in (events_module, telemetry_module, otel_module):
+        names = module.__all__
+        assert names == sorted(names)
+        for name in names:
+            obj = getattr(module, name)
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                assert inspect.getdoc(obj), f"{module.__name__}.{name} has no docstring"
