@@ -416,3 +416,64 @@ async def test_a_provider_failure_after_retries(
     assert last.end_time == chat.end_time
     assert last.attributes is not None
     assert "promptkit.retry.wait" not in last.attributes
+
+
+async def test_no_span_or_turn_state_leaks_under_mixed_outcomes(otel: Otel) -> None:
+    """Many concurrent turns that succeed, fail, or are cancelled mid-stream: every turn
+    span ends, the listener forgets every turn, and in-flight is back to zero."""
+
+    class Mixed(MockProvider):
+        async def stream(self, request):  # type: ignore[no-untyped-def,override]
+            text = request.messages[-1].content
+            if text.startswith("fail"):
+                raise ValueError("scripted failure")
+            for part in ("a", "b", "c"):
+                yield StreamChunk(delta=part)
+                await asyncio.sleep(0)
+            if text.startswith("hang"):
+                await asyncio.Event().wait()
+            async for chunk in super().stream(request):
+                if chunk.response is not None:
+                    yield chunk
+
+    listener = otel.listener()
+    pipe = Pipeline(
+        StateMiddleware(InMemoryStateStore()),
+        ProviderMiddleware(Mixed(handler=lambda r: "done")),
+        listeners=[listener],
+    )
+
+    async def one(i: int) -> str:
+        kind = ("ok", "fail", "hang")[i % 3]
+        try:
+            async with pipe.stream(f"s{i % 7}", "user", f"{kind} {i}") as chunks:
+                async for chunk in chunks:
+                    if kind == "hang" and chunk.delta == "c":
+                        break  # leaving the block cancels the hanging turn
+        except ValueError:
+            return "failed"
+        return kind
+
+    outcomes = await asyncio.gather(*(one(i) for i in range(60)))
+    assert outcomes.count("ok") == outcomes.count("hang") == outcomes.count("failed") == 20
+    turns = otel.by_name("invoke_agent promptkit")
+    assert len(turns) == 60
+    assert all(t.end_time is not None for t in turns)
+    cancelled = [t for t in turns if (t.attributes or {}).get("promptkit.cancelled")]
+    failed = [t for t in turns if t.status.status_code is StatusCode.ERROR]
+    assert (len(cancelled), len(failed)) == (20, 20)
+    assert listener._turns == {}
+    [active] = otel.points("promptkit.turns.active")
+    assert active.value == 0
+    outcome_counts = {
+        p.attributes["promptkit.turn.outcome"]: p.count
+        for p in otel.points("promptkit.turn.duration")
+    }
+    assert outcome_counts == {"completed": 20, "failed": 20, "cancelled": 20}
+
+
+async def test_the_benchmark_variants_run() -> None:
+    from bench.observability import _turns
+
+    for variant in ("none", "otel", "logging"):
+        assert await _turns(3, 2, "stream", variant) > 0
