@@ -25,7 +25,8 @@ Register listeners on the pipeline: ``Pipeline(..., listeners=[fn])`` or
   in order, by a background task of the listener set, so a slow listener never delays a
   turn. At most ``max_pending`` awaitables wait; beyond that new ones are dropped and
   counted in :attr:`ListenerSet.dropped`. :meth:`ListenerSet.drain` (called by
-  ``Pipeline.shutdown``) waits for the backlog.
+  ``Pipeline.shutdown``) waits for the backlog. Wrap a slow plain function in
+  :func:`in_thread` to make it such a listener, run in a worker thread.
 
 With no listener registered a turn creates no event objects at all: each emission
 point is a function call that returns at once (see ``docs/how-to/observability.md``
@@ -76,6 +77,7 @@ __all__ = [
     "TurnStarted",
     "TurnStored",
     "WindowTrimmed",
+    "in_thread",
 ]
 
 logger = logging.getLogger("promptkit_async.events")
@@ -338,6 +340,21 @@ class TurnStored(Event):
 #: Receives events: a plain function (called inline) or one returning an awaitable (run
 #: in the background). See the module docstring.
 Listener = Callable[[Event], "Awaitable[None] | None"]
+
+
+def in_thread(listener: Callable[[Event], object]) -> Listener:
+    """Wrap a slow plain listener (one that writes to a file, a socket, a database
+    driver without async support) so that it runs in a worker thread, off the event loop.
+
+    The wrapper is an async listener: events reach ``listener`` in order, one at a time,
+    from the listener set's background backlog, and never delay a turn.
+    """
+
+    async def run(event: Event) -> None:
+        await asyncio.to_thread(listener, event)
+
+    run.__qualname__ = f"in_thread({getattr(listener, '__qualname__', repr(listener))})"
+    return run
 
 
 class ListenerSet:

@@ -411,3 +411,26 @@ def test_public_names_exist_and_have_docstrings() -> None:
             obj = getattr(module, name)
             if inspect.isclass(obj) or inspect.isfunction(obj):
                 assert inspect.getdoc(obj), f"{module.__name__}.{name} has no docstring"
+
+
+async def test_a_slow_plain_listener_in_a_thread_does_not_block_turns() -> None:
+    import threading
+
+    from promptkit_async.events import in_thread
+
+    release = threading.Event()
+    got: list[str] = []
+
+    def slow(event: Event) -> None:  # blocking I/O, say
+        assert release.wait(10)
+        got.append(type(event).__name__)
+
+    pipe = make(MockProvider(["ok"]), in_thread(slow))
+    result = await asyncio.wait_for(pipe.execute("s", "user", "Hi"), 5)
+    assert result.response.content == "ok"
+    assert got == []  # the turn finished while the listener was blocked
+    release.set()
+    assert await pipe.listeners.drain(10)
+    assert got[0] == "TurnStarted"
+    assert got[-1] == "TurnCompleted"
+    assert len(got) == 7
