@@ -98,6 +98,11 @@ async def test_plain_turn_span_tree_and_attributes(otel: Otel) -> None:
     }
     [duration] = otel.points("gen_ai.client.operation.duration")
     assert duration.count == 1
+    # The bucket boundaries the GenAI conventions ask for.
+    assert tuple(duration.explicit_bounds)[:3] == (0.01, 0.02, 0.04)
+    assert tuple(duration.explicit_bounds)[-1] == 81.92
+    token_bounds = {tuple(p.explicit_bounds)[-1] for p in tokens}
+    assert token_bounds == {67108864}
     assert duration.attributes["gen_ai.provider.name"] == "mock"
     assert "session.id" not in duration.attributes  # no per-session cardinality
     assert otel.points("gen_ai.client.operation.time_to_first_chunk") == []
