@@ -366,8 +366,9 @@ class ListenerSet:
             further ones are dropped (and counted in :attr:`dropped`).
 
     Safe to share between tasks of one event loop. Adding or removing a listener takes
-    effect from the next turn that starts. The background task that runs async
-    listeners exists only while there is a backlog; its failures are logged.
+    effect from the next event (a turn that started while there were no listeners stays
+    unobserved). The background task that runs async listeners exists only while there
+    is a backlog; what they raise is logged.
     """
 
     def __init__(self, listeners: Iterable[Listener] = (), *, max_pending: int = 10_000) -> None:
@@ -433,21 +434,23 @@ class ListenerSet:
                     self.max_pending,
                 )
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # published outside a loop: nothing can run it
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            self.dropped += 1
+            return
         self._pending.append(awaitable)
-        if self._worker is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # published outside a loop: nothing can run it
-                self._pending.pop()
-                if inspect.iscoroutine(awaitable):
-                    awaitable.close()
-                self.dropped += 1
-                return
+        worker = self._worker
+        # (A worker of another loop, one closed without cancelling it, will never run.)
+        if worker is None or worker.get_loop() is not loop:
             # A plain context: the worker must not inherit the turn's (its span, its call).
             self._worker = contextvars.Context().run(loop.create_task, self._work())
 
     async def _work(self) -> None:
         pending = self._pending
+        me = asyncio.current_task()
         try:
             while pending:
                 awaitable = pending.popleft()
@@ -456,9 +459,11 @@ class ListenerSet:
                 except Exception:
                     self._failed(awaitable)
         finally:
-            self._worker = None
-            if pending:  # cancelled mid-backlog: close what will never run
-                while pending:
+            # A stale worker (of a closed loop, collected later) leaves the backlog alone:
+            # it may belong to its successor by now.
+            if self._worker is me:
+                self._worker = None
+                while pending:  # cancelled mid-backlog: close what will never run
                     left = pending.popleft()
                     if inspect.iscoroutine(left):
                         left.close()

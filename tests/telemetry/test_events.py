@@ -434,3 +434,41 @@ async def test_a_slow_plain_listener_in_a_thread_does_not_block_turns() -> None:
     assert got[0] == "TurnStarted"
     assert got[-1] == "TurnCompleted"
     assert len(got) == 7
+
+
+def test_a_listener_set_outlives_its_event_loop() -> None:
+    got: list[str] = []
+    gate: list[asyncio.Event] = []
+
+    async def listener(event: Event) -> None:
+        if not gate:
+            gate.append(asyncio.Event())
+            await gate[0].wait()  # blocks forever in the first loop
+        got.append(event.turn_id)
+
+    listeners = ListenerSet([listener])
+    first = asyncio.new_event_loop()
+
+    async def publish_one(turn_id: str) -> None:
+        listeners.publish(TurnStarted("s", turn_id, "user"))
+        await asyncio.sleep(0)
+
+    first.run_until_complete(publish_one("1"))
+    first.close()  # closed with the worker still blocked (never cancelled)
+
+    async def second() -> bool:
+        await publish_one("2")
+        return await listeners.drain(5)
+
+    assert asyncio.run(second())
+    assert "2" in got
+
+
+def test_publishing_outside_a_loop_drops_async_work() -> None:
+    async def listener(event: Event) -> None:
+        raise AssertionError("never run")  # pragma: no cover
+
+    listeners = ListenerSet([listener])
+    listeners.publish(TurnStarted("s", "t", "user"))
+    assert listeners.dropped == 1
+    assert listeners.pending == 0
