@@ -31,10 +31,14 @@ _SHOWN = (
 def format_span(span: ReadableSpan) -> str:
     """One line per span: indented name, duration and the notable attributes."""
     start, end = span.start_time or 0, span.end_time or 0
-    depth = (
-        0 if span.parent is None else 1 if span.name.startswith(("chat", "execute", "prom")) else 2
-    )
     attributes = span.attributes or {}
+    # Indented by role: the turn, its operations, an operation's HTTP attempts.
+    if attributes.get("gen_ai.operation.name") == "invoke_agent":
+        depth = 0
+    elif "http.request.method" in attributes:
+        depth = 2
+    else:
+        depth = 1
     shown = " ".join(
         f"{key.rsplit('.', 1)[-1] if key.startswith('gen_ai.usage') else key}="
         f"{_short(attributes[key])}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 
 import httpx
 import pytest
@@ -482,3 +483,38 @@ async def test_the_benchmark_variants_run() -> None:
 
     for variant in ("none", "otel", "logging"):
         assert await _turns(3, 2, "stream", variant) > 0
+
+
+async def test_console_tracing_prints_the_tree(
+    router: respx.MockRouter, openai: OpenAIProvider
+) -> None:
+    import io
+
+    from promptkit_async.telemetry import OpenTelemetryListener, console_tracing
+
+    router.post(CHAT_URL).mock(
+        side_effect=[httpx.Response(429, json={}), httpx.Response(200, json=completion())]
+    )
+    out = io.StringIO()
+    provider = console_tracing(out)
+    pipe = Pipeline(
+        StateMiddleware(InMemoryStateStore()),
+        ProviderMiddleware(openai, config=NOT_STREAMED),
+        listeners=[OpenTelemetryListener(tracer_provider=provider, metrics=False)],
+    )
+    await pipe.execute("s", "user", "Hi")
+    provider.shutdown()
+    lines = out.getvalue().splitlines()
+    names = [re.match(r"\[trace\] +\S+(?: \S+)?", line) for line in lines]
+    assert [m.group(0) if m else line for m, line in zip(names, lines, strict=True)] == [
+        "[trace]   promptkit.store.load",
+        "[trace]     POST",
+        "[trace]     POST",
+        "[trace]   chat gpt-4o-mini",
+        "[trace]   promptkit.store.append",
+        "[trace] invoke_agent promptkit",
+    ]
+    assert "http.response.status_code=429" in lines[1]
+    assert "error.type=RateLimitError" in lines[1]
+    assert "http.request.resend_count=1" in lines[2]
+    assert "promptkit.attempts=2" in lines[3]
