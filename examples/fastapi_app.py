@@ -23,6 +23,14 @@ Endpoints:
   If the client disconnects mid-reply, the turn is cancelled and nothing of it is stored.
 * ``GET /sessions/{id}/messages`` returns the stored history.
 * ``DELETE /sessions/{id}`` forgets the session.
+* ``GET /metrics`` serves the turn metrics (tokens, durations, time to first chunk, cost,
+  retries, turns in flight, store latency) for Prometheus, when the ``otel`` extra,
+  ``opentelemetry-sdk`` and ``opentelemetry-exporter-prometheus`` are installed.
+
+With OpenTelemetry installed every turn is also traced (one span per turn, children for
+model calls, tools and the store) through the global tracer provider: run the app under
+``opentelemetry-instrument`` (or configure the SDK yourself) and a request's span becomes
+the parent of its turn's spans. See docs/how-to/observability.md.
 
 The provider is OpenAI when ``OPENAI_API_KEY`` is set, else the offline demo model. The
 store is PostgreSQL when ``DATABASE_URL`` is set (``pip install -e ".[postgres]"``; the
@@ -41,7 +49,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from promptkit_async import (
@@ -60,6 +68,7 @@ from promptkit_async import (
     StoreError,
     StoreUnavailableError,
 )
+from promptkit_async.events import Listener
 
 
 class MessageIn(BaseModel):
@@ -154,6 +163,24 @@ async def default_store() -> StateStore:
     return InMemoryStateStore()
 
 
+def telemetry(stack: AsyncExitStack) -> list[Listener]:
+    """Listeners for the pipeline: OpenTelemetry spans and metrics, with the metrics
+    exported for Prometheus (``/metrics``); none when OpenTelemetry is not installed."""
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        from promptkit_async.telemetry import OpenTelemetryListener
+    except ImportError:
+        return []
+    # The reader registers with prometheus_client's default registry, which /metrics
+    # serves; shutting the meter provider down unregisters it.
+    meter_provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
+    stack.callback(meter_provider.shutdown)
+    # Spans go to the global tracer provider (a no-op until the application sets one).
+    return [OpenTelemetryListener(meter_provider=meter_provider)]
+
+
 def sse(event: str, data: Any) -> str:
     """One server-sent event."""
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
@@ -178,6 +205,7 @@ def create_app(provider: Provider | None = None, store: StateStore | None = None
             pipeline = Pipeline(
                 StateMiddleware(history),
                 ProviderMiddleware(model, config=ProviderMiddlewareConfig(max_tokens=1024)),
+                listeners=telemetry(stack),
             )
             # Runs first on the way out: finish in-flight turns before closing anything.
             stack.push_async_callback(pipeline.shutdown)
@@ -244,6 +272,14 @@ def create_app(provider: Provider | None = None, store: StateStore | None = None
         """The session's stored messages, oldest first."""
         messages = await request.app.state.store.load(session_id)
         return [HistoryMessage(role=m.role, content=m.content) for m in messages]
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        try:
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        except ImportError:
+            return JSONResponse({"error": "install opentelemetry-exporter-prometheus"}, 404)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.delete("/sessions/{session_id}")
     async def delete_session(session_id: str, request: Request) -> dict[str, bool]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .types import Cost, ExecutionResult, Message, ProviderResponse, StreamChunk, TraceEvent, Usage
 
 if TYPE_CHECKING:
+    from .events import _Turn
     from .statestore.base import StateStore
 
 __all__ = ["ExecutionContext", "Middleware", "Next"]
@@ -45,6 +46,8 @@ class ExecutionContext:
         store: the session's store, set by ``StateMiddleware`` (``None`` without one), so
             later middleware can keep per-session data (``get_metadata``/``merge_metadata``).
         result: the turn's :class:`~promptkit_async.types.ExecutionResult`, once it ended.
+        events: the turn's event publisher when its pipeline has listeners, else
+            ``None`` (see :mod:`promptkit_async.events`; middleware leave it alone).
 
     A context belongs to one turn; it is not shared between turns.
     """
@@ -53,6 +56,7 @@ class ExecutionContext:
         "_opened",
         "cost",
         "estimated_prompt_tokens",
+        "events",
         "input",
         "messages",
         "metadata",
@@ -81,6 +85,7 @@ class ExecutionContext:
         self.estimated_prompt_tokens: int | None = None
         self.store: StateStore | None = None
         self.result: ExecutionResult | None = None
+        self.events: _Turn | None = None
         self.started = time.perf_counter()
         # The layers' chunk iterators of this turn, outermost first: the pipeline closes
         # them (innermost first) when the turn ends, however it ends.

@@ -4,7 +4,8 @@ The layers (see docs/architecture.md), bottom first:
 
 * the root modules (``types``, ``errors``, ``_context``, ``_concurrency``, ...): shared by
   everyone, importing no package at run time;
-* ``statestore``, ``providers``, ``tools``: independent of each other;
+* ``statestore``, ``providers``, ``tools``, ``telemetry`` (listeners turning the root
+  ``events`` into spans, metrics and logs): independent of each other;
 * ``prompt`` (token counting, trimming, summaries through a provider);
 * ``pipeline`` (the onion and its middleware), which composes all of the above;
 * ``cli``, the chatbot on top.
@@ -29,9 +30,10 @@ ALLOWED: dict[str, set[str]] = {
     "statestore": set(),
     "providers": set(),
     "tools": set(),
+    "telemetry": set(),
     "prompt": {"providers"},
     "pipeline": {"prompt", "providers", "statestore", "tools"},
-    "cli": {"pipeline", "prompt", "providers", "statestore", "tools"},
+    "cli": {"pipeline", "prompt", "providers", "statestore", "telemetry", "tools"},
 }
 
 

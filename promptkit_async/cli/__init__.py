@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack
 from typing import TextIO
 
 from ..errors import InvalidRequestError, PromptKitError
+from ..events import Listener
 from ..pipeline import Middleware, Pipeline
 from ..pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
 from ..tools import ToolPolicy, ToolRegistry
@@ -66,6 +67,22 @@ def _context_window(
             raise UsageError(f"--max-context-tokens {max_tokens}: {exc}") from exc
         return None  # a model with no known window and no budget given: send everything
     return layer
+
+
+def _tracing(stack: AsyncExitStack) -> Listener:
+    """An OpenTelemetry listener printing spans to stderr (``--trace``).
+
+    Raises:
+        UsageError: OpenTelemetry's SDK is not installed.
+    """
+    try:
+        from ..telemetry import OpenTelemetryListener, console_tracing
+
+        provider = console_tracing(sys.stderr)
+    except ImportError as exc:
+        raise UsageError(f"--trace: {exc}") from None
+    stack.callback(provider.shutdown)
+    return OpenTelemetryListener(tracer_provider=provider, metrics=False)
 
 
 async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO) -> int:
@@ -127,7 +144,14 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
         chat = Chat(None, store, persona, session_id, stdout=out, tools=tools)
         policy = ToolPolicy(require_approval={"*"}, approve=chat.show_tool_call)
         layers.append(ProviderMiddleware(provider, tools, policy, config=config))
-        pipeline = Pipeline(*layers)
+        listeners: list[Listener] = []
+        if args.trace:
+            try:
+                listeners.append(_tracing(stack))
+            except UsageError as exc:
+                print(f"promptkit-chat: error: {exc}", file=sys.stderr)
+                return 2
+        pipeline = Pipeline(*layers, listeners=listeners)
         chat.pipeline = pipeline
         stack.push_async_callback(pipeline.shutdown)
 

@@ -180,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="offer the tools of the MCP server at this URL: Streamable HTTP, or the older "
         "SSE transport for a URL ending in /sse (repeatable)",
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="print each turn's OpenTelemetry spans (model calls, tools, store) to stderr; "
+        "needs opentelemetry-sdk (pip install 'promptkit-async[otel]' opentelemetry-sdk)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Pacing of the demo model's stream; tests slow it down to interrupt a reply midway.
     parser.add_argument(

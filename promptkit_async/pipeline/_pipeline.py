@@ -10,6 +10,7 @@ from typing import Any
 
 from typing_extensions import Self
 
+from .. import events
 from .._context import ExecutionContext, Middleware, Next
 from .._lifecycle import AsyncResource
 from .._validation import check_input, check_session_id
@@ -21,6 +22,7 @@ from ..errors import (
     PipelineTimeoutError,
     StreamBusyError,
 )
+from ..events import Listener, ListenerSet
 from ..types import ExecutionResult, Message, MessageContent, StreamChunk
 
 __all__ = ["Pipeline", "ResultStream", "build_onion"]
@@ -57,6 +59,16 @@ def _link(middleware: Middleware, following: Next) -> Next:
     return call
 
 
+async def _close_layers(ctx: ExecutionContext) -> None:
+    """Close every layer the turn opened, innermost first, however the turn ended (done,
+    failed, closed early), so each one's clean-up has run before the turn is over."""
+    opened = ctx._opened
+    while opened:
+        aclose = getattr(opened.pop(), "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 def build_onion(middleware: Sequence[Middleware]) -> Next:
     """Compose ``middleware`` so the first one is the outermost layer."""
     handler: Next = _terminal
@@ -76,6 +88,8 @@ class Pipeline(AsyncResource):
         max_concurrency: at most this many turns run at once (others wait their turn);
             ``None`` for no cap.
         shutdown_timeout: default seconds :meth:`aclose` waits for in-flight turns.
+        listeners: receive each turn's events (see :mod:`promptkit_async.events`); more
+            can be added later through :attr:`listeners`.
 
     The onion is composed once, here. A pipeline is safe to share between any number of
     tasks (one per web request, say): turns on different sessions run concurrently, and
@@ -97,6 +111,7 @@ class Pipeline(AsyncResource):
         *middleware: Middleware,
         max_concurrency: int | None = None,
         shutdown_timeout: float = 30.0,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be at least 1, or None")
@@ -107,6 +122,8 @@ class Pipeline(AsyncResource):
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
         self._closing = False
+        #: Who receives this pipeline's turn events (``add``/``remove`` listeners here).
+        self.listeners = ListenerSet(listeners)
 
     def __repr__(self) -> str:
         names = ", ".join(type(m).__name__ for m in self.middleware)
@@ -136,6 +153,7 @@ class Pipeline(AsyncResource):
         if self._closing:
             raise PipelineClosedError("the pipeline is closed; create a new one for new turns")
         self._in_flight += 1
+        events.turn_started(ctx, self.listeners)
         try:
             if self._limit is None:
                 async for chunk in self._handler(ctx):
@@ -144,21 +162,23 @@ class Pipeline(AsyncResource):
                 async with self._limit:
                     async for chunk in self._handler(ctx):
                         yield chunk
+        except BaseException as exc:  # failed, cancelled, or closed early (GeneratorExit)
+            await _close_layers(ctx)  # their clean-up (and its events) comes first
+            events.turn_failed(ctx, exc)
+            raise
         finally:
-            # However the turn ended (done, failed, closed early), close every layer,
-            # innermost first, so each one's clean-up has run before we return.
-            for chunks in reversed(ctx._opened):
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            await _close_layers(ctx)
             self._in_flight -= 1
             if self._in_flight == 0 and self._idle is not None:
                 self._idle.set()
         response = ctx.response
         if response is None:
-            raise PipelineError(
+            error = PipelineError(
                 "no middleware produced a response; add ProviderMiddleware as the last layer"
             )
+            events.turn_failed(ctx, error)
+            raise error
+        events.turn_completed(ctx)
         result = ctx.result = ExecutionResult(
             session_id=ctx.session_id,
             response=response,
@@ -236,10 +256,13 @@ class Pipeline(AsyncResource):
             PipelineTimeoutError: if turns are still running after ``timeout``; they keep
                 running, and calling ``aclose`` again waits again.
 
+        Async event listeners' backlog is drained too (for at most ``timeout``).
+
         Safe to call more than once.
         """
         self._closing = True
         if self._in_flight == 0:
+            await self.listeners.drain(self.shutdown_timeout if timeout is None else timeout)
             return
         if self._idle is None or self._idle.is_set():
             self._idle = asyncio.Event()
@@ -251,6 +274,7 @@ class Pipeline(AsyncResource):
                 f"{self._in_flight} turn(s) still running after {wait}s; "
                 "call aclose() again to keep waiting"
             ) from None
+        await self.listeners.drain(wait)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """The tutorial's name for :meth:`aclose` (the same thing)."""

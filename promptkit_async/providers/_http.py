@@ -89,6 +89,7 @@ import aiohttp
 import httpx
 from typing_extensions import TypedDict
 
+from .. import events
 from .._version import __version__
 from ..errors import (
     APIConnectionError,
@@ -1088,6 +1089,7 @@ class HTTPProvider(BaseProvider):
         while True:
             retry_after: float | None = None
             status: int | None = None
+            events.request_sent(call.retries + 1)
             try:
                 response, content = await self._attempt(call, read_body)
                 if response.status < 300:
@@ -1136,6 +1138,7 @@ class HTTPProvider(BaseProvider):
             "error": error.message,
         }
         call.trace += (TraceEvent("retry", detail),)
+        events.provider_retried(detail, error)
         logger.info(
             "%s: %s; retry %d/%d in %.3fs%s",
             self.id,

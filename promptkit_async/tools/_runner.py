@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from .. import events
 from .._context import ExecutionContext
 from ..types import Message, ToolCall
 from ._registry import AnyTool, ToolPolicy, ToolRegistry
@@ -216,17 +217,15 @@ async def _run_call(
     ctx: ExecutionContext,
     refused: tuple[str, str] | None = None,
 ) -> _Result:
+    events.tool_started(ctx, call)
     started = time.perf_counter()
     if refused is not None:
         status, text = refused
     else:
         status, text = await _outcome(registry, call, policy, ctx)
-    record = {
-        "id": call.id,
-        "name": call.name,
-        "status": status,
-        "seconds": time.perf_counter() - started,
-    }
+    seconds = time.perf_counter() - started
+    record = {"id": call.id, "name": call.name, "status": status, "seconds": seconds}
+    events.tool_finished(ctx, call, status, seconds, text)
     return Message("tool", text, tool_call_id=call.id, name=call.name), record
 
 

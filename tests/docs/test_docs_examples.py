@@ -39,6 +39,12 @@ EXPECTED_OUTPUT = {
         "needs the user's approval",
         "MCPServerHTTP(name='docs', url='https://mcp.example.com/mcp')",
     ],
+    "docs/how-to/observability.md": [
+        "model call: 17 tokens",
+        "chat gpt-4o-mini 9\n",
+        "invoke_agent promptkit 9\nPOST /chat",
+        "key [REDACTED] never shows",
+    ],
 }
 
 

@@ -245,3 +245,40 @@ async def test_client_disconnect_mid_stream_cancels_the_turn() -> None:
     assert b'"delta":"Hello "' in bodies
     assert b"done" not in bodies
     assert await store.load("gone") == []
+
+
+async def test_metrics_endpoint_serves_prometheus_text(
+    served: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    _, client = served
+    await client.post("/sessions/m1/messages", json={"content": "My name is Max"})
+    async with client.stream(
+        "POST", "/sessions/m1/messages/stream", json={"content": "What is my name?"}
+    ) as r:
+        await r.aread()
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in r.text.splitlines():
+        if line.startswith(("gen_ai_", "promptkit_")):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+
+    def value(prefix: str, *labels: str) -> float:
+        [found] = [v for k, v in samples.items() if k.startswith(prefix + "{") and all(
+            label in k for label in labels
+        )]  # fmt: skip
+        return found
+
+    # The two turns, by the names the docs' Grafana dashboard queries.
+    assert value("gen_ai_client_operation_duration_seconds_count") == 2
+    assert value("gen_ai_client_operation_time_to_first_chunk_seconds_count") == 2
+    assert value("gen_ai_client_token_usage_count", 'gen_ai_token_type="input"') == 2
+    assert value("gen_ai_client_token_usage_sum", 'gen_ai_token_type="output"') > 0
+    assert value("promptkit_client_cost_total") > 0
+    assert value("promptkit_turns_active") == 0
+    assert value("promptkit_turn_duration_seconds_count", 'outcome="completed"') == 2
+    assert value("promptkit_store_operation_duration_seconds_count", 'operation="append"') == 2
+    assert 'gen_ai_provider_name="demo"' in r.text
+    assert "m1" not in r.text  # no session ids in metrics

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import anyio
 
+from ... import events
 from ..._concurrency import finish_shielded
 from ..._context import ExecutionContext, Next
 from ...errors import InvalidRequestError, PipelineError, TokenBudgetExceededError
@@ -350,6 +351,7 @@ class ContextWindowMiddleware:
         if situation.note is not None:
             detail["note"] = situation.note
         ctx.trace.append(TraceEvent("context_window", detail))
+        events.window_applied(ctx, detail)
         ctx.metadata["context_window"] = detail
 
         async for chunk in next(ctx):
@@ -388,6 +390,7 @@ class ContextWindowMiddleware:
                     "ContextWindowMiddleware(load_history=True) found a history already "
                     "loaded; pass StateMiddleware(store, load_history=False)"
                 )
+            since = events.clock(ctx)
             total = await store.count(session_id)
             record = _Record.parse(
                 (await store.get_metadata(session_id)).get(RECORD_KEY), session_id
@@ -408,6 +411,7 @@ class ContextWindowMiddleware:
                 # The history was rewritten under the record: start over, once.
                 record = _Record()
                 region = await store.load(session_id)
+            events.history_loaded(ctx, len(region), since)
             return _Situation(region, new, record.through, record, store)
 
         messages = ctx.messages

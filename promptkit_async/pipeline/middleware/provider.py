@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ... import events
 from ..._context import ExecutionContext, Next
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import Provider, ProviderRequest
@@ -60,11 +61,11 @@ class ProviderMiddlewareConfig:
 class ProviderMiddleware:
     """Calls the model with the turn's messages, runs its tool calls, and records its answer.
 
-    Put it last. It sends ``ctx.messages`` with the config's settings, forwards streamed
-    chunks (text and tool-call fragments) to ``ctx.emit`` (fragments are also assembled,
-    for a provider whose final response leaves its calls out), sets ``ctx.response``, adds
-    each call's usage and cost to ``ctx.usage`` / ``ctx.cost``, appends its messages to
-    ``ctx.new_messages`` and calls ``next``. Provider errors propagate unchanged (the turn
+    Put it last. It sends ``ctx.messages`` with the config's settings, yields the streamed
+    chunks (text and tool-call fragments; fragments are also assembled, for a provider
+    whose final response leaves its calls out), sets ``ctx.response``, adds each call's
+    usage and cost to ``ctx.usage`` / ``ctx.cost``, appends its messages to
+    ``ctx.new_messages`` and iterates ``next``. Provider errors propagate unchanged (the turn
     is then not stored).
 
     With tools, one turn is a loop. Each request carries the tools' definitions (minus
@@ -168,36 +169,46 @@ class ProviderMiddleware:
         loop = _ToolLoop(self, ctx, tools) if tools is not None else None
         request = self._request(ctx.messages) if loop is None else loop.request()
         while True:
-            if not self.config.stream:
-                response = await self.provider.complete(request)
-            else:
-                final: ProviderResponse | None = None
-                assembler: ToolCallAssembler | None = None
-                chunks = self.provider.stream(request)
-                try:
-                    async for chunk in chunks:
-                        if chunk.response is not None:
-                            final = chunk.response
-                            continue
-                        if chunk.tool_call_deltas and tools is not None:
-                            if assembler is None:
-                                assembler = ToolCallAssembler()
-                            assembler.add(chunk.tool_call_deltas)
-                        yield chunk
-                finally:
-                    # Closes the HTTP response at once when we stop early.
-                    aclose = getattr(chunks, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                if final is None:
-                    raise IncompleteStreamError(
-                        "the provider's stream ended without a final response",
-                        provider=self.provider.id,
-                    )
-                if assembler and not final.tool_calls:
-                    # The provider streamed calls but left them out of its final response.
-                    final = replace(final, tool_calls=assembler.calls())
-                response = final
+            observed = events.call_started(ctx, self.provider, request, self.config.stream)
+            try:
+                if not self.config.stream:
+                    response = await self.provider.complete(request)
+                else:
+                    final: ProviderResponse | None = None
+                    assembler: ToolCallAssembler | None = None
+                    chunks = self.provider.stream(request)
+                    try:
+                        async for chunk in chunks:
+                            if chunk.response is not None:
+                                final = chunk.response
+                                continue
+                            if observed is not None:
+                                events.call_first_chunk(observed)
+                            if chunk.tool_call_deltas and tools is not None:
+                                if assembler is None:
+                                    assembler = ToolCallAssembler()
+                                assembler.add(chunk.tool_call_deltas)
+                            yield chunk
+                    finally:
+                        # Closes the HTTP response at once when we stop early.
+                        aclose = getattr(chunks, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
+                    if final is None:
+                        raise IncompleteStreamError(
+                            "the provider's stream ended without a final response",
+                            provider=self.provider.id,
+                        )
+                    if assembler and not final.tool_calls:
+                        # The provider streamed calls but left them out of its final response.
+                        final = replace(final, tool_calls=assembler.calls())
+                    response = final
+            except BaseException as exc:
+                if observed is not None:
+                    events.call_finished(observed, None, exc)
+                raise
+            if observed is not None:
+                events.call_finished(observed, response, None)
             self._account(ctx, response)
             if loop is None:
                 break

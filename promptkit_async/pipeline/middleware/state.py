@@ -6,6 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 
+from ... import events
 from ..._concurrency import finish_sent_writes
 from ..._context import ExecutionContext, Next
 from ...errors import ConfigurationError
@@ -78,7 +79,9 @@ class StateMiddleware:
         ctx.store = self.store
         try:
             if self.load_history:
+                since = events.clock(ctx)
                 history = await self.store.load(session_id, self.max_history_messages)
+                events.history_loaded(ctx, len(history), since)
                 if history:
                     ctx.messages[:0] = history
             async for chunk in next(ctx):
@@ -87,8 +90,10 @@ class StateMiddleware:
                 # A save that has begun lands before a cancellation is re-raised, so the
                 # session stays ours until it has (our stores' batchers do it cheaply;
                 # see StateStore.append for a store of your own).
+                since = events.clock(ctx)
                 with finish_sent_writes():
                     await self.store.append(session_id, ctx.new_messages)
+                events.turn_stored(ctx, since)
         finally:
             self._pass_turn(session_id)
 
