@@ -148,7 +148,23 @@ class StreamIdleTimeoutError(APITimeoutError):
 
 
 class APIResponseError(ProviderError):
-    """The provider answered 2xx but the body could not be understood."""
+    """The provider answered 2xx but the body could not be understood.
+
+    Attributes:
+        body: the offending payload (a decoded event or body, API keys redacted), when
+            it was valid JSON of the wrong shape; ``None`` otherwise.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        request_id: str | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message, provider=provider, request_id=request_id)
+        self.body = body
 
 
 class IncompleteStreamError(APIResponseError):

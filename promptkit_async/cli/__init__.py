@@ -22,6 +22,7 @@ from typing import TextIO
 from ..errors import InvalidRequestError, PromptKitError
 from ..pipeline import Middleware, Pipeline
 from ..pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
+from ..providers import GenerationConfig
 from ._chat import PERSONA_KEY, Chat, Persona
 from ._config import (
     KEY_VARIABLES,
@@ -111,7 +112,7 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
             return 2
         if window is not None:
             layers.append(window)
-        config = ProviderMiddlewareConfig(max_tokens=args.max_tokens)
+        config = ProviderMiddlewareConfig(GenerationConfig(max_tokens=args.max_tokens))
         layers.append(ProviderMiddleware(provider, config=config))
         pipeline = Pipeline(*layers)
         stack.push_async_callback(pipeline.shutdown)

@@ -96,11 +96,12 @@ from ..errors import (
     StreamIdleTimeoutError,
     UnprocessableEntityError,
 )
+from ..pricing import ModelPricing
 from ..types import TraceEvent
 from ._retry import RetryPolicy, parse_retry_after, should_retry_status
 from ._sse import MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
 from ._transport import AiohttpTransport, RawResponse
-from .base import BaseProvider, ProviderDefaults
+from .base import BaseProvider, GenerationConfig
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -418,11 +419,12 @@ class HTTPProvider(BaseProvider):
     """Base class of providers that speak HTTP; see the module docstring.
 
     Args:
-        id: a short name for logs and errors.
+        name: the provider's label for logs and errors.
         model: the model to call.
         api_key: the API key; ``None`` reads the environment variable ``api_key_env``.
             Never shown in ``repr``, logs or errors.
-        defaults: request defaults and pricing.
+        generation: defaults for every request's unset generation settings.
+        pricing: overrides the built-in price of ``model``.
         include_raw_output: put the provider's raw payload(s) in ``response.raw``.
         base_url: the API root; ``None`` reads ``base_url_env`` (unless ``api_key_env``
             was given, as presets do), else the vendor's default.
@@ -455,12 +457,13 @@ class HTTPProvider(BaseProvider):
 
     def __init__(
         self,
-        id: str,
+        name: str,
         model: str,
-        api_key: str | None = None,
-        defaults: ProviderDefaults | None = None,
-        include_raw_output: bool = False,
         *,
+        api_key: str | None = None,
+        generation: GenerationConfig | None = None,
+        pricing: ModelPricing | None = None,
+        include_raw_output: bool = False,
         base_url: str | None = None,
         http_client: httpx.AsyncClient | None = None,
         timeout: float | httpx.Timeout | None = None,
@@ -471,7 +474,7 @@ class HTTPProvider(BaseProvider):
         default_headers: Mapping[str, str] | None = None,
         api_key_env: str | None = None,
     ) -> None:
-        super().__init__(id, model, defaults)
+        super().__init__(name, model, generation=generation, pricing=pricing)
         if not model or not isinstance(model, str):
             raise InvalidRequestError("model must be a non-empty string, e.g. 'gpt-4o-mini'")
         if max_retries < 0:
@@ -538,7 +541,7 @@ class HTTPProvider(BaseProvider):
     def __repr__(self) -> str:
         # Identity only: never the key (nor headers that carry it).
         return (
-            f"{type(self).__name__}(id={self.id!r}, model={self.model!r}, "
+            f"{type(self).__name__}(name={self.id!r}, model={self.model!r}, "
             f"base_url={redact(self.base_url, self._api_key)!r})"
         )
 

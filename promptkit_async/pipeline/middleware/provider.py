@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..._context import ExecutionContext, Next
 from ...errors import IncompleteStreamError, ToolError
-from ...providers.base import Provider, ProviderRequest
+from ...providers.base import (
+    GenerationConfig,
+    Provider,
+    ProviderRequest,
+    legacy_generation,
+    legacy_generation_field,
+)
 from ...tools._assemble import ToolCallAssembler
 from ...tools._registry import ToolLike, ToolPolicy, ToolRegistry, as_registry
 from ...tools._runner import run_tool_calls
@@ -22,26 +28,40 @@ _NOT_FORCING = frozenset(("auto", "none"))  # tool choices that do not force a c
 _KEYWORDS = frozenset(("auto", "none", "required"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ProviderMiddlewareConfig:
-    """Per-pipeline request settings; ``None`` falls back to the provider's defaults.
+    """Per-pipeline request settings.
 
     Attributes:
-        max_tokens: cap on the reply's tokens.
-        temperature / top_p / stop / seed: sampling controls.
+        generation: the generation settings of every request (``max_tokens``,
+            ``temperature``, ``top_p``, ``stop``, ``seed``, ``extra_body``); fields left
+            ``None`` fall back to the provider's ``generation`` defaults.
         stream: use the provider's streaming API (default). With ``False`` each call is a
             single non-streamed request, and ``Pipeline.stream`` yields only its final
             chunk.
-        extra_body: provider-specific request fields, merged into the body as-is.
+
+    The keywords ``max_tokens=``, ``temperature=``, ``top_p=``, ``stop=``, ``seed=`` and
+    ``extra_body=`` (and the attributes of those names) are deprecated: they go into
+    ``generation``.
     """
 
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] | None = None
-    seed: int | None = None
-    stream: bool = True
-    extra_body: Mapping[str, Any] | None = None
+    generation: GenerationConfig
+    stream: bool
+
+    def __init__(
+        self, generation: GenerationConfig | None = None, stream: bool = True, **legacy: Any
+    ) -> None:
+        if legacy:
+            generation = legacy_generation("ProviderMiddlewareConfig", legacy, generation)
+        object.__setattr__(self, "generation", generation or GenerationConfig())
+        object.__setattr__(self, "stream", stream)
+
+    max_tokens = legacy_generation_field("ProviderMiddlewareConfig", "max_tokens")
+    temperature = legacy_generation_field("ProviderMiddlewareConfig", "temperature")
+    top_p = legacy_generation_field("ProviderMiddlewareConfig", "top_p")
+    stop = legacy_generation_field("ProviderMiddlewareConfig", "stop")
+    seed = legacy_generation_field("ProviderMiddlewareConfig", "seed")
+    extra_body = legacy_generation_field("ProviderMiddlewareConfig", "extra_body")
 
 
 class ProviderMiddleware:
@@ -132,18 +152,7 @@ class ProviderMiddleware:
         tools: Sequence[ToolDefinition] = (),
         tool_choice: str | None = None,
     ) -> ProviderRequest:
-        c = self.config
-        return ProviderRequest(
-            messages=messages,
-            max_tokens=c.max_tokens,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            stop=c.stop,
-            seed=c.seed,
-            tools=tools,
-            tool_choice=tool_choice,
-            extra_body=c.extra_body,
-        )
+        return ProviderRequest(messages, tools, tool_choice, self.config.generation)
 
     async def _call(self, ctx: ExecutionContext, request: ProviderRequest) -> ProviderResponse:
         if not self.config.stream:
