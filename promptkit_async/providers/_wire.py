@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -31,63 +31,39 @@ import httpx
 from typing_extensions import Unpack
 
 from ..errors import APIResponseError, IncompleteStreamError
-from ..pricing import ModelPricing
 from ..tools import ToolCallAssembler
-from ..types import Message, ProviderResponse, StreamChunk, ToolCall, ToolCallDelta, Usage
+from ..types import (
+    Message,
+    ProviderResponse,
+    StreamChunk,
+    ToolCall,
+    ToolCallDelta,
+    ToolDefinition,
+    Usage,
+)
 from ._http import HTTPOptions, HTTPProvider, SSEStream, json_loads, redact
-from .base import GenerationConfig, ProviderDefaults, ProviderRequest, resolve_name
+from ._shape import SHAPE_ERRORS, ShapeError, optional_str
+from .base import GenerationConfig, ProviderIdentity, ProviderRequest, resolve_name
 
 __all__ = [
     "ProviderOptions",
-    "ShapeError",
     "WireProvider",
     "WireReader",
     "arguments_object",
+    "conversation_turns",
+    "declaration",
     "estimate_usage",
     "json_text",
-    "optional_str",
-    "token_count",
+    "wire_settings",
 ]
 
 
-class ProviderOptions(HTTPOptions, total=False):
+class ProviderOptions(HTTPOptions, ProviderIdentity, total=False):
     """The keyword options of every wire-format provider (see :class:`WireProvider`)."""
 
     model: str
-    name: str
     api_key: str | None
-    generation: GenerationConfig | None
-    pricing: ModelPricing | None
     include_raw_output: bool
-    defaults: ProviderDefaults | None  # deprecated
-    id: str  # deprecated
-
-
-class ShapeError(Exception):
-    """A payload of the wrong shape (internal: becomes ``APIResponseError``)."""
-
-
-# What a wrong-shaped payload can make plain Python raise while it is read; all of them
-# become APIResponseError at the two places payloads are read (ValueError covers the
-# InvalidRequestError of a Usage with nonsense counts).
-_SHAPE_ERRORS = (ShapeError, TypeError, AttributeError, KeyError, IndexError, ValueError)
-
-
-def optional_str(value: Any, what: str) -> str | None:
-    """``value`` if it is a string or ``None``; else :class:`ShapeError` naming ``what``."""
-    if value is None or type(value) is str:
-        return value
-    raise ShapeError(f"{what} is {type(value).__name__}, not a string")
-
-
-def token_count(data: Mapping[str, Any], key: str) -> int:
-    """The token count ``data[key]`` (absent or null: 0); anything but an int is wrong."""
-    value = data.get(key)
-    if value is None:
-        return 0
-    if type(value) is not int:
-        raise ShapeError(f"usage {key} is {type(value).__name__} {value!r}, not an int")
-    return value
 
 
 def estimate_usage(messages: Sequence[Message], completion: str) -> Usage:
@@ -107,6 +83,71 @@ def arguments_object(arguments: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+#: One turn of a request: the format's role name and its parts (blocks, parts...).
+Turn = tuple[str, list[dict[str, Any]]]
+
+
+def conversation_turns(
+    messages: Sequence[Message],
+    convert: Callable[[Message], Turn],
+    is_result: Callable[[dict[str, Any]], bool],
+    user: str = "user",
+) -> tuple[str, list[Turn]]:
+    """The system text and the alternating turns for formats that need them (Anthropic,
+    Gemini): system messages joined with a blank line; each other message ``convert``-ed
+    to (role, parts), an empty one skipped; consecutive parts of one role merged into one
+    turn, with tool results (``is_result``) first in ``user`` turns (they answer the
+    previous turn's calls), each group in its order.
+    """
+    system: list[str] = []
+    turns: list[Turn] = []
+    for message in messages:
+        if message.role == "system":
+            if message.content:
+                system.append(message.content)
+            continue
+        role, parts = convert(message)
+        if not parts:
+            continue  # an empty message: nothing the API would accept
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(parts)
+        else:
+            turns.append((role, list(parts)))
+    for role, parts in turns:
+        if role == user and len(parts) > 1:
+            results = [p for p in parts if is_result(p)]
+            if results and len(results) < len(parts):
+                parts[:] = results + [p for p in parts if not is_result(p)]
+    return "\n\n".join(system), turns
+
+
+def wire_settings(settings: GenerationConfig, keys: Mapping[str, str]) -> dict[str, Any]:
+    """The generation settings that are set, under their wire names.
+
+    ``keys`` maps a :class:`GenerationConfig` field (``max_tokens``, ``temperature``,
+    ``top_p``, ``stop``, ``seed``) to the format's name for it; fields it leaves out are
+    not sent. ``stop`` goes out as a list, and only when not empty.
+    """
+    out: dict[str, Any] = {}
+    for field, key in keys.items():
+        value = getattr(settings, field)
+        if value is not None:
+            if field == "stop":
+                if not value:
+                    continue
+                value = list(value)
+            out[key] = value
+    return out
+
+
+def declaration(tool: ToolDefinition, schema_key: str) -> dict[str, Any]:
+    """A tool's name, description (if any) and JSON schema under ``schema_key``."""
+    out: dict[str, Any] = {"name": tool.name, schema_key: dict(tool.parameters)}
+    if tool.description:
+        out["description"] = tool.description
+    return out
 
 
 def json_text(value: Any) -> str:
@@ -154,11 +195,8 @@ class WireReader:
         events: SSEStream | None = None,
         request_id: str | None = None,
     ) -> None:
-        self.provider = provider
-        self._request_id = request_id
-        self.request = request
-        self.started = started
-        self.events = events
+        self.provider, self.request, self.started = provider, request, started
+        self.events, self._request_id = events, request_id
         self.parts: list[str] = []
         self.calls: ToolCallAssembler | None = None
         self.finish: str | None = None
@@ -176,6 +214,12 @@ class WireReader:
     def parse(self, payload: dict[str, Any]) -> None:
         """Read a whole non-streamed answer."""
         raise NotImplementedError
+
+    def note_ids(self, payload: Mapping[str, Any], id_key: str, model_key: str) -> None:
+        """Take the response id and model from the first payload that has them."""
+        if self.response_id is None:
+            self.response_id = optional_str(payload.get(id_key), id_key)
+            self.model = optional_str(payload.get(model_key), model_key)
 
     def request_id(self) -> str | None:
         """The call's request id (for errors)."""
@@ -304,7 +348,7 @@ class WireProvider(HTTPProvider):
                 api_key = os.environ.get(env) or None
                 if api_key:
                     break
-        super().__init__(name, model, api_key=api_key, **options)  # type: ignore[misc]
+        super().__init__(name, model, api_key=api_key, **options)  # type: ignore[misc, arg-type]
 
     @classmethod
     def _identity(
@@ -398,7 +442,7 @@ class WireProvider(HTTPProvider):
             return reader.response(
                 request_id, call.trace, payload if self.include_raw_output else None
             )
-        except _SHAPE_ERRORS as exc:
+        except SHAPE_ERRORS as exc:
             raise self._shape_error(payload, exc, request_id) from None
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamChunk]:
@@ -440,7 +484,7 @@ class WireProvider(HTTPProvider):
                         raw.append(payload)
                     try:
                         chunk = feed(event.event, payload)
-                    except _SHAPE_ERRORS as exc:
+                    except SHAPE_ERRORS as exc:
                         raise self._shape_error(payload, exc, events.request_id) from None
                     if chunk is not None:
                         yield chunk
@@ -457,7 +501,7 @@ class WireProvider(HTTPProvider):
             )
         try:
             response = reader.response(events.request_id, events.trace, raw)
-        except _SHAPE_ERRORS as exc:
+        except SHAPE_ERRORS as exc:
             raise self._shape_error(None, exc, events.request_id) from None
         yield StreamChunk(
             finish_reason=response.finish_reason, usage=response.usage, response=response

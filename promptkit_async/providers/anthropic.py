@@ -46,18 +46,11 @@ import httpx
 from typing_extensions import Unpack
 
 from ..errors import InvalidRequestError, ProviderError
-from ..types import Message, StreamChunk, ToolCallDelta, ToolDefinition, Usage
+from ..types import Message, StreamChunk, ToolCallDelta, Usage
+from . import _wire
 from ._http import redact
-from ._wire import (
-    ProviderOptions,
-    ShapeError,
-    WireProvider,
-    WireReader,
-    arguments_object,
-    json_text,
-    optional_str,
-    token_count,
-)
+from ._shape import ShapeError, object_at, optional_str, token_count
+from ._wire import ProviderOptions, WireProvider, WireReader
 from .base import ProviderRequest
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicProvider"]
@@ -112,48 +105,30 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
                     "type": "tool_use",
                     "id": call.id,
                     "name": call.name,
-                    "input": arguments_object(call.arguments),
+                    "input": _wire.arguments_object(call.arguments),
                 }
             )
     return blocks
 
 
+def _turn(message: Message) -> _wire.Turn:
+    return ("assistant" if message.role == "assistant" else "user"), _blocks(message)
+
+
+def _is_result(block: dict[str, Any]) -> bool:
+    return block["type"] == "tool_result"  # type: ignore[no-any-return]
+
+
 def _turns(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
     """The ``system`` text and the alternating user/assistant turns for ``messages``."""
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    last_role: str | None = None
-    for message in messages:
-        if message.role == "system":
-            if message.content:
-                system.append(message.content)
-            continue
-        role = "assistant" if message.role == "assistant" else "user"
-        blocks = _blocks(message)
-        if not blocks:
-            continue  # an empty message: nothing the API would accept
-        if role == last_role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-            last_role = role
-    for turn in turns:
-        content = turn["content"]
-        if turn["role"] == "user" and len(content) > 1:
-            # tool_result blocks must open their user turn; keep each group's order.
-            results = [b for b in content if b["type"] == "tool_result"]
-            if results and len(results) < len(content):
-                content[:] = results + [b for b in content if b["type"] != "tool_result"]
+    system, turns = _wire.conversation_turns(messages, _turn, _is_result)
+    out: list[dict[str, Any]] = []
+    for role, content in turns:
         if len(content) == 1 and content[0]["type"] == "text":
-            turn["content"] = content[0]["text"]  # the plain form, for a lone text
-    return "\n\n".join(system), turns
-
-
-def _tool(tool: ToolDefinition) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": tool.name, "input_schema": dict(tool.parameters)}
-    if tool.description:
-        out["description"] = tool.description
-    return out
+            out.append({"role": role, "content": content[0]["text"]})  # a lone text, plain
+        else:
+            out.append({"role": role, "content": content})
+    return system, out
 
 
 def _tool_choice(choice: str) -> dict[str, Any]:
@@ -202,13 +177,13 @@ class _Reader(WireReader):
         if start is not None and type(start) is not dict:
             raise ShapeError(f"a tool_use block's input is {type(start).__name__}")
         if start:
-            self._pending[index] = json_text(start)
+            self._pending[index] = _wire.json_text(start)
         return ToolCallDelta(index, call_id, name)
 
     def feed(self, kind: str, payload: dict[str, Any]) -> StreamChunk | None:
         kind = payload.get("type") or kind
         if kind == "content_block_delta":
-            delta = _object(payload, "delta")
+            delta = object_at(payload, "delta")
             delta_kind = delta.get("type")
             if delta_kind == "text_delta":
                 return self.emit(optional_str(delta.get("text"), "a text_delta's text"))
@@ -221,7 +196,7 @@ class _Reader(WireReader):
                 return self.emit(None, (ToolCallDelta(index, arguments=fragment),))
             return None  # thinking / signature / citations deltas are not part of the reply
         if kind == "content_block_start":
-            block = _object(payload, "content_block")
+            block = object_at(payload, "content_block")
             block_kind = block.get("type")
             if block_kind == "tool_use":
                 index = len(self._blocks)
@@ -238,12 +213,11 @@ class _Reader(WireReader):
             # A tool_use whose whole input came with its start: stream it as arguments.
             return self.emit(None, (ToolCallDelta(index, arguments=start),))  # type: ignore[arg-type]
         if kind == "message_start":
-            message = _object(payload, "message")
-            self.response_id = optional_str(message.get("id"), "message.id")
-            self.model = optional_str(message.get("model"), "message.model")
+            message = object_at(payload, "message")
+            self.note_ids(message, "id", "model")
             self._count(message.get("usage"))
         elif kind == "message_delta":
-            reason = optional_str(_object(payload, "delta").get("stop_reason"), "stop_reason")
+            reason = optional_str(object_at(payload, "delta").get("stop_reason"), "stop_reason")
             if reason:
                 self.finish = _STOP_REASONS.get(reason, reason)
             self._count(payload.get("usage"))
@@ -276,8 +250,7 @@ class _Reader(WireReader):
                     raise ShapeError("a tool_use block has no id or name")
                 self.add_calls((call,))
         self._count(payload.get("usage"))
-        self.response_id = optional_str(payload.get("id"), "id")
-        self.model = optional_str(payload.get("model"), "model")
+        self.note_ids(payload, "id", "model")
         reason = optional_str(payload.get("stop_reason"), "stop_reason")
         if reason:
             self.finish = _STOP_REASONS.get(reason, reason)
@@ -290,13 +263,8 @@ class _Reader(WireReader):
         return super().response(request_id, trace, raw)
 
 
-def _object(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = payload.get(key) or {}
-    if type(value) is not dict:
-        raise ShapeError(f"{key} is {type(value).__name__}, not an object")
-    return value
-
-
+# temperature / top_p / seed are never sent (see the module docstring).
+_SETTING_KEYS = {"max_tokens": "max_tokens", "stop": "stop_sequences"}
 _USAGE_KEYS = (
     "input_tokens",
     "output_tokens",
@@ -375,24 +343,21 @@ class AnthropicProvider(WireProvider):
                 "the request has no user or assistant message with content; add at least one"
             )
         settings = self._settings(request)
-        body: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": settings.max_tokens or self.default_max_tokens,
-            "messages": turns,
-        }
+        body = _wire.wire_settings(settings, _SETTING_KEYS)
+        body.setdefault("max_tokens", self.default_max_tokens)
+        body.update(model=self.model, messages=turns)
         if system:
             body["system"] = system
-        if settings.stop:
-            body["stop_sequences"] = list(settings.stop)
-        if request.tools:
-            body["tools"] = [_tool(t) for t in request.tools]
-            if request.tool_choice:
-                body["tool_choice"] = _tool_choice(request.tool_choice)
+        tools = request.tools
+        if tools:
+            # tool_choice only goes with tools (the API rejects it alone).
+            body["tools"] = [_wire.declaration(t, "input_schema") for t in tools]
+            choice = request.tool_choice
+            if choice:
+                body["tool_choice"] = _tool_choice(choice)
         if stream:
             body["stream"] = True
-        if settings.extra_body:
-            body.update(settings.extra_body)
-        return body
+        return {**body, **settings.extra_body} if settings.extra_body else body
 
     def _anthropic_error(self, payload: Mapping[str, Any], request_id: str | None) -> ProviderError:
         """The typed error for an ``error`` event (or error body) inside a 2xx answer."""

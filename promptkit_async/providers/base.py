@@ -21,7 +21,9 @@ import math
 import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+from typing_extensions import TypedDict
 
 from .._lifecycle import AsyncResource
 from ..errors import InvalidRequestError
@@ -170,20 +172,31 @@ def resolve_name(owner: str, name: str | None, legacy_id: str | None, kind: str)
     return name or kind
 
 
-def legacy_generation_field(owner: str, name: str) -> property:
-    """A read-only property for a deprecated spelling of ``generation.<name>``.
+_T = TypeVar("_T", bound=type)
 
-    Internal to the deprecation of one release (``ProviderRequest.max_tokens``...).
+
+def legacy_generation_fields(cls: _T) -> _T:
+    """Give ``cls`` (which has a ``generation``) read-only properties for the deprecated
+    spellings of its fields: ``cls().max_tokens`` warns and reads ``generation.max_tokens``.
+
+    Internal to the deprecation of one release.
     """
+    owner = cls.__name__
 
-    def get(self: Any) -> Any:
-        _deprecated(f"{owner}.{name}", f"{owner}.generation.{name}")
-        return getattr(self.generation, name)
+    def field(name: str) -> property:
+        def get(self: Any) -> Any:
+            _deprecated(f"{owner}.{name}", f"{owner}.generation.{name}")
+            return getattr(self.generation, name)
 
-    get.__doc__ = f"Deprecated: ``generation.{name}``."
-    return property(get)
+        get.__doc__ = f"Deprecated: ``generation.{name}``."
+        return property(get)
+
+    for name in _LEGACY_FIELDS:
+        setattr(cls, name, field(name))
+    return cls
 
 
+@legacy_generation_fields
 @dataclass(frozen=True, slots=True, init=False)
 class ProviderRequest:
     """What one provider call sends.
@@ -220,13 +233,6 @@ class ProviderRequest:
         setattr_(self, "tools", tools)
         setattr_(self, "tool_choice", tool_choice)
         setattr_(self, "generation", generation if generation is not None else _UNSET_CONFIG)
-
-    max_tokens = legacy_generation_field("ProviderRequest", "max_tokens")
-    temperature = legacy_generation_field("ProviderRequest", "temperature")
-    top_p = legacy_generation_field("ProviderRequest", "top_p")
-    stop = legacy_generation_field("ProviderRequest", "stop")
-    seed = legacy_generation_field("ProviderRequest", "seed")
-    extra_body = legacy_generation_field("ProviderRequest", "extra_body")
 
 
 def legacy_generation(
@@ -285,11 +291,22 @@ class Provider(Protocol):
         ...
 
 
+class ProviderIdentity(TypedDict, total=False):
+    """The keywords every provider takes besides its model (see :class:`BaseProvider`)."""
+
+    name: str | None
+    generation: GenerationConfig | None
+    pricing: ModelPricing | None
+    defaults: ProviderDefaults | None  # deprecated
+    id: str | None  # deprecated
+
+
 class BaseProvider(AsyncResource):
     """Shared plumbing for providers: label, model, generation defaults, pricing, lifecycle.
 
     Args:
-        name: the provider's label for logs and errors (also ``provider.id``).
+        name: the provider's label for logs and errors (also ``provider.id``); by
+            default the class's ``kind``. ``id=`` is a deprecated spelling.
         model: the model to call.
         defaults: deprecated (:class:`ProviderDefaults`); use ``generation`` and
             ``pricing``.
@@ -305,13 +322,17 @@ class BaseProvider(AsyncResource):
 
     def __init__(
         self,
-        name: str,
-        model: str,
+        name: str | None = None,
+        model: str | None = None,
         defaults: ProviderDefaults | None = None,
         *,
         generation: GenerationConfig | None = None,
         pricing: ModelPricing | None = None,
+        id: str | None = None,
     ) -> None:
+        name = resolve_name(type(self).__name__, name, id, self.kind)
+        if not model or not isinstance(model, str):
+            raise InvalidRequestError(f"model must be a non-empty string, not {model!r}")
         if defaults is not None:
             generation = defaults.generation().with_defaults(generation or _UNSET_CONFIG)
             pricing = pricing or defaults.pricing

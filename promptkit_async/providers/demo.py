@@ -23,9 +23,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from typing_extensions import Unpack
+
 from ..pricing import ModelPricing
 from ..types import Message, ProviderResponse, StreamChunk, Usage
-from .base import BaseProvider, GenerationConfig, ProviderDefaults, ProviderRequest, resolve_name
+from .base import BaseProvider, ProviderIdentity, ProviderRequest
 
 __all__ = ["DemoProvider"]
 
@@ -256,23 +258,12 @@ class DemoProvider(BaseProvider):
         *,
         chunk_delay: float = 0.0,
         model: str = "demo",
-        name: str | None = None,
-        generation: GenerationConfig | None = None,
-        pricing: ModelPricing | None = None,
-        defaults: ProviderDefaults | None = None,
-        id: str | None = None,
+        **options: Unpack[ProviderIdentity],
     ) -> None:
         if chunk_delay < 0:
             raise ValueError("chunk_delay must be >= 0 seconds")
-        super().__init__(
-            resolve_name("DemoProvider", name, id, self.kind),
-            model,
-            defaults,
-            generation=generation,
-            pricing=pricing,
-        )
-        if self.pricing is None:
-            self.pricing = _FREE
+        super().__init__(model=model, **options)
+        self.pricing = self.pricing or _FREE
         self.chunk_delay = chunk_delay
 
     def _response(self, request: ProviderRequest, started: float) -> ProviderResponse:

@@ -59,16 +59,18 @@ import httpx
 from typing_extensions import Unpack
 
 from ..errors import APIStatusError, AuthenticationError, InvalidRequestError
-from ..types import Message, StreamChunk, ToolCallDelta, ToolDefinition, Usage
+from ..types import Message, StreamChunk, ToolCall, ToolCallDelta, Usage
+from ._shape import ShapeError, object_at, optional_str, token_count
 from ._wire import (
     ProviderOptions,
-    ShapeError,
+    Turn,
     WireProvider,
     WireReader,
     arguments_object,
+    conversation_turns,
+    declaration,
     json_text,
-    optional_str,
-    token_count,
+    wire_settings,
 )
 from .base import ProviderRequest
 
@@ -93,6 +95,14 @@ _FILTERED = frozenset(
 )
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
 _MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+#: GenerationConfig fields → generationConfig's names.
+_SETTING_KEYS = {
+    "max_tokens": "maxOutputTokens",
+    "temperature": "temperature",
+    "top_p": "topP",
+    "stop": "stopSequences",
+    "seed": "seed",
+}
 
 
 def _finish(reason: str) -> str | None:
@@ -111,11 +121,8 @@ def _split_id(call_id: str) -> tuple[str, str]:
     return base, signature
 
 
-def _tool(tool: ToolDefinition) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": tool.name, "parametersJsonSchema": dict(tool.parameters)}
-    if tool.description:
-        out["description"] = tool.description
-    return out
+def _is_result(part: dict[str, Any]) -> bool:
+    return "functionResponse" in part
 
 
 def _tool_config(choice: str) -> dict[str, Any]:
@@ -185,9 +192,7 @@ class _Reader(WireReader):
     def feed(self, kind: str, payload: dict[str, Any]) -> StreamChunk | None:
         if "error" in payload:
             raise self.provider._payload_error(payload, self.request_id())
-        if self.response_id is None:
-            self.response_id = optional_str(payload.get("responseId"), "responseId")
-            self.model = optional_str(payload.get("modelVersion"), "modelVersion")
+        self.note_ids(payload, "responseId", "modelVersion")
         meta = payload.get("usageMetadata")
         if meta:
             self.usage = _usage(meta)  # cumulative: the last one is the total
@@ -206,10 +211,7 @@ class _Reader(WireReader):
         candidate = candidates[0]
         if type(candidate) is not dict:
             raise ShapeError("candidates[0] is not an object")
-        content = candidate.get("content") or {}
-        if type(content) is not dict:
-            raise ShapeError("candidates[0].content is not an object")
-        parts = content.get("parts")
+        parts = object_at(candidate, "content").get("parts")
         if parts is None:
             parts = ()
         elif type(parts) is not list:
@@ -301,67 +303,51 @@ class GeminiProvider(WireProvider):
     # --- request --------------------------------------------------------------------------
 
     def _contents(self, messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
-        system: list[str] = []
-        contents: list[dict[str, Any]] = []
         names: dict[str, str] = {}  # call id -> function name, for results without a name
-        last_role: str | None = None
-        for message in messages:
-            role = message.role
+
+        def turn(message: Message) -> Turn:
+            if message.role == "tool":
+                return "user", [self._result(message, names)]
             parts: list[dict[str, Any]] = []
-            if role == "system":
-                if message.content:
-                    system.append(message.content)
-                continue
-            if role == "tool":
-                call_id = message.tool_call_id or ""
-                name = message.name or names.get(call_id)
-                if not name:
-                    raise InvalidRequestError(
-                        f"the tool message answering {call_id!r} has no name and no earlier "
-                        "assistant message made that call; Gemini pairs results with calls "
-                        "by function name, so set Message.name to the tool's name"
-                    )
-                base, _ = _split_id(call_id)
-                response: dict[str, Any] = {"name": name, "response": {"result": message.content}}
-                if base and not base.startswith(_SYNTHETIC):
-                    response["id"] = base
-                parts.append({"functionResponse": response})
-                gemini_role = "user"
-            else:
-                if message.content:
-                    parts.append({"text": message.content})
-                gemini_role = "model" if role == "assistant" else "user"
-                if role == "assistant":
-                    for position, call in enumerate(message.tool_calls):
-                        names[call.id] = call.name
-                        base, signature = _split_id(call.id)
-                        function: dict[str, Any] = {
-                            "name": call.name,
-                            "args": arguments_object(call.arguments),
-                        }
-                        if base and not base.startswith(_SYNTHETIC):
-                            function["id"] = base
-                        part: dict[str, Any] = {"functionCall": function}
-                        if signature:
-                            part["thoughtSignature"] = signature
-                        elif position == 0 and self._needs_signature:
-                            part["thoughtSignature"] = _SKIP_SIGNATURE
-                        parts.append(part)
-            if not parts:
-                continue
-            if gemini_role == last_role:
-                contents[-1]["parts"].extend(parts)
-            else:
-                contents.append({"role": gemini_role, "parts": parts})
-                last_role = gemini_role
-        for content in contents:
-            parts = content["parts"]
-            if content["role"] == "user" and len(parts) > 1:
-                # Function responses answer the previous model turn: keep them first.
-                results = [p for p in parts if "functionResponse" in p]
-                if results and len(results) < len(parts):
-                    parts[:] = results + [p for p in parts if "functionResponse" not in p]
-        return "\n\n".join(system), contents
+            if message.content:
+                parts.append({"text": message.content})
+            if message.role != "assistant":
+                return "user", parts
+            for position, call in enumerate(message.tool_calls):
+                names[call.id] = call.name
+                parts.append(self._call_part(call, position))
+            return "model", parts
+
+        system, turns = conversation_turns(messages, turn, _is_result)
+        return system, [{"role": role, "parts": parts} for role, parts in turns]
+
+    @staticmethod
+    def _result(message: Message, names: Mapping[str, str]) -> dict[str, Any]:
+        call_id = message.tool_call_id or ""
+        name = message.name or names.get(call_id)
+        if not name:
+            raise InvalidRequestError(
+                f"the tool message answering {call_id!r} has no name and no earlier "
+                "assistant message made that call; Gemini pairs results with calls "
+                "by function name, so set Message.name to the tool's name"
+            )
+        base, _ = _split_id(call_id)
+        response: dict[str, Any] = {"name": name, "response": {"result": message.content}}
+        if base and not base.startswith(_SYNTHETIC):
+            response["id"] = base
+        return {"functionResponse": response}
+
+    def _call_part(self, call: ToolCall, position: int) -> dict[str, Any]:
+        base, signature = _split_id(call.id)
+        function: dict[str, Any] = {"name": call.name, "args": arguments_object(call.arguments)}
+        if base and not base.startswith(_SYNTHETIC):
+            function["id"] = base
+        part: dict[str, Any] = {"functionCall": function}
+        if signature:
+            part["thoughtSignature"] = signature
+        elif position == 0 and self._needs_signature:
+            part["thoughtSignature"] = _SKIP_SIGNATURE
+        return part
 
     def build_body(self, request: ProviderRequest, *, stream: bool = False) -> dict[str, Any]:
         """The ``generateContent`` request body for ``request`` (the same for streaming).
@@ -382,21 +368,17 @@ class GeminiProvider(WireProvider):
         if system:
             body["systemInstruction"] = {"parts": [{"text": system}]}
         settings = self._settings(request)
-        config: dict[str, Any] = {}
-        if settings.max_tokens is not None:
-            config["maxOutputTokens"] = settings.max_tokens
-        if settings.temperature is not None:
-            config["temperature"] = settings.temperature
-        if settings.top_p is not None:
-            config["topP"] = settings.top_p
-        if settings.stop:
-            config["stopSequences"] = list(settings.stop)
-        if settings.seed is not None:
-            config["seed"] = settings.seed
+        config = wire_settings(settings, _SETTING_KEYS)
         if config:
             body["generationConfig"] = config
         if request.tools:
-            body["tools"] = [{"functionDeclarations": [_tool(t) for t in request.tools]}]
+            body["tools"] = [
+                {
+                    "functionDeclarations": [
+                        declaration(t, "parametersJsonSchema") for t in request.tools
+                    ]
+                }
+            ]
             if request.tool_choice:
                 body["toolConfig"] = _tool_config(request.tool_choice)
         if settings.extra_body:
@@ -406,25 +388,20 @@ class GeminiProvider(WireProvider):
     # --- errors -----------------------------------------------------------------------------
 
     def _make_status_error(
-        self,
-        status: int,
-        message: str,
-        code: object,
-        body: Any,
-        request_id: str | None,
-        retry_after: float | None = None,
+        self, status: int, message: str, code: object, body: Any, *args: Any, **kwargs: Any
     ) -> APIStatusError:
+        error = super()._make_status_error(status, message, code, body, *args, **kwargs)
         # Gemini answers a wrong key with 400 INVALID_ARGUMENT and reason API_KEY_INVALID:
         # report it as the authentication problem it is.
-        if status == 400 and "API_KEY_INVALID" in json.dumps(body):
-            if not self._api_key:
-                message += " (no API key was configured: pass api_key= or set GOOGLE_API_KEY)"
-            return AuthenticationError(
-                message,
-                status_code=status,
-                provider=self.id,
-                request_id=request_id,
-                body=body,
-                retry_after=retry_after,
-            )
-        return super()._make_status_error(status, message, code, body, request_id, retry_after)
+        if status != 400 or "API_KEY_INVALID" not in json.dumps(body):
+            return error
+        if not self._api_key:
+            message += " (no API key was configured: pass api_key= or set GOOGLE_API_KEY)"
+        return AuthenticationError(
+            message,
+            status_code=status,
+            provider=self.id,
+            request_id=error.request_id,
+            body=error.body,
+            retry_after=error.retry_after,
+        )

@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Union
 
-from ..pricing import ModelPricing
+from typing_extensions import Unpack
+
 from ..types import ProviderResponse, StreamChunk, ToolCallDelta, Usage
-from .base import BaseProvider, GenerationConfig, ProviderDefaults, ProviderRequest, resolve_name
+from .base import BaseProvider, ProviderIdentity, ProviderRequest
 
 __all__ = ["MockProvider", "MockReply"]
 
@@ -68,19 +69,9 @@ class MockProvider(BaseProvider):
         chunk_size: int = 8,
         chunk_delay: float = 0.0,
         model: str = "mock-model",
-        name: str | None = None,
-        generation: GenerationConfig | None = None,
-        pricing: ModelPricing | None = None,
-        defaults: ProviderDefaults | None = None,
-        id: str | None = None,
+        **options: Unpack[ProviderIdentity],
     ) -> None:
-        super().__init__(
-            resolve_name("MockProvider", name, id, self.kind),
-            model,
-            defaults,
-            generation=generation,
-            pricing=pricing,
-        )
+        super().__init__(model=model, **options)
         if replies is not None and handler is not None:
             raise ValueError("pass either replies or handler, not both")
         if chunk_size < 1:

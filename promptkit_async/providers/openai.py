@@ -24,14 +24,8 @@ from typing_extensions import Unpack
 
 from ..errors import InvalidRequestError
 from ..types import Message, StreamChunk, ToolCallDelta, ToolDefinition, Usage
-from ._wire import (
-    ProviderOptions,
-    ShapeError,
-    WireProvider,
-    WireReader,
-    optional_str,
-    token_count,
-)
+from ._shape import ShapeError, optional_str, token_count
+from ._wire import ProviderOptions, WireProvider, WireReader, declaration, wire_settings
 from .base import ProviderRequest
 
 __all__ = ["OpenAIProvider"]
@@ -39,6 +33,8 @@ __all__ = ["OpenAIProvider"]
 _OPENAI_HOST = "api.openai.com"
 _FINISH_REASONS = {"function_call": "tool_calls"}
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
+# stream_options.include_usage: the last chunk carries the real token usage.
+_STREAM_FIELDS = {"stream": True, "stream_options": {"include_usage": True}}
 
 
 def _message(message: Message) -> dict[str, Any]:
@@ -63,10 +59,7 @@ def _message(message: Message) -> dict[str, Any]:
 
 
 def _tool(tool: ToolDefinition) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name, "parameters": dict(tool.parameters)}
-    if tool.description:
-        function["description"] = tool.description
-    return {"type": "function", "function": function}
+    return {"type": "function", "function": declaration(tool, "parameters")}
 
 
 def _tool_choice(choice: str) -> Any:
@@ -148,9 +141,7 @@ class _Reader(WireReader):
     def _head(self, payload: dict[str, Any]) -> None:
         if payload.get("error"):
             raise self.provider._payload_error(payload, self.request_id())
-        if self.response_id is None:
-            self.response_id = optional_str(payload.get("id"), "id")
-            self.model = optional_str(payload.get("model"), "model")
+        self.note_ids(payload, "id", "model")
         usage = payload.get("usage")
         if usage:
             self.usage = _usage(usage)
@@ -239,6 +230,13 @@ class OpenAIProvider(WireProvider):
             official = httpx.URL(self.base_url).host == _OPENAI_HOST
             max_tokens_field = "max_completion_tokens" if official else "max_tokens"
         self.max_tokens_field = max_tokens_field
+        self._setting_keys = {
+            "max_tokens": max_tokens_field,
+            "temperature": "temperature",
+            "top_p": "top_p",
+            "stop": "stop",
+            "seed": "seed",
+        }
         self._endpoint = httpx.URL(f"{self.base_url}/chat/completions")
 
     def _url(self, stream: bool) -> httpx.URL:
@@ -255,28 +253,15 @@ class OpenAIProvider(WireProvider):
         """
         if not request.messages:
             raise InvalidRequestError("the request has no messages; add at least one")
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [_message(m) for m in request.messages],
-        }
         settings = self._settings(request)
-        if settings.max_tokens is not None:
-            body[self.max_tokens_field] = settings.max_tokens
-        if settings.temperature is not None:
-            body["temperature"] = settings.temperature
-        if settings.top_p is not None:
-            body["top_p"] = settings.top_p
-        if settings.stop:
-            body["stop"] = list(settings.stop)
-        if settings.seed is not None:
-            body["seed"] = settings.seed
-        if request.tools:
-            body["tools"] = [_tool(t) for t in request.tools]
-        if request.tool_choice:
-            body["tool_choice"] = _tool_choice(request.tool_choice)
+        body = wire_settings(settings, self._setting_keys)
+        body["model"] = self.model
+        body["messages"] = [_message(m) for m in request.messages]
+        tools, choice = request.tools, request.tool_choice
+        if tools:
+            body["tools"] = [_tool(t) for t in tools]
+        if choice:
+            body["tool_choice"] = _tool_choice(choice)
         if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        if settings.extra_body:
-            body.update(settings.extra_body)
-        return body
+            body.update(_STREAM_FIELDS)
+        return {**body, **settings.extra_body} if settings.extra_body else body

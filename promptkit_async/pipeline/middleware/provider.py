@@ -15,7 +15,7 @@ from ...providers.base import (
     Provider,
     ProviderRequest,
     legacy_generation,
-    legacy_generation_field,
+    legacy_generation_fields,
 )
 from ...tools._assemble import ToolCallAssembler
 from ...tools._registry import ToolLike, ToolPolicy, ToolRegistry, as_registry
@@ -28,6 +28,7 @@ _NOT_FORCING = frozenset(("auto", "none"))  # tool choices that do not force a c
 _KEYWORDS = frozenset(("auto", "none", "required"))
 
 
+@legacy_generation_fields
 @dataclass(frozen=True, slots=True, init=False)
 class ProviderMiddlewareConfig:
     """Per-pipeline request settings.
@@ -55,13 +56,6 @@ class ProviderMiddlewareConfig:
             generation = legacy_generation("ProviderMiddlewareConfig", legacy, generation)
         object.__setattr__(self, "generation", generation or GenerationConfig())
         object.__setattr__(self, "stream", stream)
-
-    max_tokens = legacy_generation_field("ProviderMiddlewareConfig", "max_tokens")
-    temperature = legacy_generation_field("ProviderMiddlewareConfig", "temperature")
-    top_p = legacy_generation_field("ProviderMiddlewareConfig", "top_p")
-    stop = legacy_generation_field("ProviderMiddlewareConfig", "stop")
-    seed = legacy_generation_field("ProviderMiddlewareConfig", "seed")
-    extra_body = legacy_generation_field("ProviderMiddlewareConfig", "extra_body")
 
 
 class ProviderMiddleware:
