@@ -161,13 +161,13 @@ class ProviderDefaults:
 def resolve_name(owner: str, name: str | None, legacy_id: str | None, kind: str) -> str:
     """A provider's label from ``name=`` or its deprecated spelling ``id=``."""
     if legacy_id is not None:
+        if name is not None:
+            raise TypeError(f"{owner}() got both name= and its old spelling id=")
         warnings.warn(
             f"{owner}(id=...) is deprecated and will be removed in the next release; use name=...",
             DeprecationWarning,
             stacklevel=4,
         )
-        if name is not None:
-            raise TypeError(f"{owner}() got both name= and its old spelling id=")
         return legacy_id
     return name or kind
 
