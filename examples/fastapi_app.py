@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field
 from promptkit_async import (
     DemoProvider,
     ExecutionResult,
+    GenerationConfig,
     InMemoryStateStore,
     InvalidRequestError,
     Pipeline,
@@ -169,7 +170,9 @@ def create_app(provider: Provider | None = None, store: StateStore | None = None
                 stack.push_async_callback(history.aclose)
             pipeline = Pipeline(
                 StateMiddleware(history),
-                ProviderMiddleware(model, config=ProviderMiddlewareConfig(max_tokens=1024)),
+                ProviderMiddleware(
+                    model, config=ProviderMiddlewareConfig(GenerationConfig(max_tokens=1024))
+                ),
             )
             # Runs first on the way out: finish in-flight turns before closing anything.
             stack.push_async_callback(pipeline.shutdown)
