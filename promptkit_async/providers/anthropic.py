@@ -183,10 +183,16 @@ class _Reader(WireReader):
     def feed(self, kind: str, payload: dict[str, Any]) -> StreamChunk | None:
         kind = payload.get("type") or kind
         if kind == "content_block_delta":
-            delta = object_at(payload, "delta")
+            # The per-event hot path: checked inline (one call, to emit).
+            delta = payload.get("delta")
+            if type(delta) is not dict:
+                delta = object_at(payload, "delta")  # {} for a missing delta, else raises
             delta_kind = delta.get("type")
             if delta_kind == "text_delta":
-                return self.emit(optional_str(delta.get("text"), "a text_delta's text"))
+                text = delta.get("text")
+                if text is not None and type(text) is not str:
+                    raise ShapeError(f"a text_delta's text is {type(text).__name__}")
+                return self.emit(text)
             if delta_kind == "input_json_delta":
                 index = self._blocks.get(payload.get("index", -1))
                 fragment = optional_str(delta.get("partial_json"), "partial_json")

@@ -59,8 +59,8 @@ import httpx
 from typing_extensions import Unpack
 
 from ..errors import APIStatusError, AuthenticationError, InvalidRequestError
-from ..types import Message, StreamChunk, ToolCall, ToolCallDelta, Usage
-from ._shape import ShapeError, object_at, optional_str, token_count
+from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCall, ToolCallDelta, Usage
+from ._shape import ShapeError, optional_str, token_count
 from ._wire import (
     ProviderOptions,
     Turn,
@@ -132,17 +132,46 @@ def _tool_config(choice: str) -> dict[str, Any]:
     return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice]}}
 
 
-def _usage(meta: Any) -> Usage:
+_COUNTS = (
+    "promptTokenCount",
+    "toolUsePromptTokenCount",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+    "totalTokenCount",
+    "cachedContentTokenCount",
+)
+
+
+def _counts(meta: Any) -> tuple[int, int, int, int]:
+    """(prompt, completion, total, cached) from ``usageMetadata``, checked.
+
+    Every chunk carries the (cumulative) usage, so this is on the hot path: the checks
+    are inline and the :class:`Usage` is built once, from the last counts.
+    """
     if type(meta) is not dict:
         raise ShapeError(f"usageMetadata is {type(meta).__name__}, not an object")
-    prompt = token_count(meta, "promptTokenCount") + token_count(meta, "toolUsePromptTokenCount")
-    completion = token_count(meta, "candidatesTokenCount") + token_count(meta, "thoughtsTokenCount")
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=token_count(meta, "totalTokenCount") or prompt + completion,
-        cached_tokens=token_count(meta, "cachedContentTokenCount"),
-    )
+    get = meta.get
+    prompt = get("promptTokenCount") or 0
+    tool = get("toolUsePromptTokenCount") or 0
+    output = get("candidatesTokenCount") or 0
+    thoughts = get("thoughtsTokenCount") or 0
+    total = get("totalTokenCount") or 0
+    cached = get("cachedContentTokenCount") or 0
+    if not (
+        type(prompt) is int
+        and type(tool) is int
+        and type(output) is int
+        and type(thoughts) is int
+        and type(total) is int
+        and type(cached) is int
+        and 0 <= prompt | tool | output | thoughts | total | cached <= MAX_TOKEN_COUNT
+    ):
+        for key in _COUNTS:
+            token_count(meta, key)  # raises, naming the count
+        raise ShapeError(f"a usageMetadata count is out of range: {meta!r}")
+    prompt += tool
+    output += thoughts
+    return prompt, output, total or prompt + output, cached
 
 
 def _deep_update(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -161,13 +190,14 @@ class _Reader(WireReader):
     ``gemini_<responseId>_<n>``.
     """
 
-    __slots__ = ("_key", "_made")
+    __slots__ = ("_key", "_made", "_usage")
     incomplete = "the stream ended before the model finished (no finishReason)"
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._key: str | None = None
         self._made = 0  # calls read so far
+        self._usage: tuple[int, int, int, int] | None = None
 
     def _call(self, part: dict[str, Any], index: int) -> ToolCallDelta:
         call = part["functionCall"]
@@ -192,10 +222,11 @@ class _Reader(WireReader):
     def feed(self, kind: str, payload: dict[str, Any]) -> StreamChunk | None:
         if "error" in payload:
             raise self.provider._payload_error(payload, self.request_id())
-        self.note_ids(payload, "responseId", "modelVersion")
+        if self.response_id is None:
+            self.note_ids(payload, "responseId", "modelVersion")
         meta = payload.get("usageMetadata")
         if meta:
-            self.usage = _usage(meta)  # cumulative: the last one is the total
+            self._usage = _counts(meta)  # cumulative: the last one is the total
         candidates = payload.get("candidates")
         if not candidates:
             feedback = payload.get("promptFeedback")
@@ -211,27 +242,37 @@ class _Reader(WireReader):
         candidate = candidates[0]
         if type(candidate) is not dict:
             raise ShapeError("candidates[0] is not an object")
-        parts = object_at(candidate, "content").get("parts")
-        if parts is None:
-            parts = ()
-        elif type(parts) is not list:
-            raise ShapeError("candidates[0].content.parts is not a list")
-        texts: list[str] = []
-        calls: list[ToolCallDelta] = []
+        content = candidate.get("content")
+        if content is None:
+            parts: Any = ()
+        elif type(content) is not dict:
+            raise ShapeError(f"candidates[0].content is {type(content).__name__}")
+        else:
+            parts = content.get("parts")
+            if parts is None:
+                parts = ()
+            elif type(parts) is not list:
+                raise ShapeError("candidates[0].content.parts is not a list")
+        text = ""
+        calls: list[ToolCallDelta] | None = None
         for part in parts:
             if type(part) is not dict:
                 raise ShapeError("a part is not an object")
             if "functionCall" in part:
+                if calls is None:
+                    calls = []
                 calls.append(self._call(part, self._made))
                 self._made += 1
             elif not part.get("thought"):
-                text = optional_str(part.get("text"), "a part's text")
-                if text:
-                    texts.append(text)
-        reason = optional_str(candidate.get("finishReason"), "finishReason")
-        chunk = self.emit(
-            texts[0] if len(texts) == 1 else "".join(texts), tuple(calls) if calls else None
-        )
+                piece = part.get("text")
+                if piece:
+                    if type(piece) is not str:
+                        raise ShapeError(f"a part's text is {type(piece).__name__}")
+                    text = text + piece if text else piece
+        reason = candidate.get("finishReason")
+        if reason is not None and type(reason) is not str:
+            raise ShapeError(f"finishReason is {type(reason).__name__}, not a string")
+        chunk = self.emit(text, tuple(calls) if calls else None)
         if reason and not self.complete:
             self.finish = _finish(reason)
             self._finished()
@@ -249,6 +290,8 @@ class _Reader(WireReader):
         self.complete = True
 
     def response(self, request_id: str | None, trace: Sequence[Any], raw: Any) -> Any:
+        if self._usage is not None:
+            self.usage = Usage(*self._usage)
         if self.calls and self.finish in (None, "stop"):
             self.finish = "tool_calls"
         return super().response(request_id, trace, raw)

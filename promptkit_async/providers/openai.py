@@ -141,32 +141,42 @@ class _Reader(WireReader):
     def _head(self, payload: dict[str, Any]) -> None:
         if payload.get("error"):
             raise self.provider._payload_error(payload, self.request_id())
-        self.note_ids(payload, "id", "model")
+        if self.response_id is None:
+            self.note_ids(payload, "id", "model")
         usage = payload.get("usage")
         if usage:
             self.usage = _usage(usage)
 
     def feed(self, kind: str, payload: dict[str, Any]) -> StreamChunk | None:
+        # The per-chunk hot path: the checks are inline (one call per chunk, to emit).
         if kind == "error" and "error" not in payload:
             payload = {"error": payload}
-        self._head(payload)
-        choice = _first_choice(payload)
-        if choice is None or choice.get("index", 0) != 0:
-            return None  # a usage-only chunk, or a choice other than the first
-        reason = _finish(choice.get("finish_reason"))
-        if reason is not None:
-            self.finish = reason
+        if payload.get("error") or payload.get("usage") or self.response_id is None:
+            self._head(payload)
+        choices = payload.get("choices")
+        if not choices:
+            return None  # a usage-only chunk
+        if type(choices) is not list:
+            raise ShapeError(f"choices is {type(choices).__name__}, not a list")
+        choice = choices[0]
+        if type(choice) is not dict:
+            raise ShapeError(f"choices[0] is {type(choice).__name__}, not an object")
+        if choice.get("index", 0) != 0:
+            return None  # only the first choice is assembled
+        reason = choice.get("finish_reason")
+        if reason:
+            self.finish = _finish(reason)
             self.complete = True
         delta = choice.get("delta")
         if not delta:
             return None
         if type(delta) is not dict:
             raise ShapeError(f"choices[0].delta is {type(delta).__name__}, not an object")
+        text = delta.get("content") or delta.get("refusal")
+        if text and type(text) is not str:
+            raise ShapeError(f"choices[0].delta.content is {type(text).__name__}, not a string")
         fragments = delta.get("tool_calls")
-        return self.emit(
-            _message_text(delta, "choices[0].delta"),
-            _tool_deltas(fragments) if fragments else None,
-        )
+        return self.emit(text, _tool_deltas(fragments) if fragments else None)
 
     def parse(self, payload: dict[str, Any]) -> None:
         self._head(payload)
