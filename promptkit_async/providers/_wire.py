@@ -43,10 +43,17 @@ from ..types import (
 )
 from ._http import HTTPOptions, HTTPProvider, SSEStream, json_loads, redact
 from ._shape import SHAPE_ERRORS, ShapeError, optional_str
-from .base import GenerationConfig, ProviderIdentity, ProviderRequest, resolve_name
+from .base import (
+    UNSET_GENERATION,
+    GenerationConfig,
+    ProviderIdentity,
+    ProviderRequest,
+    resolve_name,
+)
 
 __all__ = [
     "ProviderOptions",
+    "Turn",
     "WireProvider",
     "WireReader",
     "arguments_object",
@@ -131,6 +138,8 @@ def wire_settings(settings: GenerationConfig, keys: Mapping[str, str]) -> dict[s
     not sent. ``stop`` goes out as a list, and only when not empty.
     """
     out: dict[str, Any] = {}
+    if settings is UNSET_GENERATION:
+        return out  # the common case: nothing set anywhere
     for field, key in keys.items():
         value = getattr(settings, field)
         if value is not None:

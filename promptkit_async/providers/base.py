@@ -107,9 +107,9 @@ class GenerationConfig:
 
         ``extra_body`` mappings are merged, this config's keys winning.
         """
-        if defaults is _UNSET_CONFIG:
+        if defaults is UNSET_GENERATION:
             return self
-        if self is _UNSET_CONFIG:
+        if self is UNSET_GENERATION:
             return defaults
         extra = self.extra_body
         if defaults.extra_body:
@@ -124,8 +124,9 @@ class GenerationConfig:
         )
 
 
-#: The empty config: nothing set (shared, so "nothing set" is an identity check).
-_UNSET_CONFIG = GenerationConfig()
+#: The empty config, shared, so that "nothing set" is an identity check (internal: the
+#: default of ProviderRequest.generation and of a provider's generation).
+UNSET_GENERATION = GenerationConfig()
 _LEGACY_FIELDS = ("max_tokens", "temperature", "top_p", "stop", "seed", "extra_body")
 
 
@@ -232,7 +233,7 @@ class ProviderRequest:
         setattr_(self, "messages", messages)
         setattr_(self, "tools", tools)
         setattr_(self, "tool_choice", tool_choice)
-        setattr_(self, "generation", generation if generation is not None else _UNSET_CONFIG)
+        setattr_(self, "generation", generation if generation is not None else UNSET_GENERATION)
 
 
 def legacy_generation(
@@ -252,7 +253,7 @@ def legacy_generation(
         stacklevel=3,
     )
     values = {k: v for k, v in legacy.items() if v is not None}
-    return GenerationConfig(**values).with_defaults(generation or _UNSET_CONFIG)
+    return GenerationConfig(**values).with_defaults(generation or UNSET_GENERATION)
 
 
 @runtime_checkable
@@ -334,7 +335,7 @@ class BaseProvider(AsyncResource):
         if not model or not isinstance(model, str):
             raise InvalidRequestError(f"model must be a non-empty string, not {model!r}")
         if defaults is not None:
-            generation = defaults.generation().with_defaults(generation or _UNSET_CONFIG)
+            generation = defaults.generation().with_defaults(generation or UNSET_GENERATION)
             pricing = pricing or defaults.pricing
         if not name or not isinstance(name, str):
             raise InvalidRequestError(f"a provider's name must be a non-empty string, not {name!r}")
@@ -344,7 +345,7 @@ class BaseProvider(AsyncResource):
             )
         self._id = name
         self._model = model
-        self.generation = generation or _UNSET_CONFIG
+        self.generation = generation or UNSET_GENERATION
         self.pricing = pricing or lookup_pricing(model)
 
     @property

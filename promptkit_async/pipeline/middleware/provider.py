@@ -11,6 +11,7 @@ from typing import Any
 from ..._context import ExecutionContext, Next
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import (
+    UNSET_GENERATION,
     GenerationConfig,
     Provider,
     ProviderRequest,
@@ -54,7 +55,7 @@ class ProviderMiddlewareConfig:
     ) -> None:
         if legacy:
             generation = legacy_generation("ProviderMiddlewareConfig", legacy, generation)
-        object.__setattr__(self, "generation", generation or GenerationConfig())
+        object.__setattr__(self, "generation", generation or UNSET_GENERATION)
         object.__setattr__(self, "stream", stream)
 
 
