@@ -46,10 +46,10 @@ import httpx
 from typing_extensions import Unpack
 
 from ..errors import InvalidRequestError, ProviderError
-from ..types import Message, StreamChunk, ToolCallDelta, Usage
+from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCallDelta, Usage
 from . import _wire
 from ._http import redact
-from ._shape import ShapeError, object_at, optional_str, token_count
+from ._shape import ShapeError, object_at, optional_str
 from ._wire import ProviderOptions, WireProvider, WireReader
 from .base import ProviderRequest
 
@@ -145,7 +145,7 @@ class _Reader(WireReader):
     """Reads Messages API events (``message_start``, ``content_block_*``,
     ``message_delta``, ``message_stop``, ``error``) or a whole message."""
 
-    __slots__ = ("_blocks", "_counts", "_pending")
+    __slots__ = ("_blocks", "_counts", "_pending", "_seen")
     incomplete = "the stream ended before the model finished (no message_stop event)"
     call_id_prefix = "toolu_"
 
@@ -156,6 +156,7 @@ class _Reader(WireReader):
         # input, output, cache read, cache creation; message_delta's counts are
         # cumulative: a present value replaces the earlier one.
         self._counts = [0, 0, 0, 0]
+        self._seen = False
 
     def _count(self, data: Any) -> None:
         if data is None:
@@ -164,11 +165,12 @@ class _Reader(WireReader):
             raise ShapeError(f"usage is {type(data).__name__}, not an object")
         counts = self._counts
         for i, key in enumerate(_USAGE_KEYS):
-            if data.get(key) is not None:
-                counts[i] = token_count(data, key)
-        fresh, output, read, write = counts
-        prompt = fresh + read + write
-        self.usage = Usage(prompt, output, prompt + output, read, write)
+            value = data.get(key)
+            if value is not None:
+                if type(value) is not int or not 0 <= value <= MAX_TOKEN_COUNT:
+                    raise ShapeError(f"usage {key} is {value!r}, not a token count")
+                counts[i] = value
+        self._seen = True  # the Usage is built once, in response()
 
     def _call(self, block: dict[str, Any], index: int) -> ToolCallDelta:
         call_id = optional_str(block.get("id"), "a tool_use block's id")
@@ -266,6 +268,10 @@ class _Reader(WireReader):
         for index, start in self._pending.items():  # a start input never followed by a stop
             self.add_calls((ToolCallDelta(index, arguments=start),))
         self._pending.clear()
+        if self._seen:
+            fresh, output, read, write = self._counts
+            prompt = fresh + read + write
+            self.usage = Usage(prompt, output, prompt + output, read, write)
         return super().response(request_id, trace, raw)
 
 
