@@ -45,8 +45,9 @@ class AiohttpShimProvider(BaseProvider):
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         }
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
+        max_tokens = request.generation.max_tokens
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}

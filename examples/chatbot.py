@@ -15,6 +15,7 @@ import sys
 from datetime import date
 
 from promptkit_async import (
+    GenerationConfig,
     InMemoryStateStore,
     MockProvider,
     Pipeline,
@@ -65,7 +66,7 @@ async def main() -> None:
 
     username = os.environ.get("USER") or "guest"
     session_id = f"chat-{username}-{date.today().isoformat()}"
-    config = ProviderMiddlewareConfig(max_tokens=500, temperature=0.7)
+    config = ProviderMiddlewareConfig(GenerationConfig(max_tokens=500, temperature=0.7))
     total_cost = 0.0
     try:
         async with (

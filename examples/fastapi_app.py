@@ -55,6 +55,7 @@ from pydantic import BaseModel, Field
 from promptkit_async import (
     DemoProvider,
     ExecutionResult,
+    GenerationConfig,
     InMemoryStateStore,
     InvalidRequestError,
     Pipeline,
@@ -204,7 +205,9 @@ def create_app(provider: Provider | None = None, store: StateStore | None = None
                 stack.push_async_callback(history.aclose)
             pipeline = Pipeline(
                 StateMiddleware(history),
-                ProviderMiddleware(model, config=ProviderMiddlewareConfig(max_tokens=1024)),
+                ProviderMiddleware(
+                    model, config=ProviderMiddlewareConfig(GenerationConfig(max_tokens=1024))
+                ),
                 listeners=telemetry(stack),
             )
             # Runs first on the way out: finish in-flight turns before closing anything.

@@ -20,6 +20,7 @@ import re
 import sys
 
 from promptkit_async import (
+    GenerationConfig,
     InMemoryStateStore,
     MockProvider,
     Pipeline,
@@ -70,7 +71,7 @@ async def main(messages: list[str]) -> None:
     provider = make_provider()
     session_id = os.environ.get("SESSION_ID", f"user-{os.getpid()}")
     print(f"Session: {session_id} ({type(store).__name__})")
-    config = ProviderMiddlewareConfig(max_tokens=500, temperature=0.7)
+    config = ProviderMiddlewareConfig(GenerationConfig(max_tokens=500, temperature=0.7))
     pipeline = Pipeline(StateMiddleware(store), ProviderMiddleware(provider, config=config))
     try:
         for text in messages:

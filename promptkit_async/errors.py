@@ -11,7 +11,8 @@ place per layer and re-raised ``from`` the original::
     │   ├── InvalidRoleError
     │   └── InvalidMessageError
     ├── ConfigurationError (also ValueError)       a constructor got an unusable setting
-    │   └── InvalidMiddlewareError (also TypeError) not an async generator (ctx, next)
+    │   └── InvalidArgumentsError (also TypeError)  wrong kind or number of arguments
+    │       └── InvalidMiddlewareError              not an async generator (ctx, next)
     ├── PipelineError
     │   ├── PipelineClosedError                     shutdown() was called
     │   ├── PipelineTimeoutError                    a turn or a drain exceeded its deadline
@@ -65,6 +66,7 @@ __all__ = [
     "ContextLengthExceededError",
     "IncompleteStreamError",
     "InternalServerError",
+    "InvalidArgumentsError",
     "InvalidMessageError",
     "InvalidMiddlewareError",
     "InvalidRequestError",
@@ -123,7 +125,11 @@ class ConfigurationError(PromptKitError, ValueError):
     """A constructor got a setting it cannot work with; fix the argument it names."""
 
 
-class InvalidMiddlewareError(ConfigurationError, TypeError):
+class InvalidArgumentsError(ConfigurationError, TypeError):
+    """A constructor got arguments of the wrong kind or number (as ``TypeError`` says)."""
+
+
+class InvalidMiddlewareError(InvalidArgumentsError):
     """Something passed as middleware is not an async generator function ``(ctx, next)``."""
 
 
@@ -179,7 +185,23 @@ class StreamIdleTimeoutError(APITimeoutError):
 
 
 class APIResponseError(ProviderError):
-    """The provider answered 2xx but the body could not be understood."""
+    """The provider answered 2xx but the body could not be understood.
+
+    Attributes:
+        body: the offending payload (a decoded event or body, API keys redacted), when
+            it was valid JSON of the wrong shape; ``None`` otherwise.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        request_id: str | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message, provider=provider, request_id=request_id)
+        self.body = body
 
 
 class IncompleteStreamError(APIResponseError):

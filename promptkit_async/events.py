@@ -52,6 +52,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigurationError, InvalidArgumentsError
 from .types import Cost, Usage
 
 if TYPE_CHECKING:
@@ -373,7 +374,7 @@ class ListenerSet:
 
     def __init__(self, listeners: Iterable[Listener] = (), *, max_pending: int = 10_000) -> None:
         if max_pending < 1:
-            raise ValueError("max_pending must be at least 1")
+            raise ConfigurationError("max_pending must be at least 1")
         self._listeners: tuple[Listener, ...] = ()
         self.max_pending = max_pending
         #: Awaitables dropped because ``max_pending`` were already waiting.
@@ -397,7 +398,7 @@ class ListenerSet:
     def add(self, listener: Listener) -> None:
         """Register ``listener`` (once; adding it again does nothing)."""
         if not callable(listener):
-            raise TypeError(f"a listener must be callable, got {listener!r}")
+            raise InvalidArgumentsError(f"a listener must be callable, got {listener!r}")
         if listener not in self._listeners:
             self._listeners = (*self._listeners, listener)
 

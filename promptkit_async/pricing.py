@@ -2,7 +2,7 @@
 
 Prices are list prices in US dollars per million tokens, as published by each vendor on
 :data:`PRICES_AS_OF`. They change: pass your own :class:`ModelPricing` through a provider's
-``ProviderDefaults(pricing=...)`` to override one model, or :func:`register_pricing` to
+``pricing=`` to override one model, or :func:`register_pricing` to
 override or add one for the whole process.
 
 A dated snapshot name (``gpt-4o-mini-2024-07-18``) is priced as its base model; the longest
@@ -124,7 +124,7 @@ def calculate_cost(usage: Usage, pricing: ModelPricing | None, *, model: str = "
             _warned.add(model)
             logger.warning(
                 "no price known for model %r; costs are reported as 0 (priced=False). "
-                "Pass ProviderDefaults(pricing=ModelPricing(...)) to price it.",
+                "Pass pricing=ModelPricing(...) to the provider to price it.",
                 model,
             )
         return Cost(priced=False)

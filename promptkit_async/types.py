@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._media import image_media_type, image_size
-from .errors import InvalidMessageError, InvalidRoleError
+from .errors import InvalidMessageError, InvalidRequestError, InvalidRoleError
 
 __all__ = [
+    "MAX_TOKEN_COUNT",
     "PART_TYPES",
     "ROLES",
     "AudioPart",
@@ -38,6 +39,11 @@ __all__ = [
     "TraceEvent",
     "Usage",
 ]
+
+#: The largest token count a :class:`Usage` accepts: 2**53, exact as a float (so costs stay
+#: exact) and far beyond any real call; a larger number is a broken answer, not usage.
+MAX_TOKEN_COUNT = 2**53
+_MAX_FLOAT = 1.7976931348623157e308
 
 Role = Literal["system", "user", "assistant", "tool"]
 #: Every role a :class:`Message` may have.
@@ -547,6 +553,10 @@ class Usage:
     provider's prompt cache) and ``cache_write_tokens`` (written to it). ``estimated`` is
     true when the numbers were computed locally rather than reported by the provider (for
     example for a cancelled stream).
+
+    Raises:
+        InvalidRequestError: a count that is not an ``int`` (``bool`` and ``float``
+            included), negative, or above :data:`MAX_TOKEN_COUNT`.
     """
 
     prompt_tokens: int = 0
@@ -557,8 +567,20 @@ class Usage:
     estimated: bool = False
 
     def __post_init__(self) -> None:
-        if not self.total_tokens and (self.prompt_tokens or self.completion_tokens):
-            object.__setattr__(self, "total_tokens", self.prompt_tokens + self.completion_tokens)
+        p, c, t = self.prompt_tokens, self.completion_tokens, self.total_tokens
+        r, w = self.cached_tokens, self.cache_write_tokens
+        # A few type checks and one range check: this runs for every response and sum.
+        if not (
+            type(p) is int
+            and type(c) is int
+            and type(t) is int
+            and type(r) is int
+            and type(w) is int
+            and 0 <= p | c | t | r | w <= MAX_TOKEN_COUNT
+        ):
+            _bad_counts(self)
+        if not t and (p or c):
+            object.__setattr__(self, "total_tokens", p + c)
 
     def __add__(self, other: Usage) -> Usage:
         if not isinstance(other, Usage):
@@ -580,6 +602,9 @@ class Cost:
     ``input_cost`` covers uncached input tokens, ``cached_cost`` cache reads,
     ``cache_write_cost`` cache writes. ``priced`` is false when the model has no known
     price (all figures are then zero).
+
+    Raises:
+        InvalidRequestError: a figure that is negative, infinite, NaN or not a number.
     """
 
     input_cost: float = 0.0
@@ -588,6 +613,22 @@ class Cost:
     cache_write_cost: float = 0.0
     total_cost: float = 0.0
     priced: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            valid = (
+                0.0 <= self.input_cost <= _MAX_FLOAT
+                and 0.0 <= self.output_cost <= _MAX_FLOAT
+                and 0.0 <= self.cached_cost <= _MAX_FLOAT
+                and 0.0 <= self.cache_write_cost <= _MAX_FLOAT
+                and 0.0 <= self.total_cost <= _MAX_FLOAT
+            )
+        except TypeError:
+            valid = False
+        if not valid:
+            raise InvalidRequestError(
+                f"a Cost needs finite, non-negative numbers of dollars; got {self!r}"
+            )
 
     def __add__(self, other: Cost) -> Cost:
         if not isinstance(other, Cost):
@@ -600,6 +641,23 @@ class Cost:
             self.total_cost + other.total_cost,
             self.priced and other.priced,
         )
+
+
+def _bad_counts(usage: Usage) -> None:
+    """Raise for the first count of ``usage`` that is not a valid token count."""
+    for name in (
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+    ):
+        value = getattr(usage, name)
+        if type(value) is not int or not 0 <= value <= MAX_TOKEN_COUNT:
+            raise InvalidRequestError(
+                f"Usage.{name} must be an int between 0 and {MAX_TOKEN_COUNT}, "
+                f"not {type(value).__name__} {value!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

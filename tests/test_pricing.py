@@ -10,7 +10,6 @@ from promptkit_async import (
     MockProvider,
     ModelPricing,
     Pipeline,
-    ProviderDefaults,
     ProviderMiddleware,
     Usage,
     calculate_cost,
@@ -62,7 +61,7 @@ def test_cache_writes_are_priced_separately() -> None:
 
 async def test_provider_defaults_override_the_table() -> None:
     custom = ModelPricing(input_per_mtok=1_000_000, output_per_mtok=0)
-    provider = MockProvider(["hi"], model="gpt-4o-mini", defaults=ProviderDefaults(pricing=custom))
+    provider = MockProvider(["hi"], model="gpt-4o-mini", pricing=custom)
     result = await Pipeline(ProviderMiddleware(provider)).execute("s", "user", "hello")
     assert result.cost.total_cost == result.usage.prompt_tokens
 

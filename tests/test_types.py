@@ -9,6 +9,7 @@ import pytest
 from promptkit_async import (
     Cost,
     InvalidMessageError,
+    InvalidRequestError,
     InvalidRoleError,
     Message,
     StoreDataError,
@@ -16,6 +17,7 @@ from promptkit_async import (
     Usage,
 )
 from promptkit_async.statestore.records import decode_message, encode_message
+from promptkit_async.types import MAX_TOKEN_COUNT
 
 
 def test_message_validates_role_and_tool_fields() -> None:
@@ -43,6 +45,35 @@ def test_usage_and_cost_add_up() -> None:
     assert total == Usage(11, 6, 17, 2)
     assert (Cost(1, 2, total_cost=3) + Cost(total_cost=1, priced=False)).total_cost == 4
     assert not (Cost() + Cost(priced=False)).priced
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("prompt_tokens", -1),
+        ("completion_tokens", 1e308),
+        ("total_tokens", 5.0),
+        ("cached_tokens", "3"),
+        ("cache_write_tokens", True),
+        ("prompt_tokens", MAX_TOKEN_COUNT + 1),
+        ("completion_tokens", None),
+    ],
+)
+def test_usage_rejects_nonsense_counts(field: str, value: object) -> None:
+    with pytest.raises(InvalidRequestError, match=f"Usage.{field} must be an int"):
+        Usage(**{field: value})  # type: ignore[arg-type]
+
+
+def test_usage_accepts_the_largest_count_and_sums_it() -> None:
+    assert Usage(MAX_TOKEN_COUNT).total_tokens == MAX_TOKEN_COUNT
+    with pytest.raises(InvalidRequestError):  # a sum past the cap is nonsense too
+        Usage(MAX_TOKEN_COUNT) + Usage(1)
+
+
+@pytest.mark.parametrize("value", [-0.01, float("inf"), float("nan"), "1"])
+def test_cost_rejects_nonsense_figures(value: object) -> None:
+    with pytest.raises(InvalidRequestError, match="finite, non-negative"):
+        Cost(total_cost=value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

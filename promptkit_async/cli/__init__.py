@@ -23,6 +23,7 @@ from ..errors import InvalidRequestError, PromptKitError
 from ..events import Listener
 from ..pipeline import Middleware, Pipeline
 from ..pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
+from ..providers import GenerationConfig
 from ..tools import ToolPolicy, ToolRegistry
 from ._chat import PERSONA_KEY, Chat, Persona
 from ._config import (
@@ -140,7 +141,7 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
         for server in servers:
             stack.push_async_callback(server.aclose)
         tools = ToolRegistry(servers) if servers else None
-        config = ProviderMiddlewareConfig(max_tokens=args.max_tokens)
+        config = ProviderMiddlewareConfig(GenerationConfig(max_tokens=args.max_tokens))
         chat = Chat(None, store, persona, session_id, stdout=out, tools=tools)
         policy = ToolPolicy(require_approval={"*"}, approve=chat.show_tool_call)
         layers.append(ProviderMiddleware(provider, tools, policy, config=config))

@@ -255,7 +255,7 @@ def build_provider(
     kwargs: dict[str, Any] = {"api_key": key}
     if name == "openai" and env.get("OPENAI_BASE_URL"):
         kwargs["base_url"] = env["OPENAI_BASE_URL"]
-    created: Provider = _load(module, cls)(name, model, **kwargs)
+    created: Provider = _load(module, cls)(model, name=name, **kwargs)
     return created
 
 

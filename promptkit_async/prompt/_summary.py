@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import APIResponseError
-from ..providers.base import Provider, ProviderRequest
+from ..providers.base import GenerationConfig, Provider, ProviderRequest
 from ..types import AudioPart, DocumentPart, ImagePart, Message, ProviderResponse, TextPart
 
 __all__ = ["SUMMARY_INSTRUCTIONS", "SUMMARY_PREFIX", "summarize_messages", "summary_message"]
@@ -94,7 +94,7 @@ async def summarize_messages(
     body += "New messages:\n" + render_transcript(messages)
     request = ProviderRequest(
         messages=[Message("system", instructions), Message("user", body)],
-        max_tokens=max_tokens,
+        generation=GenerationConfig(max_tokens=max_tokens),
     )
     response = await provider.complete(request)
     if not response.content.strip():

@@ -5,7 +5,7 @@ from ._http import Secret
 from ._retry import RetryPolicy
 from ._transport import AiohttpTransport
 from .anthropic import AnthropicProvider
-from .base import BaseProvider, Provider, ProviderDefaults, ProviderRequest
+from .base import BaseProvider, GenerationConfig, Provider, ProviderDefaults, ProviderRequest
 from .demo import DemoProvider
 from .gemini import GeminiProvider
 from .mock import MockProvider, MockReply
@@ -17,6 +17,7 @@ __all__ = [
     "BaseProvider",
     "DemoProvider",
     "GeminiProvider",
+    "GenerationConfig",
     "MockProvider",
     "MockReply",
     "OpenAIProvider",

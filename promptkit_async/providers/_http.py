@@ -110,11 +110,12 @@ from ..errors import (
     StreamIdleTimeoutError,
     UnprocessableEntityError,
 )
+from ..pricing import ModelPricing
 from ..types import TraceEvent
 from ._retry import RetryPolicy, parse_retry_after, should_retry_status
 from ._sse import MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
 from ._transport import AiohttpTransport
-from .base import BaseProvider, ProviderDefaults
+from .base import BaseProvider, GenerationConfig
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
@@ -584,12 +585,13 @@ class HTTPProvider(BaseProvider):
     """Base class of providers that speak HTTP; see the module docstring.
 
     Args:
-        id: a short name for logs and errors.
+        name: the provider's label for logs and errors.
         model: the model to call.
         api_key: the API key (a ``str`` or a :class:`Secret`); ``None`` reads the
             environment variable ``api_key_env``. Held as a :class:`Secret`: never shown
             in ``repr``, logs, errors or the local variables of a traceback.
-        defaults: request defaults and pricing.
+        generation: defaults for every request's unset generation settings.
+        pricing: overrides the built-in price of ``model``.
         include_raw_output: put the provider's raw payload(s) in ``response.raw``.
         base_url: the API root; ``None`` reads ``base_url_env`` (unless ``api_key_env``
             was given, as presets do), else the vendor's default.
@@ -636,12 +638,13 @@ class HTTPProvider(BaseProvider):
 
     def __init__(
         self,
-        id: str,
+        name: str,
         model: str,
-        api_key: str | None = None,
-        defaults: ProviderDefaults | None = None,
-        include_raw_output: bool = False,
         *,
+        api_key: str | None = None,
+        generation: GenerationConfig | None = None,
+        pricing: ModelPricing | None = None,
+        include_raw_output: bool = False,
         base_url: str | None = None,
         http_client: httpx.AsyncClient | None = None,
         timeout: float | httpx.Timeout | None = None,
@@ -656,7 +659,7 @@ class HTTPProvider(BaseProvider):
         # (error trackers capture the local variables of every frame of a traceback).
         key: Secret | None = Secret(api_key) if api_key else None
         del api_key
-        super().__init__(id, model, defaults)
+        super().__init__(name, model, generation=generation, pricing=pricing)
         if not model or not isinstance(model, str):
             raise InvalidRequestError("model must be a non-empty string, e.g. 'gpt-4o-mini'")
         if max_retries < 0:
@@ -724,7 +727,7 @@ class HTTPProvider(BaseProvider):
     def __repr__(self) -> str:
         # Identity only: never the key, nor the URL's user info or query.
         return (
-            f"{type(self).__name__}(id={self.id!r}, model={self.model!r}, "
+            f"{type(self).__name__}(name={self.id!r}, model={self.model!r}, "
             f"base_url={redact(_origin(self.base_url, path=True), self._api_key)!r})"
         )
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+from ..errors import ConfigurationError
+
 __all__ = ["RETRY_STATUSES", "RetryPolicy", "parse_retry_after", "should_retry_status"]
 
 #: Statuses worth retrying besides 5xx: timeout, conflict (lock contention), rate limit.
@@ -43,9 +45,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.initial_delay < 0 or self.max_delay < 0 or self.max_retry_after < 0:
-            raise ValueError("retry delays must be >= 0")
+            raise ConfigurationError("retry delays must be >= 0")
         if not 0 <= self.jitter <= 1:
-            raise ValueError("jitter must be between 0 and 1")
+            raise ConfigurationError("jitter must be between 0 and 1")
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (0 for the first) without a hint."""

@@ -2,7 +2,7 @@
 
 ::
 
-    async with AnthropicProvider("anthropic", "claude-sonnet-4-5") as provider:
+    async with AnthropicProvider("claude-sonnet-4-5") as provider:
         response = await provider.complete(ProviderRequest([Message("user", "Hi")]))
         # key from ANTHROPIC_API_KEY
 
@@ -15,8 +15,8 @@ How the library's one shape maps onto the Messages API:
   from the call's JSON arguments text; a malformed text is sent as ``{}``), and tool
   results become ``tool_result`` blocks of a user turn (all results of one round in one
   turn, ahead of any text), so a stored tool round replays as the API requires;
-* ``max_tokens`` is required by the API: the request's, else ``defaults.max_tokens``,
-  else :data:`DEFAULT_MAX_TOKENS`;
+* ``max_tokens`` is required by the API: the request's, else the provider's
+  ``generation.max_tokens``, else :data:`DEFAULT_MAX_TOKENS`;
 * ``temperature`` and ``top_p`` are not sent: the Messages API deprecated them (current
   models reject them with a 400 and the official SDK no longer has the fields). For an
   older model that still takes them, pass ``extra_body={"temperature": 0.2}``. ``seed``
@@ -31,34 +31,27 @@ How the library's one shape maps onto the Messages API:
 Only ``text`` and ``tool_use`` content is read; ``thinking`` blocks are skipped (so
 extended thinking combined with tool use, which needs them replayed, is not supported).
 The API refuses ``tool_use`` / ``tool_result`` blocks in a request without ``tools``, so a
-session holding tool rounds must keep being sent with its tools.
-Retries, timeouts, error mapping and the HTTP client are shared with the other HTTP
-providers (:mod:`promptkit_async.providers._http`).
+session holding tool rounds must keep being sent with its tools. Every event is checked
+(objects where objects belong, strings for text and ids, int token counts) before its
+text is passed on.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 from typing_extensions import Unpack
 
-from ..errors import APIResponseError, IncompleteStreamError, InvalidRequestError, ProviderError
-from ..types import (
-    Message,
-    ProviderResponse,
-    StreamChunk,
-    ToolCall,
-    ToolCallDelta,
-    ToolDefinition,
-    Usage,
-)
-from ._http import HTTPOptions, HTTPProvider, json_loads, redact
-from .base import ProviderDefaults, ProviderRequest
+from ..errors import InvalidRequestError, ProviderError
+from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCallDelta, Usage
+from . import _wire
+from ._http import redact
+from ._shape import ShapeError, object_at, optional_str
+from ._wire import ProviderOptions, WireProvider, WireReader
+from .base import ProviderRequest
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicProvider"]
 
@@ -66,7 +59,7 @@ logger = logging.getLogger("promptkit_async.providers")
 
 #: The ``anthropic-version`` header sent with every request.
 ANTHROPIC_VERSION = "2023-06-01"
-#: ``max_tokens`` when neither the request nor ``ProviderDefaults`` set one (the API
+#: ``max_tokens`` when neither the request nor the provider's ``generation`` set one (the API
 #: requires it; every Claude 3 and later model allows at least this many).
 DEFAULT_MAX_TOKENS = 4096
 
@@ -94,17 +87,6 @@ _ERROR_STATUS = {
 }
 
 
-def _tool_input(arguments: str) -> dict[str, Any]:
-    # The stored arguments are the model's own JSON text; tool_use.input must be an
-    # object. A malformed call was already answered with an error tool result, so an
-    # empty input keeps the history valid without inventing arguments.
-    try:
-        value = json.loads(arguments) if arguments else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _blocks(message: Message) -> list[dict[str, Any]]:
     """The content blocks one message contributes to its turn."""
     role = message.role
@@ -123,48 +105,30 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
                     "type": "tool_use",
                     "id": call.id,
                     "name": call.name,
-                    "input": _tool_input(call.arguments),
+                    "input": _wire.arguments_object(call.arguments),
                 }
             )
     return blocks
 
 
+def _turn(message: Message) -> _wire.Turn:
+    return ("assistant" if message.role == "assistant" else "user"), _blocks(message)
+
+
+def _is_result(block: dict[str, Any]) -> bool:
+    return block["type"] == "tool_result"  # type: ignore[no-any-return]
+
+
 def _turns(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
     """The ``system`` text and the alternating user/assistant turns for ``messages``."""
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    last_role: str | None = None
-    for message in messages:
-        if message.role == "system":
-            if message.content:
-                system.append(message.text)
-            continue
-        role = "assistant" if message.role == "assistant" else "user"
-        blocks = _blocks(message)
-        if not blocks:
-            continue  # an empty message: nothing the API would accept
-        if role == last_role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-            last_role = role
-    for turn in turns:
-        content = turn["content"]
-        if turn["role"] == "user" and len(content) > 1:
-            # tool_result blocks must open their user turn; keep each group's order.
-            results = [b for b in content if b["type"] == "tool_result"]
-            if results and len(results) < len(content):
-                content[:] = results + [b for b in content if b["type"] != "tool_result"]
+    system, turns = _wire.conversation_turns(messages, _turn, _is_result)
+    out: list[dict[str, Any]] = []
+    for role, content in turns:
         if len(content) == 1 and content[0]["type"] == "text":
-            turn["content"] = content[0]["text"]  # the plain form, for a lone text
-    return "\n\n".join(system), turns
-
-
-def _tool(tool: ToolDefinition) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": tool.name, "input_schema": dict(tool.parameters)}
-    if tool.description:
-        out["description"] = tool.description
-    return out
+            out.append({"role": role, "content": content[0]["text"]})  # a lone text, plain
+        else:
+            out.append({"role": role, "content": content})
+    return system, out
 
 
 def _tool_choice(choice: str) -> dict[str, Any]:
@@ -177,91 +141,171 @@ def _tool_choice(choice: str) -> dict[str, Any]:
     return {"type": "tool", "name": choice}
 
 
-class _UsageCounts:
-    """Anthropic's usage counters, updated by ``message_start`` and ``message_delta``."""
+class _Reader(WireReader):
+    """Reads Messages API events (``message_start``, ``content_block_*``,
+    ``message_delta``, ``message_stop``, ``error``) or a whole message."""
 
-    __slots__ = ("cache_creation", "cache_read", "input", "output", "seen")
+    __slots__ = ("_blocks", "_counts", "_pending", "_seen")
+    incomplete = "the stream ended before the model finished (no message_stop event)"
+    call_id_prefix = "toolu_"
 
-    def __init__(self) -> None:
-        self.input = self.output = self.cache_read = self.cache_creation = 0
-        self.seen = False
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._blocks: dict[Any, int] = {}  # content block index -> tool call index
+        self._pending: dict[int, str] = {}  # tool call index -> input sent with its start
+        # input, output, cache read, cache creation; message_delta's counts are
+        # cumulative: a present value replaces the earlier one.
+        self._counts = [0, 0, 0, 0]
+        self._seen = False
 
-    def update(self, data: Any) -> None:
-        # message_delta's counts are cumulative: a present value replaces the earlier one.
-        if not isinstance(data, Mapping):
+    def _count(self, data: Any) -> None:
+        if data is None:
             return
-        self.seen = True
-        value = data.get("input_tokens")
-        if value is not None:
-            self.input = value
-        value = data.get("output_tokens")
-        if value is not None:
-            self.output = value
-        value = data.get("cache_read_input_tokens")
-        if value is not None:
-            self.cache_read = value
-        value = data.get("cache_creation_input_tokens")
-        if value is not None:
-            self.cache_creation = value
+        if type(data) is not dict:
+            raise ShapeError(f"usage is {type(data).__name__}, not an object")
+        counts = self._counts
+        for i, key in enumerate(_USAGE_KEYS):
+            value = data.get(key)
+            if value is not None:
+                if type(value) is not int or not 0 <= value <= MAX_TOKEN_COUNT:
+                    raise ShapeError(f"usage {key} is {value!r}, not a token count")
+                counts[i] = value
+        self._seen = True  # the Usage is built once, in response()
 
-    def usage(self) -> Usage:
-        prompt = self.input + self.cache_read + self.cache_creation
-        return Usage(
-            prompt_tokens=prompt,
-            completion_tokens=self.output,
-            total_tokens=prompt + self.output,
-            cached_tokens=self.cache_read,
-            cache_write_tokens=self.cache_creation,
-        )
+    def _call(self, block: dict[str, Any], index: int) -> ToolCallDelta:
+        call_id = optional_str(block.get("id"), "a tool_use block's id")
+        name = optional_str(block.get("name"), "a tool_use block's name")
+        start = block.get("input")
+        if start is not None and type(start) is not dict:
+            raise ShapeError(f"a tool_use block's input is {type(start).__name__}")
+        if start:
+            self._pending[index] = _wire.json_text(start)
+        return ToolCallDelta(index, call_id, name)
+
+    def feed(self, kind: str, payload: dict[str, Any]) -> StreamChunk | None:
+        kind = payload.get("type") or kind
+        if kind == "content_block_delta":
+            # The per-event hot path: checked inline (one call, to emit).
+            delta = payload.get("delta")
+            if type(delta) is not dict:
+                delta = object_at(payload, "delta")  # {} for a missing delta, else raises
+            delta_kind = delta.get("type")
+            if delta_kind == "text_delta":
+                text = delta.get("text")
+                if text is not None and type(text) is not str:
+                    raise ShapeError(f"a text_delta's text is {type(text).__name__}")
+                return self.emit(text)
+            if delta_kind == "input_json_delta":
+                index = self._blocks.get(payload.get("index", -1))
+                fragment = optional_str(delta.get("partial_json"), "partial_json")
+                if index is None or not fragment:
+                    return None
+                self._pending.pop(index, None)
+                return self.emit(None, (ToolCallDelta(index, arguments=fragment),))
+            return None  # thinking / signature / citations deltas are not part of the reply
+        if kind == "content_block_start":
+            block = object_at(payload, "content_block")
+            block_kind = block.get("type")
+            if block_kind == "tool_use":
+                index = len(self._blocks)
+                self._blocks[payload.get("index", index)] = index
+                return self.emit(None, (self._call(block, index),))
+            if block_kind == "text":
+                return self.emit(optional_str(block.get("text"), "a text block's text"))
+            return None
+        if kind == "content_block_stop":
+            index = self._blocks.get(payload.get("index", -1))
+            start = self._pending.pop(index, None) if index is not None else None
+            if start is None:
+                return None
+            # A tool_use whose whole input came with its start: stream it as arguments.
+            return self.emit(None, (ToolCallDelta(index, arguments=start),))  # type: ignore[arg-type]
+        if kind == "message_start":
+            message = object_at(payload, "message")
+            self.note_ids(message, "id", "model")
+            self._count(message.get("usage"))
+        elif kind == "message_delta":
+            reason = optional_str(object_at(payload, "delta").get("stop_reason"), "stop_reason")
+            if reason:
+                self.finish = _STOP_REASONS.get(reason, reason)
+            self._count(payload.get("usage"))
+        elif kind == "message_stop":
+            self.end()
+        elif kind == "error":
+            raise self.provider._anthropic_error(payload, self.request_id())  # type: ignore[attr-defined]
+        # ping and unknown future events need nothing
+        return None
+
+    def parse(self, payload: dict[str, Any]) -> None:
+        if payload.get("type") == "error" or "error" in payload:
+            raise self.provider._anthropic_error(payload, self.request_id())  # type: ignore[attr-defined]
+        blocks = payload.get("content")
+        if type(blocks) is not list:
+            raise ShapeError(f"content is {type(blocks).__name__}, not a list of blocks")
+        for position, block in enumerate(blocks):
+            if type(block) is not dict:
+                raise ShapeError(f"content[{position}] is not an object")
+            kind = block.get("type")
+            if kind == "text":
+                text = optional_str(block.get("text"), "a text block's text")
+                if text:
+                    self.parts.append(text)
+            elif kind == "tool_use":
+                index = len(self._blocks)
+                self._blocks[position] = index
+                call = self._call(block, index)
+                if not call.id or not call.name:
+                    raise ShapeError("a tool_use block has no id or name")
+                self.add_calls((call,))
+        self._count(payload.get("usage"))
+        self.note_ids(payload, "id", "model")
+        reason = optional_str(payload.get("stop_reason"), "stop_reason")
+        if reason:
+            self.finish = _STOP_REASONS.get(reason, reason)
+        self.complete = True
+
+    def response(self, request_id: str | None, trace: Sequence[Any], raw: Any) -> Any:
+        for index, start in self._pending.items():  # a start input never followed by a stop
+            self.add_calls((ToolCallDelta(index, arguments=start),))
+        self._pending.clear()
+        if self._seen:
+            fresh, output, read, write = self._counts
+            prompt = fresh + read + write
+            self.usage = Usage(prompt, output, prompt + output, read, write)
+        return super().response(request_id, trace, raw)
 
 
-def _estimate_usage(messages: Sequence[Message], completion: str) -> Usage:
-    # Only for servers that report no usage: ~4 characters per token, marked estimated.
-    prompt = sum((len(m.content) + 3) // 4 + 4 for m in messages)
-    return Usage(prompt, (len(completion) + 3) // 4, estimated=True)
+# temperature / top_p / seed are never sent (see the module docstring).
+_SETTING_KEYS = {"max_tokens": "max_tokens", "stop": "stop_sequences"}
+_USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
 
 
-class AnthropicProvider(HTTPProvider):
+class AnthropicProvider(WireProvider):
     """A provider for Anthropic's Messages API (see the module docstring for the mapping).
 
+    ``AnthropicProvider("claude-sonnet-4-5")`` reads the key from ``ANTHROPIC_API_KEY``
+    (sent as ``x-api-key``) and the API root from ``ANTHROPIC_BASE_URL`` (default
+    ``https://api.anthropic.com``; requests go to ``{base_url}/v1/messages``). Every
+    option of :class:`~promptkit_async.providers._wire.WireProvider` applies; of
+    ``generation`` only ``max_tokens``, ``stop`` and ``extra_body`` are sent (see the
+    module docstring). ``default_headers`` can carry ``anthropic-beta``; an
+    ``anthropic-version`` given there replaces :data:`ANTHROPIC_VERSION`. Retried
+    statuses include 529 "overloaded"; an ``error`` event inside the stream maps by its
+    type (``overloaded_error`` → ``InternalServerError`` with status 529,
+    ``rate_limit_error`` → ``RateLimitError``...).
+
     Args:
-        id: a short name for logs and errors (``"anthropic"``).
-        model: the model, e.g. ``"claude-sonnet-4-5"``.
-        api_key: the API key, sent as ``x-api-key``; ``None`` reads ``ANTHROPIC_API_KEY``
-            (or ``api_key_env``). Never shown in ``repr``, logs or errors.
-        defaults: ``max_tokens`` used when a request leaves it unset, and a pricing
-            override (``temperature`` / ``top_p`` are ignored: see the module docstring).
-        include_raw_output: put the raw payload in ``response.raw`` (the list of event
-            payloads when streaming, the message payload otherwise).
-        base_url: the API root (default ``ANTHROPIC_BASE_URL`` or
-            ``https://api.anthropic.com``); requests go to ``{base_url}/v1/messages``.
-        http_client: an ``httpx.AsyncClient`` to send through; it is not closed by us.
-            By default the provider owns a client over aiohttp, closed by :meth:`aclose`.
-        timeout: per-attempt timeouts (seconds or ``httpx.Timeout``).
-        max_retries: retries of 408/409/429/5xx (529 "overloaded" included) and
-            connection errors (default 2).
-        stream_idle_timeout: seconds without a streamed byte before
-            :class:`~promptkit_async.errors.StreamIdleTimeoutError`.
-        deadline: seconds for a whole call including retries and the full answer.
-        retry_policy: backoff timing.
-        default_headers: headers added to every request (e.g. ``anthropic-beta``); an
-            ``anthropic-version`` given here replaces :data:`ANTHROPIC_VERSION`.
-        api_key_env: the variable to read the key from.
-        default_max_tokens: ``max_tokens`` when neither the request nor ``defaults`` set
-            one (default :data:`DEFAULT_MAX_TOKENS`).
-
-    Errors: HTTP statuses map to :mod:`promptkit_async.errors` (401
-    ``AuthenticationError``, 429 ``RateLimitError``, 529 ``InternalServerError``, 400
-    ``ContextLengthExceededError`` for "prompt is too long"...); an ``error`` event inside
-    the stream maps by its type (``overloaded_error`` → ``InternalServerError`` with
-    status 529, ``rate_limit_error`` → ``RateLimitError``...); a stream that ends before
-    ``message_stop`` raises ``IncompleteStreamError``.
-
-    Concurrency: share one instance between any number of tasks and sessions on one
-    event loop. Closing (or cancelling the consumer of) a stream closes its HTTP
-    response at once.
+        default_max_tokens: ``max_tokens`` when neither the request nor ``generation``
+            set one (default :data:`DEFAULT_MAX_TOKENS`).
     """
 
+    kind = "anthropic"
+    reader = _Reader
     default_base_url = "https://api.anthropic.com"
     default_api_key_env = "ANTHROPIC_API_KEY"
     base_url_env = "ANTHROPIC_BASE_URL"
@@ -269,41 +313,38 @@ class AnthropicProvider(HTTPProvider):
 
     def __init__(
         self,
-        id: str,
-        model: str,
-        api_key: str | None = None,
-        defaults: ProviderDefaults | None = None,
-        include_raw_output: bool = False,
-        *,
+        *args: str | None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
-        **options: Unpack[HTTPOptions],
+        **options: Unpack[ProviderOptions],
     ) -> None:
         if default_max_tokens < 1:
             raise InvalidRequestError("default_max_tokens must be >= 1")
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         headers.update(options.get("default_headers") or {})
         options["default_headers"] = headers
-        super().__init__(id, model, api_key, defaults, include_raw_output, **options)
+        super().__init__(*args, **options)
         self.default_max_tokens = default_max_tokens
-        if self.defaults.temperature is not None or self.defaults.top_p is not None:
+        if self.generation.temperature is not None or self.generation.top_p is not None:
             logger.warning(
-                "%s: ProviderDefaults temperature/top_p are not sent to the Messages API "
+                "%s: generation temperature/top_p are not sent to the Messages API "
                 "(deprecated there); use extra_body for a model that still takes them",
-                id,
+                self.id,
             )
         self._endpoint = httpx.URL(f"{self.base_url}/v1/messages")
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
 
-    # --- request --------------------------------------------------------------------------
+    def _url(self, stream: bool) -> httpx.URL:
+        return self._endpoint
 
     def build_body(self, request: ProviderRequest, *, stream: bool) -> dict[str, Any]:
         """The Messages API request body for ``request`` (what is sent, as a dict).
 
-        ``max_tokens`` falls back to ``defaults.max_tokens``, then ``default_max_tokens``;
-        ``temperature`` / ``top_p`` are never sent (see the module docstring);
-        ``extra_body`` is merged last and wins (e.g. ``{"metadata": ...}``).
+        ``max_tokens`` falls back to the provider's ``generation.max_tokens``, then
+        ``default_max_tokens``; ``temperature`` / ``top_p`` / ``seed`` are never sent
+        (see the module docstring); ``extra_body`` is merged last and wins (e.g.
+        ``{"metadata": ...}``).
 
         Raises:
             InvalidRequestError: no user or assistant message to send.
@@ -313,26 +354,22 @@ class AnthropicProvider(HTTPProvider):
             raise InvalidRequestError(
                 "the request has no user or assistant message with content; add at least one"
             )
-        defaults = self.defaults
-        max_tokens = request.max_tokens
-        if max_tokens is None:
-            max_tokens = defaults.max_tokens or self.default_max_tokens
-        body: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "messages": turns}
+        settings = self._settings(request)
+        body = _wire.wire_settings(settings, _SETTING_KEYS)
+        body.setdefault("max_tokens", self.default_max_tokens)
+        body.update(model=self.model, messages=turns)
         if system:
             body["system"] = system
-        if request.stop:
-            body["stop_sequences"] = list(request.stop)
-        if request.tools:
-            body["tools"] = [_tool(t) for t in request.tools]
-            if request.tool_choice:
-                body["tool_choice"] = _tool_choice(request.tool_choice)
+        tools = request.tools
+        if tools:
+            # tool_choice only goes with tools (the API rejects it alone).
+            body["tools"] = [_wire.declaration(t, "input_schema") for t in tools]
+            choice = request.tool_choice
+            if choice:
+                body["tool_choice"] = _tool_choice(choice)
         if stream:
             body["stream"] = True
-        if request.extra_body:
-            body.update(request.extra_body)
-        return body
-
-    # --- errors -----------------------------------------------------------------------------
+        return {**body, **settings.extra_body} if settings.extra_body else body
 
     def _anthropic_error(self, payload: Mapping[str, Any], request_id: str | None) -> ProviderError:
         """The typed error for an ``error`` event (or error body) inside a 2xx answer."""
@@ -350,208 +387,3 @@ class AnthropicProvider(HTTPProvider):
             body,
             request_id,
         )
-
-    def _bad_payload(self, detail: str, request_id: str | None) -> APIResponseError:
-        return APIResponseError(
-            f"unexpected response shape ({detail})", provider=self.id, request_id=request_id
-        )
-
-    # --- non-streaming --------------------------------------------------------------------
-
-    async def complete(self, request: ProviderRequest) -> ProviderResponse:
-        """Send ``request`` without streaming and return the whole answer.
-
-        Raises:
-            ProviderError: a subclass from :mod:`promptkit_async.errors` (see the class
-                docstring).
-        """
-        payload, call, request_id = await self._post_json(
-            self._endpoint, self.build_body(request, stream=False)
-        )
-        if not isinstance(payload, dict):
-            raise APIResponseError(
-                "the response is not a JSON object", provider=self.id, request_id=request_id
-            )
-        if payload.get("type") == "error" or "error" in payload:
-            raise self._anthropic_error(payload, request_id)
-        content_blocks = payload.get("content")
-        if not isinstance(content_blocks, list):
-            raise self._bad_payload("no content list", request_id)
-        parts: list[str] = []
-        calls: list[ToolCall] = []
-        try:
-            for block in content_blocks:
-                kind = block.get("type")
-                if kind == "text":
-                    parts.append(block.get("text") or "")
-                elif kind == "tool_use":
-                    arguments = block.get("input")
-                    calls.append(
-                        ToolCall(
-                            block["id"],
-                            block["name"],
-                            json.dumps(arguments, ensure_ascii=False)
-                            if arguments is not None
-                            else "{}",
-                        )
-                    )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise self._bad_payload(f"{type(exc).__name__}: {exc}", request_id) from None
-        content = "".join(parts)
-        counts = _UsageCounts()
-        counts.update(payload.get("usage"))
-        usage = counts.usage() if counts.seen else _estimate_usage(request.messages, content)
-        stop = payload.get("stop_reason")
-        return ProviderResponse(
-            content=content,
-            finish_reason=_STOP_REASONS.get(stop, stop)
-            if stop
-            else ("tool_calls" if calls else "stop"),
-            usage=usage,
-            cost=self.calculate_cost(usage),
-            tool_calls=tuple(calls),
-            model=payload.get("model"),
-            response_id=payload.get("id"),
-            request_id=request_id,
-            latency=time.perf_counter() - call.started,
-            trace=tuple(call.trace),
-            raw=payload if self.include_raw_output else None,
-        )
-
-    # --- streaming ------------------------------------------------------------------------
-
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamChunk]:
-        """Stream the answer: text chunks (``delta``), tool-call fragments
-        (``tool_call_deltas``; each ``tool_use`` block is one call, indexed in order),
-        then one last chunk with ``response``, ``usage`` and ``finish_reason``.
-
-        Close the iterator if you stop early (``contextlib.aclosing``); that, or
-        cancelling the consuming task, closes the HTTP response at once. Retries happen
-        only before the first event arrives.
-
-        Raises:
-            ProviderError: see the class docstring.
-        """
-        events = self._post_events(self._endpoint, self.build_body(request, stream=True))
-        parts: list[str] = []
-        # block index -> tool index; tool index -> [id, name, [json fragments], start input]
-        tool_of_block: dict[int, int] = {}
-        calls: list[list[Any]] = []
-        counts = _UsageCounts()
-        stop_reason: str | None = None
-        response_id: str | None = None
-        model: str | None = None
-        first: float | None = None
-        raw: list[Any] | None = [] if self.include_raw_output else None
-        done = False
-        loads = json_loads
-        try:
-            while batch := await events.next_batch():
-                if done:
-                    continue  # read on to the end of the body so the connection is reused
-                for event in batch:
-                    try:
-                        payload = loads(event.data)
-                    except ValueError:
-                        raise self._event_error(
-                            event.data, events.request_id, events.ended
-                        ) from None
-                    if type(payload) is not dict:
-                        raise self._event_error(event.data, events.request_id, False)
-                    if raw is not None:
-                        raw.append(payload)
-                    kind = payload.get("type") or event.event
-                    if kind == "content_block_delta":
-                        delta = payload.get("delta") or {}
-                        delta_kind = delta.get("type")
-                        if delta_kind == "text_delta":
-                            text = delta.get("text")
-                            if text:
-                                if first is None:
-                                    first = time.perf_counter() - events.started
-                                parts.append(text)
-                                yield StreamChunk(delta=text)
-                        elif delta_kind == "input_json_delta":
-                            index = tool_of_block.get(payload.get("index", -1))
-                            fragment = delta.get("partial_json")
-                            if index is not None and fragment:
-                                calls[index][2].append(fragment)
-                                yield StreamChunk(
-                                    tool_call_deltas=(ToolCallDelta(index, arguments=fragment),)
-                                )
-                        # thinking / signature / citations deltas are not part of the reply
-                    elif kind == "content_block_start":
-                        block = payload.get("content_block") or {}
-                        block_kind = block.get("type")
-                        if block_kind == "tool_use":
-                            index = len(calls)
-                            tool_of_block[payload.get("index", index)] = index
-                            start_input = block.get("input")
-                            calls.append([block.get("id"), block.get("name"), [], start_input])
-                            if first is None:
-                                first = time.perf_counter() - events.started
-                            yield StreamChunk(
-                                tool_call_deltas=(
-                                    ToolCallDelta(index, block.get("id"), block.get("name")),
-                                )
-                            )
-                        elif block_kind == "text" and block.get("text"):
-                            if first is None:
-                                first = time.perf_counter() - events.started
-                            parts.append(block["text"])
-                            yield StreamChunk(delta=block["text"])
-                    elif kind == "message_start":
-                        message = payload.get("message") or {}
-                        response_id = message.get("id")
-                        model = message.get("model")
-                        counts.update(message.get("usage"))
-                    elif kind == "message_delta":
-                        reason = (payload.get("delta") or {}).get("stop_reason")
-                        if reason:
-                            stop_reason = reason
-                        counts.update(payload.get("usage"))
-                    elif kind == "message_stop":
-                        done = True
-                        events.expect_end(self.end_grace)
-                        break
-                    elif kind == "error":
-                        raise self._anthropic_error(payload, events.request_id)
-                    # ping, content_block_stop and unknown future events need nothing
-        finally:
-            await events.aclose()
-        if not done:
-            raise IncompleteStreamError(
-                "the stream ended before the model finished (no message_stop event)",
-                provider=self.id,
-                request_id=events.request_id,
-            )
-        content = "".join(parts)
-        usage = counts.usage() if counts.seen else _estimate_usage(request.messages, content)
-        tool_calls = tuple(
-            ToolCall(
-                call_id or f"toolu_{i}",
-                name or "",
-                "".join(fragments) or (json.dumps(start, ensure_ascii=False) if start else "{}"),
-            )
-            for i, (call_id, name, fragments, start) in enumerate(calls)
-        )
-        finish = (
-            _STOP_REASONS.get(stop_reason, stop_reason)
-            if stop_reason
-            else ("tool_calls" if tool_calls else "stop")
-        )
-        response = ProviderResponse(
-            content=content,
-            finish_reason=finish,
-            usage=usage,
-            cost=self.calculate_cost(usage),
-            tool_calls=tool_calls,
-            model=model,
-            response_id=response_id,
-            request_id=events.request_id,
-            latency=time.perf_counter() - events.started,
-            time_to_first_chunk=first,
-            trace=tuple(events.trace),
-            raw=raw,
-        )
-        yield StreamChunk(finish_reason=finish, usage=usage, response=response)

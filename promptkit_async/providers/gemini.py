@@ -2,7 +2,7 @@
 
 ::
 
-    async with GeminiProvider("gemini", "gemini-2.5-flash") as provider:
+    async with GeminiProvider("gemini-2.5-flash") as provider:
         response = await provider.complete(ProviderRequest([Message("user", "Hi")]))
         # key from GOOGLE_API_KEY or GEMINI_API_KEY
 
@@ -41,42 +41,38 @@ How the library's one shape maps onto the Gemini API:
   ``PROHIBITED_CONTENT`` / ``SPII`` / image-safety reasons and a blocked prompt →
   ``"content_filter"``, anything else lower-cased (``"malformed_function_call"``...).
 
-Thought summaries (parts marked ``thought``) are not part of the reply's text.
-Retries, timeouts, error mapping and the HTTP client are shared with the other HTTP
-providers (:mod:`promptkit_async.providers._http`).
+Thought summaries (parts marked ``thought``) are not part of the reply's text. A streamed
+chunk has the same shape as a whole answer, so one reader serves both; each chunk is
+checked (``candidates`` a list, ``parts`` objects, text a string, int token counts)
+before any of its text is passed on.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from typing_extensions import Unpack
 
-from ..errors import (
-    APIResponseError,
-    APIStatusError,
-    AuthenticationError,
-    IncompleteStreamError,
-    InvalidRequestError,
+from ..errors import APIStatusError, AuthenticationError, InvalidRequestError
+from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCall, ToolCallDelta, Usage
+from ._shape import ShapeError, optional_str, token_count
+from ._wire import (
+    ProviderOptions,
+    Turn,
+    WireProvider,
+    WireReader,
+    arguments_object,
+    conversation_turns,
+    declaration,
+    json_text,
+    wire_settings,
 )
-from ..types import (
-    Message,
-    ProviderResponse,
-    StreamChunk,
-    ToolCall,
-    ToolCallDelta,
-    ToolDefinition,
-    Usage,
-)
-from ._http import HTTPOptions, HTTPProvider, json_loads
-from .base import ProviderDefaults, ProviderRequest
+from .base import ProviderRequest
 
 __all__ = ["GeminiProvider"]
 
@@ -99,6 +95,14 @@ _FILTERED = frozenset(
 )
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
 _MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+#: GenerationConfig fields → generationConfig's names.
+_SETTING_KEYS = {
+    "max_tokens": "maxOutputTokens",
+    "temperature": "temperature",
+    "top_p": "topP",
+    "stop": "stopSequences",
+    "seed": "seed",
+}
 
 
 def _finish(reason: str) -> str | None:
@@ -111,27 +115,14 @@ def _finish(reason: str) -> str | None:
     return reason.lower()
 
 
-def _args(arguments: str) -> dict[str, Any]:
-    # functionCall.args must be an object; a malformed call was already answered with
-    # an error tool result, so an empty object keeps the history valid.
-    try:
-        value = json.loads(arguments) if arguments else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _split_id(call_id: str) -> tuple[str, str]:
     """A call id's own part and the thought signature carried with it ("" if none)."""
     base, _, signature = call_id.partition(_SIGNATURE)
     return base, signature
 
 
-def _tool(tool: ToolDefinition) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": tool.name, "parametersJsonSchema": dict(tool.parameters)}
-    if tool.description:
-        out["description"] = tool.description
-    return out
+def _is_result(part: dict[str, Any]) -> bool:
+    return "functionResponse" in part
 
 
 def _tool_config(choice: str) -> dict[str, Any]:
@@ -141,21 +132,46 @@ def _tool_config(choice: str) -> dict[str, Any]:
     return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice]}}
 
 
-def _usage(meta: Mapping[str, Any]) -> Usage:
-    prompt = (meta.get("promptTokenCount") or 0) + (meta.get("toolUsePromptTokenCount") or 0)
-    completion = (meta.get("candidatesTokenCount") or 0) + (meta.get("thoughtsTokenCount") or 0)
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=meta.get("totalTokenCount") or prompt + completion,
-        cached_tokens=meta.get("cachedContentTokenCount") or 0,
-    )
+_COUNTS = (
+    "promptTokenCount",
+    "toolUsePromptTokenCount",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+    "totalTokenCount",
+    "cachedContentTokenCount",
+)
 
 
-def _estimate_usage(messages: Sequence[Message], completion: str) -> Usage:
-    # Only for servers that report no usage: ~4 characters per token, marked estimated.
-    prompt = sum((len(m.content) + 3) // 4 + 4 for m in messages)
-    return Usage(prompt, (len(completion) + 3) // 4, estimated=True)
+def _counts(meta: Any) -> tuple[int, int, int, int]:
+    """(prompt, completion, total, cached) from ``usageMetadata``, checked.
+
+    Every chunk carries the (cumulative) usage, so this is on the hot path: the checks
+    are inline and the :class:`Usage` is built once, from the last counts.
+    """
+    if type(meta) is not dict:
+        raise ShapeError(f"usageMetadata is {type(meta).__name__}, not an object")
+    get = meta.get
+    prompt = get("promptTokenCount") or 0
+    tool = get("toolUsePromptTokenCount") or 0
+    output = get("candidatesTokenCount") or 0
+    thoughts = get("thoughtsTokenCount") or 0
+    total = get("totalTokenCount") or 0
+    cached = get("cachedContentTokenCount") or 0
+    if not (
+        type(prompt) is int
+        and type(tool) is int
+        and type(output) is int
+        and type(thoughts) is int
+        and type(total) is int
+        and type(cached) is int
+        and 0 <= prompt | tool | output | thoughts | total | cached <= MAX_TOKEN_COUNT
+    ):
+        for key in _COUNTS:
+            token_count(meta, key)  # raises, naming the count
+        raise ShapeError(f"a usageMetadata count is out of range: {meta!r}")
+    prompt += tool
+    output += thoughts
+    return prompt, output, total or prompt + output, cached
 
 
 def _deep_update(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -167,92 +183,153 @@ def _deep_update(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
             body[key] = value
 
 
-class _Calls:
-    """The function calls of one response, numbered in arrival order."""
+class _Reader(WireReader):
+    """Reads ``GenerateContentResponse`` payloads: each streamed chunk, or the whole answer.
 
-    __slots__ = ("calls", "key")
-
-    def __init__(self) -> None:
-        self.calls: list[ToolCall] = []
-        self.key: str | None = None
-
-    def add(self, part: Mapping[str, Any], response_id: str | None) -> tuple[int, ToolCall]:
-        call = part["functionCall"]
-        index = len(self.calls)
-        call_id = call.get("id")
-        if not call_id:
-            if self.key is None:
-                self.key = response_id or secrets.token_hex(8)
-            call_id = f"{_SYNTHETIC}{self.key}_{index}"
-        signature = part.get("thoughtSignature")
-        if signature:
-            call_id = f"{call_id}{_SIGNATURE}{signature}"
-        args = call.get("args")
-        made = ToolCall(
-            call_id, call["name"], json.dumps(args, ensure_ascii=False) if args else "{}"
-        )
-        self.calls.append(made)
-        return index, made
-
-
-class GeminiProvider(HTTPProvider):
-    """A provider for the Gemini API (see the module docstring for the mapping).
-
-    Args:
-        id: a short name for logs and errors (``"gemini"``).
-        model: the model, e.g. ``"gemini-2.5-flash"`` (``"models/..."`` and
-            ``"tunedModels/..."`` names work too).
-        api_key: the API key, sent as ``x-goog-api-key``; ``None`` reads
-            ``GOOGLE_API_KEY``, else ``GEMINI_API_KEY`` (the official SDK's order), or
-            ``api_key_env`` when given. Never shown in URLs, ``repr``, logs or errors.
-        defaults: temperature / max_tokens / top_p used when a request leaves them unset,
-            and a pricing override.
-        include_raw_output: put the raw payload in ``response.raw`` (the list of chunk
-            payloads when streaming, the response payload otherwise).
-        base_url: the API root (default ``https://generativelanguage.googleapis.com``).
-        http_client: an ``httpx.AsyncClient`` to send through; it is not closed by us.
-            By default the provider owns a client over aiohttp, closed by :meth:`aclose`.
-        timeout: per-attempt timeouts (seconds or ``httpx.Timeout``).
-        max_retries: retries of 408/409/429/5xx and connection errors (default 2).
-        stream_idle_timeout: seconds without a streamed byte before
-            :class:`~promptkit_async.errors.StreamIdleTimeoutError`.
-        deadline: seconds for a whole call including retries and the full answer.
-        retry_policy: backoff timing.
-        default_headers: headers added to every request.
-        api_key_env: one variable to read the key from instead.
-        api_version: the API version path segment (default ``"v1beta"``).
-
-    Errors: HTTP statuses map to :mod:`promptkit_async.errors` (429
-    ``RateLimitError``, 400 ``ContextLengthExceededError`` when the input exceeds the
-    model's limit, a 400 for an invalid API key → ``AuthenticationError``...); an error
-    object inside the stream maps by its ``code``; a stream that ends before a
-    ``finishReason`` raises ``IncompleteStreamError``.
-
-    Concurrency: share one instance between any number of tasks and sessions on one
-    event loop. Closing (or cancelling the consumer of) a stream closes its HTTP
-    response at once.
+    Calls are numbered in arrival order; one without an id gets
+    ``gemini_<responseId>_<n>``.
     """
 
+    __slots__ = ("_key", "_made", "_usage")
+    incomplete = "the stream ended before the model finished (no finishReason)"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._key: str | None = None
+        self._made = 0  # calls read so far
+        self._usage: tuple[int, int, int, int] | None = None
+
+    def _call(self, part: dict[str, Any], index: int) -> ToolCallDelta:
+        call = part["functionCall"]
+        if type(call) is not dict:
+            raise ShapeError(f"functionCall is {type(call).__name__}, not an object")
+        name = optional_str(call.get("name"), "functionCall.name")
+        if not name:
+            raise ShapeError("a functionCall has no name")
+        args = call.get("args")
+        if args is not None and type(args) is not dict:
+            raise ShapeError(f"functionCall.args is {type(args).__name__}, not an object")
+        call_id = optional_str(call.get("id"), "functionCall.id")
+        if not call_id:
+            if self._key is None:
+                self._key = self.response_id or secrets.token_hex(8)
+            call_id = f"{_SYNTHETIC}{self._key}_{index}"
+        signature = optional_str(part.get("thoughtSignature"), "thoughtSignature")
+        if signature:
+            call_id = f"{call_id}{_SIGNATURE}{signature}"
+        return ToolCallDelta(index, call_id, name, json_text(args))
+
+    def feed(self, kind: str, payload: dict[str, Any]) -> StreamChunk | None:
+        if "error" in payload:
+            raise self.provider._payload_error(payload, self.request_id())
+        if self.response_id is None:
+            self.note_ids(payload, "responseId", "modelVersion")
+        meta = payload.get("usageMetadata")
+        if meta:
+            self._usage = _counts(meta)  # cumulative: the last one is the total
+        candidates = payload.get("candidates")
+        if not candidates:
+            feedback = payload.get("promptFeedback")
+            if feedback:
+                if type(feedback) is not dict:
+                    raise ShapeError("promptFeedback is not an object")
+                if feedback.get("blockReason") and not self.complete:
+                    self.finish = "content_filter"
+                    self._finished()
+            return None
+        if type(candidates) is not list:
+            raise ShapeError(f"candidates is {type(candidates).__name__}, not a list")
+        candidate = candidates[0]
+        if type(candidate) is not dict:
+            raise ShapeError("candidates[0] is not an object")
+        content = candidate.get("content")
+        if content is None:
+            parts: Any = ()
+        elif type(content) is not dict:
+            raise ShapeError(f"candidates[0].content is {type(content).__name__}")
+        else:
+            parts = content.get("parts")
+            if parts is None:
+                parts = ()
+            elif type(parts) is not list:
+                raise ShapeError("candidates[0].content.parts is not a list")
+        text = ""
+        calls: list[ToolCallDelta] | None = None
+        for part in parts:
+            if type(part) is not dict:
+                raise ShapeError("a part is not an object")
+            if "functionCall" in part:
+                if calls is None:
+                    calls = []
+                calls.append(self._call(part, self._made))
+                self._made += 1
+            elif not part.get("thought"):
+                piece = part.get("text")
+                if piece:
+                    if type(piece) is not str:
+                        raise ShapeError(f"a part's text is {type(piece).__name__}")
+                    text = text + piece if text else piece
+        reason = candidate.get("finishReason")
+        if reason is not None and type(reason) is not str:
+            raise ShapeError(f"finishReason is {type(reason).__name__}, not a string")
+        chunk = self.emit(text, tuple(calls) if calls else None)
+        if reason and not self.complete:
+            self.finish = _finish(reason)
+            self._finished()
+        return chunk
+
+    def _finished(self) -> None:
+        # The answer is complete: read on (a later chunk may carry usage), but only
+        # briefly to the body's end.
+        self.complete = True
+        if self.events is not None:
+            self.events.expect_end(self.provider.end_grace)
+
+    def parse(self, payload: dict[str, Any]) -> None:
+        self.feed("", payload)
+        self.complete = True
+
+    def response(self, request_id: str | None, trace: Sequence[Any], raw: Any) -> Any:
+        if self._usage is not None:
+            self.usage = Usage(*self._usage)
+        if self.calls and self.finish in (None, "stop"):
+            self.finish = "tool_calls"
+        return super().response(request_id, trace, raw)
+
+
+class GeminiProvider(WireProvider):
+    """A provider for the Gemini API (see the module docstring for the mapping).
+
+    ``GeminiProvider("gemini-2.5-flash")`` reads the key from ``GOOGLE_API_KEY``, else
+    ``GEMINI_API_KEY`` (the official SDK's order), or ``api_key_env`` when given; it is
+    sent as ``x-goog-api-key``, never in URLs. The model may also be a ``"models/..."`` or
+    ``"tunedModels/..."`` name. Every option of
+    :class:`~promptkit_async.providers._wire.WireProvider` applies (the default
+    ``base_url`` is ``https://generativelanguage.googleapis.com``). A 400 for an invalid
+    API key is an ``AuthenticationError``; an error object inside the stream maps by its
+    ``code``.
+
+    Args:
+        api_version: the API version path segment (default ``"v1beta"``).
+    """
+
+    kind = "gemini"
+    reader = _Reader
     default_base_url = "https://generativelanguage.googleapis.com"
     default_api_key_env = "GEMINI_API_KEY"
+    extra_api_key_envs = ("GOOGLE_API_KEY",)
     request_id_headers = ("x-request-id", "x-goog-request-id")
 
     def __init__(
         self,
-        id: str,
-        model: str,
-        api_key: str | None = None,
-        defaults: ProviderDefaults | None = None,
-        include_raw_output: bool = False,
-        *,
+        *args: str | None,
         api_version: str = "v1beta",
-        **options: Unpack[HTTPOptions],
+        **options: Unpack[ProviderOptions],
     ) -> None:
-        if api_key is None and options.get("api_key_env") is None:
-            api_key = os.environ.get("GOOGLE_API_KEY") or None
-        super().__init__(id, model, api_key, defaults, include_raw_output, **options)
+        super().__init__(*args, **options)
         if not api_version or "/" in api_version:
             raise InvalidRequestError(f"api_version must be like 'v1beta', got {api_version!r}")
+        model = self.model
         path = model if "/" in model else f"models/{model}"
         root = f"{self.base_url}/{api_version}/{quote(path, safe='/')}"
         self._endpoint = httpx.URL(f"{root}:generateContent")
@@ -263,76 +340,63 @@ class GeminiProvider(HTTPProvider):
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
 
+    def _url(self, stream: bool) -> httpx.URL:
+        return self._stream_endpoint if stream else self._endpoint
+
     # --- request --------------------------------------------------------------------------
 
     def _contents(self, messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
-        system: list[str] = []
-        contents: list[dict[str, Any]] = []
         names: dict[str, str] = {}  # call id -> function name, for results without a name
-        last_role: str | None = None
-        for message in messages:
-            role = message.role
-            parts: list[dict[str, Any]] = []
-            if role == "system":
-                if message.content:
-                    system.append(message.text)
-                continue
-            if role == "tool":
-                call_id = message.tool_call_id or ""
-                name = message.name or names.get(call_id)
-                if not name:
-                    raise InvalidRequestError(
-                        f"the tool message answering {call_id!r} has no name and no earlier "
-                        "assistant message made that call; Gemini pairs results with calls "
-                        "by function name, so set Message.name to the tool's name"
-                    )
-                base, _ = _split_id(call_id)
-                response: dict[str, Any] = {"name": name, "response": {"result": message.content}}
-                if base and not base.startswith(_SYNTHETIC):
-                    response["id"] = base
-                parts.append({"functionResponse": response})
-                gemini_role = "user"
-            else:
-                if message.content:
-                    parts.append({"text": message.content})
-                gemini_role = "model" if role == "assistant" else "user"
-                if role == "assistant":
-                    for position, call in enumerate(message.tool_calls):
-                        names[call.id] = call.name
-                        base, signature = _split_id(call.id)
-                        function: dict[str, Any] = {
-                            "name": call.name,
-                            "args": _args(call.arguments),
-                        }
-                        if base and not base.startswith(_SYNTHETIC):
-                            function["id"] = base
-                        part: dict[str, Any] = {"functionCall": function}
-                        if signature:
-                            part["thoughtSignature"] = signature
-                        elif position == 0 and self._needs_signature:
-                            part["thoughtSignature"] = _SKIP_SIGNATURE
-                        parts.append(part)
-            if not parts:
-                continue
-            if gemini_role == last_role:
-                contents[-1]["parts"].extend(parts)
-            else:
-                contents.append({"role": gemini_role, "parts": parts})
-                last_role = gemini_role
-        for content in contents:
-            parts = content["parts"]
-            if content["role"] == "user" and len(parts) > 1:
-                # Function responses answer the previous model turn: keep them first.
-                results = [p for p in parts if "functionResponse" in p]
-                if results and len(results) < len(parts):
-                    parts[:] = results + [p for p in parts if "functionResponse" not in p]
-        return "\n\n".join(system), contents
 
-    def build_body(self, request: ProviderRequest) -> dict[str, Any]:
+        def turn(message: Message) -> Turn:
+            if message.role == "tool":
+                return "user", [self._result(message, names)]
+            parts: list[dict[str, Any]] = []
+            if message.content:
+                parts.append({"text": message.content})
+            if message.role != "assistant":
+                return "user", parts
+            for position, call in enumerate(message.tool_calls):
+                names[call.id] = call.name
+                parts.append(self._call_part(call, position))
+            return "model", parts
+
+        system, turns = conversation_turns(messages, turn, _is_result)
+        return system, [{"role": role, "parts": parts} for role, parts in turns]
+
+    @staticmethod
+    def _result(message: Message, names: Mapping[str, str]) -> dict[str, Any]:
+        call_id = message.tool_call_id or ""
+        name = message.name or names.get(call_id)
+        if not name:
+            raise InvalidRequestError(
+                f"the tool message answering {call_id!r} has no name and no earlier "
+                "assistant message made that call; Gemini pairs results with calls "
+                "by function name, so set Message.name to the tool's name"
+            )
+        base, _ = _split_id(call_id)
+        response: dict[str, Any] = {"name": name, "response": {"result": message.content}}
+        if base and not base.startswith(_SYNTHETIC):
+            response["id"] = base
+        return {"functionResponse": response}
+
+    def _call_part(self, call: ToolCall, position: int) -> dict[str, Any]:
+        base, signature = _split_id(call.id)
+        function: dict[str, Any] = {"name": call.name, "args": arguments_object(call.arguments)}
+        if base and not base.startswith(_SYNTHETIC):
+            function["id"] = base
+        part: dict[str, Any] = {"functionCall": function}
+        if signature:
+            part["thoughtSignature"] = signature
+        elif position == 0 and self._needs_signature:
+            part["thoughtSignature"] = _SKIP_SIGNATURE
+        return part
+
+    def build_body(self, request: ProviderRequest, *, stream: bool = False) -> dict[str, Any]:
         """The ``generateContent`` request body for ``request`` (the same for streaming).
 
-        Request fields left ``None`` fall back to the provider's ``defaults``;
-        ``extra_body`` is merged last, one level deep, and wins.
+        Generation settings the request leaves unset fall back to the provider's
+        ``generation``; ``extra_body`` is merged last, one level deep, and wins.
 
         Raises:
             InvalidRequestError: no user or assistant message to send, or a tool result
@@ -346,230 +410,41 @@ class GeminiProvider(HTTPProvider):
         body: dict[str, Any] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": [{"text": system}]}
-        defaults = self.defaults
-        config: dict[str, Any] = {}
-        max_tokens = request.max_tokens if request.max_tokens is not None else defaults.max_tokens
-        if max_tokens is not None:
-            config["maxOutputTokens"] = max_tokens
-        temperature = (
-            request.temperature if request.temperature is not None else defaults.temperature
-        )
-        if temperature is not None:
-            config["temperature"] = temperature
-        top_p = request.top_p if request.top_p is not None else defaults.top_p
-        if top_p is not None:
-            config["topP"] = top_p
-        if request.stop:
-            config["stopSequences"] = list(request.stop)
-        if request.seed is not None:
-            config["seed"] = request.seed
+        settings = self._settings(request)
+        config = wire_settings(settings, _SETTING_KEYS)
         if config:
             body["generationConfig"] = config
         if request.tools:
-            body["tools"] = [{"functionDeclarations": [_tool(t) for t in request.tools]}]
+            body["tools"] = [
+                {
+                    "functionDeclarations": [
+                        declaration(t, "parametersJsonSchema") for t in request.tools
+                    ]
+                }
+            ]
             if request.tool_choice:
                 body["toolConfig"] = _tool_config(request.tool_choice)
-        if request.extra_body:
-            _deep_update(body, request.extra_body)
+        if settings.extra_body:
+            _deep_update(body, settings.extra_body)
         return body
 
     # --- errors -----------------------------------------------------------------------------
 
     def _make_status_error(
-        self,
-        status: int,
-        message: str,
-        code: object,
-        body: Any,
-        request_id: str | None,
-        retry_after: float | None = None,
+        self, status: int, message: str, code: object, body: Any, *args: Any, **kwargs: Any
     ) -> APIStatusError:
+        error = super()._make_status_error(status, message, code, body, *args, **kwargs)
         # Gemini answers a wrong key with 400 INVALID_ARGUMENT and reason API_KEY_INVALID:
         # report it as the authentication problem it is.
-        if status == 400 and "API_KEY_INVALID" in json.dumps(body):
-            if not self._api_key:
-                message += " (no API key was configured: pass api_key= or set GOOGLE_API_KEY)"
-            return AuthenticationError(
-                message,
-                status_code=status,
-                provider=self.id,
-                request_id=request_id,
-                body=body,
-                retry_after=retry_after,
-            )
-        return super()._make_status_error(status, message, code, body, request_id, retry_after)
-
-    # --- responses --------------------------------------------------------------------------
-
-    def _check(self, payload: Any, request_id: str | None) -> dict[str, Any]:
-        if type(payload) is not dict:
-            raise APIResponseError(
-                "the response is not a JSON object", provider=self.id, request_id=request_id
-            )
-        if "error" in payload:
-            raise self._payload_error(payload, request_id)
-        return payload
-
-    async def complete(self, request: ProviderRequest) -> ProviderResponse:
-        """Send ``request`` to ``generateContent`` and return the whole answer.
-
-        Raises:
-            ProviderError: a subclass from :mod:`promptkit_async.errors` (see the class
-                docstring).
-        """
-        payload, call, request_id = await self._post_json(self._endpoint, self.build_body(request))
-        payload = self._check(payload, request_id)
-        texts: list[str] = []
-        calls = _Calls()
-        finish: str | None = None
-        try:
-            response_id = payload.get("responseId")
-            candidates = payload.get("candidates") or ()
-            if candidates:
-                candidate = candidates[0]
-                for part in (candidate.get("content") or {}).get("parts") or ():
-                    if "functionCall" in part:
-                        calls.add(part, response_id)
-                    elif "text" in part and not part.get("thought"):
-                        texts.append(part["text"])
-                reason = candidate.get("finishReason")
-                finish = _finish(reason) if reason else None
-            elif (payload.get("promptFeedback") or {}).get("blockReason"):
-                finish = "content_filter"
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise APIResponseError(
-                f"unexpected response shape ({type(exc).__name__}: {exc})",
-                provider=self.id,
-                request_id=request_id,
-            ) from None
-        content = "".join(texts)
-        tool_calls = tuple(calls.calls)
-        meta = payload.get("usageMetadata")
-        usage = (
-            _usage(meta)
-            if isinstance(meta, Mapping)
-            else _estimate_usage(request.messages, content)
+        if status != 400 or "API_KEY_INVALID" not in json.dumps(body):
+            return error
+        if not self._api_key:
+            message += " (no API key was configured: pass api_key= or set GOOGLE_API_KEY)"
+        return AuthenticationError(
+            message,
+            status_code=status,
+            provider=self.id,
+            request_id=error.request_id,
+            body=error.body,
+            retry_after=error.retry_after,
         )
-        if tool_calls and finish in (None, "stop"):
-            finish = "tool_calls"
-        return ProviderResponse(
-            content=content,
-            finish_reason=finish or "stop",
-            usage=usage,
-            cost=self.calculate_cost(usage),
-            tool_calls=tool_calls,
-            model=payload.get("modelVersion"),
-            response_id=response_id,
-            request_id=request_id,
-            latency=time.perf_counter() - call.started,
-            trace=tuple(call.trace),
-            raw=payload if self.include_raw_output else None,
-        )
-
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamChunk]:
-        """Stream the answer from ``streamGenerateContent?alt=sse``: text chunks
-        (``delta``), each function call as one whole ``tool_call_deltas`` fragment (Gemini
-        does not split calls), then one last chunk with ``response``, ``usage`` and
-        ``finish_reason``.
-
-        Close the iterator if you stop early (``contextlib.aclosing``); that, or
-        cancelling the consuming task, closes the HTTP response at once. Retries happen
-        only before the first event arrives.
-
-        Raises:
-            ProviderError: see the class docstring.
-        """
-        events = self._post_events(self._stream_endpoint, self.build_body(request))
-        texts: list[str] = []
-        calls = _Calls()
-        finish: str | None = None
-        finished = False
-        usage: Usage | None = None
-        response_id: str | None = None
-        model: str | None = None
-        first: float | None = None
-        raw: list[Any] | None = [] if self.include_raw_output else None
-        loads = json_loads
-        try:
-            while batch := await events.next_batch():
-                for event in batch:
-                    try:
-                        payload = loads(event.data)
-                    except ValueError:
-                        raise self._event_error(
-                            event.data, events.request_id, events.ended
-                        ) from None
-                    payload = self._check(payload, events.request_id)
-                    if raw is not None:
-                        raw.append(payload)
-                    if response_id is None:
-                        response_id = payload.get("responseId")
-                        model = payload.get("modelVersion")
-                    meta = payload.get("usageMetadata")
-                    if meta:
-                        usage = _usage(meta)  # cumulative: the last one is the total
-                    candidates = payload.get("candidates")
-                    if not candidates:
-                        if (payload.get("promptFeedback") or {}).get("blockReason"):
-                            finish, finished = "content_filter", True
-                        continue
-                    candidate = candidates[0]
-                    try:
-                        for part in (candidate.get("content") or {}).get("parts") or ():
-                            if "functionCall" in part:
-                                index, call = calls.add(part, response_id)
-                                if first is None:
-                                    first = time.perf_counter() - events.started
-                                yield StreamChunk(
-                                    tool_call_deltas=(
-                                        ToolCallDelta(index, call.id, call.name, call.arguments),
-                                    )
-                                )
-                            elif not part.get("thought"):
-                                text = part.get("text")
-                                if text:
-                                    if first is None:
-                                        first = time.perf_counter() - events.started
-                                    texts.append(text)
-                                    yield StreamChunk(delta=text)
-                    except (KeyError, TypeError, AttributeError) as exc:
-                        raise APIResponseError(
-                            f"unexpected chunk shape ({type(exc).__name__}: {exc})",
-                            provider=self.id,
-                            request_id=events.request_id,
-                        ) from None
-                    reason = candidate.get("finishReason")
-                    if reason and not finished:
-                        finish, finished = _finish(reason), True
-                        # The answer is complete: read on to the body's end only briefly.
-                        events.expect_end(self.end_grace)
-        finally:
-            await events.aclose()
-        if not finished:
-            raise IncompleteStreamError(
-                "the stream ended before the model finished (no finishReason)",
-                provider=self.id,
-                request_id=events.request_id,
-            )
-        content = "".join(texts)
-        if usage is None:
-            usage = _estimate_usage(request.messages, content)
-        tool_calls = tuple(calls.calls)
-        if tool_calls and finish in (None, "stop"):
-            finish = "tool_calls"
-        finish = finish or "stop"
-        response = ProviderResponse(
-            content=content,
-            finish_reason=finish,
-            usage=usage,
-            cost=self.calculate_cost(usage),
-            tool_calls=tool_calls,
-            model=model,
-            response_id=response_id,
-            request_id=events.request_id,
-            latency=time.perf_counter() - events.started,
-            time_to_first_chunk=first,
-            trace=tuple(events.trace),
-            raw=raw,
-        )
-        yield StreamChunk(finish_reason=finish, usage=usage, response=response)

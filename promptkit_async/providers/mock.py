@@ -19,8 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Union
 
+from typing_extensions import Unpack
+
+from ..errors import ConfigurationError
 from ..types import ProviderResponse, StreamChunk, ToolCallDelta, Usage
-from .base import BaseProvider, ProviderDefaults, ProviderRequest
+from .base import BaseProvider, ProviderIdentity, ProviderRequest
 
 __all__ = ["MockProvider", "MockReply"]
 
@@ -46,8 +49,9 @@ class MockProvider(BaseProvider):
             :class:`ProviderRequest`, returning a reply as above.
         chunk_size: characters per streamed chunk.
         chunk_delay: seconds to wait before each chunk (to simulate a slow model).
-        model / id / defaults: as for real providers; the default model has no price, so
-            pass ``model="gpt-4o-mini"`` to get realistic costs.
+        model / name / generation / pricing: as for real providers (``name`` defaults to
+            ``"mock"``; ``id=`` and ``defaults=`` are deprecated spellings); the default
+            model has no price, so pass ``model="gpt-4o-mini"`` to get realistic costs.
 
     With neither ``replies`` nor ``handler`` it echoes the last message.
 
@@ -55,6 +59,8 @@ class MockProvider(BaseProvider):
     and token counts behave like a real provider's. Safe to share between tasks; the
     script is consumed in call order.
     """
+
+    kind = "mock"
 
     def __init__(
         self,
@@ -64,14 +70,13 @@ class MockProvider(BaseProvider):
         chunk_size: int = 8,
         chunk_delay: float = 0.0,
         model: str = "mock-model",
-        id: str = "mock",
-        defaults: ProviderDefaults | None = None,
+        **options: Unpack[ProviderIdentity],
     ) -> None:
-        super().__init__(id, model, defaults)
+        super().__init__(model=model, **options)
         if replies is not None and handler is not None:
-            raise ValueError("pass either replies or handler, not both")
+            raise ConfigurationError("pass either replies or handler, not both")
         if chunk_size < 1:
-            raise ValueError("chunk_size must be at least 1")
+            raise ConfigurationError("chunk_size must be at least 1")
         self._script: deque[MockReply] | None = deque(replies) if replies is not None else None
         self._used = 0
         self._handler = handler

@@ -40,7 +40,14 @@ import asyncpg.exceptions as pgexc
 
 from .._lifecycle import AsyncResource
 from .._validation import check_session_id
-from ..errors import InvalidRequestError, StoreDataError, StoreError, StoreUnavailableError
+from ..errors import (
+    ConfigurationError,
+    InvalidArgumentsError,
+    InvalidRequestError,
+    StoreDataError,
+    StoreError,
+    StoreUnavailableError,
+)
 from ..types import Message
 from ._batch import Batcher, Command
 from ._common import check_last_n, check_limit, check_ttl, split_patch
@@ -121,7 +128,7 @@ def _escape_key(key: str) -> str:
 
 def _check_identifier(name: str, value: object) -> str:
     if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise ValueError(
+        raise ConfigurationError(
             f"{name} must be letters, digits and '_' (not starting with a digit, at most "
             f"40 characters), not {value!r}"
         )
@@ -237,7 +244,7 @@ class PostgresStateStore(AsyncResource):
         max_in_flight: int = 4,
     ) -> None:
         if not isinstance(pool, asyncpg.Pool):
-            raise TypeError(
+            raise InvalidArgumentsError(
                 "pool must be an asyncpg.Pool; use PostgresStateStore.connect(dsn) to create one"
             )
         self.schema = _check_identifier("schema", schema)
@@ -246,11 +253,11 @@ class PostgresStateStore(AsyncResource):
         self.table_prefix = table_prefix
         self.ttl = check_ttl(ttl)
         if timeout is not None and not timeout > 0:
-            raise ValueError("timeout must be positive seconds, or None")
+            raise ConfigurationError("timeout must be positive seconds, or None")
         if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
+            raise ConfigurationError("max_in_flight must be at least 1")
         if not sweep_interval > 0:
-            raise ValueError("sweep_interval must be positive seconds")
+            raise ConfigurationError("sweep_interval must be positive seconds")
         self.timeout = timeout
         self.refresh_ttl_on_read = bool(refresh_ttl_on_read)
         self.auto_migrate = bool(auto_migrate)
@@ -310,7 +317,7 @@ class PostgresStateStore(AsyncResource):
         _check_identifier("schema", schema)
         check_ttl(ttl)
         if not connect_timeout > 0:
-            raise ValueError("connect_timeout must be positive seconds")
+            raise ConfigurationError("connect_timeout must be positive seconds")
         address = _describe_dsn(dsn)
         settings = dict(pool_options.pop("server_settings", None) or {})
         if statement_timeout is not None:

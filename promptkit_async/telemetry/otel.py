@@ -422,16 +422,17 @@ class OpenTelemetryListener:
         }
         if started is not None:
             request = started.request
+            settings = request.generation
             for key, value in (
-                ("gen_ai.request.max_tokens", request.max_tokens),
-                ("gen_ai.request.temperature", request.temperature),
-                ("gen_ai.request.top_p", request.top_p),
-                ("gen_ai.request.seed", request.seed),
+                ("gen_ai.request.max_tokens", settings.max_tokens),
+                ("gen_ai.request.temperature", settings.temperature),
+                ("gen_ai.request.top_p", settings.top_p),
+                ("gen_ai.request.seed", settings.seed),
             ):
                 if value is not None:
                     attributes[key] = value
-            if request.stop:
-                attributes["gen_ai.request.stop_sequences"] = list(request.stop)
+            if settings.stop:
+                attributes["gen_ai.request.stop_sequences"] = list(settings.stop)
             if self.capture_content:
                 attributes["gen_ai.input.messages"] = _messages_json(request.messages)
         response = event.response

@@ -32,7 +32,7 @@ imported on first use, so the library never needs the SDK otherwise) are
 
 from typing import TYPE_CHECKING, Any
 
-from ._assemble import ToolCallAssembler
+from .._toolcalls import ToolCallAssembler
 from ._registry import Tool, ToolLike, ToolPolicy, ToolRegistry, ToolSource, as_registry, tool
 from ._runner import result_text, run_tool_calls
 

@@ -27,7 +27,7 @@ from promptkit_async.errors import (
     RateLimitError,
 )
 from promptkit_async.pricing import lookup_pricing
-from promptkit_async.providers import AnthropicProvider, ProviderDefaults, ProviderRequest
+from promptkit_async.providers import AnthropicProvider, GenerationConfig, ProviderRequest
 from promptkit_async.types import Message, StreamChunk, ToolCall, ToolDefinition, Usage
 
 HELLO = ProviderRequest([Message("user", "Hi")])
@@ -355,7 +355,7 @@ async def test_non_streamed_tool_calls(http_client, router, afakes) -> None:
 
 async def test_system_merging_and_request_fields(http_client, router, afakes) -> None:
     route = router.post(afakes.URL).mock(return_value=httpx.Response(200, json=afakes.message()))
-    defaults = ProviderDefaults(temperature=0.3, max_tokens=100, top_p=0.9)
+    defaults = GenerationConfig(temperature=0.3, max_tokens=100, top_p=0.9)
     messages = [
         Message("system", "You are terse."),
         Message("system", "Answer in English."),
@@ -368,10 +368,13 @@ async def test_system_merging_and_request_fields(http_client, router, afakes) ->
         Message("user", "And tomorrow?"),
     ]
     request = ProviderRequest(
-        messages, stop=("END",), seed=7, tools=[WEATHER], tool_choice="get_weather"
+        messages,
+        tools=[WEATHER],
+        tool_choice="get_weather",
+        generation=GenerationConfig(stop=("END",), seed=7),
     )
     async with AnthropicProvider(
-        "anthropic", afakes.MODEL, afakes.API_KEY, defaults, http_client=http_client
+        "anthropic", afakes.MODEL, afakes.API_KEY, generation=defaults, http_client=http_client
     ) as provider:
         await provider.complete(request)
     body = sent_body(route)
@@ -438,7 +441,7 @@ def test_malformed_stored_arguments_replay_as_an_empty_input(afakes) -> None:
 def test_max_tokens_request_and_constructor_default(afakes) -> None:
     provider = AnthropicProvider("anthropic", afakes.MODEL, afakes.API_KEY, default_max_tokens=64)
     assert provider.build_body(HELLO, stream=False)["max_tokens"] == 64
-    request = ProviderRequest([Message("user", "Hi")], max_tokens=9)
+    request = ProviderRequest([Message("user", "Hi")], generation=GenerationConfig(max_tokens=9))
     assert provider.build_body(request, stream=False)["max_tokens"] == 9
     with pytest.raises(InvalidRequestError):
         AnthropicProvider("anthropic", afakes.MODEL, default_max_tokens=0)
@@ -447,15 +450,19 @@ def test_max_tokens_request_and_constructor_default(afakes) -> None:
 def test_sampling_defaults_are_not_sent_and_say_so(afakes, caplog) -> None:
     with caplog.at_level(logging.WARNING, "promptkit_async.providers"):
         provider = AnthropicProvider(
-            "anthropic", afakes.MODEL, defaults=ProviderDefaults(temperature=0.2)
+            "anthropic", afakes.MODEL, generation=GenerationConfig(temperature=0.2)
         )
     assert "temperature/top_p are not sent" in caplog.text
-    request = ProviderRequest([Message("user", "Hi")], temperature=0.5, top_p=0.9)
+    request = ProviderRequest(
+        [Message("user", "Hi")], generation=GenerationConfig(temperature=0.5, top_p=0.9)
+    )
     body = provider.build_body(request, stream=True)
     afakes.validate_request(body, stream=True)
     assert "temperature" not in body
     # An older model that still takes it: extra_body passes it through as given.
-    request = ProviderRequest([Message("user", "Hi")], extra_body={"temperature": 0.2})
+    request = ProviderRequest(
+        [Message("user", "Hi")], generation=GenerationConfig(extra_body={"temperature": 0.2})
+    )
     assert provider.build_body(request, stream=True)["temperature"] == 0.2
 
 
@@ -466,8 +473,9 @@ def test_extra_body_and_version_header(afakes) -> None:
         afakes.API_KEY,
         default_headers={"anthropic-beta": "prompt-caching-2024-07-31"},
     )
+    extra = {"metadata": {"user_id": "u-1"}, "service_tier": "auto"}
     request = ProviderRequest(
-        [Message("user", "Hi")], extra_body={"metadata": {"user_id": "u-1"}, "service_tier": "auto"}
+        [Message("user", "Hi")], generation=GenerationConfig(extra_body=extra)
     )
     body = provider.build_body(request, stream=True)
     afakes.validate_request(body, stream=True)
@@ -668,7 +676,7 @@ async def test_api_key_never_in_stream_error_events(anthropic_provider, router, 
 def test_repr_shows_identity_only(afakes) -> None:
     provider = AnthropicProvider("anthropic", afakes.MODEL, afakes.API_KEY)
     assert afakes.API_KEY not in repr(provider)
-    assert repr(provider).startswith("AnthropicProvider(id='anthropic'")
+    assert repr(provider).startswith("AnthropicProvider(name='anthropic'")
 
 
 def test_exported_names() -> None:

@@ -25,7 +25,7 @@ from promptkit_async.errors import (
     RateLimitError,
 )
 from promptkit_async.pricing import lookup_pricing
-from promptkit_async.providers import GeminiProvider, ProviderDefaults, ProviderRequest
+from promptkit_async.providers import GeminiProvider, GenerationConfig, ProviderRequest
 from promptkit_async.types import Message, StreamChunk, ToolCall, ToolDefinition, Usage
 
 HELLO = ProviderRequest([Message("user", "Hi")])
@@ -331,7 +331,7 @@ async def test_non_streamed_function_calls(gemini_provider, router, gfakes) -> N
 
 async def test_system_merging_and_generation_config(http_client, router, gfakes) -> None:
     route = router.post(gfakes.URL).mock(return_value=httpx.Response(200, json=gfakes.response()))
-    defaults = ProviderDefaults(temperature=0.3, max_tokens=100, top_p=0.9)
+    defaults = GenerationConfig(temperature=0.3, max_tokens=100, top_p=0.9)
     messages = [
         Message("system", "You are terse."),
         Message("system", "Answer in English."),
@@ -345,19 +345,21 @@ async def test_system_merging_and_generation_config(http_client, router, gfakes)
     ]
     request = ProviderRequest(
         messages,
-        stop=("END",),
-        seed=7,
         tools=[WEATHER],
         tool_choice="get_weather",
-        extra_body={
-            "generationConfig": {"thinkingConfig": {"thinkingBudget": 0}},
-            "safetySettings": [
-                {"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}
-            ],
-        },
+        generation=GenerationConfig(
+            stop=("END",),
+            seed=7,
+            extra_body={
+                "generationConfig": {"thinkingConfig": {"thinkingBudget": 0}},
+                "safetySettings": [
+                    {"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}
+                ],
+            },
+        ),
     )
     async with GeminiProvider(
-        "gemini", gfakes.MODEL, gfakes.API_KEY, defaults, http_client=http_client
+        "gemini", gfakes.MODEL, gfakes.API_KEY, generation=defaults, http_client=http_client
     ) as provider:
         await provider.complete(request)
     body = sent_body(route)

@@ -16,6 +16,7 @@ from promptkit_async.pipeline.middleware import (
     ProviderMiddlewareConfig,
     StateMiddleware,
 )
+from promptkit_async.providers import GenerationConfig
 from promptkit_async.providers.openai import OpenAIProvider
 from promptkit_async.statestore import InMemoryStateStore
 from promptkit_async.types import Message, ToolCall
@@ -31,7 +32,10 @@ def pipe(provider: OpenAIProvider, store: InMemoryStateStore) -> Pipeline:
     return Pipeline(
         StateMiddleware(store),
         ProviderMiddleware(
-            provider, None, None, ProviderMiddlewareConfig(max_tokens=500, temperature=0.7)
+            provider,
+            None,
+            None,
+            ProviderMiddlewareConfig(GenerationConfig(max_tokens=500, temperature=0.7)),
         ),
     )
 

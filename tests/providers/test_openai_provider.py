@@ -33,7 +33,7 @@ from promptkit_async.errors import (
     UnprocessableEntityError,
 )
 from promptkit_async.pricing import lookup_pricing
-from promptkit_async.providers import OpenAIProvider, ProviderDefaults, ProviderRequest
+from promptkit_async.providers import GenerationConfig, OpenAIProvider, ProviderRequest
 from promptkit_async.types import Message, StreamChunk, ToolCall, ToolDefinition, Usage
 
 HELLO = ProviderRequest([Message("user", "Hi")])
@@ -289,7 +289,7 @@ async def test_message_conversion_and_request_fields(http_client, router, fakes)
     route = router.post(fakes.CHAT_URL).mock(
         return_value=httpx.Response(200, json=fakes.completion())
     )
-    defaults = ProviderDefaults(temperature=0.3, max_tokens=100, top_p=0.9)
+    defaults = GenerationConfig(temperature=0.3, max_tokens=100, top_p=0.9)
     messages = [
         Message("system", "You are terse."),
         Message("user", "Weather?", name="alice"),
@@ -299,17 +299,19 @@ async def test_message_conversion_and_request_fields(http_client, router, fakes)
         Message("user", "Thanks"),
     ]
     async with OpenAIProvider(
-        "openai", "gpt-4o-mini", fakes.API_KEY, defaults, http_client=http_client
+        "openai", "gpt-4o-mini", fakes.API_KEY, generation=defaults, http_client=http_client
     ) as provider:
         await provider.complete(
             ProviderRequest(
                 messages,
-                temperature=0.0,  # set explicitly: wins over the default even though falsy
-                stop=("END",),
-                seed=7,
                 tools=[ToolDefinition("weather")],
                 tool_choice="weather",
-                extra_body={"user": "u-1", "top_p": 0.5},
+                generation=GenerationConfig(
+                    temperature=0.0,  # set explicitly: wins over the default though falsy
+                    stop=("END",),
+                    seed=7,
+                    extra_body={"user": "u-1", "top_p": 0.5},
+                ),
             )
         )
         await provider.complete(ProviderRequest(messages[-1:], tool_choice="required"))
@@ -355,7 +357,9 @@ async def test_other_servers_get_max_tokens(http_client, router, fakes) -> None:
     async with OpenAIProvider(
         "vllm", "qwen", base_url="http://localhost:8000/v1/", http_client=http_client
     ) as provider:
-        await provider.complete(ProviderRequest([Message("user", "x")], max_tokens=9))
+        await provider.complete(
+            ProviderRequest([Message("user", "x")], generation=GenerationConfig(max_tokens=9))
+        )
     body = sent_body(route)
     fakes.validate_request(body, stream=False)
     assert body["max_tokens"] == 9
@@ -374,7 +378,11 @@ async def test_empty_request_is_rejected_before_io(provider, router, fakes) -> N
 async def test_unserialisable_extra_body_is_a_clear_error(provider, router, fakes) -> None:
     route = router.post(fakes.CHAT_URL)
     with pytest.raises(InvalidRequestError, match="extra_body"):
-        await provider.complete(ProviderRequest([Message("user", "x")], extra_body={"x": {1, 2}}))
+        await provider.complete(
+            ProviderRequest(
+                [Message("user", "x")], generation=GenerationConfig(extra_body={"x": {1, 2}})
+            )
+        )
     assert not route.called
 
 
@@ -771,7 +779,7 @@ async def test_owned_transport_is_closed() -> None:
 def test_repr_shows_identity_only(fakes) -> None:
     provider = OpenAIProvider("openai", "gpt-4o-mini", fakes.API_KEY)
     assert repr(provider) == (
-        "OpenAIProvider(id='openai', model='gpt-4o-mini', base_url='https://api.openai.com/v1')"
+        "OpenAIProvider(name='openai', model='gpt-4o-mini', base_url='https://api.openai.com/v1')"
     )
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from promptkit_async.errors import AuthenticationError
 from promptkit_async.pricing import ModelPricing
-from promptkit_async.providers import OpenAIProvider, ProviderDefaults, ProviderRequest, presets
+from promptkit_async.providers import GenerationConfig, OpenAIProvider, ProviderRequest, presets
 from promptkit_async.types import Message
 
-HELLO = ProviderRequest([Message("user", "Hi")], max_tokens=8)
+HELLO = ProviderRequest([Message("user", "Hi")], generation=GenerationConfig(max_tokens=8))
 
 HOSTED = [
     (presets.groq, "GROQ_API_KEY", "https://api.groq.com/openai/v1"),
@@ -81,9 +81,9 @@ async def test_vllm_with_key_and_own_price(http_client, router, fakes, monkeypat
     route = router.post("http://gpu:8000/v1/chat/completions").mock(
         return_value=httpx.Response(200, json=fakes.completion())
     )
-    price = ProviderDefaults(temperature=0.2, pricing=ModelPricing(1.0, 2.0))
+    price = ModelPricing(1.0, 2.0)
     async with presets.vllm(
-        "qwen", "http://gpu:8000/v1", defaults=price, http_client=http_client
+        "qwen", "http://gpu:8000/v1", pricing=price, http_client=http_client
     ) as p:
         response = await p.complete(HELLO)
     assert route.calls.last.request.headers["authorization"] == "Bearer vllm-token"

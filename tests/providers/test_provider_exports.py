@@ -9,7 +9,7 @@ from promptkit_async.providers.openai import OpenAIProvider
 
 
 def test_public_names() -> None:
-    for name in ("OpenAIProvider", "RetryPolicy", "AiohttpTransport"):
+    for name in ("OpenAIProvider", "RetryPolicy", "AiohttpTransport", "GenerationConfig"):
         assert name in providers.__all__
         assert name in promptkit_async.__all__
         assert getattr(promptkit_async, name) is getattr(providers, name)

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ... import events
 from ..._context import ExecutionContext, Next
 from ...errors import IncompleteStreamError, ToolError
-from ...providers.base import Provider, ProviderRequest
+from ...providers.base import (
+    UNSET_GENERATION,
+    GenerationConfig,
+    Provider,
+    ProviderRequest,
+    legacy_generation,
+    legacy_generation_fields,
+)
 from ...tools import (
     ToolCallAssembler,
     ToolLike,
@@ -36,26 +43,34 @@ _NOT_FORCING = frozenset(("auto", "none"))  # tool choices that do not force a c
 _KEYWORDS = frozenset(("auto", "none", "required"))
 
 
-@dataclass(frozen=True, slots=True)
+@legacy_generation_fields
+@dataclass(frozen=True, slots=True, init=False)
 class ProviderMiddlewareConfig:
-    """Per-pipeline request settings; ``None`` falls back to the provider's defaults.
+    """Per-pipeline request settings.
 
     Attributes:
-        max_tokens: cap on the reply's tokens.
-        temperature / top_p / stop / seed: sampling controls.
+        generation: the generation settings of every request (``max_tokens``,
+            ``temperature``, ``top_p``, ``stop``, ``seed``, ``extra_body``); fields left
+            ``None`` fall back to the provider's ``generation`` defaults.
         stream: use the provider's streaming API (default). With ``False`` each call is a
             single non-streamed request, and ``Pipeline.stream`` yields only its final
             chunk.
-        extra_body: provider-specific request fields, merged into the body as-is.
+
+    The keywords ``max_tokens=``, ``temperature=``, ``top_p=``, ``stop=``, ``seed=`` and
+    ``extra_body=`` (and the attributes of those names) are deprecated: they go into
+    ``generation``.
     """
 
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] | None = None
-    seed: int | None = None
-    stream: bool = True
-    extra_body: Mapping[str, Any] | None = None
+    generation: GenerationConfig
+    stream: bool
+
+    def __init__(
+        self, generation: GenerationConfig | None = None, stream: bool = True, **legacy: Any
+    ) -> None:
+        if legacy:
+            generation = legacy_generation("ProviderMiddlewareConfig", legacy, generation)
+        object.__setattr__(self, "generation", generation or UNSET_GENERATION)
+        object.__setattr__(self, "stream", stream)
 
 
 class ProviderMiddleware:
@@ -140,18 +155,7 @@ class ProviderMiddleware:
         tools: Sequence[ToolDefinition] = (),
         tool_choice: str | None = None,
     ) -> ProviderRequest:
-        c = self.config
-        return ProviderRequest(
-            messages=messages,
-            max_tokens=c.max_tokens,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            stop=c.stop,
-            seed=c.seed,
-            tools=tools,
-            tool_choice=tool_choice,
-            extra_body=c.extra_body,
-        )
+        return ProviderRequest(messages, tools, tool_choice, self.config.generation)
 
     @staticmethod
     def _account(ctx: ExecutionContext, response: ProviderResponse) -> None:

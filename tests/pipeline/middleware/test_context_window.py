@@ -211,7 +211,7 @@ async def test_truncate_raises_when_the_newest_message_cannot_fit() -> None:
 
 
 def summarizer_mock(*replies: str | BaseException) -> MockProvider:
-    return MockProvider(list(replies), model="gpt-4o-mini", id="summarizer")
+    return MockProvider(list(replies), model="gpt-4o-mini", name="summarizer")
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["full-load", "windowed-load"])

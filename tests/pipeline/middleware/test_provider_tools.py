@@ -12,6 +12,7 @@ import pytest
 from promptkit_async import (
     BaseProvider,
     ExecutionContext,
+    GenerationConfig,
     InMemoryStateStore,
     Message,
     MockProvider,
@@ -169,14 +170,16 @@ async def test_non_streaming_config_runs_the_same_loop() -> None:
     weather = Weather()
     provider = MockProvider([calls(("c1", "get_weather", '{"city": "Lima"}')), "Mild."])
     pipe, store = make_pipeline(
-        provider, [weather.tool], config=ProviderMiddlewareConfig(stream=False, max_tokens=50)
+        provider,
+        [weather.tool],
+        config=ProviderMiddlewareConfig(GenerationConfig(max_tokens=50), stream=False),
     )
 
     result = await pipe.execute(SESSION, "user", "Lima?")
 
     assert result.response.content == "Mild."
     assert weather.calls == [("Lima", "C")]
-    assert all(r.max_tokens == 50 for r in provider.requests)
+    assert all(r.generation.max_tokens == 50 for r in provider.requests)
     assert len(await store.load(SESSION)) == 4
 
 
@@ -681,7 +684,7 @@ async def test_positional_and_keyword_forms_and_a_live_registry() -> None:
     weather = Weather()
     registry = ToolRegistry([weather.tool])
     policy = ToolPolicy(max_rounds=3)
-    config = ProviderMiddlewareConfig(max_tokens=77)
+    config = ProviderMiddlewareConfig(GenerationConfig(max_tokens=77))
     provider = MockProvider(["a", "b"])
     positional = ProviderMiddleware(provider, registry, policy, config)
     keyword = ProviderMiddleware(provider, tools=registry, tool_policy=policy, config=config)
@@ -702,7 +705,7 @@ async def test_positional_and_keyword_forms_and_a_live_registry() -> None:
 
     assert [d.name for d in provider.requests[0].tools] == ["get_weather"]
     assert [d.name for d in provider.requests[1].tools] == ["get_weather", "added_later"]
-    assert provider.requests[0].max_tokens == 77
+    assert provider.requests[0].generation.max_tokens == 77
 
 
 async def test_without_tools_nothing_tool_related_is_sent() -> None:

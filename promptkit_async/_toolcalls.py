@@ -1,10 +1,11 @@
-"""Assembling streamed tool-call fragments into whole calls."""
+"""Assembling streamed tool-call fragments into whole calls (shared by the providers, which
+assemble what they stream, and the tool loop; exported as ``tools.ToolCallAssembler``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..types import ToolCall, ToolCallDelta
+from .types import ToolCall, ToolCallDelta
 
 __all__ = ["ToolCallAssembler"]
 
