@@ -321,6 +321,8 @@ UserTimeout = Callable[[float], Any]
 
 
 async def within_asyncio(seconds: float, work: Callable[[], Awaitable[Any]]) -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("asyncio.timeout is Python 3.11+")
     async with asyncio.timeout(seconds):
         await work()
 

@@ -7,6 +7,7 @@ order of events is forced, never slept into.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import anyio
@@ -73,6 +74,8 @@ async def test_a_batch_with_a_caller_without_timeout_has_no_deadline() -> None:
 
 
 async def within_asyncio(seconds: float, batcher: Batcher) -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("asyncio.timeout is Python 3.11+")
     async with asyncio.timeout(seconds):
         await batcher.call([("slow",)], timeout=30)
 
