@@ -76,6 +76,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -86,6 +87,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, NoReturn, Protocol
 
 import aiohttp
+import anyio
 import httpx
 from typing_extensions import TypedDict
 
@@ -120,9 +122,40 @@ from .base import BaseProvider, GenerationConfig
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
     from asyncio import timeout_at as _timeout_at
-else:  # pragma: no cover - the same scopes, from aiohttp's own dependency
-    from async_timeout import timeout as _timeout  # type: ignore[import-not-found,unused-ignore]
-    from async_timeout import timeout_at as _timeout_at  # type: ignore[import-not-found,unused-ignore]
+else:  # pragma: no cover - Python 3.10
+
+    class _Timeout:
+        """``asyncio.timeout`` for Python 3.10, on anyio's cancel scope: its deadline may be
+        moved from a loop callback (async_timeout's binds to the task current at the move,
+        none in a callback). Raises ``asyncio.TimeoutError`` when it expires."""
+
+        def __init__(self, when: float | None) -> None:
+            self._scope = anyio.CancelScope(deadline=math.inf if when is None else when)
+
+        async def __aenter__(self) -> _Timeout:
+            self._scope.__enter__()
+            return self
+
+        async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            # The scope swallows only the cancellation it caused: then we say timeout.
+            self._scope.__exit__(exc_type, exc, tb)
+            if self._scope.cancelled_caught:
+                raise asyncio.TimeoutError from exc
+
+        def reschedule(self, when: float | None) -> None:
+            self._scope.deadline = math.inf if when is None else when
+
+    def _timeout(delay: float | None) -> _Timeout:
+        return _Timeout(None if delay is None else asyncio.get_running_loop().time() + delay)
+
+    def _timeout_at(when: float | None) -> _Timeout:
+        return _Timeout(when)
+
+
+def _move(scope: Any, when: float) -> None:
+    """Move a timeout scope's deadline (its ``reschedule``; safe from a loop callback)."""
+    scope.reschedule(when)
+
 
 __all__ = [
     "DEFAULT_STREAM_IDLE_TIMEOUT",
@@ -384,7 +417,7 @@ class _StreamTimer:
     def _fire(self, reason: str) -> None:
         self.fired = reason
         if self._scope is not None:
-            self._scope.reschedule(self._loop.time())  # the scope cancels, and says so
+            _move(self._scope, self._loop.time())  # the scope cancels, and says so
         elif self._close is not None:
             self._close()
 
@@ -825,7 +858,7 @@ class HTTPProvider(BaseProvider):
                     # moved once.
                     waiting_for = "the response body did not end"
                     if gap is not None:
-                        scope.reschedule(asyncio.get_running_loop().time() + gap)
+                        _move(scope, asyncio.get_running_loop().time() + gap)
                     return response, await self._read_whole(response)
             except asyncio.TimeoutError as exc:
                 raise self._too_slow(exc, True, waiting_for, gap, reason) from None

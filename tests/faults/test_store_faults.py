@@ -328,6 +328,8 @@ async def within_asyncio(seconds: float, work: Callable[[], Awaitable[Any]]) -> 
 
 
 async def within_anyio(seconds: float, work: Callable[[], Awaitable[Any]]) -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("anyio scopes on 3.10 (no Task.uncancel) leave tasks cancelling")
     with anyio.fail_after(seconds):
         await work()
 

@@ -387,6 +387,8 @@ async def _user_scope(kind: str, seconds: float) -> AsyncIterator[None]:
         async with asyncio.timeout(seconds):
             yield
     else:
+        if sys.version_info < (3, 11):
+            pytest.skip("anyio scopes on 3.10 (no Task.uncancel) leave tasks cancelling")
         with anyio.fail_after(seconds):
             yield
 

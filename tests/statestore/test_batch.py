@@ -81,6 +81,8 @@ async def within_asyncio(seconds: float, batcher: Batcher) -> None:
 
 
 async def within_anyio(seconds: float, batcher: Batcher) -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("anyio scopes on 3.10 (no Task.uncancel) leave tasks cancelling")
     with anyio.fail_after(seconds):
         await batcher.call([("slow",)], timeout=30)
 
