@@ -321,21 +321,23 @@ UserTimeout = Callable[[float], Any]
 
 
 async def within_asyncio(seconds: float, work: Callable[[], Awaitable[Any]]) -> None:
-    if sys.version_info < (3, 11):
-        pytest.skip("asyncio.timeout is Python 3.11+")
     async with asyncio.timeout(seconds):
         await work()
 
 
 async def within_anyio(seconds: float, work: Callable[[], Awaitable[Any]]) -> None:
-    if sys.version_info < (3, 11):
-        pytest.skip("anyio scopes on 3.10 (no Task.uncancel) leave tasks cancelling")
     with anyio.fail_after(seconds):
         await work()
 
 
+# asyncio.timeout is 3.11+; anyio's scopes on 3.10 (no Task.uncancel) leave tasks cancelling.
+_NEW_ASYNCIO = pytest.mark.skipif(sys.version_info < (3, 11), reason="needs Python 3.11+")
 scopes = pytest.mark.parametrize(
-    "within", [within_asyncio, within_anyio], ids=["asyncio.timeout", "anyio.fail_after"]
+    "within",
+    [
+        pytest.param(within_asyncio, id="asyncio.timeout", marks=_NEW_ASYNCIO),
+        pytest.param(within_anyio, id="anyio.fail_after", marks=_NEW_ASYNCIO),
+    ],
 )
 
 

@@ -74,19 +74,17 @@ async def test_a_batch_with_a_caller_without_timeout_has_no_deadline() -> None:
 
 
 async def within_asyncio(seconds: float, batcher: Batcher) -> None:
-    if sys.version_info < (3, 11):
-        pytest.skip("asyncio.timeout is Python 3.11+")
     async with asyncio.timeout(seconds):
         await batcher.call([("slow",)], timeout=30)
 
 
 async def within_anyio(seconds: float, batcher: Batcher) -> None:
-    if sys.version_info < (3, 11):
-        pytest.skip("anyio scopes on 3.10 (no Task.uncancel) leave tasks cancelling")
     with anyio.fail_after(seconds):
         await batcher.call([("slow",)], timeout=30)
 
 
+# asyncio.timeout is 3.11+; anyio's scopes on 3.10 (no Task.uncancel) leave tasks cancelling.
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="needs Python 3.11+")
 @pytest.mark.parametrize("within", [within_asyncio, within_anyio])
 async def test_a_callers_own_timeout_is_the_callers(within: Any) -> None:
     """The caller's scope fires first: TimeoutError from the scope, never Expired, and
