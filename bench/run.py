@@ -275,9 +275,10 @@ def run_worker(
     ]
     if not args.stream:
         cmd.append("--no-stream")
-    if redis_url:
+    services = CLIENTS[_base(client)].services
+    if redis_url and "redis" in services:
         cmd += ["--redis-url", redis_url]
-    if postgres_url:
+    if postgres_url and "postgres" in services:
         cmd += ["--postgres-url", postgres_url]
     profiled = args.profiler != "none"
     if args.profiler == "pyinstrument":
