@@ -113,22 +113,15 @@ class LoggingListener:
         if isinstance(event, TurnCancelled):
             fields = {"duration": event.duration, "args": (event.duration,)}
             return _PIPELINE, level, "turn cancelled after %.3fs", fields
-        if isinstance(event, HistoryLoaded):
+        if isinstance(event, (HistoryLoaded, TurnStored)):
             fields = {
                 "duration": event.duration,
                 "messages": event.messages,
                 "store": event.store,
                 "args": (event.messages, event.duration),
             }
-            return _STORE, level, "history loaded: %d message(s) in %.4fs", fields
-        if isinstance(event, TurnStored):
-            fields = {
-                "duration": event.duration,
-                "messages": event.messages,
-                "store": event.store,
-                "args": (event.messages, event.duration),
-            }
-            return _STORE, level, "turn stored: %d message(s) in %.4fs", fields
+            what = "history loaded" if isinstance(event, HistoryLoaded) else "turn stored"
+            return _STORE, level, what + ": %d message(s) in %.4fs", fields
         if isinstance(event, WindowTrimmed):
             fields = {
                 "strategy": event.strategy,

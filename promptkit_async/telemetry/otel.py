@@ -321,29 +321,18 @@ class OpenTelemetryListener:
         return span, end
 
     def _history_loaded(self, event: HistoryLoaded) -> None:
-        state = self._turns.get(event.turn_id)
-        if state is None:
-            return
-        span, end = self._child(
-            state,
-            "promptkit.store.load",
-            SpanKind.INTERNAL,
-            event.duration,
-            {
-                "promptkit.store.type": event.store,
-                "promptkit.store.messages": event.messages,
-                "session.id": event.session_id,
-            },
-        )
-        span.end(end)
+        self._store_span(event, "promptkit.store.load")
 
     def _turn_stored(self, event: TurnStored) -> None:
+        self._store_span(event, "promptkit.store.append")
+
+    def _store_span(self, event: HistoryLoaded | TurnStored, name: str) -> None:
         state = self._turns.get(event.turn_id)
         if state is None:
             return
         span, end = self._child(
             state,
-            "promptkit.store.append",
+            name,
             SpanKind.INTERNAL,
             event.duration,
             {
