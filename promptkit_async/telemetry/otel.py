@@ -550,24 +550,23 @@ class _Metrics:
             description="Number of input and output tokens used",
             explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS),
         )
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=list(_SECONDS_BUCKETS),
-        )
-        self.first_chunk = meter.create_histogram(
+
+        def seconds(
+            name: str, description: str, buckets: Iterable[float] = _SECONDS_BUCKETS
+        ) -> metrics.Histogram:
+            return meter.create_histogram(
+                name,
+                unit="s",
+                description=description,
+                explicit_bucket_boundaries_advisory=list(buckets),
+            )
+
+        self.duration = seconds("gen_ai.client.operation.duration", "GenAI operation duration")
+        self.first_chunk = seconds(
             "gen_ai.client.operation.time_to_first_chunk",
-            unit="s",
-            description="Time to receive the first chunk of a streamed response",
-            explicit_bucket_boundaries_advisory=list(_SECONDS_BUCKETS),
+            "Time to receive the first chunk of a streamed response",
         )
-        self.tool_duration = meter.create_histogram(
-            "gen_ai.execute_tool.duration",
-            unit="s",
-            description="Tool execution duration",
-            explicit_bucket_boundaries_advisory=list(_SECONDS_BUCKETS),
-        )
+        self.tool_duration = seconds("gen_ai.execute_tool.duration", "Tool execution duration")
         self.cost = meter.create_counter(
             "promptkit.client.cost", unit="{USD}", description="What model calls cost"
         )
@@ -582,17 +581,9 @@ class _Metrics:
             unit="{turn}",
             description="Turns in flight",
         )
-        self.turn_duration = meter.create_histogram(
-            "promptkit.turn.duration",
-            unit="s",
-            description="Whole turns, storage included",
-            explicit_bucket_boundaries_advisory=list(_SECONDS_BUCKETS),
-        )
-        self.store_duration = meter.create_histogram(
-            "promptkit.store.operation.duration",
-            unit="s",
-            description="State store loads and appends",
-            explicit_bucket_boundaries_advisory=list(_FAST_BUCKETS),
+        self.turn_duration = seconds("promptkit.turn.duration", "Whole turns, storage included")
+        self.store_duration = seconds(
+            "promptkit.store.operation.duration", "State store loads and appends", _FAST_BUCKETS
         )
 
     def _observe_in_flight(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
