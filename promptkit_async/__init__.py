@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 from . import errors
 from ._version import __version__
 from .errors import (
+    AmbiguousTurnError,
     APIConnectionError,
     APIResponseError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ConfigurationError,
     ConflictError,
     ContextLengthExceededError,
@@ -25,6 +27,7 @@ from .errors import (
     InvalidRequestError,
     InvalidRoleError,
     InvalidSessionIdError,
+    LeaseLostError,
     MCPConnectionError,
     MCPServerError,
     MCPToolCallError,
@@ -36,6 +39,7 @@ from .errors import (
     PromptKitError,
     ProviderError,
     RateLimitError,
+    SessionBusyError,
     StoreDataError,
     StoreError,
     StoreTimeoutError,
@@ -44,6 +48,7 @@ from .errors import (
     StreamIdleTimeoutError,
     TokenBudgetExceededError,
     ToolError,
+    TurnInterruptedError,
     UnprocessableEntityError,
 )
 from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
@@ -69,7 +74,14 @@ from .providers import (
     ProviderRequest,
     RetryPolicy,
 )
-from .statestore import InMemoryStateStore, SessionPage, SQLiteStateStore, StateStore
+from .statestore import (
+    InMemoryStateStore,
+    Ledger,
+    SessionPage,
+    SQLiteStateStore,
+    StateStore,
+    TurnStore,
+)
 from .tools import Tool, ToolCallAssembler, ToolPolicy, ToolRegistry, tool
 from .types import (
     AudioPart,
@@ -101,11 +113,13 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AiohttpTransport",
+    "AmbiguousTurnError",
     "AnthropicProvider",
     "AudioPart",
     "AuthenticationError",
     "BadRequestError",
     "BaseProvider",
+    "BudgetExceededError",
     "ConfigurationError",
     "ConflictError",
     "ContentPart",
@@ -128,6 +142,8 @@ __all__ = [
     "InvalidRequestError",
     "InvalidRoleError",
     "InvalidSessionIdError",
+    "LeaseLostError",
+    "Ledger",
     "MCPConnectionError",
     "MCPServerError",
     "MCPToolCallError",
@@ -158,6 +174,7 @@ __all__ = [
     "ResultStream",
     "RetryPolicy",
     "SQLiteStateStore",
+    "SessionBusyError",
     "SessionPage",
     "StateMiddleware",
     "StateStore",
@@ -180,6 +197,8 @@ __all__ = [
     "ToolPolicy",
     "ToolRegistry",
     "TraceEvent",
+    "TurnInterruptedError",
+    "TurnStore",
     "UnprocessableEntityError",
     "Usage",
     "__version__",

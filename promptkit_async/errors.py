@@ -16,7 +16,9 @@ place per layer and re-raised ``from`` the original::
     ├── PipelineError
     │   ├── PipelineClosedError                     shutdown() was called
     │   ├── PipelineTimeoutError                    a turn or a drain exceeded its deadline
-    │   └── StreamBusyError (also RuntimeError)     one stream read by two tasks at once
+    │   ├── StreamBusyError (also RuntimeError)     one stream read by two tasks at once
+    │   ├── SessionBusyError                        another turn holds the session (policy)
+    │   └── TurnInterruptedError                    a newer turn interrupted this one
     ├── ProviderError                               anything a model provider did wrong
     │   ├── APIConnectionError                      could not reach / lost the connection
     │   │   └── APITimeoutError                     connect / read / pool / total deadline
@@ -35,8 +37,11 @@ place per layer and re-raised ``from`` the original::
     │       └── InternalServerError                 5xx
     ├── StoreError                                  a state store failed
     │   ├── StoreUnavailableError                   server down, unreachable, timed out
-    │   │   └── StoreTimeoutError                   an operation exceeded the store's timeout
-    │   └── StoreDataError                          a stored record cannot be decoded
+    │   │   ├── StoreTimeoutError                   an operation exceeded the store's timeout
+    │   │   └── AmbiguousTurnError                  a turn's save may or may not have landed
+    │   ├── StoreDataError                          a stored record cannot be decoded
+    │   └── LeaseLostError                          fenced: the session passed to another turn
+    ├── BudgetExceededError                         a session's ledger reached its budget
     ├── TokenBudgetExceededError                    the newest turn cannot fit our local
     │                                               token budget (a provider's own limit
     │                                               is ContextLengthExceededError)
@@ -56,11 +61,13 @@ from typing import Any
 
 __all__ = [
     "APIConnectionError",
+    "AmbiguousTurnError",
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ConfigurationError",
     "ConflictError",
     "ContextLengthExceededError",
@@ -72,6 +79,7 @@ __all__ = [
     "InvalidRequestError",
     "InvalidRoleError",
     "InvalidSessionIdError",
+    "LeaseLostError",
     "MCPConnectionError",
     "MCPServerError",
     "MCPToolCallError",
@@ -83,6 +91,7 @@ __all__ = [
     "PromptKitError",
     "ProviderError",
     "RateLimitError",
+    "SessionBusyError",
     "StoreDataError",
     "StoreError",
     "StoreTimeoutError",
@@ -91,6 +100,7 @@ __all__ = [
     "StreamIdleTimeoutError",
     "TokenBudgetExceededError",
     "ToolError",
+    "TurnInterruptedError",
     "UnprocessableEntityError",
 ]
 
@@ -146,6 +156,38 @@ class PipelineClosedError(PipelineError):
 
 class StreamBusyError(PipelineError, RuntimeError):
     """A result stream was read (or closed) by a task while another task was reading it."""
+
+
+class SessionBusyError(PipelineError):
+    """Another turn holds the session, and this turn's policy is not to wait (longer).
+
+    Raised at once under the ``reject`` policy, and under ``queue`` when the wait
+    exceeded its bound. Nothing of the turn was sent or stored; retry later.
+
+    Attributes:
+        session_id: the busy session.
+        waited: seconds this turn waited before giving up (0 under ``reject``).
+    """
+
+    def __init__(self, message: str, *, session_id: str, waited: float) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.waited = waited
+
+
+class TurnInterruptedError(PipelineError):
+    """A newer turn on the same session interrupted this one (the ``interrupt`` policy).
+
+    Nothing of the interrupted turn is stored, even when it runs in another process:
+    its lease was taken, so its save would be refused.
+
+    Attributes:
+        session_id: the session.
+    """
+
+    def __init__(self, message: str, *, session_id: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
 
 
 class PipelineTimeoutError(PipelineError):
@@ -319,7 +361,75 @@ class StoreTimeoutError(StoreUnavailableError):
         self.maybe_applied = maybe_applied
 
 
+class AmbiguousTurnError(StoreUnavailableError):
+    """A turn's save failed in a way that leaves its outcome unknown: it may be stored.
+
+    Raised by ``StateMiddleware`` when the store timed out or lost its connection after
+    the save was sent. Retrying the turn with the same ``turn_id`` is safe: a stored turn
+    is never stored twice, and the retry returns the stored reply without calling the
+    model again. ``await store.has_turn(session_id, turn_id)`` answers the question too.
+
+    Attributes:
+        session_id: the turn's session.
+        turn_id: the id to retry with.
+    """
+
+    def __init__(self, message: str, *, session_id: str, turn_id: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.turn_id = turn_id
+
+
+class LeaseLostError(StoreError):
+    """A write was refused because the session's lease passed to another turn (fencing).
+
+    The lease of this turn expired (its worker stalled past the lease TTL) or was taken
+    by an interrupting turn, and another turn now holds the session: nothing of this
+    turn was written. The session's history is exactly what the other turns stored.
+
+    Attributes:
+        session_id: the session.
+        token: the fencing token this turn held.
+    """
+
+    def __init__(self, message: str, *, session_id: str, token: int) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.token = token
+
+
 # --- context windows & tools -------------------------------------------------------------
+
+
+class BudgetExceededError(PromptKitError):
+    """A session's ledger already reached its budget, so the turn was not sent.
+
+    Checked before any request, against the totals stored with the session (see
+    ``StateStore.get_ledger``); nothing of the turn is stored.
+
+    Attributes:
+        session_id: the session.
+        spent_usd / limit_usd: the session's cost so far and its cost budget (``None``
+            when no cost budget is set).
+        spent_tokens / limit_tokens: likewise for total tokens.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        session_id: str,
+        spent_usd: float,
+        limit_usd: float | None,
+        spent_tokens: int,
+        limit_tokens: int | None,
+    ) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.spent_usd = spent_usd
+        self.limit_usd = limit_usd
+        self.spent_tokens = spent_tokens
+        self.limit_tokens = limit_tokens
 
 
 class TokenBudgetExceededError(PromptKitError):

@@ -16,7 +16,7 @@ large image/document/audio bytes in a blob store of yours instead of in the hist
 from typing import TYPE_CHECKING, Any
 
 from .._concurrency import finish_shielded
-from .base import SessionPage, StateStore
+from .base import Ledger, SessionPage, StateStore, TurnClaim, TurnStore
 from .blobs import BlobOffloadStore, BlobStore, InMemoryBlobStore
 from .memory import InMemoryStateStore
 from .sqlite import SQLiteStateStore
@@ -30,11 +30,14 @@ __all__ = [
     "BlobStore",
     "InMemoryBlobStore",
     "InMemoryStateStore",
+    "Ledger",
     "PostgresStateStore",
     "RedisStateStore",
     "SQLiteStateStore",
     "SessionPage",
     "StateStore",
+    "TurnClaim",
+    "TurnStore",
     "finish_shielded",
 ]
 

@@ -26,22 +26,23 @@ Guarantees every store gives (and ``tests/contract`` checks for each):
   so a caller's ``asyncio.timeout`` / ``anyio.fail_after`` around a call behave as
   around any other await.
 
-Concurrency: store objects are safe to share between tasks. They do not serialise whole
-turns; :class:`~promptkit_async.pipeline.middleware.StateMiddleware` does that.
+Concurrency: store objects are safe to share between tasks. A store does not serialise
+whole turns by itself; :class:`~promptkit_async.pipeline.middleware.StateMiddleware` does,
+through the session leases of :class:`TurnStore` (every store of the library is one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from typing_extensions import Self
 
-from ..types import Message
+from ..types import Cost, Message, Usage
 
-__all__ = ["SessionPage", "StateStore"]
+__all__ = ["Ledger", "SessionPage", "StateStore", "TurnClaim", "TurnStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,4 +134,150 @@ class StateStore(Protocol):
         tb: TracebackType | None,
     ) -> None:
         """Close the store (:meth:`aclose`)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """A session's running totals, updated atomically with every turn stored by
+    :meth:`TurnStore.end_turn` (turns stored with a plain ``append`` are not counted).
+
+    ``cost_usd`` sums :attr:`Cost.total_cost`; the token fields sum the turns'
+    :class:`~promptkit_async.types.Usage`.
+    """
+
+    turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, usage: Usage, cost: Cost) -> Ledger:
+        """These totals plus one turn's usage and cost."""
+        return Ledger(
+            turns=self.turns + 1,
+            prompt_tokens=self.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self.completion_tokens + usage.completion_tokens,
+            cached_tokens=self.cached_tokens + usage.cached_tokens,
+            total_tokens=self.total_tokens + usage.total_tokens,
+            cost_usd=self.cost_usd + cost.total_cost,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnClaim:
+    """What :meth:`TurnStore.begin_turn` found, in one round trip.
+
+    Exactly one of three outcomes:
+
+    * the lease was taken: ``token`` is the fencing token, ``messages`` the history
+      (when asked to load), ``ledger`` the session's totals;
+    * the turn ``turn_id`` is already stored: ``stored_turn`` holds its messages (input
+      first, reply last), ``token`` is ``None`` and no lease was taken;
+    * another turn holds the lease: ``token`` and ``stored_turn`` are ``None``.
+    """
+
+    token: int | None
+    messages: list[Message]
+    ledger: Ledger
+    stored_turn: tuple[Message, ...] | None = None
+
+
+@runtime_checkable
+class TurnStore(StateStore, Protocol):
+    """A store that serialises turns on a session across every process sharing it.
+
+    The session's **lease** is held by at most one turn at a time; taking it issues a
+    **fencing token** that is strictly greater than every token issued before for the
+    session. :meth:`end_turn` writes only if no newer token was issued since, so a
+    worker that stalled past its lease and wakes up after another turn took the
+    session can no longer write (:class:`~promptkit_async.errors.LeaseLostError`).
+    A lease that is not renewed expires after its TTL; an expired lease whose token is
+    still the newest may still end its turn (nobody else wrote since).
+
+    Turn ids make saves idempotent: a turn stored under an id is never stored again,
+    and :meth:`begin_turn` with that id returns the stored turn instead of a lease.
+    A history rewritten with :meth:`save` or :meth:`fork` forgets its turn ids.
+
+    ``StateMiddleware`` drives it: ``begin_turn`` (lease, history and ledger in one
+    round trip), ``renew_turn`` while a long turn runs, then ``end_turn`` (fenced
+    append, ledger, turn id and release in one round trip) or ``release_turn``.
+    """
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        lease_ttl: float,
+        load: bool = True,
+        last_n: int | None = None,
+        turn_id: str | None = None,
+        steal: bool = False,
+    ) -> TurnClaim:
+        """Try once to take the session's lease, and read what the turn needs.
+
+        Never waits for the lease (see :meth:`wait_turn`). ``owner`` names the taker in
+        diagnostics. With ``steal=True`` the lease is taken even from a live holder,
+        whose lease is lost at once (its watchers are told; its ``end_turn`` is fenced).
+        ``load``/``last_n`` choose the history returned, as :meth:`StateStore.load`.
+        """
+        ...
+
+    async def renew_turn(self, session_id: str, token: int, lease_ttl: float) -> bool:
+        """Extend the lease to ``lease_ttl`` seconds from now; ``False`` if it was lost."""
+        ...
+
+    async def end_turn(
+        self,
+        session_id: str,
+        token: int,
+        messages: Sequence[Message],
+        *,
+        turn_id: str | None = None,
+        usage: Usage | None = None,
+        cost: Cost | None = None,
+    ) -> None:
+        """Append the turn, add it to the ledger, record ``turn_id``, release the lease.
+
+        All or nothing, and only if ``token`` is still the session's newest, else
+        :class:`~promptkit_async.errors.LeaseLostError` and nothing is written. A
+        ``turn_id`` already stored writes nothing (the retry of an ambiguous save).
+        Awaited inside ``finish_sent_writes()`` like :meth:`StateStore.append`.
+        """
+        ...
+
+    async def release_turn(self, session_id: str, token: int) -> None:
+        """Give the lease back without writing (a failed or cancelled turn).
+
+        A no-op when ``token`` no longer holds it. Wakes the turns waiting for it.
+        """
+        ...
+
+    async def wait_turn(self, session_id: str, timeout: float) -> bool:
+        """Wait until the session's lease may have become free, at most ``timeout`` s.
+
+        ``True`` when woken by a release (or an expiry the store noticed), ``False``
+        when the time ran out. Either way the caller tries :meth:`begin_turn` again.
+        Each store names its signalling and bounds its latency in its docstring.
+        """
+        ...
+
+    def watch_lease(
+        self, session_id: str, token: int, on_lost: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call ``on_lost()`` (from the event loop) if the lease ``token`` is taken away.
+
+        Returns the function that stops watching; call it when the turn ends. Used by
+        the ``interrupt`` policy to stop a turn that another process took over.
+        """
+        ...
+
+    async def has_turn(self, session_id: str, turn_id: str) -> bool:
+        """Whether the turn ``turn_id`` is stored in the session."""
+        ...
+
+    async def get_ledger(self, session_id: str) -> Ledger:
+        """The session's totals (all zero for an unknown session)."""
         ...
