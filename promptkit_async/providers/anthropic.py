@@ -45,6 +45,7 @@ from typing import Any
 import httpx
 from typing_extensions import Unpack
 
+from .._structured import ResponseFormat
 from ..errors import InvalidRequestError, ProviderError
 from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCallDelta, Usage
 from . import _wire
@@ -139,6 +140,16 @@ def _tool_choice(choice: str) -> dict[str, Any]:
     if choice == "required":
         return {"type": "any"}
     return {"type": "tool", "name": choice}
+
+
+def _output_config(fmt: ResponseFormat) -> dict[str, Any]:
+    """Structured outputs: ``output_config.format``, the model constrained to the schema."""
+    if fmt.wire_schema is None:
+        raise InvalidRequestError(
+            "the Messages API has no schema-less JSON mode; give response_format a JSON "
+            'schema (e.g. {"type": "object", "properties": {...}}) or a pydantic model'
+        )
+    return {"format": {"type": "json_schema", "schema": fmt.wire_schema}}
 
 
 class _Reader(WireReader):
@@ -343,11 +354,14 @@ class AnthropicProvider(WireProvider):
 
         ``max_tokens`` falls back to the provider's ``generation.max_tokens``, then
         ``default_max_tokens``; ``temperature`` / ``top_p`` / ``seed`` are never sent
-        (see the module docstring); ``extra_body`` is merged last and wins (e.g.
-        ``{"metadata": ...}``).
+        (see the module docstring); a ``response_format`` goes out as
+        ``output_config.format`` (structured outputs; the strict form of the schema);
+        ``extra_body`` is merged last and wins (e.g. ``{"metadata": ...}``; its
+        ``output_config`` is merged with the format's).
 
         Raises:
-            InvalidRequestError: no user or assistant message to send.
+            InvalidRequestError: no user or assistant message to send, or a
+                ``response_format`` of ``"json"`` (the API needs a schema).
         """
         system, turns = _turns(request.messages)
         if not turns:
@@ -367,9 +381,18 @@ class AnthropicProvider(WireProvider):
             choice = request.tool_choice
             if choice:
                 body["tool_choice"] = _tool_choice(choice)
+        fmt = settings.format
+        if fmt is not None:
+            body["output_config"] = _output_config(fmt)
         if stream:
             body["stream"] = True
-        return {**body, **settings.extra_body} if settings.extra_body else body
+        extra = settings.extra_body
+        if not extra:
+            return body
+        config = extra.get("output_config")
+        if fmt is not None and isinstance(config, Mapping):  # e.g. {"effort": ...}: keep both
+            extra = {**extra, "output_config": {**body["output_config"], **config}}
+        return {**body, **extra}
 
     def _anthropic_error(self, payload: Mapping[str, Any], request_id: str | None) -> ProviderError:
         """The typed error for an ``error`` event (or error body) inside a 2xx answer."""
