@@ -154,6 +154,11 @@ class ResponseFormat:
                     f"the schema cannot be used in strict mode: {exc}; close the object "
                     "(additionalProperties: false) or pass strict=False"
                 ) from None
+            except RecursionError:  # a $ref (with siblings) to itself cannot be inlined
+                raise InvalidRequestError(
+                    "the schema is too deeply nested or recursive to rewrite for strict "
+                    "mode; pass strict=False"
+                ) from None
         else:
             setattr_(self, "_wire", schema)
 

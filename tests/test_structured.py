@@ -287,3 +287,15 @@ asyncio.run(main())
 assert not [m for m in sys.modules if m.startswith("pydantic")], "pydantic imported"
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_self_referencing_schema_with_siblings_cannot_be_strict() -> None:
+    node = {"$ref": "#/$defs/N", "description": "again"}
+    schema = {
+        "$defs": {"N": {"type": "object", "properties": {"next": node}}},
+        "type": "object",
+        "properties": {"root": node},
+    }
+    with pytest.raises(InvalidRequestError, match="strict=False"):
+        ResponseFormat(schema)
+    assert ResponseFormat(schema, strict=False).wire_schema == schema

@@ -51,8 +51,10 @@ class ProviderMiddlewareConfig:
 
     Attributes:
         generation: the generation settings of every request (``max_tokens``,
-            ``temperature``, ``top_p``, ``stop``, ``seed``, ``extra_body``); fields left
-            ``None`` fall back to the provider's ``generation`` defaults.
+            ``temperature``, ``top_p``, ``stop``, ``seed``, ``extra_body``,
+            ``response_format``); fields left ``None`` fall back to the provider's
+            ``generation`` defaults. A turn's own ``response_format=`` wins over this
+            one's.
         stream: use the provider's streaming API (default). With ``False`` each call is a
             single non-streamed request, and ``Pipeline.stream`` yields only its final
             chunk.
@@ -105,6 +107,13 @@ class ProviderMiddleware:
     whole loop, a turn's tool-call messages, tool results and final reply are stored
     together or not at all. Cancelling the turn cancels running tools (and waits for
     them to finish cancelling); sync tools' threads run on, their results discarded.
+
+    Structured output: with a ``response_format`` (the turn's own, from
+    ``pipe.execute(..., response_format=...)``, else the config's ``generation``), every
+    request of the turn carries it, and the answer that ends the turn is checked and
+    parsed into ``ctx.response.parsed`` (by the provider, or here for a provider that
+    does not know the setting). One that does not match raises
+    ``StructuredOutputError`` before anything is appended to ``ctx.new_messages``.
 
     Args:
         provider: any :class:`~promptkit_async.providers.base.Provider`; shared freely.
