@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import httpx
 from typing_extensions import Unpack
 
-from .._structured import with_parsed
+from .._structured import ResponseFormat, with_parsed
 from .._toolcalls import ToolCallAssembler
 from ..errors import APIResponseError, IncompleteStreamError, InvalidArgumentsError
 from ..types import (
@@ -295,10 +295,10 @@ class WireReader:
             raw=raw,
         )
         # response_format applies to the answer that ends the turn, not to a tool round.
-        fmt = self.request.generation.format or self.provider.generation.format
+        fmt = self.request.generation.response_format or self.provider.generation.response_format
         if fmt is None or tool_calls:
             return response
-        return with_parsed(fmt, response, self.provider.id)
+        return with_parsed(ResponseFormat.coerce(fmt), response, self.provider.id)
 
 
 class WireProvider(HTTPProvider):

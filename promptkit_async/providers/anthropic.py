@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 from typing_extensions import Unpack
 
-from .._structured import ResponseFormat
+from .._structured import ResponseFormat, ResponseFormatLike
 from ..errors import InvalidRequestError, ProviderError
 from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCallDelta, Usage
 from . import _wire
@@ -142,8 +142,9 @@ def _tool_choice(choice: str) -> dict[str, Any]:
     return {"type": "tool", "name": choice}
 
 
-def _output_config(fmt: ResponseFormat) -> dict[str, Any]:
+def _output_config(value: ResponseFormatLike) -> dict[str, Any]:
     """Structured outputs: ``output_config.format``, the model constrained to the schema."""
+    fmt = ResponseFormat.coerce(value)  # already one: GenerationConfig normalised it
     if fmt.wire_schema is None:
         raise InvalidRequestError(
             "the Messages API has no schema-less JSON mode; give response_format a JSON "
@@ -381,7 +382,7 @@ class AnthropicProvider(WireProvider):
             choice = request.tool_choice
             if choice:
                 body["tool_choice"] = _tool_choice(choice)
-        fmt = settings.format
+        fmt = settings.response_format  # one attribute check when unused
         if fmt is not None:
             body["output_config"] = _output_config(fmt)
         if stream:

@@ -414,7 +414,7 @@ class GeminiProvider(WireProvider):
             body["systemInstruction"] = {"parts": [{"text": system}]}
         settings = self._settings(request)
         config = wire_settings(settings, _SETTING_KEYS)
-        fmt = settings.format
+        fmt = settings.format if settings.response_format is not None else None
         if fmt is not None:
             # responseJsonSchema takes full JSON Schema ($defs, $ref, anyOf...), unlike
             # the OpenAPI subset of responseSchema, so pydantic's schemas go as they are.

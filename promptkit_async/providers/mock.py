@@ -21,7 +21,7 @@ from typing import Union
 
 from typing_extensions import Unpack
 
-from .._structured import with_parsed
+from .._structured import ResponseFormat, with_parsed
 from ..errors import ConfigurationError
 from ..types import ProviderResponse, StreamChunk, ToolCallDelta, Usage
 from .base import BaseProvider, ProviderIdentity, ProviderRequest
@@ -94,8 +94,10 @@ class MockProvider(BaseProvider):
     def _parsed(self, request: ProviderRequest, response: ProviderResponse) -> ProviderResponse:
         # As a real provider does: the answer checked against the request's (or this
         # provider's default) response_format; a tool-calling answer is left alone.
-        fmt = request.generation.format or self.generation.format
-        return response if fmt is None else with_parsed(fmt, response, self.id)
+        fmt = request.generation.response_format or self.generation.response_format
+        if fmt is None:
+            return response
+        return with_parsed(ResponseFormat.coerce(fmt), response, self.id)
 
     async def _reply(self, request: ProviderRequest) -> ProviderResponse:
         self.requests.append(request)

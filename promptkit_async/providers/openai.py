@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from typing_extensions import Unpack
 
-from .._structured import ResponseFormat
+from .._structured import ResponseFormat, ResponseFormatLike
 from ..errors import InvalidRequestError
 from ..types import Message, StreamChunk, ToolCallDelta, ToolDefinition, Usage
 from ._shape import ShapeError, optional_str, token_count
@@ -69,9 +69,10 @@ def _tool_choice(choice: str) -> Any:
     return {"type": "function", "function": {"name": choice}}
 
 
-def _response_format(fmt: ResponseFormat) -> dict[str, Any]:
+def _response_format(value: ResponseFormatLike) -> dict[str, Any]:
     """``response_format``: Structured Outputs (``json_schema``), or JSON mode without a
     schema (OpenAI then requires the word "JSON" somewhere in the messages)."""
+    fmt = ResponseFormat.coerce(value)  # already one: GenerationConfig normalised it
     if fmt.wire_schema is None:
         return {"type": "json_object"}
     spec: dict[str, Any] = {"name": fmt.name, "schema": fmt.wire_schema, "strict": fmt.strict}
@@ -286,9 +287,8 @@ class OpenAIProvider(WireProvider):
             body["tools"] = [_tool(t) for t in tools]
         if choice:
             body["tool_choice"] = _tool_choice(choice)
-        fmt = settings.format
-        if fmt is not None:
-            body["response_format"] = _response_format(fmt)
+        if settings.response_format is not None:  # one attribute check when unused
+            body["response_format"] = _response_format(settings.response_format)
         if stream:
             body.update(_STREAM_FIELDS)
         return {**body, **settings.extra_body} if settings.extra_body else body

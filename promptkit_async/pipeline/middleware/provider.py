@@ -10,7 +10,7 @@ from typing import Any
 
 from ... import events
 from ..._context import ExecutionContext, Next
-from ..._structured import with_parsed
+from ..._structured import ResponseFormat, with_parsed
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import (
     UNSET_GENERATION,
@@ -238,11 +238,11 @@ class ProviderMiddleware:
             if loop.done:
                 break
             request = loop.request()
-        fmt = generation.format
+        fmt = generation.response_format
         if fmt is not None and response.parsed is None and not response.tool_calls:
             # A provider that does not know response_format (or an answer whose calls
             # were dropped): the final answer is still checked before anything is stored.
-            response = with_parsed(fmt, response, self.provider.id)
+            response = with_parsed(ResponseFormat.coerce(fmt), response, self.provider.id)
         ctx.response = response
         ctx.new_messages.append(response.to_message())
         async for chunk in next(ctx):
