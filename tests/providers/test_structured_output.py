@@ -24,7 +24,7 @@ from promptkit_async import (
     StructuredOutputError,
     ToolCall,
 )
-from promptkit_async.providers import OpenAIProvider
+from promptkit_async.providers import AnthropicProvider, OpenAIProvider
 from promptkit_async.types import StreamChunk
 
 
@@ -428,3 +428,150 @@ async def test_openai_pipeline_tool_loop_then_structured_answer(provider, router
     history = await store.load("s")
     assert [m.role for m in history] == ["user", "assistant", "tool", "assistant"]
     assert history[-1].content == GOOD
+
+
+# --- Anthropic with structured_output="tool": the forced answer tool ----------------------
+
+
+@pytest.fixture
+async def answer_tool_provider(http_client, afakes):
+    async with AnthropicProvider(
+        afakes.MODEL,
+        api_key=afakes.API_KEY,
+        http_client=http_client,
+        retry_policy=afakes.FAST_RETRY,
+        structured_output="tool",
+    ) as p:
+        yield p
+
+
+def answer_stream(afakes, *fragments: str, name: str = "City") -> bytes:
+    return (
+        afakes.start()
+        + afakes.tool_block(0, "toolu_A", name, *fragments)
+        + afakes.finish("tool_use")
+    )
+
+
+async def test_answer_tool_is_forced_and_streams_as_text(
+    answer_tool_provider, router, afakes
+) -> None:
+    route = router.post(afakes.URL).mock(
+        return_value=afakes.sse_response(answer_stream(afakes, *pieces(GOOD)))
+    )
+    chunks = await collect(answer_tool_provider, ask(City))
+    body = sent_body(route)
+    afakes.validate_request(body, stream=True)
+    assert body["tools"] == [
+        {
+            "name": "City",
+            "description": "Give your final answer by calling this tool.",
+            "input_schema": City.model_json_schema(),
+        }
+    ]
+    assert body["tool_choice"] == {"type": "tool", "name": "City"}
+    assert "output_config" not in body
+    assert "".join(c.delta for c in chunks[:-1]) == GOOD
+    assert all(not c.tool_call_deltas for c in chunks)
+    response = chunks[-1].response
+    assert response is not None
+    assert response.parsed == City(name="Oslo", population=709000, country="Norway")
+    assert response.content == GOOD
+    assert response.tool_calls == ()
+    assert response.finish_reason == "stop"
+
+
+async def test_answer_tool_without_streaming(answer_tool_provider, router, afakes) -> None:
+    router.post(afakes.URL).mock(
+        return_value=httpx_json(
+            afakes.message(
+                None, tool_uses=[("toolu_A", "qa", {"answer": "yes"})], stop_reason="tool_use"
+            )
+        )
+    )
+    response = await answer_tool_provider.complete(ask(ResponseFormat(SCHEMA, name="qa")))
+    assert response.parsed == {"answer": "yes"}
+    assert response.tool_calls == ()
+    assert response.finish_reason == "stop"
+
+
+async def test_answer_tool_next_to_user_tools(answer_tool_provider, router, afakes) -> None:
+    from promptkit_async import ToolDefinition
+
+    lookup = ToolDefinition("lookup", "Look a city up", {"type": "object", "properties": {}})
+    route = router.post(afakes.URL).mock(
+        return_value=afakes.sse_response(
+            afakes.start()
+            + afakes.tool_block(0, "toolu_L", "lookup", "{}")
+            + afakes.finish("tool_use")
+        )
+    )
+    request = ProviderRequest(
+        [Message("user", "Oslo?")], [lookup], "auto", GenerationConfig(response_format=City)
+    )
+    chunks = await collect(answer_tool_provider, request)
+    body = sent_body(route)
+    afakes.validate_request(body, stream=True)
+    assert [t["name"] for t in body["tools"]] == ["lookup", "City"]
+    assert body["tool_choice"] == {"type": "any"}  # a tool of the user's, or the answer
+    response = chunks[-1].response
+    assert response is not None
+    assert [c.name for c in response.tool_calls] == ["lookup"]  # a tool round: not parsed
+    assert response.finish_reason == "tool_calls"
+    assert response.parsed is None
+    assert any(c.tool_call_deltas for c in chunks[:-1])
+
+
+async def test_answer_tool_name_must_not_collide(answer_tool_provider, router, afakes) -> None:
+    from promptkit_async import ToolDefinition
+
+    route = router.post(afakes.URL).mock(return_value=httpx_json(afakes.message("{}")))
+    clash = ToolDefinition("City", "", {"type": "object", "properties": {}})
+    request = ProviderRequest(
+        [Message("user", "Oslo?")], [clash], None, GenerationConfig(response_format=City)
+    )
+    with pytest.raises(InvalidRequestError, match="ResponseFormat"):
+        await answer_tool_provider.complete(request)
+    with pytest.raises(InvalidRequestError, match="object schema"):
+        await answer_tool_provider.complete(ask({"type": "array"}))
+    assert not route.called
+
+
+async def test_answer_tool_in_a_pipeline_tool_loop(answer_tool_provider, router, afakes) -> None:
+    from promptkit_async import InMemoryStateStore, Pipeline, ProviderMiddleware, StateMiddleware
+    from promptkit_async import tool as make_tool
+
+    @make_tool
+    def population(city: str) -> int:
+        """How many people live in a city."""
+        return 709000
+
+    route = router.post(afakes.URL).mock(
+        side_effect=[
+            afakes.sse_response(
+                afakes.start()
+                + afakes.tool_block(0, "toolu_P", "population", '{"city": "Oslo"}')
+                + afakes.finish("tool_use")
+            ),
+            afakes.sse_response(answer_stream(afakes, GOOD)),
+        ]
+    )
+    store = InMemoryStateStore()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(answer_tool_provider, [population]))
+    async with pipe:
+        result = await pipe.execute("s", "user", "Oslo?", response_format=City)
+    assert result.parsed == City(name="Oslo", population=709000, country="Norway")
+    first, second = sent_body(route, 0), sent_body(route, 1)
+    afakes.validate_request(second, stream=True)
+    assert first["tool_choice"] == second["tool_choice"] == {"type": "any"}
+    history = await store.load("s")
+    assert [m.role for m in history] == ["user", "assistant", "tool", "assistant"]
+    assert history[-1].content == GOOD
+    assert history[-1].tool_calls == ()
+
+
+def test_structured_output_setting_is_checked() -> None:
+    from promptkit_async import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="structured_output"):
+        AnthropicProvider("claude-sonnet-4-5", api_key="k", structured_output="forced")  # type: ignore[arg-type]
