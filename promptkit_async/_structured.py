@@ -428,7 +428,7 @@ def _pydantic_errors(exc: Exception) -> tuple[str, ...]:
     if errors is None:
         return (str(exc),)
     out = []
-    for error in errors(include_url=False, include_input=False)[:_MAX_ERRORS]:
+    for error in errors()[:_MAX_ERRORS]:  # loc and msg only (never the input)
         where = "/".join(str(p) for p in error.get("loc", ())) or "(root)"
         out.append(f"{where}: {error.get('msg', 'invalid')}")
     return tuple(out)
