@@ -40,6 +40,7 @@ __all__ = ["ResponseFormat", "ResponseFormatLike", "parse_output", "with_parsed"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WRAPPER_KEYS = frozenset(("name", "schema", "strict", "description"))
 _MAX_ERRORS = 10
+_MAX_LINE = 200  # characters of one error line
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
     "array": (list,),
@@ -415,6 +416,11 @@ def _error(
     )
 
 
+def _line(text: str) -> str:
+    # jsonschema quotes the failing value, which may be the whole (long) answer.
+    return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 3] + "..."
+
+
 def _is_json_error(exc: Exception) -> bool:
     errors = getattr(exc, "errors", None)
     try:
@@ -430,7 +436,7 @@ def _pydantic_errors(exc: Exception) -> tuple[str, ...]:
     out = []
     for error in errors()[:_MAX_ERRORS]:  # loc and msg only (never the input)
         where = "/".join(str(p) for p in error.get("loc", ())) or "(root)"
-        out.append(f"{where}: {error.get('msg', 'invalid')}")
+        out.append(_line(f"{where}: {error.get('msg', 'invalid')}"))
     return tuple(out)
 
 
@@ -445,7 +451,7 @@ def _validate(fmt: ResponseFormat, schema: Mapping[str, Any], value: Any) -> tup
         found = []
         for error in validator.iter_errors(value):
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            found.append(f"{where}: {error.message}")
+            found.append(_line(f"{where}: {error.message}"))
             if len(found) >= _MAX_ERRORS:
                 break
         return tuple(found)

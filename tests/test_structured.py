@@ -299,3 +299,13 @@ def test_a_self_referencing_schema_with_siblings_cannot_be_strict() -> None:
     with pytest.raises(InvalidRequestError, match="strict=False"):
         ResponseFormat(schema)
     assert ResponseFormat(schema, strict=False).wire_schema == schema
+
+
+def test_error_lines_stay_short_however_long_the_answer() -> None:
+    fmt = ResponseFormat({"type": "object", "properties": {"a": {"type": "integer"}}})
+    long_value = "x" * 5000
+    with pytest.raises(StructuredOutputError) as caught:
+        fmt.parse(json.dumps({"a": long_value}))
+    assert caught.value.raw_text == json.dumps({"a": long_value})  # whole, here
+    assert all(len(line) <= 200 for line in caught.value.errors)
+    assert len(str(caught.value)) < 500
