@@ -186,6 +186,22 @@ class ResponseFormat:
                 f"response_format {value!r} is not a format: pass a JSON-schema dict, a "
                 'pydantic model class, a ResponseFormat, or "json"'
             )
+        # A format given per call is converted once: a pydantic schema, the schema check
+        # and the strict rewrite are not redone on every turn.
+        key = _cache_key(value)
+        if key is not None:
+            cached = _CACHE.get(key)
+            if cached is not None:
+                return cached
+        fmt = cls._convert(value)
+        if key is not None:
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.pop(next(iter(_CACHE)), None)  # the oldest
+            _CACHE[key] = fmt
+        return fmt
+
+    @classmethod
+    def _convert(cls, value: ResponseFormatLike) -> ResponseFormat:
         if _pydantic_model(value):
             return cls(model=value)
         if isinstance(value, Mapping):
@@ -227,6 +243,21 @@ class ResponseFormat:
 
 ResponseFormatLike = Union[ResponseFormat, Mapping[str, Any], type, str]  # noqa: UP007
 """What is accepted wherever a response format is: see :class:`ResponseFormat`."""
+
+_CACHE: dict[Any, ResponseFormat] = {}
+_CACHE_SIZE = 256
+
+
+def _cache_key(value: object) -> Any:
+    """What identifies a per-call format, or ``None`` when it cannot be cached."""
+    if isinstance(value, type):
+        return value  # a pydantic model class (its schema does not change)
+    if isinstance(value, Mapping):
+        try:
+            return json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError, RecursionError):
+            return None  # not plain JSON: construction will say so
+    return None
 
 
 def _jsonschema() -> Any:

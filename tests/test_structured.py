@@ -309,3 +309,25 @@ def test_error_lines_stay_short_however_long_the_answer() -> None:
     assert caught.value.raw_text == json.dumps({"a": long_value})  # whole, here
     assert all(len(line) <= 200 for line in caught.value.errors)
     assert len(str(caught.value)) < 500
+
+
+def test_per_call_formats_are_converted_once() -> None:
+    calls = 0
+
+    class Counted(BaseModel):
+        x: int
+
+        @classmethod
+        def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            nonlocal calls
+            calls += 1
+            return super().model_json_schema(*args, **kwargs)
+
+    first = ResponseFormat.coerce(Counted)
+    assert ResponseFormat.coerce(Counted) is first
+    assert calls == 1
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    same = ResponseFormat.coerce(dict(schema))
+    assert ResponseFormat.coerce(dict(schema)) is same
+    schema["properties"]["a"]["type"] = "integer"  # a different schema: a different format
+    assert ResponseFormat.coerce(schema).schema == schema
