@@ -93,7 +93,9 @@ class ResponseFormat:
             Schema, when ``jsonschema`` is installed), a bad name, or a schema that
             cannot be strict.
 
-    Frozen and safe to share; build it once (a pydantic schema is generated here).
+    Frozen and safe to share between tasks. Building one generates a pydantic model's
+    schema and checks and rewrites the schema: build it once, or pass the model class or
+    dict per call (those are converted once and cached, up to 256 of them).
     """
 
     schema: Mapping[str, Any] | type[Any] | None = None
