@@ -575,3 +575,19 @@ def test_structured_output_setting_is_checked() -> None:
 
     with pytest.raises(ConfigurationError, match="structured_output"):
         AnthropicProvider("claude-sonnet-4-5", api_key="k", structured_output="forced")  # type: ignore[arg-type]
+
+
+async def test_answer_tool_for_json_mode_takes_any_object(
+    answer_tool_provider, router, afakes
+) -> None:
+    route = router.post(afakes.URL).mock(
+        return_value=afakes.sse_response(answer_stream(afakes, '{"any": ', "[1]}", name="response"))
+    )
+    chunks = await collect(answer_tool_provider, ask("json"))
+    body = sent_body(route)
+    afakes.validate_request(body, stream=True)
+    assert body["tools"][0]["input_schema"] == {"type": "object"}
+    assert body["tool_choice"] == {"type": "tool", "name": "response"}
+    response = chunks[-1].response
+    assert response is not None
+    assert response.parsed == {"any": [1]}
