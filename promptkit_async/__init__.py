@@ -46,6 +46,7 @@ from .errors import (
     StoreUnavailableError,
     StreamBusyError,
     StreamIdleTimeoutError,
+    StructuredOutputError,
     TokenBudgetExceededError,
     ToolError,
     TurnInterruptedError,
@@ -72,6 +73,7 @@ from .providers import (
     Provider,
     ProviderDefaults,
     ProviderRequest,
+    ResponseFormat,
     RetryPolicy,
 )
 from .statestore import (
@@ -171,6 +173,7 @@ __all__ = [
     "ProviderResponse",
     "RateLimitError",
     "RedisStateStore",
+    "ResponseFormat",
     "ResultStream",
     "RetryPolicy",
     "SQLiteStateStore",
@@ -185,6 +188,7 @@ __all__ = [
     "StreamBusyError",
     "StreamChunk",
     "StreamIdleTimeoutError",
+    "StructuredOutputError",
     "TextPart",
     "ThinkingPart",
     "TokenBudgetExceededError",

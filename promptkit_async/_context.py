@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .types import Cost, ExecutionResult, Message, ProviderResponse, StreamChunk, TraceEvent, Usage
 
 if TYPE_CHECKING:
+    from ._structured import ResponseFormat
     from .events import _Turn
     from .statestore.base import StateStore
 
@@ -48,6 +49,9 @@ class ExecutionContext:
         result: the turn's :class:`~promptkit_async.types.ExecutionResult`, once it ended.
         events: the turn's event publisher when its pipeline has listeners, else
             ``None`` (see :mod:`promptkit_async.events`; middleware leave it alone).
+        response_format: the caller's ``response_format=`` for this turn (a
+            :class:`~promptkit_async.ResponseFormat`), else ``None``;
+            ``ProviderMiddleware`` sends it instead of its config's.
 
     A context belongs to one turn; it is not shared between turns.
     """
@@ -62,6 +66,7 @@ class ExecutionContext:
         "metadata",
         "new_messages",
         "response",
+        "response_format",
         "result",
         "session_id",
         "started",
@@ -86,6 +91,7 @@ class ExecutionContext:
         self.store: StateStore | None = None
         self.result: ExecutionResult | None = None
         self.events: _Turn | None = None
+        self.response_format: ResponseFormat | None = None
         self.started = time.perf_counter()
         # The layers' chunk iterators of this turn, outermost first: the pipeline closes
         # them (innermost first) when the turn ends, however it ends.

@@ -25,6 +25,7 @@ place per layer and re-raised ``from`` the original::
     │   │       └── StreamIdleTimeoutError          no bytes for ``stream_idle_timeout`` s
     │   ├── APIResponseError                        2xx but unusable: bad JSON, broken SSE
     │   │   └── IncompleteStreamError               the stream ended before it finished
+    │   ├── StructuredOutputError                   the answer does not match response_format
     │   └── APIStatusError                          HTTP 4xx / 5xx, one class per status
     │       ├── BadRequestError                     400
     │       │   └── ContextLengthExceededError      400 saying the prompt is too long
@@ -98,6 +99,7 @@ __all__ = [
     "StoreUnavailableError",
     "StreamBusyError",
     "StreamIdleTimeoutError",
+    "StructuredOutputError",
     "TokenBudgetExceededError",
     "ToolError",
     "TurnInterruptedError",
@@ -248,6 +250,41 @@ class APIResponseError(ProviderError):
 
 class IncompleteStreamError(APIResponseError):
     """A stream ended (the server closed it) before its final event arrived."""
+
+
+class StructuredOutputError(ProviderError):
+    """The model's answer is not JSON, or does not match the turn's ``response_format``.
+
+    The provider answered faithfully (this is not an :class:`APIResponseError`): the
+    model's text is what failed. Raised before the turn is stored, so nothing of it is
+    kept; retrying the turn may succeed, and a ``finish_reason`` of ``"length"`` means the
+    answer was cut off (raise ``max_tokens``).
+
+    Attributes:
+        raw_text: the model's answer, as it came.
+        errors: what is wrong, one line per problem (``"age: Input should be a valid
+            integer"``), at most 10.
+        finish_reason: why the model stopped (``"stop"``, ``"length"``...), when known.
+        response: the provider's response (usage, cost, ids) with ``parsed`` unset, when
+            the answer came from a provider call.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw_text: str,
+        errors: tuple[str, ...] = (),
+        finish_reason: str | None = None,
+        provider: str | None = None,
+        request_id: str | None = None,
+        response: Any = None,
+    ) -> None:
+        super().__init__(message, provider=provider, request_id=request_id)
+        self.raw_text = raw_text
+        self.errors = errors
+        self.finish_reason = finish_reason
+        self.response = response
 
 
 class APIStatusError(ProviderError):

@@ -686,6 +686,9 @@ class ProviderResponse:
         time_to_first_chunk: seconds to the first streamed chunk (``None`` if not streamed).
         trace: retries and other events of this call.
         raw: the provider's raw payload, only with ``include_raw_output=True``.
+        parsed: with a ``response_format``, the answer parsed and checked: a pydantic
+            model instance for a model, else the JSON value (``None`` without a format,
+            and for an answer that calls tools).
     """
 
     content: str = ""
@@ -701,6 +704,7 @@ class ProviderResponse:
     time_to_first_chunk: float | None = None
     trace: tuple[TraceEvent, ...] = ()
     raw: Any = None
+    parsed: Any = None
 
     def to_message(self) -> Message:
         """The assistant message this response adds to a conversation."""
@@ -734,6 +738,12 @@ class ExecutionResult:
     trace: tuple[TraceEvent, ...] = ()
     metadata: Mapping[str, Any] = field(default=_EMPTY)
     estimated_prompt_tokens: int | None = None
+
+    @property
+    def parsed(self) -> Any:
+        """With a ``response_format``, the final answer parsed (``response.parsed``): a
+        pydantic model instance for a model, else the JSON value; otherwise ``None``."""
+        return self.response.parsed
 
 
 @dataclass(frozen=True, slots=True)

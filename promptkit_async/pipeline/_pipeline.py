@@ -13,6 +13,7 @@ from typing_extensions import Self
 from .. import events
 from .._context import ExecutionContext, Middleware, Next
 from .._lifecycle import AsyncResource
+from .._structured import ResponseFormat, ResponseFormatLike
 from .._validation import check_input, check_session_id
 from ..errors import (
     ConfigurationError,
@@ -201,22 +202,32 @@ class Pipeline(AsyncResource):
         content: MessageContent,
         *,
         metadata: dict[str, Any] | None = None,
+        response_format: ResponseFormatLike | None = None,
     ) -> ExecutionResult:
         """Run one turn and return its result.
 
         Runs the same onion as :meth:`stream`, in the awaiting task; the streamed chunks
         are discarded.
 
+        ``response_format`` (a JSON-schema dict, a pydantic model class, ``"json"`` or a
+        :class:`~promptkit_async.ResponseFormat`) asks for a structured final answer
+        for this turn, over the pipeline's and the provider's; ``result.parsed`` then
+        holds it parsed (a model instance for a model).
+
         Raises:
-            InvalidRequestError: bad session id, role or content (before any I/O).
+            InvalidRequestError: bad session id, role, content or response format
+                (before any I/O).
             PipelineClosedError: after :meth:`aclose`.
             ProviderError / StoreError: from the provider or the store; the turn is then
-                not stored at all.
+                not stored at all. ``StructuredOutputError`` (a ``ProviderError``): the
+                answer does not match ``response_format``.
 
         Cancelling the awaiting task cancels the turn: nothing of it is stored unless
         the final save had already begun, in which case the save completes first.
         """
         ctx = self._context(session_id, role, content, metadata)
+        if response_format is not None:
+            ctx.response_format = ResponseFormat.coerce(response_format)
         async for _ in self._turn(ctx):
             pass
         assert ctx.result is not None  # _turn ends with the result or raises
@@ -229,6 +240,7 @@ class Pipeline(AsyncResource):
         content: MessageContent,
         *,
         metadata: dict[str, Any] | None = None,
+        response_format: ResponseFormatLike | None = None,
     ) -> ResultStream:
         """Run one turn, yielding :class:`StreamChunk` objects as the model writes.
 
@@ -243,8 +255,14 @@ class Pipeline(AsyncResource):
             async with pipe.stream("user-1", "user", "Hi") as chunks:
                 async for chunk in chunks:
                     print(chunk.delta, end="")
+
+        With ``response_format`` (see :meth:`execute`) the chunks stream the answer's raw
+        JSON text and the final result's ``parsed`` holds it parsed.
         """
-        return ResultStream(self, self._context(session_id, role, content, metadata))
+        ctx = self._context(session_id, role, content, metadata)
+        if response_format is not None:
+            ctx.response_format = ResponseFormat.coerce(response_format)
+        return ResultStream(self, ctx)
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Refuse new turns and wait for in-flight ones to finish.

@@ -1,5 +1,6 @@
 """Model providers: one module per wire format, one shape for the rest of the library."""
 
+from .._structured import ResponseFormat
 from . import presets
 from ._http import Secret
 from ._retry import RetryPolicy
@@ -24,6 +25,7 @@ __all__ = [
     "Provider",
     "ProviderDefaults",
     "ProviderRequest",
+    "ResponseFormat",
     "RetryPolicy",
     "Secret",
     "presets",

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import httpx
 from typing_extensions import Unpack
 
+from .._structured import ResponseFormat, with_parsed
 from .._toolcalls import ToolCallAssembler
 from ..errors import APIResponseError, IncompleteStreamError, InvalidArgumentsError
 from ..types import (
@@ -279,7 +280,7 @@ class WireReader:
         usage = self.usage or estimate_usage(self.request.messages, content)
         tool_calls = self.tool_calls()
         finish = self.finish or ("tool_calls" if tool_calls else "stop")
-        return ProviderResponse(
+        response = ProviderResponse(
             content=content,
             finish_reason=finish,
             usage=usage,
@@ -293,6 +294,11 @@ class WireReader:
             trace=tuple(trace),
             raw=raw,
         )
+        # response_format applies to the answer that ends the turn, not to a tool round.
+        fmt = self.request.generation.response_format or self.provider.generation.response_format
+        if fmt is None or tool_calls:
+            return response
+        return with_parsed(ResponseFormat.coerce(fmt), response, self.provider.id)
 
 
 class WireProvider(HTTPProvider):

@@ -24,6 +24,9 @@ How the library's one shape maps onto the Messages API:
 * usage: ``prompt_tokens`` = input + cache reads + cache writes, ``cached_tokens`` = cache
   reads (``cache_read_input_tokens``), ``cache_write_tokens`` = cache writes
   (``cache_creation_input_tokens``), each priced at its own rate;
+* a ``response_format`` goes out as ``output_config.format`` (structured outputs), or,
+  with ``structured_output="tool"``, as a forced tool whose input is the answer (see
+  :class:`AnthropicProvider`);
 * ``stop_reason``: ``end_turn`` / ``stop_sequence`` → ``"stop"``, ``max_tokens`` /
   ``model_context_window_exceeded`` → ``"length"``, ``tool_use`` → ``"tool_calls"``,
   ``refusal`` → ``"content_filter"``, anything else as Anthropic says it.
@@ -40,13 +43,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from typing_extensions import Unpack
 
-from ..errors import InvalidRequestError, ProviderError
-from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCallDelta, Usage
+from .._structured import ResponseFormat, ResponseFormatLike
+from ..errors import ConfigurationError, InvalidRequestError, ProviderError
+from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCall, ToolCallDelta, Usage
 from . import _wire
 from ._http import redact
 from ._shape import ShapeError, object_at, optional_str
@@ -139,6 +143,47 @@ def _tool_choice(choice: str) -> dict[str, Any]:
     if choice == "required":
         return {"type": "any"}
     return {"type": "tool", "name": choice}
+
+
+def _answer_tool(body: dict[str, Any], value: ResponseFormatLike, choice: str | None) -> None:
+    """The forced-tool mapping: the answer is the input of a tool named after the format.
+
+    The tool is added to the request's tools; ``tool_choice`` forces it when the model
+    has no other tool to call (or was asked not to), else ``any``: call one of the
+    user's tools, or answer.
+    """
+    fmt = ResponseFormat.coerce(value)
+    schema = fmt.schema if fmt.schema is not None else {"type": "object"}
+    if not isinstance(schema, Mapping) or schema.get("type") != "object":
+        raise InvalidRequestError(
+            "structured_output='tool' sends the format as a tool's input_schema, which "
+            "must be an object schema; wrap the value in an object, or use the native "
+            "structured outputs (structured_output='native')"
+        )
+    tools: list[dict[str, Any]] = body.get("tools", [])
+    if any(t["name"] == fmt.name for t in tools):
+        raise InvalidRequestError(
+            f"a tool is named {fmt.name!r}, like the response format's answer tool; "
+            "give the format another name: ResponseFormat(..., name='...')"
+        )
+    description = fmt.description or "Give your final answer by calling this tool."
+    body["tools"] = [*tools, {"name": fmt.name, "description": description, "input_schema": schema}]
+    if not tools or choice == "none":
+        body["tool_choice"] = {"type": "tool", "name": fmt.name}
+    elif choice in (None, "auto", "required"):
+        body["tool_choice"] = {"type": "any"}
+    # a choice naming one of the user's tools stands (ProviderMiddleware relaxes it after)
+
+
+def _output_config(value: ResponseFormatLike) -> dict[str, Any]:
+    """Structured outputs: ``output_config.format``, the model constrained to the schema."""
+    fmt = ResponseFormat.coerce(value)  # already one: GenerationConfig normalised it
+    if fmt.wire_schema is None:
+        raise InvalidRequestError(
+            "the Messages API has no schema-less JSON mode; give response_format a JSON "
+            'schema (e.g. {"type": "object", "properties": {...}}) or a pydantic model'
+        )
+    return {"format": {"type": "json_schema", "schema": fmt.wire_schema}}
 
 
 class _Reader(WireReader):
@@ -275,6 +320,69 @@ class _Reader(WireReader):
         return super().response(request_id, trace, raw)
 
 
+class _AnswerToolReader(_Reader):
+    """``structured_output="tool"``: the answer tool's input is the reply's text.
+
+    Its streamed input fragments become text chunks (so the JSON streams as any answer
+    does) and the call is left out of the response's tool calls.
+    """
+
+    __slots__ = ("_answer", "_answer_index", "_other_calls")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        value = self.request.generation.response_format or (
+            self.provider.generation.response_format
+        )
+        self._answer = ResponseFormat.coerce(value).name if value is not None else None
+        self._answer_index: int | None = None
+        self._other_calls = False
+
+    def feed(self, kind: str, payload: dict[str, Any]) -> StreamChunk | None:
+        chunk = super().feed(kind, payload)
+        if chunk is None or self._answer is None or not chunk.tool_call_deltas:
+            return chunk
+        text, others = "", []
+        for delta in chunk.tool_call_deltas:
+            if delta.name == self._answer and self._answer_index is None:
+                self._answer_index = delta.index
+            if delta.index == self._answer_index:
+                text += delta.arguments
+            else:
+                others.append(delta)
+                self._other_calls = self._other_calls or delta.name is not None
+        if len(others) == len(chunk.tool_call_deltas):
+            return chunk
+        if text:
+            self.parts.append(text)
+        if not text and not others:
+            return None
+        return StreamChunk(delta=chunk.delta + text, tool_call_deltas=tuple(others))
+
+    def parse(self, payload: dict[str, Any]) -> None:
+        super().parse(payload)
+        if self._answer is None:
+            return
+        for block in payload["content"]:
+            if block.get("type") != "tool_use":
+                continue
+            if block.get("name") == self._answer:
+                self.parts.append(_wire.json_text(block.get("input")))
+            else:
+                self._other_calls = True
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        calls = super().tool_calls()
+        if self._answer is None:
+            return calls
+        return tuple(c for c in calls if c.name != self._answer)
+
+    def response(self, request_id: str | None, trace: Sequence[Any], raw: Any) -> Any:
+        if self._answer is not None and self.finish == "tool_calls" and not self._other_calls:
+            self.finish = "stop"  # the only call was the answer
+        return super().response(request_id, trace, raw)
+
+
 # temperature / top_p / seed are never sent (see the module docstring).
 _SETTING_KEYS = {"max_tokens": "max_tokens", "stop": "stop_sequences"}
 _USAGE_KEYS = (
@@ -302,6 +410,15 @@ class AnthropicProvider(WireProvider):
     Args:
         default_max_tokens: ``max_tokens`` when neither the request nor ``generation``
             set one (default :data:`DEFAULT_MAX_TOKENS`).
+        structured_output: how a ``response_format`` is sent. ``"native"`` (default):
+            structured outputs, ``output_config.format``, the model's text constrained
+            to the schema. ``"tool"``: the classic forced tool call, for models without
+            structured outputs: a tool named after the format (``ResponseFormat.name``;
+            no tool of yours may have that name) whose ``input_schema`` is the schema
+            (an object schema), forced when the request has no other tools, else
+            ``tool_choice: any``; its input streams as the reply's text and the call
+            itself never appears in ``tool_calls``. Not compatible with extended
+            thinking, which refuses forced tool choices.
     """
 
     kind = "anthropic"
@@ -315,15 +432,25 @@ class AnthropicProvider(WireProvider):
         self,
         *args: str | None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        structured_output: Literal["native", "tool"] = "native",
         **options: Unpack[ProviderOptions],
     ) -> None:
         if default_max_tokens < 1:
             raise InvalidRequestError("default_max_tokens must be >= 1")
+        if structured_output not in ("native", "tool"):
+            raise ConfigurationError(
+                f"structured_output must be 'native' or 'tool', got {structured_output!r}"
+            )
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         headers.update(options.get("default_headers") or {})
         options["default_headers"] = headers
         super().__init__(*args, **options)
         self.default_max_tokens = default_max_tokens
+        self.structured_output = structured_output
+        if structured_output == "tool":
+            # This instance reads answers with the answer-tool reader; others keep the
+            # plain one (no per-event cost for them).
+            self.reader = _AnswerToolReader  # type: ignore[misc]
         if self.generation.temperature is not None or self.generation.top_p is not None:
             logger.warning(
                 "%s: generation temperature/top_p are not sent to the Messages API "
@@ -343,11 +470,14 @@ class AnthropicProvider(WireProvider):
 
         ``max_tokens`` falls back to the provider's ``generation.max_tokens``, then
         ``default_max_tokens``; ``temperature`` / ``top_p`` / ``seed`` are never sent
-        (see the module docstring); ``extra_body`` is merged last and wins (e.g.
-        ``{"metadata": ...}``).
+        (see the module docstring); a ``response_format`` goes out as
+        ``output_config.format`` (structured outputs; the strict form of the schema);
+        ``extra_body`` is merged last and wins (e.g. ``{"metadata": ...}``; its
+        ``output_config`` is merged with the format's).
 
         Raises:
-            InvalidRequestError: no user or assistant message to send.
+            InvalidRequestError: no user or assistant message to send, or a
+                ``response_format`` of ``"json"`` (the API needs a schema).
         """
         system, turns = _turns(request.messages)
         if not turns:
@@ -367,9 +497,21 @@ class AnthropicProvider(WireProvider):
             choice = request.tool_choice
             if choice:
                 body["tool_choice"] = _tool_choice(choice)
+        fmt = settings.response_format  # one attribute check when unused
+        if fmt is not None:
+            if self.structured_output == "native":
+                body["output_config"] = _output_config(fmt)
+            else:
+                _answer_tool(body, fmt, request.tool_choice)
         if stream:
             body["stream"] = True
-        return {**body, **settings.extra_body} if settings.extra_body else body
+        extra = settings.extra_body
+        if not extra:
+            return body
+        config = extra.get("output_config")
+        if "output_config" in body and isinstance(config, Mapping):  # {"effort": ...}: keep both
+            extra = {**extra, "output_config": {**body["output_config"], **config}}
+        return {**body, **extra}
 
     def _anthropic_error(self, payload: Mapping[str, Any], request_id: str | None) -> ProviderError:
         """The typed error for an ``error`` event (or error body) inside a 2xx answer."""

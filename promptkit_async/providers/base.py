@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 from typing_extensions import TypedDict
 
 from .._lifecycle import AsyncResource
+from .._structured import ResponseFormat, ResponseFormatLike
 from ..errors import InvalidArgumentsError, InvalidRequestError
 from ..pricing import ModelPricing, calculate_cost, lookup_pricing
 from ..types import Cost, Message, ProviderResponse, StreamChunk, ToolDefinition, Usage
@@ -56,6 +57,13 @@ class GenerationConfig:
         seed: a seed for providers that support reproducible sampling.
         extra_body: provider-specific request fields, merged into the body as-is (last,
             so they win).
+        response_format: the shape of the final answer: a JSON-schema dict, a pydantic
+            model class, ``"json"`` or a :class:`~promptkit_async.ResponseFormat`
+            (normalised to one on construction). It goes out in each provider's native
+            form and the answer comes back parsed in ``ProviderResponse.parsed``; see
+            :class:`~promptkit_async.ResponseFormat`. As a provider default it applies
+            to every request of that provider (context summaries included): prefer
+            setting it per pipeline or per call.
 
     Raises:
         InvalidRequestError: a value out of its range or of the wrong type.
@@ -67,6 +75,7 @@ class GenerationConfig:
     stop: tuple[str, ...] | None = None
     seed: int | None = None
     extra_body: Mapping[str, Any] | None = None
+    response_format: ResponseFormatLike | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and (
@@ -101,6 +110,14 @@ class GenerationConfig:
             raise InvalidRequestError(
                 f"extra_body must be a mapping, not {type(self.extra_body).__name__}"
             )
+        if self.response_format is not None:
+            object.__setattr__(self, "response_format", ResponseFormat.coerce(self.response_format))
+
+    @property
+    def format(self) -> ResponseFormat | None:
+        """``response_format`` as the :class:`~promptkit_async.ResponseFormat` it was
+        normalised to (typed for readers)."""
+        return self.response_format  # type: ignore[return-value]
 
     def with_defaults(self, defaults: GenerationConfig) -> GenerationConfig:
         """This config with its unset (``None``) fields taken from ``defaults``.
@@ -121,6 +138,7 @@ class GenerationConfig:
             self.stop if self.stop is not None else defaults.stop,
             self.seed if self.seed is not None else defaults.seed,
             extra,
+            self.response_format if self.response_format is not None else defaults.response_format,
         )
 
 

@@ -396,7 +396,9 @@ class GeminiProvider(WireProvider):
         """The ``generateContent`` request body for ``request`` (the same for streaming).
 
         Generation settings the request leaves unset fall back to the provider's
-        ``generation``; ``extra_body`` is merged last, one level deep, and wins.
+        ``generation``; a ``response_format`` sets ``generationConfig.responseMimeType``
+        to ``application/json`` and, with a schema, ``responseJsonSchema`` (the schema as
+        given); ``extra_body`` is merged last, one level deep, and wins.
 
         Raises:
             InvalidRequestError: no user or assistant message to send, or a tool result
@@ -412,6 +414,13 @@ class GeminiProvider(WireProvider):
             body["systemInstruction"] = {"parts": [{"text": system}]}
         settings = self._settings(request)
         config = wire_settings(settings, _SETTING_KEYS)
+        fmt = settings.format if settings.response_format is not None else None
+        if fmt is not None:
+            # responseJsonSchema takes full JSON Schema ($defs, $ref, anyOf...), unlike
+            # the OpenAPI subset of responseSchema, so pydantic's schemas go as they are.
+            config["responseMimeType"] = "application/json"
+            if fmt.schema is not None:
+                config["responseJsonSchema"] = fmt.schema
         if config:
             body["generationConfig"] = config
         if request.tools:

@@ -21,6 +21,7 @@ from typing import Union
 
 from typing_extensions import Unpack
 
+from .._structured import ResponseFormat, with_parsed
 from ..errors import ConfigurationError
 from ..types import ProviderResponse, StreamChunk, ToolCallDelta, Usage
 from .base import BaseProvider, ProviderIdentity, ProviderRequest
@@ -55,6 +56,11 @@ class MockProvider(BaseProvider):
 
     With neither ``replies`` nor ``handler`` it echoes the last message.
 
+    With a ``response_format`` (on the request or in ``generation``), a reply that ends
+    the turn is checked and parsed like a real provider's: script the JSON text
+    (``MockProvider(['{"name": "Alice"}'])``) and ``response.parsed`` holds the value;
+    a reply that does not match raises ``StructuredOutputError`` (after streaming it).
+
     Usage is estimated at ~4 characters per token for the prompt and the reply, so costs
     and token counts behave like a real provider's. Safe to share between tasks; the
     script is consumed in call order.
@@ -84,6 +90,14 @@ class MockProvider(BaseProvider):
         self.chunk_delay = chunk_delay
         #: Every request received, in order.
         self.requests: list[ProviderRequest] = []
+
+    def _parsed(self, request: ProviderRequest, response: ProviderResponse) -> ProviderResponse:
+        # As a real provider does: the answer checked against the request's (or this
+        # provider's default) response_format; a tool-calling answer is left alone.
+        fmt = request.generation.response_format or self.generation.response_format
+        if fmt is None:
+            return response
+        return with_parsed(ResponseFormat.coerce(fmt), response, self.id)
 
     async def _reply(self, request: ProviderRequest) -> ProviderResponse:
         self.requests.append(request)
@@ -127,7 +141,7 @@ class MockProvider(BaseProvider):
         """Answer at once, without streaming."""
         started = time.perf_counter()
         response = await self._reply(request)
-        return replace(response, latency=time.perf_counter() - started)
+        return self._parsed(request, replace(response, latency=time.perf_counter() - started))
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamChunk]:
         """Stream the reply in ``chunk_size`` pieces, then the final response."""
@@ -145,12 +159,11 @@ class MockProvider(BaseProvider):
             yield StreamChunk(
                 tool_call_deltas=(ToolCallDelta(index, call.id, call.name, call.arguments),)
             )
+        # Checked after the text streamed, as a real provider can only do.
+        response = self._parsed(
+            request,
+            replace(response, latency=time.perf_counter() - started, time_to_first_chunk=first),
+        )
         yield StreamChunk(
-            finish_reason=response.finish_reason,
-            usage=response.usage,
-            response=replace(
-                response,
-                latency=time.perf_counter() - started,
-                time_to_first_chunk=first,
-            ),
+            finish_reason=response.finish_reason, usage=response.usage, response=response
         )

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from typing_extensions import Unpack
 
+from .._structured import ResponseFormat, ResponseFormatLike
 from ..errors import InvalidRequestError
 from ..types import Message, StreamChunk, ToolCallDelta, ToolDefinition, Usage
 from ._shape import ShapeError, optional_str, token_count
@@ -66,6 +67,18 @@ def _tool_choice(choice: str) -> Any:
     if choice in _TOOL_CHOICES:
         return choice
     return {"type": "function", "function": {"name": choice}}
+
+
+def _response_format(value: ResponseFormatLike) -> dict[str, Any]:
+    """``response_format``: Structured Outputs (``json_schema``), or JSON mode without a
+    schema (OpenAI then requires the word "JSON" somewhere in the messages)."""
+    fmt = ResponseFormat.coerce(value)  # already one: GenerationConfig normalised it
+    if fmt.wire_schema is None:
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": fmt.name, "schema": fmt.wire_schema, "strict": fmt.strict}
+    if fmt.description:
+        spec["description"] = fmt.description
+    return {"type": "json_schema", "json_schema": spec}
 
 
 def _usage(data: Any) -> Usage:
@@ -256,7 +269,9 @@ class OpenAIProvider(WireProvider):
         """The Chat Completions request body for ``request`` (what is sent, as a dict).
 
         Generation settings the request leaves unset fall back to the provider's
-        ``generation``; ``extra_body`` is merged last and wins.
+        ``generation``; a ``response_format`` goes out as ``response_format``
+        (``json_schema`` with the strict form of the schema, or ``json_object`` for
+        ``"json"``); ``extra_body`` is merged last and wins.
 
         Raises:
             InvalidRequestError: no messages.
@@ -272,6 +287,8 @@ class OpenAIProvider(WireProvider):
             body["tools"] = [_tool(t) for t in tools]
         if choice:
             body["tool_choice"] = _tool_choice(choice)
+        if settings.response_format is not None:  # one attribute check when unused
+            body["response_format"] = _response_format(settings.response_format)
         if stream:
             body.update(_STREAM_FIELDS)
         return {**body, **settings.extra_body} if settings.extra_body else body

@@ -39,6 +39,15 @@ EXPECTED_OUTPUT = {
         "needs the user's approval",
         "MCPServerHTTP(name='docs', url='https://mcp.example.com/mcp')",
     ],
+    "docs/how-to/structured-output.md": [
+        "City Oslo 709000",
+        '{"name": "Oslo", "population": 709000}',
+        "positive",
+        "parsed: name='Bergen' population=291000",
+        'raw: {"name": "Oslo", "population": "lots"}',
+        "why: population: Input should be a valid integer",
+        "stored: 0",
+    ],
     "docs/how-to/observability.md": [
         "model call: 17 tokens",
         "chat gpt-4o-mini 9\n",

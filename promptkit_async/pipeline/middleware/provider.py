@@ -10,6 +10,7 @@ from typing import Any
 
 from ... import events
 from ..._context import ExecutionContext, Next
+from ..._structured import ResponseFormat, with_parsed
 from ...errors import IncompleteStreamError, ToolError
 from ...providers.base import (
     UNSET_GENERATION,
@@ -50,8 +51,10 @@ class ProviderMiddlewareConfig:
 
     Attributes:
         generation: the generation settings of every request (``max_tokens``,
-            ``temperature``, ``top_p``, ``stop``, ``seed``, ``extra_body``); fields left
-            ``None`` fall back to the provider's ``generation`` defaults.
+            ``temperature``, ``top_p``, ``stop``, ``seed``, ``extra_body``,
+            ``response_format``); fields left ``None`` fall back to the provider's
+            ``generation`` defaults. A turn's own ``response_format=`` wins over this
+            one's.
         stream: use the provider's streaming API (default). With ``False`` each call is a
             single non-streamed request, and ``Pipeline.stream`` yields only its final
             chunk.
@@ -105,6 +108,13 @@ class ProviderMiddleware:
     together or not at all. Cancelling the turn cancels running tools (and waits for
     them to finish cancelling); sync tools' threads run on, their results discarded.
 
+    Structured output: with a ``response_format`` (the turn's own, from
+    ``pipe.execute(..., response_format=...)``, else the config's ``generation``), every
+    request of the turn carries it, and the answer that ends the turn is checked and
+    parsed into ``ctx.response.parsed`` (by the provider, or here for a provider that
+    does not know the setting). One that does not match raises
+    ``StructuredOutputError`` before anything is appended to ``ctx.new_messages``.
+
     Args:
         provider: any :class:`~promptkit_async.providers.base.Provider`; shared freely.
         tools: a :class:`~promptkit_async.tools.ToolRegistry` (used live: tools added
@@ -154,8 +164,11 @@ class ProviderMiddleware:
         messages: Sequence[Message],
         tools: Sequence[ToolDefinition] = (),
         tool_choice: str | None = None,
+        generation: GenerationConfig | None = None,
     ) -> ProviderRequest:
-        return ProviderRequest(messages, tools, tool_choice, self.config.generation)
+        if generation is None:
+            generation = self.config.generation
+        return ProviderRequest(messages, tools, tool_choice, generation)
 
     @staticmethod
     def _account(ctx: ExecutionContext, response: ProviderResponse) -> None:
@@ -170,8 +183,13 @@ class ProviderMiddleware:
         tools = self.tools
         if tools is not None:
             await tools.prepare()  # tool sources (MCP servers) connect on first use
-        loop = _ToolLoop(self, ctx, tools) if tools is not None else None
-        request = self._request(ctx.messages) if loop is None else loop.request()
+        generation = self.config.generation
+        if ctx.response_format is not None:  # the caller's, for this turn only
+            generation = replace(generation, response_format=ctx.response_format)
+        loop = _ToolLoop(self, ctx, tools, generation) if tools is not None else None
+        request = (
+            self._request(ctx.messages, (), None, generation) if loop is None else loop.request()
+        )
         while True:
             observed = events.call_started(ctx, self.provider, request, self.config.stream)
             try:
@@ -220,6 +238,11 @@ class ProviderMiddleware:
             if loop.done:
                 break
             request = loop.request()
+        fmt = generation.response_format
+        if fmt is not None and response.parsed is None and not response.tool_calls:
+            # A provider that does not know response_format (or an answer whose calls
+            # were dropped): the final answer is still checked before anything is stored.
+            response = with_parsed(ResponseFormat.coerce(fmt), response, self.provider.id)
         ctx.response = response
         ctx.new_messages.append(response.to_message())
         async for chunk in next(ctx):
@@ -236,12 +259,17 @@ class ProviderMiddleware:
 class _ToolLoop:
     """One turn's tool loop: what to ask next, and running the calls of each answer."""
 
-    __slots__ = ("choice", "ctx", "done", "middleware", "rounds", "shared", "tools")
+    __slots__ = ("choice", "ctx", "done", "generation", "middleware", "rounds", "shared", "tools")
 
     def __init__(
-        self, middleware: ProviderMiddleware, ctx: ExecutionContext, tools: ToolRegistry
+        self,
+        middleware: ProviderMiddleware,
+        ctx: ExecutionContext,
+        tools: ToolRegistry,
+        generation: GenerationConfig,
     ) -> None:
         self.middleware = middleware
+        self.generation = generation
         self.ctx = ctx
         self.tools = tools
         self.choice = middleware.tool_policy.tool_choice
@@ -254,7 +282,10 @@ class _ToolLoop:
         definitions = self.middleware._tool_definitions(self.tools)
         # A snapshot: the request must not change when the loop appends messages.
         return self.middleware._request(
-            tuple(self.ctx.messages), definitions, self.choice if definitions else None
+            tuple(self.ctx.messages),
+            definitions,
+            self.choice if definitions else None,
+            self.generation,
         )
 
     async def after(self, response: ProviderResponse) -> ProviderResponse:
