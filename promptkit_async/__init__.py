@@ -50,6 +50,7 @@ from .errors import (
     ToolError,
     TurnInterruptedError,
     UnprocessableEntityError,
+    UnsupportedContentError,
 )
 from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
 from .pipeline.middleware import (
@@ -200,6 +201,7 @@ __all__ = [
     "TurnInterruptedError",
     "TurnStore",
     "UnprocessableEntityError",
+    "UnsupportedContentError",
     "Usage",
     "__version__",
     "calculate_cost",
