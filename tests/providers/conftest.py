@@ -734,12 +734,29 @@ _G_REQUEST_FIELDS = {
 }
 
 
+_G_BYTES = frozenset(("data", "thoughtSignature"))  # bytes fields, base64 in JSON
+
+
+def _g_base64(value: Any, key: str = "") -> Any:
+    """``value`` with its bytes fields in one base64 alphabet: google-genai dumps bytes
+    URL-safe, and the API takes either (proto3 JSON mapping)."""
+    if isinstance(value, dict):
+        return {k: _g_base64(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_g_base64(v) for v in value]
+    if key in _G_BYTES and isinstance(value, str):
+        return value.replace("-", "+").replace("_", "/")
+    return value
+
+
 def _g_round_trip(model: type[pydantic.BaseModel], value: Any, path: str) -> None:
     """``value`` validates as ``model`` (unknown fields forbidden) and dumps back to itself
     with REST (camelCase) names, so no field was misnamed, dropped or re-typed."""
     validated = model.model_validate_json(json.dumps(value))
     again = json.loads(validated.model_dump_json(by_alias=True, exclude_none=True))
-    assert again == value, f"{path}: {value!r} does not round-trip through {model.__name__}"
+    assert _g_base64(again) == _g_base64(value), (
+        f"{path}: {value!r} does not round-trip through {model.__name__}"
+    )
 
 
 class GeminiFakes:
