@@ -39,6 +39,11 @@ EXPECTED_OUTPUT = {
         "needs the user's approval",
         "MCPServerHTTP(name='docs', url='https://mcp.example.com/mcp')",
     ],
+    "docs/how-to/content-parts.md": [
+        "image_url\nimage\n['inlineData']\nUnsupportedContentError - Anthropic messages cannot "
+        "carry audio",
+        "['ThinkingPart', 'TextPart'] - It is 18C in Paris.",
+    ],
     "docs/how-to/observability.md": [
         "model call: 17 tokens",
         "chat gpt-4o-mini 9\n",
