@@ -393,6 +393,11 @@ class _Reader(WireReader):
             self.usage = Usage(prompt, output, total, cached, reasoning_tokens=thoughts)
         if self.calls and self.finish in (None, "stop"):
             self.finish = "tool_calls"
+        if self._thoughts is not None or self._signature is not None:
+            self._keep_reasoning()
+        return super().response(request_id, trace, raw)
+
+    def _keep_reasoning(self) -> None:
         thinking = [
             ThinkingPart("".join(pieces), signature, provider="gemini")
             for pieces, signature in self._thoughts or ()
@@ -403,7 +408,6 @@ class _Reader(WireReader):
             thinking.append(ThinkingPart("", signature[0], provider="gemini"))
         if thinking:
             self.thinking = thinking
-        return super().response(request_id, trace, raw)
 
 
 class GeminiProvider(WireProvider):
