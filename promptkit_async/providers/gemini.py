@@ -401,6 +401,7 @@ class _Reader(WireReader):
         thinking = [
             ThinkingPart("".join(pieces), signature, provider="gemini")
             for pieces, signature in self._thoughts or ()
+            if pieces or signature  # an empty thought part carries nothing
         ]
         signature = self._signature
         if signature is not None and (signature[1] or not self.calls or self._first_signed):
@@ -467,17 +468,21 @@ class GeminiProvider(WireProvider):
                 return "user", [self._result(message, names)]
             parts: list[dict[str, Any]] = []
             content = message.content
+            signature = None
             if isinstance(content, str):
                 if content:
                     parts.append({"text": content})
             else:
-                self._parts(content, message.role == "assistant", parts)
-            if message.role != "assistant":
-                return "user", parts
-            for position, call in enumerate(message.tool_calls):
-                names[call.id] = call.name
-                parts.append(self._call_part(call, position))
-            return "model", parts
+                signature = self._parts(content, message.role == "assistant", parts)
+            if message.role == "assistant":
+                for position, call in enumerate(message.tool_calls):
+                    names[call.id] = call.name
+                    parts.append(self._call_part(call, position))
+            if signature:
+                # A signature Gemini sent on an empty part, with no text to carry it:
+                # an empty part again, after the calls, as Gemini itself sends it.
+                parts.append({"text": "", "thoughtSignature": signature})
+            return ("model" if message.role == "assistant" else "user"), parts
 
         system, turns = conversation_turns(messages, turn, _is_result, provider="Gemini")
         return system, [{"role": role, "parts": parts} for role, parts in turns]
@@ -501,11 +506,12 @@ class GeminiProvider(WireProvider):
 
     def _parts(
         self, content: Sequence[ContentPart], model: bool, out: list[dict[str, Any]]
-    ) -> None:
+    ) -> str | None:
         """A message's parts as Gemini parts, appended to ``out``.
 
         Gemini's own thoughts go back (in model turns) as ``thought`` parts with their
-        signatures; a text-less signature goes back on the message's last text part.
+        signatures; a text-less signature goes back on the message's last text part, or
+        is returned when the message has no text.
         """
         signature: str | None = None
         text: dict[str, Any] | None = None
@@ -526,11 +532,10 @@ class GeminiProvider(WireProvider):
                 out.append(thought)
             else:
                 out.append(self._media(part))
-        if signature:
-            if text is None:
-                text = {"text": ""}  # as Gemini itself sends a signature with no text
-                out.append(text)
+        if signature and text is not None:
             text["thoughtSignature"] = signature
+            return None
+        return signature
 
     def _media(self, part: ImagePart | DocumentPart | AudioPart) -> dict[str, Any]:
         """An image, document or audio part as ``inlineData`` or ``fileData``."""

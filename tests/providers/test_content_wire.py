@@ -21,6 +21,7 @@ from openai.types import CompletionUsage
 from openai.types.completion_usage import CompletionTokensDetails
 
 from promptkit_async.errors import (
+    APIResponseError,
     InvalidMessageError,
     InvalidRequestError,
     UnsupportedContentError,
@@ -710,3 +711,60 @@ async def test_gemini_leaves_other_providers_thinking_out(gemini_provider, route
         {"role": "model", "parts": [{"text": "Hello"}]},
         {"role": "user", "parts": [{"text": "Again"}]},
     ]
+
+
+async def test_gemini_a_lone_signature_goes_back_where_it_came(gemini_provider, router, gfakes):
+    # The first call has its own signature, so the empty part's goes back as it came:
+    # an empty part after the calls.
+    body = gfakes.sse(
+        gfakes.response(gfakes.call("f", {}, signature=THOUGHT_SIG), finish=None),
+        gfakes.response(genai_types.Part(text="", thought_signature=TEXT_SIG)),
+    )
+    route = router.post(gfakes.STREAM_URL).mock(return_value=gfakes.sse_response(body))
+    response = (await collect(gemini_provider, ProviderRequest([Message("user", "Go")])))[-1]
+    assert response.response is not None
+    reply = response.response.to_message()
+    assert reply.content == (ThinkingPart("", sig(TEXT_SIG), provider="gemini"),)
+    call = reply.tool_calls[0]
+    history = [Message("user", "Go"), reply, Message("tool", "ok", tool_call_id=call.id, name="f")]
+    await collect(gemini_provider, ProviderRequest(history))
+    replay = sent(route)
+    gfakes.validate_request(replay)
+    assert replay["contents"][1]["parts"] == [
+        {"functionCall": {"name": "f", "args": {}}, "thoughtSignature": sig(THOUGHT_SIG)},
+        {"text": "", "thoughtSignature": sig(TEXT_SIG)},
+    ]
+
+
+# --- reasoning of the wrong shape ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b'event: content_block_start\ndata: {"type": "content_block_start", "index": 0, '
+        b'"content_block": {"type": "redacted_thinking"}}\n\n',
+        b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+        b'"delta": {"type": "thinking_delta", "thinking": 42}}\n\n',
+        b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+        b'"delta": {"type": "signature_delta", "signature": ["x"]}}\n\n',
+    ],
+)
+async def test_anthropic_thinking_of_the_wrong_shape_is_an_api_response_error(
+    anthropic_provider, router, afakes, block
+) -> None:
+    router.post(afakes.URL).mock(
+        return_value=afakes.sse_response(afakes.start() + block + afakes.finish())
+    )
+    with pytest.raises(APIResponseError, match="does not have the expected shape"):
+        await collect(anthropic_provider, ProviderRequest([Message("user", "Hi")]))
+
+
+async def test_gemini_a_thought_of_the_wrong_shape_is_an_api_response_error(
+    gemini_provider, router, gfakes
+) -> None:
+    payload = gfakes.response(gfakes.text("x"))
+    payload["candidates"][0]["content"]["parts"] = [{"text": 7, "thought": True}]
+    router.post(gfakes.URL).mock(return_value=httpx.Response(200, json=payload))
+    with pytest.raises(APIResponseError, match="thought part's text is int"):
+        await gemini_provider.complete(ProviderRequest([Message("user", "Hi")]))
