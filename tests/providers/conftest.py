@@ -632,6 +632,40 @@ class AnthropicFakes:
         return out + AnthropicFakes.stop_block(index)
 
     @staticmethod
+    def thinking_block(index: int, *pieces: str, signature: str) -> bytes:
+        """A streamed thinking block: start, ``thinking_delta`` pieces, one
+        ``signature_delta``, stop."""
+        deltas: list[Any] = [
+            anthropic_types.ThinkingDelta(type="thinking_delta", thinking=p) for p in pieces
+        ]
+        deltas.append(anthropic_types.SignatureDelta(type="signature_delta", signature=signature))
+        out = AnthropicFakes.event(
+            anthropic_types.RawContentBlockStartEvent(
+                type="content_block_start",
+                index=index,
+                content_block=anthropic_types.ThinkingBlock(
+                    type="thinking", thinking="", signature=""
+                ),
+            )
+        )
+        for delta in deltas:
+            out += AnthropicFakes.event(
+                anthropic_types.RawContentBlockDeltaEvent(
+                    type="content_block_delta", index=index, delta=delta
+                )
+            )
+        return out + AnthropicFakes.stop_block(index)
+
+    @staticmethod
+    def redacted_block(index: int, data: str) -> bytes:
+        """A streamed ``redacted_thinking`` block (its data comes whole, with the start)."""
+        block = anthropic_types.RedactedThinkingBlock(type="redacted_thinking", data=data)
+        start = anthropic_types.RawContentBlockStartEvent(
+            type="content_block_start", index=index, content_block=block
+        )
+        return AnthropicFakes.event(start) + AnthropicFakes.stop_block(index)
+
+    @staticmethod
     def stop_block(index: int) -> bytes:
         return AnthropicFakes.event(
             anthropic_types.RawContentBlockStopEvent(type="content_block_stop", index=index)

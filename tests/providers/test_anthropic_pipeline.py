@@ -200,40 +200,17 @@ async def test_overloaded_mid_stream_stores_nothing(anthropic_provider, store, r
 SIGNATURE = "EqQBCkgIARABGAIiQL2Z+the/signature=="
 
 
-def _event(model: Any) -> bytes:
-    return f"event: {model.type}\ndata: {model.model_dump_json()}\n\n".encode()
-
-
-def _thinking_stream(afakes: Any) -> bytes:
-    start = t.RawContentBlockStartEvent(
-        type="content_block_start",
-        index=0,
-        content_block=t.ThinkingBlock(type="thinking", thinking="", signature=""),
-    )
-    deltas = [
-        t.ThinkingDelta(type="thinking_delta", thinking="I need "),
-        t.ThinkingDelta(type="thinking_delta", thinking="the weather tool."),
-        t.SignatureDelta(type="signature_delta", signature=SIGNATURE),
-    ]
-    return (
-        afakes.start(afakes.usage(50, 1))
-        + _event(start)
-        + b"".join(
-            _event(t.RawContentBlockDeltaEvent(type="content_block_delta", index=0, delta=d))
-            for d in deltas
-        )
-        + afakes.stop_block(0)
-        + afakes.tool_block(1, "toolu_1", "get_weather", '{"city": "Paris"}')
-        + afakes.finish("tool_use", 30)
-    )
-
-
 @pytest.mark.parametrize("stream", [True, False])
 async def test_thinking_is_replayed_across_the_tool_loop_and_stored(
     anthropic_provider, store, router, afakes, stream
 ) -> None:
     if stream:
-        calls = afakes.sse_response(_thinking_stream(afakes))
+        calls = afakes.sse_response(
+            afakes.start(afakes.usage(50, 1))
+            + afakes.thinking_block(0, "I need ", "the weather tool.", signature=SIGNATURE)
+            + afakes.tool_block(1, "toolu_1", "get_weather", '{"city": "Paris"}')
+            + afakes.finish("tool_use", 30)
+        )
         answer = afakes.sse_response(afakes.hello_stream("Paris: 18C."))
         second = afakes.sse_response(afakes.hello_stream("Bye."))
     else:

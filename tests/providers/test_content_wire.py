@@ -264,51 +264,6 @@ async def test_openai_reasoning_tokens_in_usage_and_cost(provider, router, fakes
 # --- Anthropic ----------------------------------------------------------------------------
 
 
-def a_event(model: Any) -> bytes:
-    return f"event: {model.type}\ndata: {model.model_dump_json()}\n\n".encode()
-
-
-def a_thinking_block(index: int, *pieces: str, signature: str) -> bytes:
-    """A streamed thinking block: start, thinking_delta pieces, signature_delta, stop."""
-    out = a_event(
-        anthropic_types.RawContentBlockStartEvent(
-            type="content_block_start",
-            index=index,
-            content_block=anthropic_types.ThinkingBlock(type="thinking", thinking="", signature=""),
-        )
-    )
-    for piece in pieces:
-        out += a_event(
-            anthropic_types.RawContentBlockDeltaEvent(
-                type="content_block_delta",
-                index=index,
-                delta=anthropic_types.ThinkingDelta(type="thinking_delta", thinking=piece),
-            )
-        )
-    out += a_event(
-        anthropic_types.RawContentBlockDeltaEvent(
-            type="content_block_delta",
-            index=index,
-            delta=anthropic_types.SignatureDelta(type="signature_delta", signature=signature),
-        )
-    )
-    return out + a_event(
-        anthropic_types.RawContentBlockStopEvent(type="content_block_stop", index=index)
-    )
-
-
-def a_redacted_block(index: int, data: str) -> bytes:
-    return a_event(
-        anthropic_types.RawContentBlockStartEvent(
-            type="content_block_start",
-            index=index,
-            content_block=anthropic_types.RedactedThinkingBlock(
-                type="redacted_thinking", data=data
-            ),
-        )
-    ) + a_event(anthropic_types.RawContentBlockStopEvent(type="content_block_stop", index=index))
-
-
 def a_message(*blocks: Any, stop_reason: str = "end_turn") -> dict[str, Any]:
     message = anthropic_types.Message(
         id="msg_01T",
@@ -331,8 +286,8 @@ def a_thinking_reply(afakes: Any, stream: bool) -> Any:
     if stream:
         return afakes.sse_response(
             afakes.start()
-            + a_thinking_block(0, "The user wants ", "a greeting.", signature=SIGNATURE)
-            + a_redacted_block(1, REDACTED)
+            + afakes.thinking_block(0, "The user wants ", "a greeting.", signature=SIGNATURE)
+            + afakes.redacted_block(1, REDACTED)
             + afakes.text_block(2, "Hello", " there!")
             + afakes.finish("end_turn", 40)
         )
