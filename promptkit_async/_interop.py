@@ -14,6 +14,8 @@ OpenAI chat format (``{"role", "content", "name", "tool_calls", "tool_call_id"}`
   back by ``to_openai``, so a history round-trips unchanged.
 * ``to_openai`` writes an assistant message's empty content as ``null`` when it calls
   tools, and leaves :class:`ThinkingPart` out (the chat format has no place for it).
+  An image by ``file_id``, a document by URL and audio other than wav or mp3 raise
+  :class:`~promptkit_async.errors.UnsupportedContentError` (the format has no such part).
 
 Anthropic Messages format (``messages`` entries plus the top-level ``system``):
 
@@ -26,10 +28,14 @@ Anthropic Messages format (``messages`` entries plus the top-level ``system``):
   one user entry, as the API requires.
 * An assistant entry of one text block plus ``tool_use`` blocks gives a ``str`` content.
 * Not carried: ``cache_control``, ``citations`` and a document's ``context``; names;
-  :class:`AudioPart` (raises), an image's ``detail`` (dropped), and thinking written by
-  another provider (dropped: its signature is not valid for Anthropic).
+  an image's ``detail`` (dropped), and thinking written by another provider (dropped:
+  its signature is not valid for Anthropic). :class:`AudioPart`, images other than
+  JPEG/PNG/GIF/WebP and documents other than PDF or UTF-8 text raise
+  :class:`~promptkit_async.errors.UnsupportedContentError`.
 
-Parts held in a blob store (``blob_key``) must be resolved before export.
+Parts held in a blob store (``blob_key``) must be resolved before export
+(``InvalidMessageError``). The providers build their requests with
+:func:`openai_part` and :func:`anthropic_block`, so export and the wire agree.
 """
 
 from __future__ import annotations
