@@ -12,7 +12,7 @@ import anthropic.types as t
 import httpx
 import pytest
 
-from promptkit_async.errors import InternalServerError
+from promptkit_async.errors import InternalServerError, UnsupportedContentError
 from promptkit_async.pipeline import Pipeline
 from promptkit_async.pipeline.middleware import (
     ProviderMiddleware,
@@ -23,7 +23,7 @@ from promptkit_async.providers import GenerationConfig
 from promptkit_async.statestore import InMemoryStateStore
 from promptkit_async.statestore.records import decode_message, encode_message
 from promptkit_async.tools import tool
-from promptkit_async.types import Message, ThinkingPart, ToolCall
+from promptkit_async.types import AudioPart, Message, ThinkingPart, ToolCall
 
 
 @tool
@@ -283,3 +283,18 @@ async def test_thinking_is_replayed_across_the_tool_loop_and_stored(
     assert history[1].tool_calls == (ToolCall("toolu_1", "get_weather", '{"city": "Paris"}'),)
     assert history[3].content == "Paris: 18C."  # a reply without thinking stays text
     assert [decode_message(encode_message(m)) for m in history] == history
+
+
+async def test_a_part_anthropic_cannot_take_fails_the_turn_before_sending(
+    anthropic_provider, store, router, afakes
+) -> None:
+    await store.append("s4", [Message("user", "Hi"), Message("assistant", "Hello!")])
+    route = router.post(afakes.URL).mock(return_value=afakes.sse_response(afakes.hello_stream()))
+    async with Pipeline(StateMiddleware(store), ProviderMiddleware(anthropic_provider)) as pipe:
+        with pytest.raises(UnsupportedContentError, match="transcribe it"):
+            await pipe.execute("s4", "user", ["Listen:", AudioPart(b"RIFF....WAVE", "wav")])
+        # The session is untouched and usable: nothing was sent, nothing stored.
+        assert not route.called
+        assert await store.load("s4") == [Message("user", "Hi"), Message("assistant", "Hello!")]
+        result = await pipe.execute("s4", "user", "Just text, then.")
+    assert result.response.content == "Hello there!"
