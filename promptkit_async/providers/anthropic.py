@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from typing_extensions import Unpack
@@ -136,16 +136,17 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
     """The content blocks one message contributes to its turn."""
     role = message.role
     content = message.content
+    plain = type(content) is str  # the common case, checked without a call
     if role == "tool":
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
-        if not isinstance(content, str):
-            block["content"] = _part_blocks(content, False)
+        if not plain:
+            block["content"] = _part_blocks(cast("Sequence[ContentPart]", content), False)
         elif content:
             block["content"] = content
         return [block]
     blocks: list[dict[str, Any]]
-    if not isinstance(content, str):
-        blocks = _part_blocks(content, role == "assistant")
+    if not plain:
+        blocks = _part_blocks(cast("Sequence[ContentPart]", content), role == "assistant")
     elif content:  # the API rejects empty text blocks
         blocks = [{"type": "text", "text": content}]
     else:

@@ -71,7 +71,7 @@ import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
@@ -469,10 +469,11 @@ class GeminiProvider(WireProvider):
             parts: list[dict[str, Any]] = []
             content = message.content
             signature = None
-            if isinstance(content, str):
+            if type(content) is str:  # the common case, checked without a call
                 if content:
                     parts.append({"text": content})
             else:
+                content = cast("Sequence[ContentPart]", content)
                 signature = self._parts(content, message.role == "assistant", parts)
             if message.role == "assistant":
                 for position, call in enumerate(message.tool_calls):
