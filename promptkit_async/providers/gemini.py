@@ -468,22 +468,26 @@ class GeminiProvider(WireProvider):
                 return "user", [self._result(message, names)]
             parts: list[dict[str, Any]] = []
             content = message.content
-            signature = None
+            model = message.role == "assistant"
             if type(content) is str:  # the common case, checked without a call
                 if content:
                     parts.append({"text": content})
+                if not model:
+                    return "user", parts
+                signature = None
             else:
                 content = cast("Sequence[ContentPart]", content)
-                signature = self._parts(content, message.role == "assistant", parts)
-            if message.role == "assistant":
-                for position, call in enumerate(message.tool_calls):
-                    names[call.id] = call.name
-                    parts.append(self._call_part(call, position))
+                signature = self._parts(content, model, parts)  # None for a user message
+                if not model:
+                    return "user", parts
+            for position, call in enumerate(message.tool_calls):
+                names[call.id] = call.name
+                parts.append(self._call_part(call, position))
             if signature:
                 # A signature Gemini sent on an empty part, with no text to carry it:
                 # an empty part again, after the calls, as Gemini itself sends it.
                 parts.append({"text": "", "thoughtSignature": signature})
-            return ("model" if message.role == "assistant" else "user"), parts
+            return "model", parts
 
         system, turns = conversation_turns(messages, turn, _is_result, provider="Gemini")
         return system, [{"role": role, "parts": parts} for role, parts in turns]
