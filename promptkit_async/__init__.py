@@ -51,6 +51,7 @@ from .errors import (
     ToolError,
     TurnInterruptedError,
     UnprocessableEntityError,
+    UnsupportedContentError,
 )
 from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
 from .pipeline.middleware import (
@@ -204,6 +205,7 @@ __all__ = [
     "TurnInterruptedError",
     "TurnStore",
     "UnprocessableEntityError",
+    "UnsupportedContentError",
     "Usage",
     "__version__",
     "calculate_cost",

@@ -14,6 +14,8 @@ OpenAI chat format (``{"role", "content", "name", "tool_calls", "tool_call_id"}`
   back by ``to_openai``, so a history round-trips unchanged.
 * ``to_openai`` writes an assistant message's empty content as ``null`` when it calls
   tools, and leaves :class:`ThinkingPart` out (the chat format has no place for it).
+  An image by ``file_id``, a document by URL and audio other than wav or mp3 raise
+  :class:`~promptkit_async.errors.UnsupportedContentError` (the format has no such part).
 
 Anthropic Messages format (``messages`` entries plus the top-level ``system``):
 
@@ -26,10 +28,14 @@ Anthropic Messages format (``messages`` entries plus the top-level ``system``):
   one user entry, as the API requires.
 * An assistant entry of one text block plus ``tool_use`` blocks gives a ``str`` content.
 * Not carried: ``cache_control``, ``citations`` and a document's ``context``; names;
-  :class:`AudioPart` (raises), an image's ``detail`` (dropped), and thinking written by
-  another provider (dropped: its signature is not valid for Anthropic).
+  an image's ``detail`` (dropped), and thinking written by another provider (dropped:
+  its signature is not valid for Anthropic). :class:`AudioPart`, images other than
+  JPEG/PNG/GIF/WebP and documents other than PDF or UTF-8 text raise
+  :class:`~promptkit_async.errors.UnsupportedContentError`.
 
-Parts held in a blob store (``blob_key``) must be resolved before export.
+Parts held in a blob store (``blob_key``) must be resolved before export
+(``InvalidMessageError``). The providers build their requests with
+:func:`openai_part` and :func:`anthropic_block`, so export and the wire agree.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import InvalidMessageError
+from .errors import InvalidMessageError, UnsupportedContentError
 from .types import (
     AudioPart,
     ContentPart,
@@ -53,12 +59,17 @@ from .types import (
 )
 
 __all__ = [
+    "ANTHROPIC_IMAGE_TYPES",
     "ANTHROPIC_KEY",
+    "OPENAI_AUDIO_FORMATS",
     "OPENAI_KEY",
+    "anthropic_block",
     "from_anthropic",
     "from_openai",
+    "openai_part",
     "to_anthropic",
     "to_openai",
+    "unresolved",
 ]
 
 #: Metadata key of OpenAI fields kept for the way back.
@@ -69,6 +80,10 @@ ANTHROPIC_KEY = "promptkit.anthropic"
 _OPENAI_FIELDS = frozenset(("role", "content", "name", "tool_calls", "tool_call_id"))
 _OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user"}
 _OPENAI_ROLES.update(assistant="assistant", tool="tool")
+#: The ``input_audio`` formats of the OpenAI chat format.
+OPENAI_AUDIO_FORMATS = frozenset(("wav", "mp3"))
+#: The image media types Anthropic takes.
+ANTHROPIC_IMAGE_TYPES = frozenset(("image/jpeg", "image/png", "image/gif", "image/webp"))
 
 
 def _bad(what: str) -> InvalidMessageError:
@@ -110,10 +125,12 @@ def _str(value: object, where: str) -> str:
     return value
 
 
-def _unresolved(part: object) -> InvalidMessageError:
+def unresolved(part: object) -> InvalidMessageError:
+    """The error for a part whose bytes are still in a blob store (``blob_key``)."""
     return _bad(
         f"{type(part).__name__} is held in a blob store (blob_key); load it through the "
-        "BlobOffloadStore with resolve=True (or resolve_blobs) before exporting"
+        "BlobOffloadStore with resolve=True (or resolve_blobs) before exporting or "
+        "sending it to a provider"
     )
 
 
@@ -189,7 +206,14 @@ def from_openai(message: Mapping[str, Any]) -> Message:
     )
 
 
-def _to_openai_part(part: ContentPart) -> dict[str, Any] | None:
+def openai_part(part: ContentPart) -> dict[str, Any] | None:
+    """One part in the OpenAI chat format; ``None`` for a :class:`ThinkingPart`.
+
+    Raises:
+        UnsupportedContentError: an image by ``file_id``, a document by URL, or audio
+            in a format other than wav or mp3.
+        InvalidMessageError: a part still held in a blob store.
+    """
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
     if isinstance(part, ImagePart):
@@ -198,16 +222,24 @@ def _to_openai_part(part: ContentPart) -> dict[str, Any] | None:
         elif part.url is not None:
             url = part.url
         elif part.blob_key is not None:
-            raise _unresolved(part)
+            raise unresolved(part)
         else:
-            raise _bad("OpenAI chat messages cannot refer to an uploaded image by file_id")
+            raise UnsupportedContentError(
+                "OpenAI chat messages cannot refer to an uploaded image by file_id; pass "
+                "ImagePart(data=...) or an https URL"
+            )
         image: dict[str, Any] = {"url": url}
         if part.detail is not None:
             image["detail"] = part.detail
         return {"type": "image_url", "image_url": image}
     if isinstance(part, AudioPart):
         if part.data is None:
-            raise _unresolved(part)
+            raise unresolved(part)
+        if part.format not in OPENAI_AUDIO_FORMATS:
+            raise UnsupportedContentError(
+                f"OpenAI chat takes audio as wav or mp3, not {part.format!r}; convert the "
+                "clip first"
+            )
         return {
             "type": "input_audio",
             "input_audio": {"data": _b64(part.data), "format": part.format},
@@ -219,9 +251,9 @@ def _to_openai_part(part: ContentPart) -> dict[str, Any] | None:
         elif part.data is not None:
             file["file_data"] = f"data:{part.media_type};base64,{_b64(part.data)}"
         elif part.blob_key is not None:
-            raise _unresolved(part)
+            raise unresolved(part)
         else:
-            raise _bad(
+            raise UnsupportedContentError(
                 "OpenAI chat messages cannot refer to a document by URL; download it into "
                 "DocumentPart(data=...) or upload it and use file_id"
             )
@@ -238,7 +270,7 @@ def to_openai(message: Message) -> dict[str, Any]:
     if isinstance(content, str):
         out["content"] = content
     else:
-        out["content"] = [p for p in map(_to_openai_part, content) if p is not None]
+        out["content"] = [p for p in map(openai_part, content) if p is not None]
     if message.role == "assistant" and message.tool_calls and not out["content"]:
         out["content"] = None  # what OpenAI itself sends for a message that only calls tools
     if message.name is not None:
@@ -373,17 +405,40 @@ def from_anthropic(
 
 def _source_out(part: ImagePart | DocumentPart) -> dict[str, Any]:
     if part.data is not None:
-        if isinstance(part, DocumentPart) and part.media_type == "text/plain":
-            return {"type": "text", "media_type": "text/plain", "data": part.data.decode("utf-8")}
+        if isinstance(part, DocumentPart):
+            if part.media_type == "text/plain":
+                try:
+                    text = part.data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UnsupportedContentError(
+                        "a text/plain DocumentPart for Anthropic must be UTF-8 text"
+                    ) from None
+                return {"type": "text", "media_type": "text/plain", "data": text}
+            if part.media_type != "application/pdf":
+                raise UnsupportedContentError(
+                    f"Anthropic takes documents as application/pdf or text/plain, not "
+                    f"{part.media_type!r}; convert the document or send its text"
+                )
+        elif part.media_type not in ANTHROPIC_IMAGE_TYPES:
+            raise UnsupportedContentError(
+                f"Anthropic takes JPEG, PNG, GIF or WebP images, not {part.media_type!r}"
+            )
         return {"type": "base64", "media_type": part.media_type, "data": _b64(part.data)}
     if part.url is not None:
         return {"type": "url", "url": part.url}
     if part.file_id is not None:
         return {"type": "file", "file_id": part.file_id}
-    raise _unresolved(part)
+    raise unresolved(part)
 
 
-def _to_anthropic_block(part: ContentPart) -> dict[str, Any] | None:
+def anthropic_block(part: ContentPart) -> dict[str, Any] | None:
+    """One part as an Anthropic content block; ``None`` for another provider's thinking.
+
+    Raises:
+        UnsupportedContentError: audio, an image type Anthropic does not take, or a
+            document that is neither PDF nor UTF-8 text.
+        InvalidMessageError: a part still held in a blob store.
+    """
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
     if isinstance(part, ImagePart):
@@ -402,16 +457,16 @@ def _to_anthropic_block(part: ContentPart) -> dict[str, Any] | None:
         if part.signature is not None:
             thinking["signature"] = part.signature
         return thinking
-    raise _bad(
+    raise UnsupportedContentError(
         "Anthropic messages cannot carry audio; transcribe it, or send it to a provider "
-        "that takes audio input"
+        "that takes audio input (OpenAI, Gemini)"
     )
 
 
 def _blocks(content: str | Sequence[ContentPart]) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
-    return [b for b in map(_to_anthropic_block, content) if b is not None]
+    return [b for b in map(anthropic_block, content) if b is not None]
 
 
 def _facts(message: Message) -> Mapping[str, Any]:

@@ -10,6 +10,7 @@ place per layer and re-raised ``from`` the original::
     │   ├── InvalidSessionIdError
     │   ├── InvalidRoleError
     │   └── InvalidMessageError
+    │       └── UnsupportedContentError             a part this provider cannot take
     ├── ConfigurationError (also ValueError)       a constructor got an unusable setting
     │   └── InvalidArgumentsError (also TypeError)  wrong kind or number of arguments
     │       └── InvalidMiddlewareError              not an async generator (ctx, next)
@@ -104,6 +105,7 @@ __all__ = [
     "ToolError",
     "TurnInterruptedError",
     "UnprocessableEntityError",
+    "UnsupportedContentError",
 ]
 
 
@@ -128,6 +130,15 @@ class InvalidRoleError(InvalidRequestError):
 
 class InvalidMessageError(InvalidRequestError):
     """A message is malformed (empty content, wrong types, tool result without id...)."""
+
+
+class UnsupportedContentError(InvalidMessageError):
+    """A content part the destination cannot take: raised before any request is sent.
+
+    For example audio for Anthropic, a document by URL for OpenAI chat, an image in an
+    OpenAI tool result, or an audio format a provider does not know. The message names
+    the part, the provider and what to do instead; nothing was sent or stored.
+    """
 
 
 # --- configuration -----------------------------------------------------------------------

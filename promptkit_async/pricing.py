@@ -117,7 +117,10 @@ def calculate_cost(usage: Usage, pricing: ModelPricing | None, *, model: str = "
     """What ``usage`` costs at ``pricing``.
 
     Uncached input tokens are ``prompt_tokens - cached_tokens - cache_write_tokens``.
-    With no pricing the result is all zeros with ``priced=False`` (logged once per model).
+    Output is ``completion_tokens`` at the output rate; reasoning (thinking) tokens are
+    billed as output by every provider and are already inside ``completion_tokens``, so
+    ``usage.reasoning_tokens`` is not priced a second time. With no pricing the result
+    is all zeros with ``priced=False`` (logged once per model).
     """
     if pricing is None:
         if model not in _warned:

@@ -550,9 +550,16 @@ class Usage:
     """Token usage of one provider call (or the sum of several).
 
     ``prompt_tokens`` counts every input token, including ``cached_tokens`` (read from the
-    provider's prompt cache) and ``cache_write_tokens`` (written to it). ``estimated`` is
-    true when the numbers were computed locally rather than reported by the provider (for
-    example for a cancelled stream).
+    provider's prompt cache) and ``cache_write_tokens`` (written to it).
+    ``completion_tokens`` counts every output token, including ``reasoning_tokens`` (the
+    model's thinking, as OpenAI's ``completion_tokens_details.reasoning_tokens`` and
+    Gemini's ``thoughtsTokenCount`` report it; Anthropic bills thinking inside its output
+    tokens without counting it apart, so it stays 0 there). Reasoning is billed as output:
+    :func:`~promptkit_async.pricing.calculate_cost` prices it at the output rate as part
+    of ``completion_tokens``, never a second time. ``estimated`` is true when the numbers
+    were computed locally rather than reported by the provider (for example for a
+    cancelled stream). ``reasoning_tokens`` comes last so positional construction keeps
+    its meaning.
 
     Raises:
         InvalidRequestError: a count that is not an ``int`` (``bool`` and ``float``
@@ -565,10 +572,11 @@ class Usage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     estimated: bool = False
+    reasoning_tokens: int = 0
 
     def __post_init__(self) -> None:
         p, c, t = self.prompt_tokens, self.completion_tokens, self.total_tokens
-        r, w = self.cached_tokens, self.cache_write_tokens
+        r, w, z = self.cached_tokens, self.cache_write_tokens, self.reasoning_tokens
         # A few type checks and one range check: this runs for every response and sum.
         if not (
             type(p) is int
@@ -576,7 +584,8 @@ class Usage:
             and type(t) is int
             and type(r) is int
             and type(w) is int
-            and 0 <= p | c | t | r | w <= MAX_TOKEN_COUNT
+            and type(z) is int
+            and 0 <= p | c | t | r | w | z <= MAX_TOKEN_COUNT
         ):
             _bad_counts(self)
         if not t and (p or c):
@@ -592,6 +601,7 @@ class Usage:
             self.cached_tokens + other.cached_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
             self.estimated or other.estimated,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
 
@@ -651,6 +661,7 @@ def _bad_counts(usage: Usage) -> None:
         "total_tokens",
         "cached_tokens",
         "cache_write_tokens",
+        "reasoning_tokens",
     ):
         value = getattr(usage, name)
         if type(value) is not int or not 0 <= value <= MAX_TOKEN_COUNT:
@@ -679,6 +690,10 @@ class ProviderResponse:
         usage: token usage as reported by the provider.
         cost: what the call cost, priced by the provider's pricing.
         tool_calls: tool calls the model asked for.
+        thinking: the model's reasoning as :class:`ThinkingPart` objects, in the order
+            the model produced them (Anthropic ``thinking`` / ``redacted_thinking``
+            blocks with their signatures, Gemini thought summaries and thought
+            signatures); empty when the model returned none. Not part of ``content``.
         model: the model that answered (as the provider reported it).
         response_id: the provider's id for the response.
         request_id: the provider's request id header.
@@ -697,6 +712,7 @@ class ProviderResponse:
     usage: Usage = field(default_factory=Usage)
     cost: Cost = field(default_factory=Cost)
     tool_calls: tuple[ToolCall, ...] = ()
+    thinking: tuple[ThinkingPart, ...] = ()
     model: str | None = None
     response_id: str | None = None
     request_id: str | None = None
@@ -707,8 +723,20 @@ class ProviderResponse:
     parsed: Any = None
 
     def to_message(self) -> Message:
-        """The assistant message this response adds to a conversation."""
-        return Message("assistant", self.content, self.tool_calls)
+        """The assistant message this response adds to a conversation.
+
+        Its ``content`` is the text (a ``str``), or, when the model returned reasoning,
+        the :class:`ThinkingPart` objects followed by the text as a :class:`TextPart`,
+        so the reasoning is stored and replayed with the message (Anthropic requires it
+        back in a tool loop; each provider sends only its own).
+        """
+        thinking = self.thinking
+        if not thinking:
+            return Message("assistant", self.content, self.tool_calls)
+        parts: tuple[ContentPart, ...] = (
+            (*thinking, TextPart(self.content)) if self.content else thinking
+        )
+        return Message("assistant", parts, self.tool_calls)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,11 +32,18 @@ from typing_extensions import Unpack
 
 from .._structured import ResponseFormat, with_parsed
 from .._toolcalls import ToolCallAssembler
-from ..errors import APIResponseError, IncompleteStreamError, InvalidArgumentsError
+from ..errors import (
+    APIResponseError,
+    IncompleteStreamError,
+    InvalidArgumentsError,
+    UnsupportedContentError,
+)
 from ..types import (
     Message,
     ProviderResponse,
     StreamChunk,
+    TextPart,
+    ThinkingPart,
     ToolCall,
     ToolCallDelta,
     ToolDefinition,
@@ -62,6 +69,7 @@ __all__ = [
     "declaration",
     "estimate_usage",
     "json_text",
+    "text_only",
     "wire_settings",
 ]
 
@@ -76,7 +84,7 @@ class ProviderOptions(HTTPOptions, ProviderIdentity, total=False):
 
 def estimate_usage(messages: Sequence[Message], completion: str) -> Usage:
     """Usage for a server that reports none: ~4 characters per token, marked estimated."""
-    prompt = sum((len(m.content) + 3) // 4 + 4 for m in messages)
+    prompt = sum((len(m.text) + 3) // 4 + 4 for m in messages)
     return Usage(prompt, (len(completion) + 3) // 4, estimated=True)
 
 
@@ -97,24 +105,44 @@ def arguments_object(arguments: str) -> dict[str, Any]:
 Turn = tuple[str, list[dict[str, Any]]]
 
 
+def text_only(message: Message, provider: str) -> str:
+    """The text of a message whose role takes only text at ``provider`` (thinking dropped).
+
+    Raises:
+        UnsupportedContentError: the message holds an image, document or audio part.
+    """
+    content = message.content
+    if type(content) is str:
+        return content
+    for part in content:
+        if not isinstance(part, (TextPart, ThinkingPart)):
+            raise UnsupportedContentError(
+                f"{provider} takes only text in {message.role} messages, and this one holds "
+                f"{type(part).__name__}; put media in a user message (or describe it in text)"
+            )
+    return message.text
+
+
 def conversation_turns(
     messages: Sequence[Message],
     convert: Callable[[Message], Turn],
     is_result: Callable[[dict[str, Any]], bool],
     user: str = "user",
+    provider: str = "the provider",
 ) -> tuple[str, list[Turn]]:
     """The system text and the alternating turns for formats that need them (Anthropic,
     Gemini): system messages joined with a blank line; each other message ``convert``-ed
     to (role, parts), an empty one skipped; consecutive parts of one role merged into one
     turn, with tool results (``is_result``) first in ``user`` turns (they answer the
-    previous turn's calls), each group in its order.
+    previous turn's calls), each group in its order. System messages take text only
+    (:class:`~promptkit_async.errors.UnsupportedContentError` names ``provider``).
     """
     system: list[str] = []
     turns: list[Turn] = []
     for message in messages:
         if message.role == "system":
             if message.content:
-                system.append(message.text)
+                system.append(text_only(message, provider))
             continue
         role, parts = convert(message)
         if not parts:
@@ -169,8 +197,9 @@ class WireReader:
     """One answer being read; a format module subclasses it with ``feed`` and ``parse``.
 
     The format's code fills in ``parts`` (via :meth:`emit` or directly), tool-call
-    fragments (:meth:`emit` / :meth:`add_calls`), ``finish``, ``usage``, ``model`` and
-    ``response_id``; sets ``complete`` once the answer is whole (else the stream ends in
+    fragments (:meth:`emit` / :meth:`add_calls`), ``finish``, ``usage``, ``model``,
+    ``response_id`` and ``thinking`` (the reply's reasoning, when there is any); sets
+    ``complete`` once the answer is whole (else the stream ends in
     :class:`~promptkit_async.errors.IncompleteStreamError`) and calls :meth:`end` when no
     further event matters. One reader per call; used by one task.
     """
@@ -189,6 +218,7 @@ class WireReader:
         "request",
         "response_id",
         "started",
+        "thinking",
         "usage",
     )
 
@@ -213,6 +243,7 @@ class WireReader:
         self.usage: Usage | None = None
         self.model: str | None = None
         self.response_id: str | None = None
+        self.thinking: list[ThinkingPart] | None = None
         self.first: float | None = None
         self.complete = False
         self.done = False
@@ -286,6 +317,7 @@ class WireReader:
             usage=usage,
             cost=self.provider.calculate_cost(usage),
             tool_calls=tool_calls,
+            thinking=tuple(self.thinking) if self.thinking else (),
             model=self.model,
             response_id=self.response_id,
             request_id=request_id,

@@ -31,8 +31,27 @@ How the library's one shape maps onto the Messages API:
   ``model_context_window_exceeded`` → ``"length"``, ``tool_use`` → ``"tool_calls"``,
   ``refusal`` → ``"content_filter"``, anything else as Anthropic says it.
 
-Only ``text`` and ``tool_use`` content is read; ``thinking`` blocks are skipped (so
-extended thinking combined with tool use, which needs them replayed, is not supported).
+Content parts go out as content blocks (the mapping of
+:meth:`Message.to_anthropic_list <promptkit_async.types.Message.to_anthropic_list>`):
+an image as an ``image`` block (``base64`` source for bytes: JPEG, PNG, GIF or WebP;
+``url``; ``file`` for a Files API id), a document as a ``document`` block (a PDF as
+``base64``, ``url`` or ``file``; ``text/plain`` bytes as a ``text`` source; the filename
+as ``title``), also inside tool results. Audio, other image or document types, and bytes
+still in a blob store raise :class:`~promptkit_async.errors.UnsupportedContentError` /
+``InvalidMessageError`` before any request is sent. System messages take text only.
+
+Extended thinking: ``thinking`` blocks (streamed as ``thinking_delta`` and
+``signature_delta``) and ``redacted_thinking`` blocks become the reply's
+:class:`~promptkit_async.types.ThinkingPart` objects (``text`` and ``signature``, or
+``redacted`` data; ``provider="anthropic"``), in order, on ``ProviderResponse.thinking``
+and first in the assistant message's parts. An assistant message's thinking goes back
+exactly as it came, ahead of its text and ``tool_use`` blocks, as the API requires in a
+tool loop; thinking without a signature or written by another provider is left out (the
+API would reject it), and thinking never goes out in a user turn. Enable thinking with
+``extra_body={"thinking": {"type": "enabled", "budget_tokens": 2048}}``. Anthropic counts
+thinking inside ``output_tokens`` without a separate figure, so ``Usage.reasoning_tokens``
+stays 0 (the tokens are in ``completion_tokens`` and priced as output).
+
 The API refuses ``tool_use`` / ``tool_result`` blocks in a request without ``tools``, so a
 session holding tool rounds must keep being sent with its tools. Every event is checked
 (objects where objects belong, strings for text and ids, int token counts) before its
@@ -43,14 +62,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httpx
 from typing_extensions import Unpack
 
+from .._interop import anthropic_block
 from .._structured import ResponseFormat, ResponseFormatLike
 from ..errors import ConfigurationError, InvalidRequestError, ProviderError
-from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCall, ToolCallDelta, Usage
+from ..types import (
+    MAX_TOKEN_COUNT,
+    ContentPart,
+    Message,
+    StreamChunk,
+    TextPart,
+    ThinkingPart,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from . import _wire
 from ._http import redact
 from ._shape import ShapeError, object_at, optional_str
@@ -91,17 +121,41 @@ _ERROR_STATUS = {
 }
 
 
+def _part_blocks(parts: Sequence[ContentPart], assistant: bool) -> list[dict[str, Any]]:
+    """A message's parts as content blocks, in order."""
+    blocks: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, ThinkingPart):
+            # Only the API's own signed thinking goes back, and only in assistant turns.
+            if not assistant or (part.signature is None and part.redacted is None):
+                continue
+        elif isinstance(part, TextPart) and not part.text:
+            continue  # the API rejects empty text blocks
+        block = anthropic_block(part)
+        if block is not None:
+            blocks.append(block)
+    return blocks
+
+
 def _blocks(message: Message) -> list[dict[str, Any]]:
     """The content blocks one message contributes to its turn."""
     role = message.role
+    content = message.content
+    plain = type(content) is str  # the common case, checked without a call
     if role == "tool":
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
-        if message.content:
-            block["content"] = message.content
+        if not plain:
+            block["content"] = _part_blocks(cast("Sequence[ContentPart]", content), False)
+        elif content:
+            block["content"] = content
         return [block]
-    blocks: list[dict[str, Any]] = []
-    if message.content:  # the API rejects empty text blocks
-        blocks.append({"type": "text", "text": message.content})
+    blocks: list[dict[str, Any]]
+    if not plain:
+        blocks = _part_blocks(cast("Sequence[ContentPart]", content), role == "assistant")
+    elif content:  # the API rejects empty text blocks
+        blocks = [{"type": "text", "text": content}]
+    else:
+        blocks = []
     if role == "assistant":
         for call in message.tool_calls:
             blocks.append(
@@ -125,7 +179,7 @@ def _is_result(block: dict[str, Any]) -> bool:
 
 def _turns(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
     """The ``system`` text and the alternating user/assistant turns for ``messages``."""
-    system, turns = _wire.conversation_turns(messages, _turn, _is_result)
+    system, turns = _wire.conversation_turns(messages, _turn, _is_result, provider="Anthropic")
     out: list[dict[str, Any]] = []
     for role, content in turns:
         if len(content) == 1 and content[0]["type"] == "text":
@@ -190,7 +244,7 @@ class _Reader(WireReader):
     """Reads Messages API events (``message_start``, ``content_block_*``,
     ``message_delta``, ``message_stop``, ``error``) or a whole message."""
 
-    __slots__ = ("_blocks", "_counts", "_pending", "_seen")
+    __slots__ = ("_blocks", "_counts", "_pending", "_seen", "_thoughts")
     incomplete = "the stream ended before the model finished (no message_stop event)"
     call_id_prefix = "toolu_"
 
@@ -202,6 +256,42 @@ class _Reader(WireReader):
         # cumulative: a present value replaces the earlier one.
         self._counts = [0, 0, 0, 0]
         self._seen = False
+        # content block index -> [thinking text pieces, signature, redacted data], in
+        # block order; made into ThinkingParts once, in response().
+        self._thoughts: dict[Any, list[Any]] | None = None
+
+    def _thought(self, index: Any) -> list[Any]:
+        thoughts = self._thoughts
+        if thoughts is None:
+            thoughts = self._thoughts = {}
+        entry = thoughts.get(index)
+        if entry is None:
+            entry = thoughts[index] = [[], None, None]
+        return entry
+
+    def _thinking_block(self, block: dict[str, Any], index: Any) -> None:
+        """A ``thinking`` or ``redacted_thinking`` block (whole, or the start of one)."""
+        entry = self._thought(index)
+        if block.get("type") == "redacted_thinking":
+            data = optional_str(block.get("data"), "a redacted_thinking block's data")
+            if data is None:
+                raise ShapeError("a redacted_thinking block has no data")
+            entry[2] = data
+            return
+        text = optional_str(block.get("thinking"), "a thinking block's thinking")
+        if text:
+            entry[0].append(text)
+        entry[1] = optional_str(block.get("signature"), "a thinking block's signature") or None
+
+    def _thinking_delta(self, payload: dict[str, Any], delta: dict[str, Any], kind: str) -> None:
+        entry = self._thought(payload.get("index", -1))
+        if kind == "thinking_delta":
+            text = optional_str(delta.get("thinking"), "a thinking_delta's thinking")
+            if text:
+                entry[0].append(text)
+        else:
+            signature = optional_str(delta.get("signature"), "a signature_delta's signature")
+            entry[1] = (entry[1] or "") + signature if signature else entry[1]
 
     def _count(self, data: Any) -> None:
         if data is None:
@@ -247,7 +337,10 @@ class _Reader(WireReader):
                     return None
                 self._pending.pop(index, None)
                 return self.emit(None, (ToolCallDelta(index, arguments=fragment),))
-            return None  # thinking / signature / citations deltas are not part of the reply
+            if delta_kind == "thinking_delta" or delta_kind == "signature_delta":
+                # Reasoning is kept for the response (and replay), not streamed as text.
+                self._thinking_delta(payload, delta, delta_kind)
+            return None  # citations deltas are not part of the reply
         if kind == "content_block_start":
             block = object_at(payload, "content_block")
             block_kind = block.get("type")
@@ -257,6 +350,8 @@ class _Reader(WireReader):
                 return self.emit(None, (self._call(block, index),))
             if block_kind == "text":
                 return self.emit(optional_str(block.get("text"), "a text block's text"))
+            if block_kind == "thinking" or block_kind == "redacted_thinking":
+                self._thinking_block(block, payload.get("index", -1))
             return None
         if kind == "content_block_stop":
             index = self._blocks.get(payload.get("index", -1))
@@ -302,6 +397,8 @@ class _Reader(WireReader):
                 if not call.id or not call.name:
                     raise ShapeError("a tool_use block has no id or name")
                 self.add_calls((call,))
+            elif kind == "thinking" or kind == "redacted_thinking":
+                self._thinking_block(block, position)
         self._count(payload.get("usage"))
         self.note_ids(payload, "id", "model")
         reason = optional_str(payload.get("stop_reason"), "stop_reason")
@@ -317,6 +414,13 @@ class _Reader(WireReader):
             fresh, output, read, write = self._counts
             prompt = fresh + read + write
             self.usage = Usage(prompt, output, prompt + output, read, write)
+        if self._thoughts:
+            self.thinking = [
+                ThinkingPart(redacted=data, provider="anthropic")
+                if data is not None
+                else ThinkingPart("".join(pieces), signature, provider="anthropic")
+                for pieces, signature, data in self._thoughts.values()
+            ]
         return super().response(request_id, trace, raw)
 
 

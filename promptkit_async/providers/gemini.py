@@ -41,25 +41,63 @@ How the library's one shape maps onto the Gemini API:
   ``PROHIBITED_CONTENT`` / ``SPII`` / image-safety reasons and a blocked prompt →
   ``"content_filter"``, anything else lower-cased (``"malformed_function_call"``...).
 
-Thought summaries (parts marked ``thought``) are not part of the reply's text. A streamed
-chunk has the same shape as a whole answer, so one reader serves both; each chunk is
-checked (``candidates`` a list, ``parts`` objects, text a string, int token counts)
-before any of its text is passed on.
+Content parts: text as ``text`` parts; bytes (an image, a document, audio) as
+``inlineData`` (``mimeType`` and base64 ``data``; a ``data:`` URL likewise); a URL or a
+provider file id as ``fileData`` (``fileUri``, and ``mimeType`` when known; a Files API
+name such as ``files/abc`` becomes its full URI). Audio formats: wav, mp3, aiff, aac,
+ogg, flac. System messages and tool results take text only; an unknown audio format,
+media in those, or bytes still in a blob store raise
+:class:`~promptkit_async.errors.UnsupportedContentError` / ``InvalidMessageError``
+before any request is sent.
+
+Reasoning: thought summaries (parts marked ``thought``, sent when
+``generationConfig.thinkingConfig.includeThoughts`` is on) are not part of the reply's
+text; they become the reply's :class:`~promptkit_async.types.ThinkingPart` objects
+(``provider="gemini"``, consecutive pieces joined, a ``thoughtSignature`` closing one),
+first in the assistant message, and go back as ``thought`` parts with their signatures.
+A signature on a reply's text part is kept as a text-less ``ThinkingPart`` and goes back
+on the text; one that arrives on an empty part after the calls of a tool-calling answer
+(as streamed answers may send it) belongs to the first call and travels in its id (see
+above). ``thoughtsTokenCount`` is ``Usage.reasoning_tokens``. A streamed chunk has the
+same shape as a whole answer, so one reader serves both; each chunk is checked
+(``candidates`` a list, ``parts`` objects, text a string, int token counts) before any
+of its text is passed on.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
 from typing_extensions import Unpack
 
-from ..errors import APIStatusError, AuthenticationError, InvalidRequestError
-from ..types import MAX_TOKEN_COUNT, Message, StreamChunk, ToolCall, ToolCallDelta, Usage
+from .._interop import unresolved
+from ..errors import (
+    APIStatusError,
+    AuthenticationError,
+    InvalidRequestError,
+    UnsupportedContentError,
+)
+from ..types import (
+    MAX_TOKEN_COUNT,
+    AudioPart,
+    ContentPart,
+    DocumentPart,
+    ImagePart,
+    Message,
+    StreamChunk,
+    TextPart,
+    ThinkingPart,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from ._shape import ShapeError, optional_str, token_count
 from ._wire import (
     ProviderOptions,
@@ -70,6 +108,7 @@ from ._wire import (
     conversation_turns,
     declaration,
     json_text,
+    text_only,
     wire_settings,
 )
 from .base import ProviderRequest
@@ -94,6 +133,15 @@ _FILTERED = frozenset(
     }
 )
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
+#: AudioPart formats and the MIME types Gemini takes them as.
+_AUDIO_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mp3",
+    "aiff": "audio/aiff",
+    "aac": "audio/aac",
+    "ogg": "audio/ogg",
+    "flac": "audio/flac",
+}
 _MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 #: GenerationConfig fields → generationConfig's names.
 _SETTING_KEYS = {
@@ -121,6 +169,10 @@ def _split_id(call_id: str) -> tuple[str, str]:
     return base, signature
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
 def _is_result(part: dict[str, Any]) -> bool:
     return "functionResponse" in part
 
@@ -142,8 +194,8 @@ _COUNTS = (
 )
 
 
-def _counts(meta: Any) -> tuple[int, int, int, int]:
-    """(prompt, completion, total, cached) from ``usageMetadata``, checked.
+def _counts(meta: Any) -> tuple[int, int, int, int, int]:
+    """(prompt, completion, total, cached, thoughts) from ``usageMetadata``, checked.
 
     Every chunk carries the (cumulative) usage, so this is on the hot path: the checks
     are inline and the :class:`Usage` is built once, from the last counts.
@@ -171,7 +223,7 @@ def _counts(meta: Any) -> tuple[int, int, int, int]:
         raise ShapeError(f"a usageMetadata count is out of range: {meta!r}")
     prompt += tool
     output += thoughts
-    return prompt, output, total or prompt + output, cached
+    return prompt, output, total or prompt + output, cached, thoughts
 
 
 def _deep_update(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -190,14 +242,42 @@ class _Reader(WireReader):
     ``gemini_<responseId>_<n>``.
     """
 
-    __slots__ = ("_key", "_made", "_usage")
+    __slots__ = ("_first_signed", "_key", "_made", "_signature", "_thoughts", "_usage")
     incomplete = "the stream ended before the model finished (no finishReason)"
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._key: str | None = None
         self._made = 0  # calls read so far
-        self._usage: tuple[int, int, int, int] | None = None
+        self._usage: tuple[int, int, int, int, int] | None = None
+        # Thought summaries: [text pieces, signature] each; a signature closes one.
+        self._thoughts: list[list[Any]] | None = None
+        # A signature on a reply part that is not a call: (signature, came with text).
+        self._signature: tuple[str, bool] | None = None
+        self._first_signed = False  # the first call carried its own signature
+
+    def _reasoning(self, part: dict[str, Any], piece: Any) -> bool:
+        """Keep a thought or a signature; true for a thought (not part of the reply)."""
+        signature = optional_str(part.get("thoughtSignature"), "thoughtSignature")
+        if not part.get("thought"):
+            if signature:
+                self._signature = signature, bool(piece)
+            return False
+        if piece is not None and type(piece) is not str:
+            raise ShapeError(f"a thought part's text is {type(piece).__name__}")
+        thoughts = self._thoughts
+        if thoughts is None:
+            thoughts = self._thoughts = []
+        if thoughts and thoughts[-1][1] is None:
+            entry = thoughts[-1]  # a streamed thought goes on until a signature ends it
+        else:
+            entry = [[], None]
+            thoughts.append(entry)
+        if piece:
+            entry[0].append(piece)
+        if signature:
+            entry[1] = signature
+        return True
 
     def _call(self, part: dict[str, Any], index: int) -> ToolCallDelta:
         call = part["functionCall"]
@@ -217,6 +297,8 @@ class _Reader(WireReader):
         signature = optional_str(part.get("thoughtSignature"), "thoughtSignature")
         if signature:
             call_id = f"{call_id}{_SIGNATURE}{signature}"
+            if index == 0:
+                self._first_signed = True
         return ToolCallDelta(index, call_id, name, json_text(args))
 
     def feed(self, kind: str, payload: dict[str, Any]) -> StreamChunk | None:
@@ -258,17 +340,23 @@ class _Reader(WireReader):
         for part in parts:
             if type(part) is not dict:
                 raise ShapeError("a part is not an object")
-            if "functionCall" in part:
-                if calls is None:
-                    calls = []
-                calls.append(self._call(part, self._made))
-                self._made += 1
-            elif not part.get("thought"):
-                piece = part.get("text")
-                if piece:
-                    if type(piece) is not str:
-                        raise ShapeError(f"a part's text is {type(piece).__name__}")
-                    text = text + piece if text else piece
+            piece = part.get("text")
+            if piece is None or len(part) > 1:
+                # Not a plain text part: a call, a thought, a signature, or another kind.
+                if "functionCall" in part:
+                    if calls is None:
+                        calls = []
+                    calls.append(self._call(part, self._made))
+                    self._made += 1
+                    continue
+                if ("thoughtSignature" in part or part.get("thought")) and self._reasoning(
+                    part, piece
+                ):
+                    continue
+            if piece:
+                if type(piece) is not str:
+                    raise ShapeError(f"a part's text is {type(piece).__name__}")
+                text = text + piece if text else piece
         reason = candidate.get("finishReason")
         if reason is not None and type(reason) is not str:
             raise ShapeError(f"finishReason is {type(reason).__name__}, not a string")
@@ -289,12 +377,38 @@ class _Reader(WireReader):
         self.feed("", payload)
         self.complete = True
 
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        calls = super().tool_calls()
+        signature = self._signature
+        if signature is not None and not signature[1] and calls and not self._first_signed:
+            # A streamed tool-calling answer may send the signature of its first call
+            # on an empty part after the calls: it goes back on that call.
+            first = calls[0]
+            calls = (replace(first, id=f"{first.id}{_SIGNATURE}{signature[0]}"), *calls[1:])
+        return calls
+
     def response(self, request_id: str | None, trace: Sequence[Any], raw: Any) -> Any:
         if self._usage is not None:
-            self.usage = Usage(*self._usage)
+            prompt, output, total, cached, thoughts = self._usage
+            self.usage = Usage(prompt, output, total, cached, reasoning_tokens=thoughts)
         if self.calls and self.finish in (None, "stop"):
             self.finish = "tool_calls"
+        if self._thoughts is not None or self._signature is not None:
+            self._keep_reasoning()
         return super().response(request_id, trace, raw)
+
+    def _keep_reasoning(self) -> None:
+        thinking = [
+            ThinkingPart("".join(pieces), signature, provider="gemini")
+            for pieces, signature in self._thoughts or ()
+            if pieces or signature  # an empty thought part carries nothing
+        ]
+        signature = self._signature
+        if signature is not None and (signature[1] or not self.calls or self._first_signed):
+            # The reply text's signature: a text-less part, sent back on the text.
+            thinking.append(ThinkingPart("", signature[0], provider="gemini"))
+        if thinking:
+            self.thinking = thinking
 
 
 class GeminiProvider(WireProvider):
@@ -332,6 +446,7 @@ class GeminiProvider(WireProvider):
         model = self.model
         path = model if "/" in model else f"models/{model}"
         root = f"{self.base_url}/{api_version}/{quote(path, safe='/')}"
+        self._files_root = f"{self.base_url}/{api_version}"
         self._endpoint = httpx.URL(f"{root}:generateContent")
         self._stream_endpoint = httpx.URL(f"{root}:streamGenerateContent", params={"alt": "sse"})
         # Gemini 3 rejects replayed function calls without a thought signature.
@@ -352,16 +467,29 @@ class GeminiProvider(WireProvider):
             if message.role == "tool":
                 return "user", [self._result(message, names)]
             parts: list[dict[str, Any]] = []
-            if message.content:
-                parts.append({"text": message.content})
-            if message.role != "assistant":
-                return "user", parts
+            content = message.content
+            model = message.role == "assistant"
+            if type(content) is str:  # the common case, checked without a call
+                if content:
+                    parts.append({"text": content})
+                if not model:
+                    return "user", parts
+                signature = None
+            else:
+                content = cast("Sequence[ContentPart]", content)
+                signature = self._parts(content, model, parts)  # None for a user message
+                if not model:
+                    return "user", parts
             for position, call in enumerate(message.tool_calls):
                 names[call.id] = call.name
                 parts.append(self._call_part(call, position))
+            if signature:
+                # A signature Gemini sent on an empty part, with no text to carry it:
+                # an empty part again, after the calls, as Gemini itself sends it.
+                parts.append({"text": "", "thoughtSignature": signature})
             return "model", parts
 
-        system, turns = conversation_turns(messages, turn, _is_result)
+        system, turns = conversation_turns(messages, turn, _is_result, provider="Gemini")
         return system, [{"role": role, "parts": parts} for role, parts in turns]
 
     @staticmethod
@@ -375,10 +503,75 @@ class GeminiProvider(WireProvider):
                 "by function name, so set Message.name to the tool's name"
             )
         base, _ = _split_id(call_id)
-        response: dict[str, Any] = {"name": name, "response": {"result": message.content}}
+        result = text_only(message, "Gemini")
+        response: dict[str, Any] = {"name": name, "response": {"result": result}}
         if base and not base.startswith(_SYNTHETIC):
             response["id"] = base
         return {"functionResponse": response}
+
+    def _parts(
+        self, content: Sequence[ContentPart], model: bool, out: list[dict[str, Any]]
+    ) -> str | None:
+        """A message's parts as Gemini parts, appended to ``out``.
+
+        Gemini's own thoughts go back (in model turns) as ``thought`` parts with their
+        signatures; a text-less signature goes back on the message's last text part, or
+        is returned when the message has no text.
+        """
+        signature: str | None = None
+        text: dict[str, Any] | None = None
+        for part in content:
+            if isinstance(part, TextPart):
+                if part.text:
+                    text = {"text": part.text}
+                    out.append(text)
+            elif isinstance(part, ThinkingPart):
+                if not model or part.provider != "gemini":
+                    continue  # another provider's reasoning means nothing to Gemini
+                if not part.text:
+                    signature = part.signature or signature
+                    continue
+                thought: dict[str, Any] = {"text": part.text, "thought": True}
+                if part.signature:
+                    thought["thoughtSignature"] = part.signature
+                out.append(thought)
+            else:
+                out.append(self._media(part))
+        if signature and text is not None:
+            text["thoughtSignature"] = signature
+            return None
+        return signature
+
+    def _media(self, part: ImagePart | DocumentPart | AudioPart) -> dict[str, Any]:
+        """An image, document or audio part as ``inlineData`` or ``fileData``."""
+        if isinstance(part, AudioPart):
+            if part.data is None:
+                raise unresolved(part)
+            media_type = _AUDIO_TYPES.get(part.format)
+            if media_type is None:
+                raise UnsupportedContentError(
+                    f"Gemini takes audio as {', '.join(_AUDIO_TYPES)}, not {part.format!r}; "
+                    "convert the clip first"
+                )
+            return {"inlineData": {"mimeType": media_type, "data": _b64(part.data)}}
+        if part.data is not None:
+            return {"inlineData": {"mimeType": part.media_type, "data": _b64(part.data)}}
+        uri = part.url if part.url is not None else part.file_id
+        if uri is None:
+            raise unresolved(part)
+        if uri.startswith("data:"):
+            head, comma, encoded = uri[5:].partition(",")
+            if not comma or not head.endswith(";base64"):
+                raise UnsupportedContentError(
+                    "Gemini takes data: URLs only base64-encoded (data:<type>;base64,...)"
+                )
+            return {"inlineData": {"mimeType": head[: -len(";base64")], "data": encoded}}
+        if part.file_id is not None and "://" not in uri:
+            uri = f"{self._files_root}/{uri}"  # a Files API name ("files/abc") to its URI
+        file: dict[str, Any] = {"fileUri": uri}
+        if part.media_type is not None:
+            file["mimeType"] = part.media_type
+        return {"fileData": file}
 
     def _call_part(self, call: ToolCall, position: int) -> dict[str, Any]:
         base, signature = _split_id(call.id)

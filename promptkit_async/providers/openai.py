@@ -13,20 +13,46 @@ they arrive (checked first: ``choices`` a list, ``delta`` an object, ``content``
 string...), and the final chunk carries the assembled
 :class:`~promptkit_async.types.ProviderResponse`. The request/response loop, retries,
 timeouts and error mapping are shared (:mod:`promptkit_async.providers._wire`).
+
+Content parts go out as Chat Completions content parts (the mapping of
+:meth:`Message.to_openai <promptkit_async.types.Message.to_openai>`): text as ``text``,
+an image as ``image_url`` (its URL, or a ``data:`` URL of its bytes, with ``detail``),
+audio as ``input_audio`` (wav or mp3), a document as ``file`` (``file_data`` as a
+``data:`` URL with a ``filename``, ``document.pdf`` when none is given, or ``file_id``).
+Only user messages take media; system, assistant and tool messages go out as their text.
+A part the API cannot take (an image by ``file_id``, a document by URL, another audio
+format, media outside a user message, bytes still in a blob store) raises
+:class:`~promptkit_async.errors.UnsupportedContentError` (or ``InvalidMessageError``
+for a blob) before any request is sent.
+
+Reasoning: Chat Completions returns no reasoning text, only its token count
+(``usage.completion_tokens_details.reasoning_tokens`` → ``Usage.reasoning_tokens``,
+inside ``completion_tokens`` and priced as output). A :class:`ThinkingPart` in the
+history (written by another provider) is left out of the request: its signature means
+nothing here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 from typing_extensions import Unpack
 
+from .._interop import openai_part
 from .._structured import ResponseFormat, ResponseFormatLike
 from ..errors import InvalidRequestError
-from ..types import Message, StreamChunk, ToolCallDelta, ToolDefinition, Usage
+from ..types import ContentPart, Message, StreamChunk, ToolCallDelta, ToolDefinition, Usage
 from ._shape import ShapeError, optional_str, token_count
-from ._wire import ProviderOptions, WireProvider, WireReader, declaration, wire_settings
+from ._wire import (
+    ProviderOptions,
+    WireProvider,
+    WireReader,
+    declaration,
+    text_only,
+    wire_settings,
+)
 from .base import ProviderRequest
 
 __all__ = ["OpenAIProvider"]
@@ -38,11 +64,28 @@ _TOOL_CHOICES = frozenset({"auto", "none", "required"})
 _STREAM_FIELDS = {"stream": True, "stream_options": {"include_usage": True}}
 
 
+def _parts(parts: Sequence[ContentPart]) -> list[dict[str, Any]] | str:
+    """A user message's parts as content parts (thinking left out)."""
+    out = []
+    for part in parts:
+        wire = openai_part(part)
+        if wire is None:
+            continue
+        if wire["type"] == "file" and "file_data" in wire["file"]:
+            # The API wants a name with inline file data.
+            wire["file"].setdefault("filename", "document.pdf")
+        out.append(wire)
+    return out or ""
+
+
 def _message(message: Message) -> dict[str, Any]:
     role = message.role
+    content: Any = message.content
+    if type(content) is not str:
+        content = _parts(content) if role == "user" else text_only(message, "OpenAI chat")
     if role == "tool":
-        return {"role": "tool", "content": message.content, "tool_call_id": message.tool_call_id}
-    out: dict[str, Any] = {"role": role, "content": message.content}
+        return {"role": "tool", "content": content, "tool_call_id": message.tool_call_id}
+    out: dict[str, Any] = {"role": role, "content": content}
     if message.tool_calls and role == "assistant":
         out["tool_calls"] = [
             {
@@ -52,7 +95,7 @@ def _message(message: Message) -> dict[str, Any]:
             }
             for call in message.tool_calls
         ]
-        if not message.content:
+        if not content:
             out["content"] = None  # what the API itself returns for a tool-call-only turn
     if message.name:
         out["name"] = message.name
@@ -85,11 +128,13 @@ def _usage(data: Any) -> Usage:
     if type(data) is not dict:
         raise ShapeError(f"usage is {type(data).__name__}, not an object")
     details = data.get("prompt_tokens_details")
+    output = data.get("completion_tokens_details")
     return Usage(
         prompt_tokens=token_count(data, "prompt_tokens"),
         completion_tokens=token_count(data, "completion_tokens"),
         total_tokens=token_count(data, "total_tokens"),
         cached_tokens=token_count(details, "cached_tokens") if type(details) is dict else 0,
+        reasoning_tokens=token_count(output, "reasoning_tokens") if type(output) is dict else 0,
     )
 
 

@@ -48,6 +48,11 @@ EXPECTED_OUTPUT = {
         "why: population: Input should be a valid integer",
         "stored: 0",
     ],
+    "docs/how-to/content-parts.md": [
+        "image_url\nimage\n['inlineData']\nUnsupportedContentError - Anthropic messages cannot "
+        "carry audio",
+        "['ThinkingPart', 'TextPart'] - It is 18C in Paris.",
+    ],
     "docs/how-to/observability.md": [
         "model call: 17 tokens",
         "chat gpt-4o-mini 9\n",

@@ -632,6 +632,40 @@ class AnthropicFakes:
         return out + AnthropicFakes.stop_block(index)
 
     @staticmethod
+    def thinking_block(index: int, *pieces: str, signature: str) -> bytes:
+        """A streamed thinking block: start, ``thinking_delta`` pieces, one
+        ``signature_delta``, stop."""
+        deltas: list[Any] = [
+            anthropic_types.ThinkingDelta(type="thinking_delta", thinking=p) for p in pieces
+        ]
+        deltas.append(anthropic_types.SignatureDelta(type="signature_delta", signature=signature))
+        out = AnthropicFakes.event(
+            anthropic_types.RawContentBlockStartEvent(
+                type="content_block_start",
+                index=index,
+                content_block=anthropic_types.ThinkingBlock(
+                    type="thinking", thinking="", signature=""
+                ),
+            )
+        )
+        for delta in deltas:
+            out += AnthropicFakes.event(
+                anthropic_types.RawContentBlockDeltaEvent(
+                    type="content_block_delta", index=index, delta=delta
+                )
+            )
+        return out + AnthropicFakes.stop_block(index)
+
+    @staticmethod
+    def redacted_block(index: int, data: str) -> bytes:
+        """A streamed ``redacted_thinking`` block (its data comes whole, with the start)."""
+        block = anthropic_types.RedactedThinkingBlock(type="redacted_thinking", data=data)
+        start = anthropic_types.RawContentBlockStartEvent(
+            type="content_block_start", index=index, content_block=block
+        )
+        return AnthropicFakes.event(start) + AnthropicFakes.stop_block(index)
+
+    @staticmethod
     def stop_block(index: int) -> bytes:
         return AnthropicFakes.event(
             anthropic_types.RawContentBlockStopEvent(type="content_block_stop", index=index)
@@ -734,12 +768,29 @@ _G_REQUEST_FIELDS = {
 }
 
 
+_G_BYTES = frozenset(("data", "thoughtSignature"))  # bytes fields, base64 in JSON
+
+
+def _g_base64(value: Any, key: str = "") -> Any:
+    """``value`` with its bytes fields in one base64 alphabet: google-genai dumps bytes
+    URL-safe, and the API takes either (proto3 JSON mapping)."""
+    if isinstance(value, dict):
+        return {k: _g_base64(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_g_base64(v) for v in value]
+    if key in _G_BYTES and isinstance(value, str):
+        return value.replace("-", "+").replace("_", "/")
+    return value
+
+
 def _g_round_trip(model: type[pydantic.BaseModel], value: Any, path: str) -> None:
     """``value`` validates as ``model`` (unknown fields forbidden) and dumps back to itself
     with REST (camelCase) names, so no field was misnamed, dropped or re-typed."""
     validated = model.model_validate_json(json.dumps(value))
     again = json.loads(validated.model_dump_json(by_alias=True, exclude_none=True))
-    assert again == value, f"{path}: {value!r} does not round-trip through {model.__name__}"
+    assert _g_base64(again) == _g_base64(value), (
+        f"{path}: {value!r} does not round-trip through {model.__name__}"
+    )
 
 
 class GeminiFakes:

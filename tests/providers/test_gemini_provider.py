@@ -90,8 +90,9 @@ async def test_usage_with_cache_and_thoughts_and_its_cost(gemini_provider, route
     )
     response = (await collect(gemini_provider, HELLO))[-1].response
     assert response is not None
-    # Thinking tokens are billed as output: they count as completion tokens.
-    assert response.usage == Usage(1000, 240, 1240, cached_tokens=600)
+    # Thinking tokens are billed as output: they count as completion tokens, and are
+    # reported apart as reasoning tokens.
+    assert response.usage == Usage(1000, 240, 1240, cached_tokens=600, reasoning_tokens=200)
     price = lookup_pricing("gemini-2.5-flash")
     assert price is not None
     assert price.cached_input_per_mtok is not None

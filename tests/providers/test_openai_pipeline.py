@@ -8,6 +8,8 @@ import json
 
 import httpx
 import pytest
+from openai.types import CompletionUsage
+from openai.types.completion_usage import CompletionTokensDetails
 
 from promptkit_async.errors import IncompleteStreamError, InternalServerError, RateLimitError
 from promptkit_async.pipeline import Pipeline
@@ -19,7 +21,8 @@ from promptkit_async.pipeline.middleware import (
 from promptkit_async.providers import GenerationConfig
 from promptkit_async.providers.openai import OpenAIProvider
 from promptkit_async.statestore import InMemoryStateStore
-from promptkit_async.types import Message, ToolCall
+from promptkit_async.tools import tool
+from promptkit_async.types import Message, TextPart, ThinkingPart, ToolCall
 
 
 @pytest.fixture
@@ -197,3 +200,84 @@ async def test_server_errors_exhaust_retries_then_store_nothing(pipe, store, rou
             await pipe.execute("user-7", "user", "Hi")
     assert route.call_count == 3
     assert await store.load("user-7") == []
+
+
+@tool
+async def get_weather(city: str) -> str:
+    """Current weather for a city.
+
+    Args:
+        city: the city name.
+    """
+    return {"Paris": "18C"}[city]
+
+
+def _usage(prompt: int, completion: int, reasoning: int) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning),
+    )
+
+
+async def test_reasoning_tokens_across_a_tool_loop_and_foreign_thinking_left_out(
+    provider, store, router, fakes
+) -> None:
+    # A history written with Anthropic: its thinking (signature included) is not sent.
+    await store.append(
+        "s1",
+        [
+            Message("user", "Hi"),
+            Message(
+                "assistant",
+                [
+                    ThinkingPart("Greet.", "sig-from-anthropic", provider="anthropic"),
+                    TextPart("Hello!"),
+                ],
+            ),
+        ],
+    )
+    route = router.post(fakes.CHAT_URL).mock(
+        side_effect=[
+            fakes.sse_response(
+                fakes.sse(
+                    fakes.chunk(tool_calls=[(0, "call_1", "get_weather", '{"city": "Paris"}')]),
+                    fakes.chunk(finish_reason="tool_calls"),
+                    fakes.chunk(usage_=_usage(40, 120, 100)),
+                )
+            ),
+            fakes.sse_response(
+                fakes.sse(
+                    fakes.chunk("Paris: 18C."),
+                    fakes.chunk(finish_reason="stop"),
+                    fakes.chunk(usage_=_usage(60, 30, 20)),
+                )
+            ),
+        ]
+    )
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider, tools=[get_weather]))
+    async with pipe:
+        result = await pipe.execute("s1", "user", "Weather in Paris?")
+    assert result.response.content == "Paris: 18C."
+    assert result.usage.reasoning_tokens == 120
+    assert result.usage.completion_tokens == 150
+    assert result.cost.output_cost == pytest.approx(
+        provider.calculate_cost(result.usage).output_cost
+    )
+    bodies = [json.loads(call.request.content) for call in route.calls]
+    for body in bodies:
+        fakes.validate_request(body, stream=True)
+        assert body["messages"][1] == {"role": "assistant", "content": "Hello!"}
+        assert "sig-from-anthropic" not in json.dumps(body)
+    assert bodies[1]["messages"][3] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    }

@@ -89,8 +89,12 @@ class ProviderMiddleware:
     With tools, one turn is a loop. Each request carries the tools' definitions (minus
     the policy's blocklist). While the model answers with tool calls:
 
-    1. its assistant message (with ``tool_calls``) is appended to ``ctx.messages`` and
-       ``ctx.new_messages``;
+    1. its assistant message (with ``tool_calls``, and the answer's reasoning as
+       :class:`~promptkit_async.types.ThinkingPart` objects ahead of its text, see
+       :meth:`~promptkit_async.types.ProviderResponse.to_message`) is appended to
+       ``ctx.messages`` and ``ctx.new_messages``, so the next request sends the reasoning
+       back as the provider requires (Anthropic's signed thinking blocks, Gemini's thought
+       signatures);
     2. the calls run concurrently, each limited by the policy's (or the tool's) timeout;
        a failing, hanging, unknown or blocked tool, or malformed arguments, produce a
        tool result explaining the problem rather than an exception;
