@@ -310,7 +310,13 @@ class StateMiddleware:
                     raise self._lost(session_id, turn)
             finally:
                 stop_watching()
-                await self._stop_renewing(turn)
+                pending = self._stop_renewing(turn)
+                if pending is not None:
+                    # Let an in-flight renewal land first, so that it cannot reach the
+                    # store after the turn's end and take the lease back.
+                    await settle(pending)
+                    if not pending.cancelled():
+                        pending.exception()  # retrieved (it logs its own store errors)
             if ctx.response is not None and ctx.new_messages:
                 await self._end(store, ctx, turn, turn_id)
         finally:
@@ -452,18 +458,14 @@ class StateMiddleware:
                 self._renew_every, self._renew_soon, store, session_id, turn
             )
 
-    async def _stop_renewing(self, turn: _Turn) -> None:
+    def _stop_renewing(self, turn: _Turn) -> asyncio.Task[None] | None:
+        """Stop the renewal timer; the renewal still in flight, if any."""
         turn.done = True
         if turn.timer is not None:
             turn.timer.cancel()
             turn.timer = None
         renewal = turn.renewal
-        if renewal is not None and not renewal.done():
-            # Let an in-flight renewal land first, so it cannot reach the store after the
-            # turn's end and take the lease again.
-            await settle(renewal)
-        if renewal is not None and not renewal.cancelled():
-            renewal.exception()  # retrieved (it logs its own store errors)
+        return renewal if renewal is not None and not renewal.done() else None
 
     def _lost(self, session_id: str, turn: _Turn) -> PromptKitError:
         """The error of a turn whose lease passed to another turn."""
