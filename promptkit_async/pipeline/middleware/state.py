@@ -321,7 +321,9 @@ class StateMiddleware:
                 await self._end(store, ctx, turn, turn_id)
         finally:
             turn.done = True
-            if turn.token is not None and not turn.lost:  # failed, cancelled or no reply
+            if turn.token is not None:  # failed, cancelled, interrupted or no reply
+                # (a no-op in the store if the lease has moved on; but a turn interrupted
+                # here may have taken the lease just after the interrupting turn did)
                 await self._release(store, session_id, turn.token)
             self._leave(session_id, turn)
 
@@ -347,7 +349,8 @@ class StateMiddleware:
                     cost=ctx.cost,
                 )
         except LeaseLostError as exc:
-            turn.lost = True  # fenced: nothing to give back
+            turn.lost = True
+            turn.token = None  # fenced: nothing to give back
             error = self._lost(session_id, turn)
             if isinstance(error, LeaseLostError):
                 raise
