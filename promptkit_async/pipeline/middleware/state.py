@@ -127,9 +127,12 @@ class StateMiddleware:
 
     * ``"queue"`` (default): wait, in arrival order within this process, at most
       ``busy_timeout`` seconds in all, then :class:`~promptkit_async.errors.SessionBusyError`.
-      Waiting for another process's turn uses the store's signalling: Redis pub/sub,
-      PostgreSQL LISTEN/NOTIFY, SQLite polling, in-memory futures (each store's
-      docstring bounds its wake-up latency).
+      Waiting for another process's turn uses the store's signalling, whose latency
+      each store bounds in its ``wait_turn`` docstring: Redis pub/sub (one message
+      delivery; a dead holder's expired lease is seen by a check every
+      ``signal_poll_interval``, 0.5 s), PostgreSQL LISTEN/NOTIFY (one network hop;
+      a 0.5 s look-again while its listener is down), SQLite polling (5 ms backing
+      off to 50 ms), memory futures (at once).
     * ``"reject"``: :class:`~promptkit_async.errors.SessionBusyError` at once.
     * ``"interrupt"``: take the session from the running turn, even in another process,
       and run now. The interrupted turn raises
@@ -160,8 +163,10 @@ class StateMiddleware:
     started it runs to completion even if the turn is cancelled, and the cancellation
     is re-raised afterwards.
 
-    A store that is not a :class:`~promptkit_async.statestore.TurnStore` (a store of
-    your own) still works as before: turns are serialised within this pipeline only
+    Leases are used when ``isinstance(store, TurnStore)`` (every store of the library,
+    and :class:`~promptkit_async.statestore.BlobOffloadStore` around one). A store that
+    is not a :class:`~promptkit_async.statestore.TurnStore` (a store of your own) still
+    works as before: turns are serialised within this pipeline only
     (``"interrupt"`` included), histories are loaded and appended, turn ids are not
     deduplicated, and ``budget`` is refused.
 
