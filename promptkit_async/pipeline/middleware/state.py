@@ -167,8 +167,8 @@ class StateMiddleware:
     and :class:`~promptkit_async.statestore.BlobOffloadStore` around one). A store that
     is not a :class:`~promptkit_async.statestore.TurnStore` (a store of your own) still
     works as before: turns are serialised within this pipeline only
-    (``"interrupt"`` included), histories are loaded and appended, turn ids are not
-    deduplicated, and ``budget`` is refused.
+    (``"interrupt"`` included), histories are loaded and appended, turn ids are neither
+    generated nor deduplicated, and ``budget`` is refused.
 
     The turn runs in the task that reads it; chunks pass through unchanged. One
     instance is safe to share between any number of tasks.
@@ -405,6 +405,8 @@ class StateMiddleware:
 
     def _replay(self, ctx: ExecutionContext, turn_id: str, stored: tuple[Message, ...]) -> None:
         """Answer a retried turn with its stored reply (nothing sent, nothing stored)."""
+        if not stored:  # a store of your own may keep a turn without messages
+            stored = (ctx.input, Message("assistant", ""))
         first, last = stored[0], stored[-1]
         if first.role != ctx.input.role or first.text != ctx.input.text:
             raise InvalidRequestError(
