@@ -699,3 +699,35 @@ async def test_a_cancellation_storm_leaves_whole_turns_and_no_lease_behind() -> 
     assert store._leases == {}
     for session in sessions:
         await pipes[0].execute(session, "user", "after", on_busy="reject")
+
+
+async def test_the_fast_path_creates_no_task(store: InMemoryStateStore) -> None:
+    provider = MockProvider(handler=lambda r: "ok", model="gpt-4o-mini")
+    pipe = pipe_of(store, provider)
+    loop = asyncio.get_running_loop()
+    created: list[object] = []
+    default = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        created.append(coro)
+        if default is not None:
+            return default(loop, coro, **kw)  # type: ignore[no-any-return]
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    loop.set_task_factory(counting)  # type: ignore[arg-type]
+    try:
+        for i in range(20):
+            result = await pipe.execute(f"s{i % 3}", "user", "hi")
+            assert result.turn_id is not None
+    finally:
+        loop.set_task_factory(default)
+    assert created == []
+    assert (await store.get_ledger("s0")).turns == 7
+
+
+async def test_a_pipeline_without_state_carries_the_callers_turn_id() -> None:
+    pipe = Pipeline(ProviderMiddleware(MockProvider(handler=lambda r: "ok", model="gpt-4o-mini")))
+    result = await pipe.execute("s", "user", "hi", turn_id="given")
+    assert result.turn_id == "given"
+    assert result.replayed is False
+    assert (await pipe.execute("s", "user", "hi")).turn_id is None
