@@ -731,3 +731,29 @@ async def test_a_pipeline_without_state_carries_the_callers_turn_id() -> None:
     assert result.turn_id == "given"
     assert result.replayed is False
     assert (await pipe.execute("s", "user", "hi")).turn_id is None
+
+
+def test_renewal_follows_the_middleware_to_a_new_event_loop() -> None:
+    state = StateMiddleware(InMemoryStateStore(), lease_ttl=0.2)
+
+    async def long_turn() -> int:
+        store = CountingRenewals()
+        state.store = state._turns = store  # the same middleware, a fresh store per loop
+        model = Model()
+        pipe = Pipeline(state, ProviderMiddleware(model))
+        started, release = model.gate("long")
+        turn = asyncio.ensure_future(pipe.execute("s", "user", "long"))
+        await started.wait()
+        for _ in range(2):
+            store.renewed.clear()
+            await asyncio.wait_for(store.renewed.wait(), 5)
+        release.set()
+        await turn
+        return store.renewals
+
+    def in_new_loop() -> int:
+        # A loop left while its renewal timer was armed: the timer never fires there.
+        return asyncio.run(long_turn())
+
+    assert in_new_loop() >= 2
+    assert in_new_loop() >= 2
