@@ -11,25 +11,28 @@ from typing import Any
 from typing_extensions import Self
 
 from .. import events
-from .._context import ExecutionContext, Middleware, Next
+from .._context import BusyPolicy, ExecutionContext, Middleware, Next
 from .._lifecycle import AsyncResource
 from .._structured import ResponseFormat, ResponseFormatLike
 from .._validation import check_input, check_session_id
 from ..errors import (
     ConfigurationError,
     InvalidMiddlewareError,
+    InvalidRequestError,
     PipelineClosedError,
     PipelineError,
     PipelineTimeoutError,
     StreamBusyError,
 )
 from ..events import Listener, ListenerSet
+from ..statestore import check_turn_id
 from ..types import ExecutionResult, Message, MessageContent, StreamChunk
 
 __all__ = ["Pipeline", "ResultStream", "build_onion"]
 
 
 _NO_CHUNKS: tuple[StreamChunk, ...] = ()
+_BUSY_POLICIES = frozenset(("queue", "reject", "interrupt"))
 
 
 async def _terminal(ctx: ExecutionContext) -> AsyncIterator[StreamChunk]:
@@ -141,13 +144,31 @@ class Pipeline(AsyncResource):
         return self._closing
 
     def _context(
-        self, session_id: str, role: str, content: MessageContent, metadata: dict[str, Any] | None
+        self,
+        session_id: str,
+        role: str,
+        content: MessageContent,
+        metadata: dict[str, Any] | None,
+        turn_id: str | None,
+        on_busy: BusyPolicy | None,
     ) -> ExecutionContext:
         if self._closing:
             raise PipelineClosedError("the pipeline is closed; create a new one for new turns")
         check_session_id(session_id)
         check_input(role, content)
-        return ExecutionContext(session_id, Message(role, content), metadata)  # type: ignore[arg-type]
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        if on_busy is not None and on_busy not in _BUSY_POLICIES:
+            raise InvalidRequestError(
+                f"on_busy must be 'queue', 'reject', 'interrupt' or None, not {on_busy!r}"
+            )
+        return ExecutionContext(
+            session_id,
+            Message(role, content),  # type: ignore[arg-type]
+            metadata,
+            turn_id=turn_id,
+            on_busy=on_busy,
+        )
 
     async def _turn(self, ctx: ExecutionContext) -> AsyncGenerator[StreamChunk, None]:
         """One turn: the onion's chunks, then the final chunk with the result."""
@@ -190,6 +211,8 @@ class Pipeline(AsyncResource):
             trace=tuple(ctx.trace),
             metadata=ctx.metadata,
             estimated_prompt_tokens=ctx.estimated_prompt_tokens,
+            turn_id=ctx.turn_id,
+            replayed=ctx.replayed,
         )
         yield StreamChunk(
             finish_reason=response.finish_reason, usage=result.usage, final_result=result
@@ -203,6 +226,8 @@ class Pipeline(AsyncResource):
         *,
         metadata: dict[str, Any] | None = None,
         response_format: ResponseFormatLike | None = None,
+        turn_id: str | None = None,
+        on_busy: BusyPolicy | None = None,
     ) -> ExecutionResult:
         """Run one turn and return its result.
 
@@ -214,18 +239,29 @@ class Pipeline(AsyncResource):
         for this turn, over the pipeline's and the provider's; ``result.parsed`` then
         holds it parsed (a model instance for a model).
 
+        Args:
+            turn_id: the turn's idempotency key (e.g. an HTTP ``Idempotency-Key``): a
+                turn already stored under it is not run again, its stored reply is
+                returned (``result.replayed``). ``StateMiddleware`` generates one if
+                ``None``. At most 200 printable characters.
+            on_busy: this turn's policy when another turn holds the session
+                (``"queue"``, ``"reject"``, ``"interrupt"``); ``None`` for the one
+                ``StateMiddleware`` was given.
+
         Raises:
-            InvalidRequestError: bad session id, role, content or response format
-                (before any I/O).
+            InvalidRequestError: bad session id, role, content, response format, turn id
+                or policy (before any I/O).
             PipelineClosedError: after :meth:`aclose`.
+            SessionBusyError / TurnInterruptedError: see ``StateMiddleware``.
             ProviderError / StoreError: from the provider or the store; the turn is then
-                not stored at all. ``StructuredOutputError`` (a ``ProviderError``): the
+                not stored at all, except :class:`AmbiguousTurnError` (it may be: retry
+                with its ``turn_id``). ``StructuredOutputError`` (a ``ProviderError``): the
                 answer does not match ``response_format``.
 
         Cancelling the awaiting task cancels the turn: nothing of it is stored unless
         the final save had already begun, in which case the save completes first.
         """
-        ctx = self._context(session_id, role, content, metadata)
+        ctx = self._context(session_id, role, content, metadata, turn_id, on_busy)
         if response_format is not None:
             ctx.response_format = ResponseFormat.coerce(response_format)
         async for _ in self._turn(ctx):
@@ -241,6 +277,8 @@ class Pipeline(AsyncResource):
         *,
         metadata: dict[str, Any] | None = None,
         response_format: ResponseFormatLike | None = None,
+        turn_id: str | None = None,
+        on_busy: BusyPolicy | None = None,
     ) -> ResultStream:
         """Run one turn, yielding :class:`StreamChunk` objects as the model writes.
 
@@ -248,7 +286,8 @@ class Pipeline(AsyncResource):
         and runs inside the iterating task, at the pace it reads (no task or buffer of
         its own: a slow reader slows the model's stream instead of piling it up). The
         last chunk carries ``finish_reason`` and ``final_result`` and arrives after the
-        turn has been stored. Leaving ``async with``, ``aclose()``, or cancelling the
+        turn has been stored. ``turn_id`` and ``on_busy`` are as for :meth:`execute`.
+        Leaving ``async with``, ``aclose()``, or cancelling the
         reading task ends the turn (nothing stored, HTTP response closed); a stream
         dropped unfinished is closed when collected. Read it from one task at a time::
 
@@ -259,7 +298,7 @@ class Pipeline(AsyncResource):
         With ``response_format`` (see :meth:`execute`) the chunks stream the answer's raw
         JSON text and the final result's ``parsed`` holds it parsed.
         """
-        ctx = self._context(session_id, role, content, metadata)
+        ctx = self._context(session_id, role, content, metadata, turn_id, on_busy)
         if response_format is not None:
             ctx.response_format = ResponseFormat.coerce(response_format)
         return ResultStream(self, ctx)

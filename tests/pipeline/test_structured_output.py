@@ -185,3 +185,16 @@ async def test_a_provider_that_ignores_the_format_is_still_checked(stream: bool)
             await bad.execute("s", "user", "a", response_format=Weather)
     assert caught.value.provider == "plain"
     assert await store.load("s") == []
+
+
+async def test_a_replayed_turn_carries_its_parsed_answer() -> None:
+    # A retry with the same turn id answers from the store; its result is parsed too.
+    provider = MockProvider([GOOD])
+    pipe, store = make(provider)
+    async with pipe:
+        first = await pipe.execute("s", "user", "Oslo?", response_format=Weather, turn_id="t-1")
+        again = await pipe.execute("s", "user", "Oslo?", response_format=Weather, turn_id="t-1")
+    assert again.replayed and not first.replayed
+    assert again.parsed == first.parsed == Weather(city="Oslo", celsius=4.5)
+    assert len(provider.requests) == 1
+    assert await store.count("s") == 2
