@@ -4,14 +4,21 @@ Layout (``P`` is the prefix, ``E`` the session id percent-encoded, see below)::
 
     P:{E}:m   a list, one JSON record per message (schema-versioned, see records.py)
     P:{E}:h   a hash, one field per metadata key, each value JSON
+    P:{E}:t   a hash, turn id -> "<index of its first message> <message count>"
+    P:{E}:g   a hash, the ledger: turns, prompt, completion, cached, total, cost
+    P:{E}:l   a hash, the session's lease: tok (fencing token), own (owner), w (a turn
+              waits: publish the release); PEXPIRE = the lease TTL
+    P:{E}:f   a string, the newest fencing token issued
 
-``{E}`` is a Redis Cluster hash tag, so both keys of a session live in one slot and every
+``{E}`` is a Redis Cluster hash tag, so all keys of a session live in one slot and every
 write touches one node atomically. ``E`` is the UTF-8 id percent-encoded with only
 ``A-Z a-z 0-9 - . _ ~`` left as they are: it is reversible (``list_sessions`` recovers the
 ids from the keys), it never contains ``{``, ``}``, ``:`` or a glob character, so ids
 cannot collide, cannot leave the prefix or the hash tag, and need no escaping in SCAN
 patterns. Writes run one Lua script (atomic on the server, one command) that also sets
-the TTL of both keys, so a session expires as a whole.
+the TTL of the session's keys, so a session expires as a whole. ``list_sessions`` finds
+sessions by their ``m`` and ``h`` keys only: a session that has only a lease or a
+fencing key (a turn that never ended) does not exist.
 """
 
 from __future__ import annotations
@@ -48,9 +55,15 @@ from ._batch import Batcher, Command, Expired, batch_deadline
 from ._common import (
     check_count,
     check_last_n,
+    check_lease_ttl,
     check_limit,
+    check_owner,
     check_seconds,
+    check_token,
     check_ttl,
+    check_turn_figures,
+    check_turn_id,
+    check_wait_timeout,
     dumps_value,
     split_patch,
 )
@@ -260,37 +273,17 @@ _DONE = "-"
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 
+# The ledger hash's fields, in Ledger order.
 _LEDGER_FIELDS = ("turns", "prompt", "completion", "cached", "total", "cost")
-_MAX_TURN_ID = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _lease_ms(lease_ttl: object) -> int:
-    return max(1, math.ceil(check_seconds(lease_ttl, "lease_ttl") * 1000))
+    return max(1, math.ceil(check_lease_ttl(lease_ttl) * 1000))
 
 
-def _check_token(token: object) -> None:
-    if not isinstance(token, int) or isinstance(token, bool):
-        raise InvalidRequestError(
-            f"token must be the int fencing token begin_turn returned, not {token!r}"
-        )
-
-
-def _turn_id_arg(turn_id: object, *, required: bool = False) -> str:
+def _turn_id_arg(turn_id: object) -> str:
     """The turn id as sent to the script (``""`` for none)."""
-    if turn_id is None and not required:
-        return ""
-    if (
-        not isinstance(turn_id, str)
-        or not turn_id
-        or len(turn_id) > _MAX_TURN_ID
-        or _CONTROL.search(turn_id)
-    ):
-        raise InvalidRequestError(
-            f"turn_id must be a non-empty str of at most {_MAX_TURN_ID} characters without "
-            f"control characters, not {turn_id!r}"
-        )
-    return turn_id
+    return "" if turn_id is None else check_turn_id(turn_id)
 
 
 def _ledger(reply: Any, session_id: str) -> Ledger:
@@ -436,11 +429,17 @@ class RedisStateStore(AsyncResource):
             means the client's ``socket_timeout`` when it has one, else
             :data:`DEFAULT_TIMEOUT` (5 s): a store never waits without a bound, even
             around a client created without timeouts.
+        signal_poll_interval: seconds between the checks that bound a missed wake-up
+            of :meth:`wait_turn` (an expired lease, a reconnecting subscriber).
 
     Round trips: ``load``, ``append``, ``save``, ``count``, ``delete``,
     ``get_metadata`` and ``merge_metadata`` are one round trip each (``append`` and the
     other writes are one atomic Lua script), so a pipeline turn costs two. ``fork``
-    costs two (read the source, write the target). Operations that concurrent tasks
+    costs two (read the source, write the target). Through the session lease
+    (:class:`~promptkit_async.statestore.TurnStore`, what ``StateMiddleware`` uses) a
+    turn costs two as well: ``begin_turn`` and ``end_turn`` are one script each;
+    ``renew_turn``, ``release_turn``, ``has_turn`` and ``get_ledger`` one round trip
+    each. Operations that concurrent tasks
     start during the same event-loop iteration share a round trip: they are sent as one
     pipeline, each still atomic on its own.
 
@@ -464,6 +463,19 @@ class RedisStateStore(AsyncResource):
 
     Scripts: writes use ``EVALSHA`` and fall back to ``EVAL`` once when the server does
     not know the script yet (a fresh or restarted server).
+
+    Session leases (see :class:`~promptkit_async.statestore.TurnStore`): the lease is a
+    hash key with a ``PEXPIRE`` of the lease TTL, so Redis's clock judges its expiry.
+    Fencing tokens are ``max(newest + 1, the server's TIME in microseconds)``: they keep
+    growing even once the fencing key is gone (``delete`` removes it; it expires with
+    the session), so a stalled holder can never match a later token. ``end_turn``
+    writes only while the fencing key holds its token (a missing key, after ``delete``
+    or expiry, fences it too). ``delete`` drops the turn ids, the ledger and the
+    fencing key; ``save`` drops the turn ids and keeps the ledger; ``fork`` copies the
+    ledger (the fork continues the conversation) but no turn ids. Wake-ups use Redis
+    pub/sub (one subscriber connection per store, opened by the first ``wait_turn`` or
+    ``watch_lease``; plain ``PUBLISH``, which a cluster delivers to subscribers on
+    every node); see :meth:`wait_turn` for the latency bound.
     """
 
     def __init__(
@@ -531,6 +543,7 @@ class RedisStateStore(AsyncResource):
         socket_timeout: float | None = 5.0,
         max_connections: int = 32,
         max_in_flight: int = 4,
+        signal_poll_interval: float = 0.5,
         **client_options: Any,
     ) -> RedisStateStore:
         """Connect to Redis and check that it answers; the store owns the connection.
@@ -541,7 +554,8 @@ class RedisStateStore(AsyncResource):
                 take precedence over the arguments.
             password: the server password (``requirepass`` / ACL); never logged.
             db: the database number (must be 0 for a cluster).
-            prefix / ttl / refresh_ttl_on_read / max_in_flight: see the class.
+            prefix / ttl / refresh_ttl_on_read / max_in_flight / signal_poll_interval:
+                see the class.
             cluster: connect to a Redis Cluster (``address`` is any one of its nodes).
             connect_timeout: seconds to wait for a TCP (and TLS) connection.
             socket_timeout: the store's ``timeout``: seconds any operation may take from
@@ -562,6 +576,7 @@ class RedisStateStore(AsyncResource):
         """
         cls._check_prefix(prefix)
         check_ttl(ttl)
+        check_seconds(signal_poll_interval, "signal_poll_interval")
         timeout = (
             DEFAULT_TIMEOUT
             if socket_timeout is None
@@ -605,6 +620,7 @@ class RedisStateStore(AsyncResource):
             refresh_ttl_on_read=refresh_ttl_on_read,
             max_in_flight=max_in_flight,
             timeout=timeout,
+            signal_poll_interval=signal_poll_interval,
         )
         store._owns_client = True
         # Never the URL itself: it may carry a password.
@@ -1018,8 +1034,7 @@ class RedisStateStore(AsyncResource):
         lease_ms = _lease_ms(lease_ttl)
         check_last_n(last_n)
         tid = _turn_id_arg(turn_id)
-        if not isinstance(owner, str):
-            raise InvalidRequestError(f"owner must be a str naming the taker, not {owner!r}")
+        check_owner(owner)
         # The history the script returns: none, all, or the newest last_n.
         mode = "" if not load or last_n == 0 else "all" if last_n is None else str(last_n)
         args = ("begin", self._ttl_ms, lease_ms, owner, "1" if steal else "0", mode, tid)
@@ -1037,7 +1052,7 @@ class RedisStateStore(AsyncResource):
         """Extend the lease to ``lease_ttl`` s from now; ``False`` if it was lost. One
         round trip. A lease that expired but that nobody took since is taken again."""
         keys = self._keys(session_id)
-        _check_token(token)
+        check_token(token)
         lease_ms = _lease_ms(lease_ttl)
         args = ("renew", self._ttl_ms, str(token), lease_ms, "(renewed after expiry)")
         return bool(await self._script("renew_turn", keys, args))
@@ -1065,13 +1080,11 @@ class RedisStateStore(AsyncResource):
                 expired since ``begin_turn``; nothing was written.
         """
         keys = self._keys(session_id)
-        _check_token(token)
+        check_token(token)
         tid = _turn_id_arg(turn_id)
         records = encode_messages(messages)
-        used = Usage() if usage is None else usage
-        spent = 0.0 if cost is None else cost.total_cost
-        if not isinstance(used, Usage) or not isinstance(spent, (int, float)):
-            raise InvalidRequestError("usage must be a Usage and cost a Cost, or None")
+        used, priced = check_turn_figures(usage, cost)
+        spent = priced.total_cost
         if not math.isfinite(spent):
             raise InvalidRequestError(f"the turn's cost must be finite, not {spent!r}")
         args = (
@@ -1101,7 +1114,7 @@ class RedisStateStore(AsyncResource):
         """Give the lease back without writing; one round trip. A no-op when ``token``
         no longer holds it; publishes the release when a turn waits for it."""
         keys = self._keys(session_id)
-        _check_token(token)
+        check_token(token)
         await self._script(
             "release_turn", keys, ("release", self._ttl_ms, str(token), self._channel)
         )
@@ -1109,7 +1122,7 @@ class RedisStateStore(AsyncResource):
     async def has_turn(self, session_id: str, turn_id: str) -> bool:
         """Whether the turn ``turn_id`` is stored in the session (``HEXISTS``)."""
         keys = self._keys(session_id)
-        tid = _turn_id_arg(turn_id, required=True)
+        tid = check_turn_id(turn_id)
         return bool((await self._call("has_turn", (("HEXISTS", keys[2], tid),)))[0])
 
     async def get_ledger(self, session_id: str) -> Ledger:
@@ -1133,7 +1146,7 @@ class RedisStateStore(AsyncResource):
         stops it.
         """
         keys = self._keys(session_id)
-        limit = check_seconds(timeout, "timeout", zero=True)
+        limit = check_wait_timeout(timeout)
         self._check_open()
         loop = asyncio.get_running_loop()
         end = loop.time() + limit
@@ -1172,7 +1185,7 @@ class RedisStateStore(AsyncResource):
         is fenced when it tries to write). Returns the function that stops watching.
         """
         keys = self._keys(session_id)
-        _check_token(token)
+        check_token(token)
         if not callable(on_lost):
             raise InvalidRequestError("on_lost must be a callable taking no arguments")
         self._check_open()
@@ -1248,12 +1261,13 @@ class RedisStateStore(AsyncResource):
         """Subscribed: wake who waits for it; after a reconnect, recover what was missed."""
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
-        if first:
-            return
-        for waiters in self._waiters.values():
-            for woken in waiters:
-                if not woken.done():
-                    woken.set_result(None)  # they try begin_turn again
+        if not first:
+            for waiters in self._waiters.values():
+                for woken in waiters:
+                    if not woken.done():
+                        woken.set_result(None)  # they try begin_turn again
+        # Steals published before this subscription (or during a reconnect) were not
+        # heard: check every watched lease once.
         if self._watchers:
             task = asyncio.get_running_loop().create_task(self._check_watchers())
             self._tasks.add(task)
