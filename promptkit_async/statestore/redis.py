@@ -1247,8 +1247,8 @@ class RedisStateStore(AsyncResource):
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._dispatch(message["data"])
-            except (rexc.RedisError, rexc.RedisClusterException, OSError, asyncio.TimeoutError):
-                pass  # lost the connection: reconnect below (the poll bounds the gap)
+            except Exception:
+                pass  # any failure: reconnect below (the poll bounds the gap)
             finally:
                 if self._ready is not None and self._ready.done():
                     self._ready = asyncio.get_running_loop().create_future()
