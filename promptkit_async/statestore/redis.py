@@ -474,8 +474,9 @@ class RedisStateStore(AsyncResource):
     fencing key; ``save`` drops the turn ids and keeps the ledger; ``fork`` copies the
     ledger (the fork continues the conversation) but no turn ids. Wake-ups use Redis
     pub/sub (one subscriber connection per store, opened by the first ``wait_turn`` or
-    ``watch_lease``; plain ``PUBLISH``, which a cluster delivers to subscribers on
-    every node); see :meth:`wait_turn` for the latency bound.
+    ``watch_lease``; ``StateMiddleware`` watches every turn, so a store used by a
+    pipeline subscribes at its first turn; plain ``PUBLISH``, which a cluster delivers
+    to subscribers on every node); see :meth:`wait_turn` for the latency bound.
     """
 
     def __init__(
