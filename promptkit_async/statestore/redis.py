@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, Union
 from urllib.parse import quote, unquote, urlsplit
@@ -150,7 +151,7 @@ elseif op == 'begin' then
     math.max(newest + 1, tonumber(now[1]) * 1000000 + tonumber(now[2])))
   local waiting = held and redis.call('HGET', l, 'w')
   redis.call('DEL', l)
-  redis.call('HSET', l, 'tok', tok, 'own', ARGV[4])
+  redis.call('HSET', l, 'tok', tok, 'own', ARGV[4], 'n', ARGV[9])
   if waiting then
     redis.call('HSET', l, 'w', '1')
   end
@@ -200,6 +201,13 @@ elseif op == 'end' then
   return 'ok'
 elseif op == 'release' then
   release(ARGV[3], ARGV[4])
+  return 'ok'
+elseif op == 'abandon' then
+  -- A begin whose reply never came: release its lease if it took one.
+  local tok = redis.call('HGET', l, 'tok')
+  if tok and redis.call('HGET', l, 'n') == ARGV[3] then
+    release(tok, ARGV[4])
+  end
   return 'ok'
 elseif op == 'renew' then
   local tok, lease = ARGV[3], tonumber(ARGV[4])
@@ -528,6 +536,8 @@ class RedisStateStore(AsyncResource):
         self._watchers: dict[str, dict[object, tuple[str, str, Callable[[], None]]]] = {}
         # lease key -> the token taken from it by the newest steal this store heard of
         self._stolen: dict[str, str] = {}
+        # Releases of leases that failed begin_turns may hold (see _abandon).
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(
@@ -1039,7 +1049,14 @@ class RedisStateStore(AsyncResource):
         # The history the script returns: none, all, or the newest last_n.
         mode = "" if not load or last_n == 0 else "all" if last_n is None else str(last_n)
         args = ("begin", self._ttl_ms, lease_ms, owner, "1" if steal else "0", mode, tid)
-        reply = await self._script("begin_turn", keys, (*args, self._channel))
+        nonce = secrets.token_hex(8)  # names this call's lease, for _abandon
+        try:
+            reply = await self._script("begin_turn", keys, (*args, self._channel, nonce))
+        except StoreError:
+            # Sent, maybe applied, reply lost: a lease nobody will use. Release it in
+            # the background rather than let the session wait out lease_ttl.
+            self._abandon(keys, nonce, lease_ms / 1000)
+            raise
         head = _text(reply[0])
         ledger = _ledger(reply[2], session_id)
         if head == "busy":
@@ -1210,6 +1227,31 @@ class RedisStateStore(AsyncResource):
 
         return stop
 
+    def _abandon(self, keys: _Keys, nonce: str, within: float) -> None:
+        """Release the lease a failed ``begin_turn`` may have taken, retrying while the
+        server is away, for at most ``within`` seconds (then the lease has expired)."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+
+        async def abandon() -> None:
+            delay = 0.05
+            while not self._closed and loop.time() < end:
+                try:
+                    await self._script(
+                        "begin_turn", keys, ("abandon", self._ttl_ms, nonce, self._channel)
+                    )
+                    return
+                except StoreError:
+                    await asyncio.sleep(min(delay, max(end - loop.time(), 0)))
+                    delay = min(delay * 2, 1.0)
+
+        task = loop.create_task(abandon())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        task.add_done_callback(_forget)
+
     # --- signalling internals -----------------------------------------------------------
 
     async def _lease_held(self, lease: str, end: float) -> bool:
@@ -1327,6 +1369,10 @@ class RedisStateStore(AsyncResource):
             for woken in waiters:
                 if not woken.done():
                     woken.set_result(None)  # they try again and find the store closed
+        for cleanup in list(self._cleanups):
+            cleanup.cancel()  # the leases expire by their TTL
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups))
         subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None:
             subscriber.cancel()
