@@ -127,9 +127,12 @@ class StateMiddleware:
 
     * ``"queue"`` (default): wait, in arrival order within this process, at most
       ``busy_timeout`` seconds in all, then :class:`~promptkit_async.errors.SessionBusyError`.
-      Waiting for another process's turn uses the store's signalling: Redis pub/sub,
-      PostgreSQL LISTEN/NOTIFY, SQLite polling, in-memory futures (each store's
-      docstring bounds its wake-up latency).
+      Waiting for another process's turn uses the store's signalling, whose latency
+      each store bounds in its ``wait_turn`` docstring: Redis pub/sub (one message
+      delivery; a dead holder's expired lease is seen by a check every
+      ``signal_poll_interval``, 0.5 s), PostgreSQL LISTEN/NOTIFY (one network hop;
+      a 0.5 s look-again while its listener is down), SQLite polling (5 ms backing
+      off to 50 ms), memory futures (at once).
     * ``"reject"``: :class:`~promptkit_async.errors.SessionBusyError` at once.
     * ``"interrupt"``: take the session from the running turn, even in another process,
       and run now. The interrupted turn raises
@@ -160,10 +163,12 @@ class StateMiddleware:
     started it runs to completion even if the turn is cancelled, and the cancellation
     is re-raised afterwards.
 
-    A store that is not a :class:`~promptkit_async.statestore.TurnStore` (a store of
-    your own) still works as before: turns are serialised within this pipeline only
-    (``"interrupt"`` included), histories are loaded and appended, turn ids are not
-    deduplicated, and ``budget`` is refused.
+    Leases are used when ``isinstance(store, TurnStore)`` (every store of the library,
+    and :class:`~promptkit_async.statestore.BlobOffloadStore` around one). A store that
+    is not a :class:`~promptkit_async.statestore.TurnStore` (a store of your own) still
+    works as before: turns are serialised within this pipeline only
+    (``"interrupt"`` included), histories are loaded and appended, turn ids are neither
+    generated nor deduplicated, and ``budget`` is refused.
 
     The turn runs in the task that reads it; chunks pass through unchanged. One
     instance is safe to share between any number of tasks.
@@ -310,12 +315,20 @@ class StateMiddleware:
                     raise self._lost(session_id, turn)
             finally:
                 stop_watching()
-                await self._stop_renewing(turn)
+                pending = self._stop_renewing(turn)
+                if pending is not None:
+                    # Let an in-flight renewal land first, so that it cannot reach the
+                    # store after the turn's end and take the lease back.
+                    await settle(pending)
+                    if not pending.cancelled():
+                        pending.exception()  # retrieved (it logs its own store errors)
             if ctx.response is not None and ctx.new_messages:
                 await self._end(store, ctx, turn, turn_id)
         finally:
             turn.done = True
-            if turn.token is not None and not turn.lost:  # failed, cancelled or no reply
+            if turn.token is not None:  # failed, cancelled, interrupted or no reply
+                # (a no-op in the store if the lease has moved on; but a turn interrupted
+                # here may have taken the lease just after the interrupting turn did)
                 await self._release(store, session_id, turn.token)
             self._leave(session_id, turn)
 
@@ -341,7 +354,8 @@ class StateMiddleware:
                     cost=ctx.cost,
                 )
         except LeaseLostError as exc:
-            turn.lost = True  # fenced: nothing to give back
+            turn.lost = True
+            turn.token = None  # fenced: nothing to give back
             error = self._lost(session_id, turn)
             if isinstance(error, LeaseLostError):
                 raise
@@ -391,6 +405,8 @@ class StateMiddleware:
 
     def _replay(self, ctx: ExecutionContext, turn_id: str, stored: tuple[Message, ...]) -> None:
         """Answer a retried turn with its stored reply (nothing sent, nothing stored)."""
+        if not stored:  # a store of your own may keep a turn without messages
+            stored = (ctx.input, Message("assistant", ""))
         first, last = stored[0], stored[-1]
         if first.role != ctx.input.role or first.text != ctx.input.text:
             raise InvalidRequestError(
@@ -452,18 +468,14 @@ class StateMiddleware:
                 self._renew_every, self._renew_soon, store, session_id, turn
             )
 
-    async def _stop_renewing(self, turn: _Turn) -> None:
+    def _stop_renewing(self, turn: _Turn) -> asyncio.Task[None] | None:
+        """Stop the renewal timer; the renewal still in flight, if any."""
         turn.done = True
         if turn.timer is not None:
             turn.timer.cancel()
             turn.timer = None
         renewal = turn.renewal
-        if renewal is not None and not renewal.done():
-            # Let an in-flight renewal land first, so it cannot reach the store after the
-            # turn's end and take the lease again.
-            await settle(renewal)
-        if renewal is not None and not renewal.cancelled():
-            renewal.exception()  # retrieved (it logs its own store errors)
+        return renewal if renewal is not None and not renewal.done() else None
 
     def _lost(self, session_id: str, turn: _Turn) -> PromptKitError:
         """The error of a turn whose lease passed to another turn."""
