@@ -8,7 +8,8 @@ Layout (``P`` is the prefix, ``E`` the session id percent-encoded, see below)::
     P:{E}:g   a hash, the ledger: turns, prompt, completion, cached, total, cost
     P:{E}:l   a hash, the session's lease: tok (fencing token), own (owner), w (a turn
               waits: publish the release); PEXPIRE = the lease TTL
-    P:{E}:f   a string, the newest fencing token issued
+    P:{E}:f   a string, the newest fencing token issued ("<token>-" once its turn ended
+              or gave the lease back: still the newest, but no longer renewable)
 
 ``{E}`` is a Redis Cluster hash tag, so all keys of a session live in one slot and every
 write touches one node atomically. ``E`` is the UTF-8 id percent-encoded with only
@@ -115,6 +116,10 @@ local function touch()
   end
 end
 local function release(tok, chan)
+  -- The turn is over: "<token>-" stays the newest token, but renews no more.
+  if redis.call('GET', f) == tok then
+    redis.call('SET', f, tok .. '-', 'KEEPTTL')
+  end
   if redis.call('HGET', l, 'tok') == tok then
     local waiting = redis.call('HGET', l, 'w')
     redis.call('DEL', l)
@@ -146,7 +151,7 @@ elseif op == 'begin' then
     return {'busy', {}, ledger()}
   end
   local now = redis.call('TIME')
-  local newest = tonumber(redis.call('GET', f) or '0')
+  local newest = tonumber(string.match(redis.call('GET', f) or '0', '^%d+'))
   local tok = string.format('%.0f',
     math.max(newest + 1, tonumber(now[1]) * 1000000 + tonumber(now[2])))
   local waiting = held and redis.call('HGET', l, 'w')
@@ -484,7 +489,8 @@ class RedisStateStore(AsyncResource):
     pub/sub (one subscriber connection per store, opened by the first ``wait_turn`` or
     ``watch_lease``; ``StateMiddleware`` watches every turn, so a store used by a
     pipeline subscribes at its first turn; plain ``PUBLISH``, which a cluster delivers
-    to subscribers on every node); see :meth:`wait_turn` for the latency bound.
+    to subscribers on every node); see :meth:`wait_turn` for the latency bound. The
+    lease scripts need Redis 6.0 or later (``SET ... KEEPTTL``).
     """
 
     def __init__(
@@ -1328,7 +1334,7 @@ class RedisStateStore(AsyncResource):
         fences = [fence for _, _, (_, fence, _) in watched]
         reply = await self._call("watch_lease", [("GET", fence) for fence in fences])
         for (lease, handle, (held, _, on_lost)), newest in zip(watched, reply, strict=True):
-            if newest is None or _text(newest) != held:
+            if newest is None or _text(newest).rstrip("-") != held:
                 self._lost(lease, handle, on_lost)
 
     def _dispatch(self, data: bytes | str) -> None:
