@@ -699,3 +699,61 @@ async def test_a_cancellation_storm_leaves_whole_turns_and_no_lease_behind() -> 
     assert store._leases == {}
     for session in sessions:
         await pipes[0].execute(session, "user", "after", on_busy="reject")
+
+
+async def test_the_fast_path_creates_no_task(store: InMemoryStateStore) -> None:
+    provider = MockProvider(handler=lambda r: "ok", model="gpt-4o-mini")
+    pipe = pipe_of(store, provider)
+    loop = asyncio.get_running_loop()
+    created: list[object] = []
+    default = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        created.append(coro)
+        if default is not None:
+            return default(loop, coro, **kw)  # type: ignore[no-any-return]
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    loop.set_task_factory(counting)  # type: ignore[arg-type]
+    try:
+        for i in range(20):
+            result = await pipe.execute(f"s{i % 3}", "user", "hi")
+            assert result.turn_id is not None
+    finally:
+        loop.set_task_factory(default)
+    assert created == []
+    assert (await store.get_ledger("s0")).turns == 7
+
+
+async def test_a_pipeline_without_state_carries_the_callers_turn_id() -> None:
+    pipe = Pipeline(ProviderMiddleware(MockProvider(handler=lambda r: "ok", model="gpt-4o-mini")))
+    result = await pipe.execute("s", "user", "hi", turn_id="given")
+    assert result.turn_id == "given"
+    assert result.replayed is False
+    assert (await pipe.execute("s", "user", "hi")).turn_id is None
+
+
+def test_renewal_follows_the_middleware_to_a_new_event_loop() -> None:
+    state = StateMiddleware(InMemoryStateStore(), lease_ttl=0.2)
+
+    async def long_turn() -> int:
+        store = CountingRenewals()
+        state.store = state._turns = store  # the same middleware, a fresh store per loop
+        model = Model()
+        pipe = Pipeline(state, ProviderMiddleware(model))
+        started, release = model.gate("long")
+        turn = asyncio.ensure_future(pipe.execute("s", "user", "long"))
+        await started.wait()
+        for _ in range(2):
+            store.renewed.clear()
+            await asyncio.wait_for(store.renewed.wait(), 5)
+        release.set()
+        await turn
+        return store.renewals
+
+    def in_new_loop() -> int:
+        # A loop left while its renewal timer was armed: the timer never fires there.
+        return asyncio.run(long_turn())
+
+    assert in_new_loop() >= 2
+    assert in_new_loop() >= 2
