@@ -179,13 +179,15 @@ elseif op == 'begin' then
   return {tok, history, ledger()}
 elseif op == 'end' then
   local tok, tid, chan = ARGV[3], ARGV[4], ARGV[5]
-  if tid ~= '' and redis.call('HEXISTS', t, tid) == 1 then
-    release(tok, chan)
-    return 'stored'
-  end
+  -- The fence first: a stalled copy of a turn stored meanwhile is refused, not told
+  -- its (different) reply is the stored one.
   if redis.call('GET', f) ~= tok then
     release(tok, chan)
     return 'lost'
+  end
+  if tid ~= '' and redis.call('HEXISTS', t, tid) == 1 then
+    release(tok, chan)
+    return 'stored'
   end
   push('RPUSH', m, 11, #ARGV)
   if tid ~= '' then
