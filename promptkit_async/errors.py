@@ -377,7 +377,9 @@ class StoreError(PromptKitError):
 class StoreUnavailableError(StoreError):
     """The store's server is down, unreachable or too slow.
 
-    Nothing was written, except after a timeout: see :class:`StoreTimeoutError`.
+    Nothing was written, except after a timeout (see :class:`StoreTimeoutError`) or a
+    connection lost while a write was in flight: ``StateMiddleware`` reports a turn's
+    save that failed so as :class:`AmbiguousTurnError`.
     """
 
 

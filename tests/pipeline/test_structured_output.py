@@ -194,7 +194,8 @@ async def test_a_replayed_turn_carries_its_parsed_answer() -> None:
     async with pipe:
         first = await pipe.execute("s", "user", "Oslo?", response_format=Weather, turn_id="t-1")
         again = await pipe.execute("s", "user", "Oslo?", response_format=Weather, turn_id="t-1")
-    assert again.replayed and not first.replayed
+    assert again.replayed
+    assert not first.replayed
     assert again.parsed == first.parsed == Weather(city="Oslo", celsius=4.5)
     assert len(provider.requests) == 1
     assert await store.count("s") == 2

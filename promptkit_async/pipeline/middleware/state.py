@@ -27,6 +27,7 @@ from ...errors import (
     SessionBusyError,
     StoreError,
     StoreTimeoutError,
+    StoreUnavailableError,
     TurnInterruptedError,
 )
 from ...statestore.base import Ledger, StateStore, TurnClaim, TurnStore
@@ -148,7 +149,8 @@ class StateMiddleware:
     ``Idempotency-Key``, say), or one generated here. A turn id already stored is not
     run again: the stored reply comes back with ``result.replayed`` set, the model is
     not called and nothing is stored. If the save fails with its outcome unknown (the
-    store timed out after the write was sent), the turn raises
+    store timed out after the write was sent, or lost its connection during it), the
+    turn raises
     :class:`~promptkit_async.errors.AmbiguousTurnError` carrying the ``turn_id``:
     retrying with it is safe. Reusing a turn id for a different message raises
     :class:`~promptkit_async.errors.InvalidRequestError`.
@@ -363,13 +365,16 @@ class StateMiddleware:
             if isinstance(error, LeaseLostError):
                 raise
             raise error from exc
-        except StoreTimeoutError as exc:
-            if not exc.maybe_applied:
+        except StoreUnavailableError as exc:
+            # A timeout says whether the save left; a connection lost mid-call cannot, so
+            # it counts as ambiguous (retrying with the turn id is safe either way).
+            if isinstance(exc, StoreTimeoutError) and not exc.maybe_applied:
                 raise
             raise AmbiguousTurnError(
-                f"storing turn {turn_id!r} of session {session_id!r} timed out after it "
-                f"was sent, so it may or may not be stored; retry with turn_id={turn_id!r}: "
-                "a stored turn is returned instead of being run again, never stored twice",
+                f"storing turn {turn_id!r} of session {session_id!r} failed after it may "
+                f"have been sent ({exc}), so it may or may not be stored; retry with "
+                f"turn_id={turn_id!r}: a stored turn is returned instead of being run "
+                "again, never stored twice",
                 session_id=session_id,
                 turn_id=turn_id,
             ) from exc
