@@ -11,65 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Callable
 
-from ..errors import InvalidRequestError
-
-__all__ = ["Waiters", "Watches", "check_lease_ttl", "check_owner", "check_token", "check_turn_id"]
+__all__ = ["Waiters", "Watches"]
 
 _log = logging.getLogger("promptkit_async.statestore")
-
-
-def check_lease_ttl(value: object) -> float:
-    """A lease TTL: a positive, finite number of seconds."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise InvalidRequestError(
-            f"lease_ttl must be a finite number of seconds > 0, not {value!r}"
-        )
-    return float(value)
-
-
-def check_token(value: object) -> int:
-    """A fencing token: the int :meth:`begin_turn` returned."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidRequestError(
-            f"token must be the int fencing token begin_turn returned, not {value!r}"
-        )
-    return value
-
-
-def check_turn_id(value: object) -> str | None:
-    """``None`` or a non-empty str of at most 200 characters, no control characters."""
-    if value is None:
-        return None
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value) > 200
-        or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value)
-    ):
-        raise InvalidRequestError(
-            f"turn_id must be a non-empty str of at most 200 characters without control "
-            f"characters (e.g. an HTTP Idempotency-Key), not {value!r}"
-        )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequestError("turn_id contains a lone surrogate") from None
-    return value
-
-
-def check_owner(value: object) -> str:
-    """The lease taker's name, for diagnostics: a str."""
-    if not isinstance(value, str):
-        raise InvalidRequestError(f"owner must be a str, not {type(value).__name__}")
-    return value
 
 
 class Waiters:

@@ -54,15 +54,19 @@ from ..errors import (
 )
 from ..types import Cost, Message, Usage
 from ._batch import Batcher, Command
-from ._common import check_last_n, check_limit, check_seconds, check_ttl, split_patch
-from ._leases import (
-    Waiters,
-    Watches,
+from ._common import (
+    check_last_n,
     check_lease_ttl,
+    check_limit,
     check_owner,
     check_token,
+    check_ttl,
+    check_turn_figures,
     check_turn_id,
+    check_wait_timeout,
+    split_patch,
 )
+from ._leases import Waiters, Watches
 from .base import Ledger, SessionPage, TurnClaim
 from .records import decode_messages, encode_messages
 
@@ -805,7 +809,8 @@ class PostgresStateStore(AsyncResource):
         check_owner(owner)
         ttl = check_lease_ttl(lease_ttl)
         check_last_n(last_n)
-        check_turn_id(turn_id)
+        if turn_id is not None:
+            check_turn_id(turn_id)
         refresh = self.ttl if self.refresh_ttl_on_read else None
         generation = self._generations.get(session_id, 0)
         args = (session_id, owner, ttl, bool(load), last_n, turn_id, bool(steal), refresh)
@@ -873,13 +878,11 @@ class PostgresStateStore(AsyncResource):
         """
         check_session_id(session_id)
         check_token(token)
-        check_turn_id(turn_id)
-        if usage is not None and not isinstance(usage, Usage):
-            raise InvalidRequestError(f"usage must be a Usage or None, not {usage!r}")
-        if cost is not None and not isinstance(cost, Cost):
-            raise InvalidRequestError(f"cost must be a Cost or None, not {cost!r}")
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        usage, cost = check_turn_figures(usage, cost)
         records = encode_messages(messages)
-        u = usage or Usage()
+        u = usage
         command = (
             "end_turn",
             session_id,
@@ -891,7 +894,7 @@ class PostgresStateStore(AsyncResource):
             u.completion_tokens,
             u.cached_tokens,
             u.total_tokens,
-            0.0 if cost is None else cost.total_cost,
+            cost.total_cost,
         )
         # Through the batcher, as append: a sent end_turn finishes before a turn's
         # cancellation is re-raised (finish_sent_writes).
@@ -930,30 +933,47 @@ class PostgresStateStore(AsyncResource):
         session contended, and the holder's release then notifies in the same
         transaction, so a waiter hears it within one network hop. A notification that
         is lost (the listening connection dropped) is made up for by looking again
-        every 0.5 s, and a holder that died by waking when its lease expires. A release
-        between the busy ``begin_turn`` and this call still wakes it. ``True``: look
-        again now; ``False``: ``timeout`` ran out.
+        every 0.5 s (one small read), and a holder that died by looking when its lease
+        expires. A release between the busy ``begin_turn`` and this call still wakes
+        it. ``True``: the lease looked free (try ``begin_turn``); ``False``:
+        ``timeout`` ran out.
         """
         check_session_id(session_id)
-        left = check_seconds(timeout, "timeout", zero=True)
+        left = check_wait_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + left
-        woken = self._waiters.register(session_id)
+        woken = self._waiters.register(session_id)  # first: no wake-up is lost after this
         try:
             mark = _busy_mark.get()
             lease_end: float | None = None
+            look = True  # whether to read the lease before waiting
             if mark is not None and mark[0] == id(self) and mark[1] == session_id:
                 if self._generations.get(session_id, 0) > mark[2]:
                     return True  # released since the busy claim was sent
-                lease_end = mark[3]
-            if self._listener is None and await self._start_listener(left):
-                return True  # a release before we listened went unheard: look again
-            bound = min(deadline, loop.time() + _WAIT_FALLBACK)
-            if lease_end is not None:
-                bound = min(bound, lease_end + 0.005)
-            if bound > loop.time():
-                await asyncio.wait((woken,), timeout=bound - loop.time())
-            return woken.done() or loop.time() < deadline
+                lease_end, look = mark[3], self._listener is None
+            while True:
+                if self._listener is None:
+                    await self._start_listener(max(deadline - loop.time(), 0.001))
+                if look:
+                    rows = await self._fetch("wait_turn", self._sql.lease_left, session_id)
+                    held_for = rows[0][0] if rows else None
+                    if held_for is None or held_for <= 0:
+                        return True
+                    lease_end = loop.time() + float(held_for)
+                left = deadline - loop.time()
+                if woken.done():
+                    return True
+                if left <= 0:
+                    return False
+                # Listening: a release notifies; look again anyway every 0.5 s (a lost
+                # notification) and when the holder's lease ends (a dead holder).
+                bound = min(left, _WAIT_FALLBACK)
+                if lease_end is not None:
+                    bound = min(bound, max(lease_end - loop.time(), 0.0) + 0.005)
+                await asyncio.wait((woken,), timeout=bound)
+                if woken.done():
+                    return True
+                look = True
         finally:
             self._waiters.discard(session_id, woken)
 
@@ -1043,8 +1063,7 @@ class PostgresStateStore(AsyncResource):
     async def has_turn(self, session_id: str, turn_id: str) -> bool:
         """Whether the turn ``turn_id`` is stored in the session (and not rewritten since)."""
         check_session_id(session_id)
-        if check_turn_id(turn_id) is None:
-            raise InvalidRequestError("turn_id must be a str, not None")
+        check_turn_id(turn_id)
         rows = await self._fetch("has_turn", self._sql.has_turn, session_id, turn_id)
         return bool(rows[0][0])
 
@@ -1311,6 +1330,10 @@ class _Statements:
             "AND lease_expires_at IS NOT NULL RETURNING 1"
         )
         self.fences = f"SELECT id, fence FROM {sessions} WHERE id = ANY($1::text[])"
+        self.lease_left = (
+            "SELECT extract(epoch FROM lease_expires_at - clock_timestamp())::float8 "
+            f"FROM {sessions} WHERE id = $1"
+        )
         self.has_turn = (
             f"SELECT EXISTS (SELECT 1 FROM {turns} t JOIN {sessions} s ON s.id = t.session_id "
             f"WHERE t.session_id = $1 AND t.turn_id = $2 AND {live} "

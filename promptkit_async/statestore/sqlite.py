@@ -41,20 +41,19 @@ from ..types import Cost, Message, Usage
 from ._batch import Batcher, Command, Expired
 from ._common import (
     check_last_n,
+    check_lease_ttl,
     check_limit,
+    check_owner,
     check_seconds,
+    check_token,
     check_ttl,
+    check_turn_figures,
+    check_turn_id,
+    check_wait_timeout,
     dumps_value,
     split_patch,
 )
-from ._leases import (
-    Waiters,
-    Watches,
-    check_lease_ttl,
-    check_owner,
-    check_token,
-    check_turn_id,
-)
+from ._leases import Waiters, Watches
 from .base import Ledger, SessionPage, TurnClaim
 from .records import decode_messages, encode_messages
 
@@ -404,7 +403,8 @@ class SQLiteStateStore(AsyncResource):
         check_owner(owner)
         ttl = check_lease_ttl(lease_ttl)
         check_last_n(last_n)
-        check_turn_id(turn_id)
+        if turn_id is not None:
+            check_turn_id(turn_id)
         now = self._clock()
         refresh = self._expiry(now) if self.refresh_ttl_on_read else None
         token, records, ledger, stored, _, taken = await self._run(
@@ -457,19 +457,17 @@ class SQLiteStateStore(AsyncResource):
         """
         check_session_id(session_id)
         check_token(token)
-        check_turn_id(turn_id)
-        if usage is not None and not isinstance(usage, Usage):
-            raise InvalidRequestError(f"usage must be a Usage or None, not {usage!r}")
-        if cost is not None and not isinstance(cost, Cost):
-            raise InvalidRequestError(f"cost must be a Cost or None, not {cost!r}")
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        usage, cost = check_turn_figures(usage, cost)
         records = encode_messages(messages)
-        u = usage or Usage()
+        u = usage
         totals = (
             u.prompt_tokens,
             u.completion_tokens,
             u.cached_tokens,
             u.total_tokens,
-            0.0 if cost is None else cost.total_cost,
+            cost.total_cost,
         )
         now = self._clock()
         expires, sweep = self._expiry(now), self._sweep_due(now)
@@ -507,7 +505,7 @@ class SQLiteStateStore(AsyncResource):
         read. ``True`` when the lease looked free, ``False`` when ``timeout`` ran out.
         """
         check_session_id(session_id)
-        left = check_seconds(timeout, "timeout", zero=True)
+        left = check_wait_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + left
         woken = self._waiters.register(session_id)  # before the first check: no lost wake-up
@@ -565,8 +563,7 @@ class SQLiteStateStore(AsyncResource):
     async def has_turn(self, session_id: str, turn_id: str) -> bool:
         """Whether the turn ``turn_id`` is stored in the session (and not rewritten since)."""
         check_session_id(session_id)
-        if check_turn_id(turn_id) is None:
-            raise InvalidRequestError("turn_id must be a str, not None")
+        check_turn_id(turn_id)
         return await self._run("has_turn", False, _has_turn, session_id, turn_id, self._clock())
 
     async def get_ledger(self, session_id: str) -> Ledger:
