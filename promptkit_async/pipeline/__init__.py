@@ -3,10 +3,10 @@
 One turn flows through one path::
 
     Pipeline.execute / Pipeline.stream
-      -> StateMiddleware       (per-session lock, load history)
+      -> StateMiddleware       (take the session's lease, load history)
       -> ...your middleware... (observe or change ctx and the chunks it passes on)
       -> ProviderMiddleware    (model call; yields the chunks the model streams)
-      <- StateMiddleware       (append the turn atomically)
+      <- StateMiddleware       (store the turn and release the lease, atomically)
       <- the last chunk / the ExecutionResult
 
 A middleware is an async generator function ``(ctx, next)`` (the :data:`Middleware`

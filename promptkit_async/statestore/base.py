@@ -226,7 +226,12 @@ class TurnStore(StateStore, Protocol):
         ...
 
     async def renew_turn(self, session_id: str, token: int, lease_ttl: float) -> bool:
-        """Extend the lease to ``lease_ttl`` seconds from now; ``False`` if it was lost."""
+        """Extend the lease to ``lease_ttl`` seconds from now; ``False`` if it was lost.
+
+        Lost means taken by a newer turn, or ended or released (a renewal arriving after
+        its turn's end must not take the lease back). A lease that expired but that
+        nobody took may be renewed or reported lost, as the store can tell.
+        """
         ...
 
     async def end_turn(

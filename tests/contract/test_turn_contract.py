@@ -196,13 +196,18 @@ async def test_an_expired_lease_nobody_took_still_ends(
     assert (await ts.get_ledger("s")).total_tokens == 7
 
 
-async def test_an_expired_lease_nobody_took_can_be_renewed(
-    harness: StoreHarness, ts: TurnStore
+async def test_renewing_an_ended_or_released_lease_fails_and_takes_nothing(
+    ts: TurnStore,
 ) -> None:
-    token = await taken(ts, lease_ttl=10)
-    await harness.advance(11)
-    assert await ts.renew_turn("s", token, LONG) is True
-    assert await is_busy(ts)
+    # A renewal that reaches the store after its turn ended must not take the lease back.
+    token = await taken(ts)
+    await ts.end_turn("s", token, turn(1))
+    assert await ts.renew_turn("s", token, LONG) is False
+    assert not await is_busy(ts)
+    token = await taken(ts)
+    await ts.release_turn("s", token)
+    assert await ts.renew_turn("s", token, LONG) is False
+    assert not await is_busy(ts)
 
 
 async def test_renewal_keeps_the_lease_past_its_first_ttl(

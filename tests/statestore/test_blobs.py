@@ -16,9 +16,17 @@ from promptkit_async import (
     Message,
     StoreDataError,
     TextPart,
+    Usage,
 )
-from promptkit_async.statestore import BlobOffloadStore, BlobStore, InMemoryBlobStore
+from promptkit_async.statestore import (
+    BlobOffloadStore,
+    BlobStore,
+    InMemoryBlobStore,
+    StateStore,
+    TurnStore,
+)
 from promptkit_async.statestore.blobs import blob_key
+from tests._plain_store import PlainStore
 from tests.statestore._records import PDF, PNG
 
 BIG = PDF + bytes(100_000)
@@ -105,3 +113,73 @@ async def test_gets_run_concurrently_and_a_cancelled_load_leaves_nothing_running
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
     release.set()
     assert (await store.load("s"))[1] == Message("user", [ImagePart(PNG)])
+
+
+# --- session leases through the wrapper (issue 15) --------------------------------------
+
+
+async def test_turns_offload_on_end_and_resolve_on_begin() -> None:
+    inner, blobs = InMemoryStateStore(), InMemoryBlobStore()
+    store = BlobOffloadStore(inner, blobs)
+    assert isinstance(store, TurnStore)
+    claim = await store.begin_turn("s", owner="o", lease_ttl=30)
+    assert claim.token is not None
+    reply = Message("assistant", "a pdf")
+    await store.end_turn(
+        "s", claim.token, [doc(), reply], turn_id="t1", usage=Usage(1, 1, 2), cost=None
+    )
+    raw = await inner.load("s")
+    assert raw[0].content[1] == DocumentPart(blob_key=blob_key(BIG), filename="a.pdf")  # type: ignore[index]
+    assert blobs.blobs == {blob_key(BIG): BIG}
+    claim = await store.begin_turn("s", owner="o", lease_ttl=30)
+    assert claim.messages == [doc(), reply]
+    assert claim.token is not None
+    await store.release_turn("s", claim.token)
+    replay = await store.begin_turn("s", owner="o", lease_ttl=30, turn_id="t1")
+    assert replay.token is None
+    assert replay.stored_turn == (doc(), reply)
+    assert await store.has_turn("s", "t1")
+    assert (await store.get_ledger("s")).total_tokens == 2
+    # Without resolve, the keys come back as they are stored.
+    lazy = BlobOffloadStore(inner, blobs, resolve=False)
+    claim = await lazy.begin_turn("s", owner="o", lease_ttl=30)
+    assert claim.messages == raw
+
+
+async def test_a_begin_turn_whose_blobs_are_missing_gives_the_lease_back() -> None:
+    inner, blobs = InMemoryStateStore(), InMemoryBlobStore()
+    store = BlobOffloadStore(inner, blobs)
+    claim = await store.begin_turn("s", owner="o", lease_ttl=30)
+    assert claim.token is not None
+    await store.end_turn("s", claim.token, [doc()])
+    blobs.blobs.clear()
+    with pytest.raises(StoreDataError):
+        await store.begin_turn("s", owner="o", lease_ttl=30)
+    # The caller never saw that token: the wrapper released it, the session is free.
+    claim = await inner.begin_turn("s", owner="o", lease_ttl=30)
+    assert claim.token is not None
+
+
+async def test_the_wrapper_forwards_waits_and_watches() -> None:
+    inner = InMemoryStateStore()
+    store = BlobOffloadStore(inner, InMemoryBlobStore())
+    claim = await store.begin_turn("s", owner="o", lease_ttl=30)
+    assert claim.token is not None
+    lost = asyncio.Event()
+    stop = store.watch_lease("s", claim.token, lost.set)
+    stolen = await store.begin_turn("s", owner="o", lease_ttl=30, steal=True)
+    await asyncio.wait_for(lost.wait(), 5)
+    stop()
+    assert await store.renew_turn("s", claim.token, 30) is False
+    waiting = asyncio.ensure_future(store.wait_turn("s", 30))
+    await asyncio.sleep(0)
+    assert stolen.token is not None
+    await store.release_turn("s", stolen.token)
+    assert await asyncio.wait_for(waiting, 5) is True
+
+
+def test_around_a_store_without_leases_the_wrapper_has_none() -> None:
+    plain = BlobOffloadStore(PlainStore(), InMemoryBlobStore())  # type: ignore[arg-type]
+    assert not isinstance(plain, TurnStore)
+    assert isinstance(plain, StateStore)
+    assert type(plain) is BlobOffloadStore
