@@ -4,19 +4,27 @@ Layout (``P`` is the prefix, ``E`` the session id percent-encoded, see below)::
 
     P:{E}:m   a list, one JSON record per message (schema-versioned, see records.py)
     P:{E}:h   a hash, one field per metadata key, each value JSON
+    P:{E}:t   a hash, turn id -> "<index of its first message> <message count>"
+    P:{E}:g   a hash, the ledger: turns, prompt, completion, cached, total, cost
+    P:{E}:l   a hash, the session's lease: tok (fencing token), own (owner), w (a turn
+              waits: publish the release); PEXPIRE = the lease TTL
+    P:{E}:f   a string, the newest fencing token issued
 
-``{E}`` is a Redis Cluster hash tag, so both keys of a session live in one slot and every
+``{E}`` is a Redis Cluster hash tag, so all keys of a session live in one slot and every
 write touches one node atomically. ``E`` is the UTF-8 id percent-encoded with only
 ``A-Z a-z 0-9 - . _ ~`` left as they are: it is reversible (``list_sessions`` recovers the
 ids from the keys), it never contains ``{``, ``}``, ``:`` or a glob character, so ids
 cannot collide, cannot leave the prefix or the hash tag, and need no escaping in SCAN
 patterns. Writes run one Lua script (atomic on the server, one command) that also sets
-the TTL of both keys, so a session expires as a whole.
+the TTL of the session's keys, so a session expires as a whole. ``list_sessions`` finds
+sessions by their ``m`` and ``h`` keys only: a session that has only a lease or a
+fencing key (a turn that never ended) does not exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -36,23 +44,30 @@ from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import (
     InvalidRequestError,
+    LeaseLostError,
     StoreDataError,
     StoreError,
     StoreTimeoutError,
     StoreUnavailableError,
 )
-from ..types import Message
+from ..types import Cost, Message, Usage
 from ._batch import Batcher, Command, Expired, batch_deadline
 from ._common import (
     check_count,
     check_last_n,
+    check_lease_ttl,
     check_limit,
+    check_owner,
     check_seconds,
+    check_token,
     check_ttl,
+    check_turn_figures,
+    check_turn_id,
+    check_wait_timeout,
     dumps_value,
     split_patch,
 )
-from .base import SessionPage
+from .base import Ledger, SessionPage, TurnClaim
 from .records import decode_messages, encode_messages
 
 __all__ = ["DEFAULT_TIMEOUT", "RedisStateStore"]
@@ -65,11 +80,21 @@ T = TypeVar("T")
 #: A client the store can use: a standalone client or a cluster client.
 RedisClient = Union[aioredis.Redis, RedisCluster]  # noqa: UP007 (runtime alias on 3.10)
 
-# One script for every write. KEYS[1] = the message list, KEYS[2] = the metadata hash;
-# ARGV[1] = operation, ARGV[2] = TTL in ms (0 = none). Lists of values are pushed in
+# One script for every write. KEYS = the session's message list, metadata hash, turn-id
+# hash, ledger hash, lease hash and fencing key (all in one hash slot); ARGV[1] =
+# operation, ARGV[2] = the session's TTL in ms (0 = none). Lists of values are pushed in
 # chunks of 1000 because Lua's unpack() has a stack limit near 8000.
+#
+# Turns: 'begin' takes the lease (or reports it busy, or finds the turn id stored) and
+# reads the history and the ledger; 'end' checks the fencing token, appends, records the
+# turn id, adds to the ledger and releases; 'release' and 'renew' act on the lease only.
+# Fencing tokens are max(newest + 1, server time in microseconds): they keep growing
+# even after the fencing key is gone (delete, expiry), as long as the server's clock
+# does not jump back by more than the gap. Releases PUBLISH (to the store's channel)
+# only when a busy 'begin' flagged the lease ('w'), and steals always do.
 _SCRIPT = """
-local op, ttl, m, h = ARGV[1], tonumber(ARGV[2]), KEYS[1], KEYS[2]
+local op, ttl = ARGV[1], tonumber(ARGV[2])
+local m, h, t, g, l, f = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local function push(cmd, key, first, last)
   for i = first, last, 1000 do
     redis.call(cmd, key, unpack(ARGV, i, math.min(i + 999, last)))
@@ -79,17 +104,120 @@ local function touch()
   if ttl > 0 then
     redis.call('PEXPIRE', m, ttl)
     redis.call('PEXPIRE', h, ttl)
+    redis.call('PEXPIRE', t, ttl)
+    redis.call('PEXPIRE', g, ttl)
   else
     redis.call('PERSIST', m)
     redis.call('PERSIST', h)
+    redis.call('PERSIST', t)
+    redis.call('PERSIST', g)
   end
+end
+local function release(tok, chan)
+  if redis.call('HGET', l, 'tok') == tok then
+    local waiting = redis.call('HGET', l, 'w')
+    redis.call('DEL', l)
+    if waiting then
+      redis.call('PUBLISH', chan, l .. ' free ' .. tok)
+    end
+  end
+end
+local function ledger()
+  return redis.call('HMGET', g, 'turns', 'prompt', 'completion', 'cached', 'total', 'cost')
 end
 if op == 'append' then
   push('RPUSH', m, 3, #ARGV)
   touch()
   return #ARGV - 2
+elseif op == 'begin' then
+  local lease, tid = tonumber(ARGV[3]), ARGV[7]
+  if tid ~= '' then
+    local pos = redis.call('HGET', t, tid)
+    if pos then
+      local s, n = string.match(pos, '^(%d+) (%d+)$')
+      s, n = tonumber(s), tonumber(n)
+      return {'stored', redis.call('LRANGE', m, s, s + n - 1), ledger()}
+    end
+  end
+  local held = redis.call('HGET', l, 'tok')
+  if held and ARGV[5] ~= '1' then
+    redis.call('HSET', l, 'w', '1')
+    return {'busy', {}, ledger()}
+  end
+  local now = redis.call('TIME')
+  local newest = tonumber(redis.call('GET', f) or '0')
+  local tok = string.format('%.0f',
+    math.max(newest + 1, tonumber(now[1]) * 1000000 + tonumber(now[2])))
+  local waiting = held and redis.call('HGET', l, 'w')
+  redis.call('DEL', l)
+  redis.call('HSET', l, 'tok', tok, 'own', ARGV[4])
+  if waiting then
+    redis.call('HSET', l, 'w', '1')
+  end
+  redis.call('PEXPIRE', l, lease)
+  if ttl > 0 then
+    redis.call('SET', f, tok, 'PX', ttl + lease)
+    touch()
+  else
+    redis.call('SET', f, tok)
+  end
+  if held then
+    redis.call('PUBLISH', ARGV[8], l .. ' lost ' .. held)
+  end
+  local history = {}
+  if ARGV[6] == 'all' then
+    history = redis.call('LRANGE', m, 0, -1)
+  elseif ARGV[6] ~= '' then
+    history = redis.call('LRANGE', m, -tonumber(ARGV[6]), -1)
+  end
+  return {tok, history, ledger()}
+elseif op == 'end' then
+  local tok, tid, chan = ARGV[3], ARGV[4], ARGV[5]
+  if tid ~= '' and redis.call('HEXISTS', t, tid) == 1 then
+    release(tok, chan)
+    return 'stored'
+  end
+  if redis.call('GET', f) ~= tok then
+    release(tok, chan)
+    return 'lost'
+  end
+  push('RPUSH', m, 11, #ARGV)
+  if tid ~= '' then
+    local n = #ARGV - 10
+    redis.call('HSET', t, tid, string.format('%d %d', redis.call('LLEN', m) - n, n))
+  end
+  redis.call('HINCRBY', g, 'turns', 1)
+  redis.call('HINCRBY', g, 'prompt', ARGV[6])
+  redis.call('HINCRBY', g, 'completion', ARGV[7])
+  redis.call('HINCRBY', g, 'cached', ARGV[8])
+  redis.call('HINCRBY', g, 'total', ARGV[9])
+  redis.call('HINCRBYFLOAT', g, 'cost', ARGV[10])
+  touch()
+  if ttl > 0 then
+    redis.call('PEXPIRE', f, ttl)
+  end
+  release(tok, chan)
+  return 'ok'
+elseif op == 'release' then
+  release(ARGV[3], ARGV[4])
+  return 'ok'
+elseif op == 'renew' then
+  local tok, lease = ARGV[3], tonumber(ARGV[4])
+  if redis.call('GET', f) ~= tok then
+    return 0
+  end
+  if redis.call('HGET', l, 'tok') ~= tok then
+    -- Expired, but nobody took it since: the token is still the newest.
+    redis.call('DEL', l)
+    redis.call('HSET', l, 'tok', tok, 'own', ARGV[5])
+  end
+  redis.call('PEXPIRE', l, lease)
+  if ttl > 0 then
+    redis.call('PEXPIRE', f, ttl + lease)
+  end
+  return 1
 elseif op == 'save' then
-  redis.call('DEL', m)
+  redis.call('DEL', m, t)
   push('RPUSH', m, 3, #ARGV)
   touch()
   return #ARGV - 2
@@ -100,14 +228,18 @@ elseif op == 'merge' then
   touch()
   return redis.call('HGETALL', h)
 elseif op == 'replace' then
-  redis.call('DEL', m, h)
-  local last_record = 3 + tonumber(ARGV[3])
-  push('RPUSH', m, 4, last_record)
-  push('HSET', h, last_record + 1, #ARGV)
+  redis.call('DEL', m, h, t, g)
+  local last_record = 5 + tonumber(ARGV[3]) - 1
+  local last_field = last_record + tonumber(ARGV[4])
+  push('RPUSH', m, 5, last_record)
+  push('HSET', h, last_record + 1, last_field)
+  push('HSET', g, last_field + 1, #ARGV)
   touch()
-  return last_record - 3
+  return last_record - 4
 elseif op == 'delete' then
-  return redis.call('DEL', m, h)
+  local existed = redis.call('DEL', m, h, t, g)
+  redis.call('DEL', f)
+  return existed
 end
 return redis.error_reply('ERR unknown promptkit_async store operation ' .. tostring(op))
 """
@@ -115,7 +247,23 @@ _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 # Characters an encoded id may contain (quote() with safe="" leaves only these).
 _ENCODED_ID = re.compile(r"[A-Za-z0-9_.~%-]+")
-_WRITES = frozenset(("append", "save", "fork", "merge_metadata", "delete"))
+_WRITES = frozenset(
+    (
+        "append",
+        "save",
+        "fork",
+        "merge_metadata",
+        "delete",
+        "begin_turn",
+        "end_turn",
+        "release_turn",
+        "renew_turn",
+    )
+)
+# The session's keys, in the order the script takes them: messages, metadata, turn ids,
+# ledger, lease, fencing token.
+_SUFFIXES = ("}:m", "}:h", "}:t", "}:g", "}:l", "}:f")
+_Keys = tuple[str, ...]
 _SCRIPTS = frozenset(("EVALSHA", "EVAL"))
 _SCAN_CALLS_PER_PAGE = 16
 _KEY_CACHE_SIZE = 4096
@@ -123,6 +271,39 @@ _KEY_CACHE_SIZE = 4096
 _STANDALONE = "*"
 _DONE = "-"
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
+
+
+# The ledger hash's fields, in Ledger order.
+_LEDGER_FIELDS = ("turns", "prompt", "completion", "cached", "total", "cost")
+
+
+def _lease_ms(lease_ttl: object) -> int:
+    return max(1, math.ceil(check_lease_ttl(lease_ttl) * 1000))
+
+
+def _turn_id_arg(turn_id: object) -> str:
+    """The turn id as sent to the script (``""`` for none)."""
+    return "" if turn_id is None else check_turn_id(turn_id)
+
+
+def _ledger(reply: Any, session_id: str) -> Ledger:
+    """A Ledger from ``HMGET`` of the ledger fields (missing fields count as zero)."""
+    try:
+        turns, prompt, completion, cached, total, cost = (
+            0 if value is None else value for value in reply
+        )
+        return Ledger(
+            turns=int(turns),
+            prompt_tokens=int(prompt),
+            completion_tokens=int(completion),
+            cached_tokens=int(cached),
+            total_tokens=int(total),
+            cost_usd=float(cost),
+        )
+    except (TypeError, ValueError) as exc:
+        raise StoreDataError(
+            f"corrupt ledger in session {session_id!r}: {exc}; delete or repair it"
+        ) from exc
 
 
 def _glob_escape(text: str) -> str:
@@ -248,11 +429,17 @@ class RedisStateStore(AsyncResource):
             means the client's ``socket_timeout`` when it has one, else
             :data:`DEFAULT_TIMEOUT` (5 s): a store never waits without a bound, even
             around a client created without timeouts.
+        signal_poll_interval: seconds between the checks that bound a missed wake-up
+            of :meth:`wait_turn` (an expired lease, a reconnecting subscriber).
 
     Round trips: ``load``, ``append``, ``save``, ``count``, ``delete``,
     ``get_metadata`` and ``merge_metadata`` are one round trip each (``append`` and the
     other writes are one atomic Lua script), so a pipeline turn costs two. ``fork``
-    costs two (read the source, write the target). Operations that concurrent tasks
+    costs two (read the source, write the target). Through the session lease
+    (:class:`~promptkit_async.statestore.TurnStore`, what ``StateMiddleware`` uses) a
+    turn costs two as well: ``begin_turn`` and ``end_turn`` are one script each;
+    ``renew_turn``, ``release_turn``, ``has_turn`` and ``get_ledger`` one round trip
+    each. Operations that concurrent tasks
     start during the same event-loop iteration share a round trip: they are sent as one
     pipeline, each still atomic on its own.
 
@@ -276,6 +463,19 @@ class RedisStateStore(AsyncResource):
 
     Scripts: writes use ``EVALSHA`` and fall back to ``EVAL`` once when the server does
     not know the script yet (a fresh or restarted server).
+
+    Session leases (see :class:`~promptkit_async.statestore.TurnStore`): the lease is a
+    hash key with a ``PEXPIRE`` of the lease TTL, so Redis's clock judges its expiry.
+    Fencing tokens are ``max(newest + 1, the server's TIME in microseconds)``: they keep
+    growing even once the fencing key is gone (``delete`` removes it; it expires with
+    the session), so a stalled holder can never match a later token. ``end_turn``
+    writes only while the fencing key holds its token (a missing key, after ``delete``
+    or expiry, fences it too). ``delete`` drops the turn ids, the ledger and the
+    fencing key; ``save`` drops the turn ids and keeps the ledger; ``fork`` copies the
+    ledger (the fork continues the conversation) but no turn ids. Wake-ups use Redis
+    pub/sub (one subscriber connection per store, opened by the first ``wait_turn`` or
+    ``watch_lease``; plain ``PUBLISH``, which a cluster delivers to subscribers on
+    every node); see :meth:`wait_turn` for the latency bound.
     """
 
     def __init__(
@@ -287,6 +487,7 @@ class RedisStateStore(AsyncResource):
         refresh_ttl_on_read: bool = False,
         max_in_flight: int = 4,
         timeout: float | None = None,
+        signal_poll_interval: float = 0.5,
     ) -> None:
         if not isinstance(client, (aioredis.Redis, RedisCluster)):
             raise InvalidRequestError(
@@ -309,13 +510,23 @@ class RedisStateStore(AsyncResource):
         self._closed = False
         self._address = self._describe(client)
         self._head = prefix + ":{"
-        self._key_cache: dict[str, tuple[str, str]] = {}
+        self._key_cache: dict[str, _Keys] = {}
         self._scan_pattern = _glob_escape(prefix) + ":{*}:[mh]"
         self._batcher = Batcher(
             self._execute_cluster if self._cluster else self._execute_standalone, max_in_flight
         )
         # Calls outside the batcher (cluster SCAN, topology), each in a task of its own.
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Seconds between the checks that bound a missed wake-up (see wait_turn).
+        self.signal_poll_interval = check_seconds(signal_poll_interval, "signal_poll_interval")
+        self._channel = prefix + ":signals"
+        self._subscriber: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # lease key -> {handle: (token, fence key, on_lost)}
+        self._watchers: dict[str, dict[object, tuple[str, str, Callable[[], None]]]] = {}
+        # lease key -> the token taken from it by the newest steal this store heard of
+        self._stolen: dict[str, str] = {}
 
     @classmethod
     async def connect(
@@ -332,6 +543,7 @@ class RedisStateStore(AsyncResource):
         socket_timeout: float | None = 5.0,
         max_connections: int = 32,
         max_in_flight: int = 4,
+        signal_poll_interval: float = 0.5,
         **client_options: Any,
     ) -> RedisStateStore:
         """Connect to Redis and check that it answers; the store owns the connection.
@@ -342,7 +554,8 @@ class RedisStateStore(AsyncResource):
                 take precedence over the arguments.
             password: the server password (``requirepass`` / ACL); never logged.
             db: the database number (must be 0 for a cluster).
-            prefix / ttl / refresh_ttl_on_read / max_in_flight: see the class.
+            prefix / ttl / refresh_ttl_on_read / max_in_flight / signal_poll_interval:
+                see the class.
             cluster: connect to a Redis Cluster (``address`` is any one of its nodes).
             connect_timeout: seconds to wait for a TCP (and TLS) connection.
             socket_timeout: the store's ``timeout``: seconds any operation may take from
@@ -363,6 +576,7 @@ class RedisStateStore(AsyncResource):
         """
         cls._check_prefix(prefix)
         check_ttl(ttl)
+        check_seconds(signal_poll_interval, "signal_poll_interval")
         timeout = (
             DEFAULT_TIMEOUT
             if socket_timeout is None
@@ -406,6 +620,7 @@ class RedisStateStore(AsyncResource):
             refresh_ttl_on_read=refresh_ttl_on_read,
             max_in_flight=max_in_flight,
             timeout=timeout,
+            signal_poll_interval=signal_poll_interval,
         )
         store._owns_client = True
         # Never the URL itself: it may carry a password.
@@ -446,14 +661,15 @@ class RedisStateStore(AsyncResource):
             f"closed={self._closed})"
         )
 
-    def _keys(self, session_id: str) -> tuple[str, str]:
-        """The session's (list, hash) keys; validates the id first (before any I/O)."""
+    def _keys(self, session_id: str) -> _Keys:
+        """The session's keys (list, hash, turn ids, ledger, lease, fence); validates the
+        id first (before any I/O)."""
         cache = self._key_cache
         keys = cache.get(session_id) if type(session_id) is str else None
         if keys is None:
             check_session_id(session_id)  # only valid ids ever enter the cache
             base = self._head + quote(session_id, safe="")
-            keys = base + "}:m", base + "}:h"
+            keys = tuple(base + suffix for suffix in _SUFFIXES)
             if len(cache) >= _KEY_CACHE_SIZE:
                 del cache[next(iter(cache))]
             cache[session_id] = keys
@@ -542,19 +758,19 @@ class RedisStateStore(AsyncResource):
             raise self._translate(exc, op) from exc
 
     async def _script(
-        self, op: str, keys: tuple[str, str], args: Sequence[Any], deadline: float | None = None
+        self, op: str, keys: _Keys, args: Sequence[Any], deadline: float | None = None
     ) -> Any:
         deadline = self._deadline() if deadline is None else deadline
         try:
             results = await self._call(
-                op, (("EVALSHA", _SCRIPT_SHA, 2, *keys, *args),), deadline, write=True
+                op, (("EVALSHA", _SCRIPT_SHA, 6, *keys, *args),), deadline, write=True
             )
         except StoreError as exc:
             if not isinstance(exc.__cause__, rexc.NoScriptError):
                 raise
             # A fresh or restarted server: EVAL runs the script and caches it.
             results = await self._call(
-                op, (("EVAL", _SCRIPT, 2, *keys, *args),), deadline, write=True
+                op, (("EVAL", _SCRIPT, 6, *keys, *args),), deadline, write=True
             )
         return results[0]
 
@@ -666,10 +882,10 @@ class RedisStateStore(AsyncResource):
             pipe.execute_command(*command)
         return await self._bounded(pipe.execute(raise_on_error=False))
 
-    def _touch_commands(self, keys: tuple[str, str]) -> tuple[Command, ...]:
+    def _touch_commands(self, keys: _Keys) -> tuple[Command, ...]:
         if not self.refresh_ttl_on_read or self.ttl is None:
             return ()
-        return (("PEXPIRE", keys[0], self._ttl_ms), ("PEXPIRE", keys[1], self._ttl_ms))
+        return tuple(("PEXPIRE", key, self._ttl_ms) for key in keys[:4])
 
     @staticmethod
     def _decode_metadata(reply: Any, session_id: str) -> dict[str, Any]:
@@ -762,14 +978,17 @@ class RedisStateStore(AsyncResource):
         source = self._keys(source_id)
         target = self._keys(target_id)
         deadline = self._deadline()
-        records, fields = await self._call(
-            "fork", (("LRANGE", source[0], 0, -1), ("HGETALL", source[1])), deadline
+        records, fields, totals = await self._call(
+            "fork",
+            (("LRANGE", source[0], 0, -1), ("HGETALL", source[1]), ("HGETALL", source[3])),
+            deadline,
         )
         flat = _pairs(fields)
         if not records and not flat:
             await self._script("fork", target, ("delete", 0), deadline)
             return 0
-        args = ("replace", self._ttl_ms, len(records), *records, *flat)
+        args = ("replace", self._ttl_ms, len(records), len(flat), *records, *flat)
+        args += tuple(_pairs(totals))
         return int(await self._script("fork", target, args, deadline))
 
     async def get_metadata(self, session_id: str) -> dict[str, Any]:
@@ -790,6 +1009,307 @@ class RedisStateStore(AsyncResource):
         reply = await self._script("merge_metadata", keys, args)
         return self._decode_metadata(reply, session_id)
 
+    # --- the TurnStore contract: session leases, turn ids, the ledger --------------------
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        lease_ttl: float,
+        load: bool = True,
+        last_n: int | None = None,
+        turn_id: str | None = None,
+        steal: bool = False,
+    ) -> TurnClaim:
+        """Try once to take the session's lease; one round trip (one script).
+
+        The script looks the turn id up (returning the stored turn's messages), takes
+        the lease (or flags it so that its release is published to waiters), issues the
+        fencing token, and reads the history and the ledger. A ``begin_turn`` that timed
+        out after it was sent (``maybe_applied``) may hold a lease nobody uses: it
+        expires after ``lease_ttl``.
+        """
+        keys = self._keys(session_id)
+        lease_ms = _lease_ms(lease_ttl)
+        check_last_n(last_n)
+        tid = _turn_id_arg(turn_id)
+        check_owner(owner)
+        # The history the script returns: none, all, or the newest last_n.
+        mode = "" if not load or last_n == 0 else "all" if last_n is None else str(last_n)
+        args = ("begin", self._ttl_ms, lease_ms, owner, "1" if steal else "0", mode, tid)
+        reply = await self._script("begin_turn", keys, (*args, self._channel))
+        head = _text(reply[0])
+        ledger = _ledger(reply[2], session_id)
+        if head == "busy":
+            return TurnClaim(None, [], ledger)
+        messages = decode_messages(reply[1], session_id=session_id)
+        if head == "stored":
+            return TurnClaim(None, [], ledger, stored_turn=tuple(messages))
+        return TurnClaim(int(head), messages, ledger)
+
+    async def renew_turn(self, session_id: str, token: int, lease_ttl: float) -> bool:
+        """Extend the lease to ``lease_ttl`` s from now; ``False`` if it was lost. One
+        round trip. A lease that expired but that nobody took since is taken again."""
+        keys = self._keys(session_id)
+        check_token(token)
+        lease_ms = _lease_ms(lease_ttl)
+        args = ("renew", self._ttl_ms, str(token), lease_ms, "(renewed after expiry)")
+        return bool(await self._script("renew_turn", keys, args))
+
+    async def end_turn(
+        self,
+        session_id: str,
+        token: int,
+        messages: Sequence[Message],
+        *,
+        turn_id: str | None = None,
+        usage: Usage | None = None,
+        cost: Cost | None = None,
+    ) -> None:
+        """Store the turn and release the lease in one round trip (one atomic script).
+
+        The script checks that ``token`` is still the newest, appends, records the
+        turn id with the position of its messages, adds to the ledger, releases the
+        lease and, if a turn waits for it, publishes the release. A write: inside
+        ``finish_sent_writes()`` a sent ``end_turn`` completes before a cancellation
+        is re-raised, and its timeout says ``maybe_applied``.
+
+        Raises:
+            LeaseLostError: a newer token was issued, or the session was deleted or
+                expired since ``begin_turn``; nothing was written.
+        """
+        keys = self._keys(session_id)
+        check_token(token)
+        tid = _turn_id_arg(turn_id)
+        records = encode_messages(messages)
+        used, priced = check_turn_figures(usage, cost)
+        spent = priced.total_cost
+        if not math.isfinite(spent):
+            raise InvalidRequestError(f"the turn's cost must be finite, not {spent!r}")
+        args = (
+            "end",
+            self._ttl_ms,
+            str(token),
+            tid,
+            self._channel,
+            used.prompt_tokens,
+            used.completion_tokens,
+            used.cached_tokens,
+            used.total_tokens,
+            repr(float(spent)),
+            *records,
+        )
+        reply = _text(await self._script("end_turn", keys, args))
+        if reply == "lost":
+            raise LeaseLostError(
+                f"session {session_id!r}: the turn's lease (token {token}) passed to another "
+                "turn, or the session was deleted or expired, so nothing of this turn was "
+                "written; load the session again and retry the turn if it still applies",
+                session_id=session_id,
+                token=token,
+            )
+
+    async def release_turn(self, session_id: str, token: int) -> None:
+        """Give the lease back without writing; one round trip. A no-op when ``token``
+        no longer holds it; publishes the release when a turn waits for it."""
+        keys = self._keys(session_id)
+        check_token(token)
+        await self._script(
+            "release_turn", keys, ("release", self._ttl_ms, str(token), self._channel)
+        )
+
+    async def has_turn(self, session_id: str, turn_id: str) -> bool:
+        """Whether the turn ``turn_id`` is stored in the session (``HEXISTS``)."""
+        keys = self._keys(session_id)
+        tid = check_turn_id(turn_id)
+        return bool((await self._call("has_turn", (("HEXISTS", keys[2], tid),)))[0])
+
+    async def get_ledger(self, session_id: str) -> Ledger:
+        """The session's totals (all zero for an unknown session); one ``HMGET``."""
+        keys = self._keys(session_id)
+        reply = await self._call("get_ledger", (("HMGET", keys[3], *_LEDGER_FIELDS),))
+        return _ledger(reply[0], session_id)
+
+    async def wait_turn(self, session_id: str, timeout: float) -> bool:
+        """Wait until the session's lease may have become free, at most ``timeout`` s.
+
+        Signalling: Redis pub/sub on the store's channel (``<prefix>:signals``), one
+        subscriber connection per store object, opened by the first ``wait_turn`` or
+        :meth:`watch_lease` and closed by :meth:`aclose`. The busy ``begin_turn`` that
+        preceded this wait flagged the lease, so its release is published; this wait
+        registers, subscribes, then checks the lease once more, so a release in between
+        is not missed. Latency: a release wakes the waiter within one message delivery
+        (about a millisecond on a LAN); an expired lease (its holder died), or a message
+        missed while the subscriber reconnects, is noticed by a check every
+        ``signal_poll_interval`` seconds (0.5 s by default). Cancelling the wait just
+        stops it.
+        """
+        keys = self._keys(session_id)
+        limit = check_wait_timeout(timeout)
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        woken: asyncio.Future[None] = loop.create_future()
+        lease = keys[4]
+        self._waiters.setdefault(lease, set()).add(woken)
+        try:
+            ready = self._listen()
+            if not ready.done():
+                await asyncio.wait({woken, ready}, timeout=min(limit, self.signal_poll_interval))
+            while not woken.done():
+                if loop.time() >= end or not await self._lease_held(lease, end):
+                    return loop.time() < end
+                left = end - loop.time()
+                await asyncio.wait({woken}, timeout=min(left, self.signal_poll_interval))
+            return True
+        finally:
+            waiters = self._waiters.get(lease)
+            if waiters is not None:
+                waiters.discard(woken)
+                if not waiters:
+                    del self._waiters[lease]
+            if not woken.done():
+                woken.cancel()
+
+    def watch_lease(
+        self, session_id: str, token: int, on_lost: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call ``on_lost()`` (from the event loop) if the lease ``token`` is taken away.
+
+        A steal publishes on the store's channel (see :meth:`wait_turn`), so a watcher
+        in any process learns of it within one message delivery; a steal published
+        before the watch began is remembered by the subscriber, and after the
+        subscriber (re)connects every watched lease is checked once (one round trip),
+        so no steal is missed. A lease that merely expired is not reported (its holder
+        is fenced when it tries to write). Returns the function that stops watching.
+        """
+        keys = self._keys(session_id)
+        check_token(token)
+        if not callable(on_lost):
+            raise InvalidRequestError("on_lost must be a callable taking no arguments")
+        self._check_open()
+        lease = keys[4]
+        held = str(token)
+        handle = object()
+        loop = asyncio.get_running_loop()
+        if self._stolen.get(lease) == held:
+            loop.call_soon(on_lost)
+            return lambda: None
+        watchers = self._watchers.setdefault(lease, {})
+        watchers[handle] = (held, keys[5], on_lost)
+        self._listen()
+
+        def stop() -> None:
+            current = self._watchers.get(lease)
+            if current is not None:
+                current.pop(handle, None)
+                if not current:
+                    del self._watchers[lease]
+
+        return stop
+
+    # --- signalling internals -----------------------------------------------------------
+
+    async def _lease_held(self, lease: str, end: float) -> bool:
+        """Whether the lease key exists; by ``end`` (or the store's timeout)."""
+        loop = asyncio.get_running_loop()
+        try:
+            reply = await self._call(
+                "wait_turn", (("EXISTS", lease),), min(end, loop.time() + self.timeout)
+            )
+        except StoreTimeoutError:
+            if loop.time() >= end:
+                return True  # the caller's time ran out first
+            raise
+        return bool(reply[0])
+
+    def _listen(self) -> asyncio.Future[None]:
+        """Start the subscriber if needed; the future is done while it is subscribed."""
+        loop = asyncio.get_running_loop()
+        if self._ready is None:
+            self._ready = loop.create_future()
+        if self._subscriber is None:
+            self._subscriber = loop.create_task(self._subscribe_loop())
+        return self._ready
+
+    async def _subscribe_loop(self) -> None:
+        delay = 0.05
+        first = True
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await asyncio.wait_for(pubsub.subscribe(self._channel), self.timeout)
+                self._subscribed(first)
+                first = False
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(message["data"])
+            except Exception:
+                pass  # any failure: reconnect below (the poll bounds the gap)
+            finally:
+                if self._ready is not None and self._ready.done():
+                    self._ready = asyncio.get_running_loop().create_future()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)  # back off while the server is away
+            delay = min(delay * 2, 1.0)
+
+    def _subscribed(self, first: bool) -> None:
+        """Subscribed: wake who waits for it; after a reconnect, recover what was missed."""
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+        if not first:
+            for waiters in self._waiters.values():
+                for woken in waiters:
+                    if not woken.done():
+                        woken.set_result(None)  # they try begin_turn again
+        # Steals published before this subscription (or during a reconnect) were not
+        # heard: check every watched lease once.
+        if self._watchers:
+            task = asyncio.get_running_loop().create_task(self._check_watchers())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(_forget)
+
+    async def _check_watchers(self) -> None:
+        """One round trip: each watched lease's newest token; report those taken."""
+        watched = [(lease, h, w) for lease, ws in self._watchers.items() for h, w in ws.items()]
+        if not watched:
+            return
+        fences = [fence for _, _, (_, fence, _) in watched]
+        reply = await self._call("watch_lease", [("GET", fence) for fence in fences])
+        for (lease, handle, (held, _, on_lost)), newest in zip(watched, reply, strict=True):
+            if newest is None or _text(newest) != held:
+                self._lost(lease, handle, on_lost)
+
+    def _dispatch(self, data: bytes | str) -> None:
+        try:
+            lease, kind, token = _text(data).rsplit(" ", 2)
+        except ValueError:
+            return  # not ours
+        for woken in self._waiters.get(lease, ()):
+            if not woken.done():
+                woken.set_result(None)
+        if kind != "lost":
+            return
+        if len(self._stolen) >= _KEY_CACHE_SIZE:
+            del self._stolen[next(iter(self._stolen))]
+        self._stolen[lease] = token
+        for handle, (held, _, on_lost) in list(self._watchers.get(lease, {}).items()):
+            if held == token:
+                self._lost(lease, handle, on_lost)
+
+    def _lost(self, lease: str, handle: object, on_lost: Callable[[], None]) -> None:
+        watchers = self._watchers.get(lease)
+        if watchers is None or watchers.pop(handle, None) is None:
+            return  # already reported or stopped
+        if not watchers:
+            del self._watchers[lease]
+        asyncio.get_running_loop().call_soon(on_lost)
+
     async def aclose(self) -> None:
         """Wait for operations in flight, then close the client if this store created it.
 
@@ -799,6 +1319,15 @@ class RedisStateStore(AsyncResource):
         if self._closed:
             return
         self._closed = True
+        for waiters in self._waiters.values():
+            for woken in waiters:
+                if not woken.done():
+                    woken.set_result(None)  # they try again and find the store closed
+        subscriber, self._subscriber = self._subscriber, None
+        if subscriber is not None:
+            subscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await subscriber
         await self._batcher.drain()
         if self._tasks:
             await asyncio.wait(set(self._tasks))  # each ends by its deadline

@@ -26,6 +26,7 @@ from promptkit_async import (
     InMemoryStateStore,
     InvalidRequestError,
     InvalidSessionIdError,
+    LeaseLostError,
     Message,
     MockProvider,
     Pipeline,
@@ -768,3 +769,206 @@ async def test_a_unix_socket_url_works(
         await store.append("s", [user("over a unix socket")])
         assert contents(await store.load("s")) == ["over a unix socket"]
         assert f"unix://{socket_path}" in repr(store)
+
+
+# --- session leases (issue 15) ---------------------------------------------------------------
+
+
+async def test_a_turn_through_the_lease_costs_two_round_trips(
+    counted: tuple[RedisStateStore, list[CountingProxy], list[int]],
+) -> None:
+    """begin_turn is one round trip (lease, turn id, history, ledger), end_turn one
+    (fence, append, turn id, ledger, release); nothing is published when nobody waits."""
+    store, proxies, ports = counted
+    claim = await store.begin_turn("s", owner="t", lease_ttl=5)  # connect, load the script
+    assert claim.token is not None
+    await store.end_turn("s", claim.token, [user("warm-up"), bot("ok")])
+
+    before = round_trips(proxies)
+    for port in ports:
+        command(port, "CONFIG", "RESETSTAT")
+    for i in range(10):
+        claim = await store.begin_turn("s", owner="t", lease_ttl=5, turn_id=f"id{i}")
+        assert claim.token is not None
+        assert len(claim.messages) == 2 * (i + 1)
+        await store.end_turn("s", claim.token, [user(f"q{i}"), bot(f"a{i}")], turn_id=f"id{i}")
+
+    assert round_trips(proxies) - before == 20
+    calls = command_calls(ports)
+    assert calls.get("evalsha") == 20
+    assert "publish" not in calls  # no waiter: a release publishes nothing
+    assert "eval" not in calls
+
+    async def cost(operation: Any) -> int:
+        before = round_trips(proxies)
+        await operation
+        return round_trips(proxies) - before
+
+    claim = await store.begin_turn("s", owner="t", lease_ttl=5)
+    assert claim.token is not None
+    assert await cost(store.renew_turn("s", claim.token, 5)) == 1
+    assert await cost(store.release_turn("s", claim.token)) == 1
+    assert await cost(store.has_turn("s", "id3")) == 1
+    assert await cost(store.get_ledger("s")) == 1
+
+
+async def test_lease_keys_share_the_session_slot_and_ttl(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    """The turn ids, ledger, lease and fencing keys sit in the session's hash slot; all
+    but the lease take the session's TTL (the fence outlives it by the lease TTL while a
+    turn runs); the lease takes the lease TTL; a store without TTL makes them permanent."""
+    prefix = unique_prefix()
+    key = {s: f"{prefix}:{{s}}:{s}" for s in "mhtglf"}
+    async with await RedisStateStore.connect(redis_server.url, prefix=prefix, ttl=100) as store:
+        claim = await store.begin_turn("s", owner="host:1:abc", lease_ttl=10)
+        assert claim.token is not None
+        assert await raw.hgetall(key["l"]) == {
+            b"tok": str(claim.token).encode(),
+            b"own": b"host:1:abc",
+        }
+        assert 9_000 < await raw.pttl(key["l"]) <= 10_000
+        assert 105_000 < await raw.pttl(key["f"]) <= 110_000  # session TTL + lease TTL
+        await store.end_turn("s", claim.token, [user("q"), bot("a")], turn_id="id")
+        assert not await raw.exists(key["l"])
+        for suffix in "mtgf":
+            assert 95_000 < await raw.pttl(key[suffix]) <= 100_000, suffix
+        assert await raw.hget(key["t"], "id") == b"0 2"  # position and count
+        slots = {key_slot(k.encode()) for k in key.values()}
+        assert len(slots) == 1
+
+        # A plain write renews the TTL of the turn ids and the ledger too.
+        await raw.pexpire(key["t"], 5000)
+        await raw.pexpire(key["g"], 5000)
+        await store.append("s", [user("x")])
+        assert 95_000 < await raw.pttl(key["t"]) <= 100_000
+        assert 95_000 < await raw.pttl(key["g"]) <= 100_000
+
+    async with await RedisStateStore.connect(redis_server.url, prefix=prefix) as forever:
+        claim = await forever.begin_turn("s", owner="o", lease_ttl=10)
+        assert claim.token is not None
+        await forever.end_turn("s", claim.token, [user("q2"), bot("a2")], turn_id="id2")
+        for suffix in "mtgf":
+            assert await raw.pttl(key[suffix]) == -1, suffix
+
+
+async def test_a_session_with_only_a_lease_is_not_listed_and_does_not_exist(
+    store: RedisStateStore, raw: aioredis.Redis
+) -> None:
+    claim = await store.begin_turn("ghost", owner="o", lease_ttl=10)
+    assert claim.token is not None
+    assert await raw.exists(f"{store.prefix}:{{ghost}}:l", f"{store.prefix}:{{ghost}}:f") == 2
+    await store.append("real", [user("x")])
+    assert (await store.list_sessions()).session_ids == ("real",)
+    assert await store.count("ghost") == 0
+    assert await store.delete("ghost") is False
+    # delete drops the fencing key: the running turn is fenced, and a later token still grows.
+    with pytest.raises(LeaseLostError):
+        await store.end_turn("ghost", claim.token, [user("late")])
+    assert await store.load("ghost") == []
+    await store.release_turn("ghost", claim.token)
+    later = await store.begin_turn("ghost", owner="o", lease_ttl=10)
+    assert later.token is not None
+    assert later.token > claim.token
+
+
+async def test_turn_scripts_work_after_script_flush(
+    store: RedisStateStore, raw: aioredis.Redis
+) -> None:
+    await store.append("s", [user("x")])  # loads the script
+    await raw.script_flush()
+    claim = await store.begin_turn("s", owner="o", lease_ttl=10)
+    assert claim.token is not None
+    assert contents(claim.messages) == ["x"]
+    await raw.script_flush()
+    await store.end_turn("s", claim.token, [user("q"), bot("a")], turn_id="id")
+    assert await store.has_turn("s", "id")
+
+
+async def subscribers(raw: aioredis.Redis, channel: str) -> int:
+    return int(dict(await raw.pubsub_numsub(channel))[channel.encode()])
+
+
+async def test_the_subscriber_starts_with_the_first_wait_and_aclose_closes_it(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    prefix = unique_prefix()
+    channel = prefix + ":signals"
+    store = await RedisStateStore.connect(redis_server.url, prefix=prefix)
+    try:
+        claim = await store.begin_turn("s", owner="o", lease_ttl=10)
+        assert claim.token is not None
+        await store.end_turn("s", claim.token, [user("q")])
+        assert await subscribers(raw, channel) == 0  # turns alone never subscribe
+        holder = await store.begin_turn("s", owner="o", lease_ttl=10)
+        assert holder.token is not None
+        assert (await store.begin_turn("s", owner="p", lease_ttl=10)).token is None
+        waiting = asyncio.ensure_future(store.wait_turn("s", 10))
+        await store._listen()  # the waiter's subscription is up
+        assert await subscribers(raw, channel) == 1
+        assert not waiting.done()
+        await store.release_turn("s", holder.token)
+        assert await asyncio.wait_for(waiting, 5) is True
+    finally:
+        await store.aclose()
+    assert await subscribers(raw, channel) == 0
+
+
+async def test_a_release_publishes_only_when_a_turn_waits(
+    redis_server: RedisServer, store: RedisStateStore
+) -> None:
+    def published() -> int:
+        stats = command(redis_server.port, "INFO", "commandstats").decode()
+        line = next((x for x in stats.splitlines() if x.startswith("cmdstat_publish:")), "")
+        return int(line.split("calls=")[1].split(",")[0]) if line else 0
+
+    before = published()
+    claim = await store.begin_turn("s", owner="o", lease_ttl=10)
+    assert claim.token is not None
+    await store.end_turn("s", claim.token, [user("q")])
+    assert published() == before
+    claim = await store.begin_turn("s", owner="o", lease_ttl=10)
+    assert claim.token is not None
+    assert (await store.begin_turn("s", owner="p", lease_ttl=10)).token is None  # flags it
+    await store.release_turn("s", claim.token)
+    assert published() == before + 1
+
+
+async def test_a_waiter_notices_an_expired_lease_within_the_poll_interval(
+    redis_server: RedisServer,
+) -> None:
+    """A holder that died publishes nothing; the waiter's poll notices the expiry."""
+    async with await RedisStateStore.connect(
+        redis_server.url, prefix=unique_prefix(), signal_poll_interval=0.2
+    ) as store:
+        assert (await store.begin_turn("s", owner="dead", lease_ttl=0.3)).token is not None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await store.wait_turn("s", 10) is True
+        assert loop.time() - start <= 0.3 + 0.2 + 0.5  # TTL + poll interval + slack
+        assert (await store.begin_turn("s", owner="next", lease_ttl=5)).token is not None
+
+
+async def test_a_steal_from_another_store_reaches_the_watcher(
+    redis_server: RedisServer,
+) -> None:
+    """Two store objects (two processes, as far as Redis can tell): the steal by one is
+    published and the other's watcher is told."""
+    prefix = unique_prefix()
+    async with (
+        await RedisStateStore.connect(redis_server.url, prefix=prefix) as first,
+        await RedisStateStore.connect(redis_server.url, prefix=prefix) as second,
+    ):
+        token = (await first.begin_turn("s", owner="a", lease_ttl=30)).token
+        assert token is not None
+        lost = asyncio.Event()
+        stop = first.watch_lease("s", token, lost.set)
+        await first._listen()  # subscribed: the steal below is heard, not found by the check
+        stolen = (await second.begin_turn("s", owner="b", lease_ttl=30, steal=True)).token
+        assert stolen is not None
+        await asyncio.wait_for(lost.wait(), 5)
+        stop()
+        with pytest.raises(LeaseLostError):
+            await first.end_turn("s", token, [user("late")])
+        await second.end_turn("s", stolen, [user("q")])
+        assert contents(await first.load("s")) == ["q"]
