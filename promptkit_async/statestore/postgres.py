@@ -994,11 +994,13 @@ class PostgresStateStore(AsyncResource):
             try:
                 await asyncio.wait_for(conn.add_listener(self._sql.channel, self._on_notify), wait)
                 conn.add_termination_listener(self._on_listener_lost)
-            except _DRIVER_ERRORS:
+            except BaseException as exc:  # cancelled too: the connection goes back
                 conn.terminate()
                 with contextlib.suppress(*_DRIVER_ERRORS):
                     await self.pool.release(conn, timeout=self.timeout)
-                return False
+                if isinstance(exc, _DRIVER_ERRORS):
+                    return False
+                raise
             self._listener = conn
             return True
 
