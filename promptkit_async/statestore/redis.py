@@ -1234,16 +1234,19 @@ class RedisStateStore(AsyncResource):
         return self._ready
 
     async def _subscribe_loop(self) -> None:
+        # Ends when cancelled by aclose, or at the latest one read (1 s) after the store
+        # closed: asyncio.wait_for (3.11) may swallow a cancellation that races with
+        # its inner call finishing, so the loop also checks the flag.
         delay = 0.05
         first = True
-        while True:
+        while not self._closed:
             pubsub = self.client.pubsub()
             try:
                 await asyncio.wait_for(pubsub.subscribe(self._channel), self.timeout)
                 self._subscribed(first)
                 first = False
                 delay = 0.05
-                while True:
+                while not self._closed:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._dispatch(message["data"])
@@ -1326,8 +1329,13 @@ class RedisStateStore(AsyncResource):
         subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None:
             subscriber.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await subscriber
+            # Bounded: the loop also stops on its own within a read after the flag.
+            await asyncio.wait({subscriber}, timeout=self.timeout + 1.0)
+            if not subscriber.done():
+                subscriber.cancel()
+                await asyncio.wait({subscriber}, timeout=self.timeout)
+            if subscriber.done() and not subscriber.cancelled():
+                subscriber.exception()
         await self._batcher.drain()
         if self._tasks:
             await asyncio.wait(set(self._tasks))  # each ends by its deadline

@@ -51,8 +51,9 @@ WORKER = Path(__file__).with_name("_worker.py")
 MODEL = "gpt-4o-mini"
 #: Seconds a worker may take to start, and a whole run to finish (a hang guard).
 START_GUARD = 60.0
-RUN_GUARD = 120.0
-_REPLY = re.compile(r"^reply to (?P<q>.*) #(?P<n>\d+)$", re.DOTALL)
+RUN_GUARD = 90.0
+# A stored reply: "reply to <question> #<request>", plus the dots a held stream dripped.
+_REPLY = re.compile(r"^reply to (?P<q>.*) #(?P<n>\d+)\.*$", re.DOTALL)
 
 
 # --- store specs ---------------------------------------------------------------------
@@ -133,12 +134,17 @@ class CheckingUpstream:
     answer (the model's latency, so that turns of different workers overlap).
 
     ``hold(text)``: requests whose last message contains ``text`` wait, after being
-    logged, until :meth:`release` (``held`` is set when one arrives). A client that
-    gave up meanwhile (an interrupted turn) just finds the connection closed.
+    logged, until :meth:`release` (``held`` is set when one arrives). A held stream
+    sends its reply's text at once, then a ``.`` every ``drip`` seconds until released
+    (the turn is running and streaming, so a turn interrupted from elsewhere sees its
+    next chunk), then finishes; a held non-streamed request answers once released. A
+    client that gave up meanwhile (an interrupted turn) just finds the connection
+    closed.
     """
 
-    def __init__(self, *, delay: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, drip: float = 0.02) -> None:
         self.delay = delay
+        self.drip = drip
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._hold: str | None = None
@@ -211,14 +217,47 @@ class CheckingUpstream:
             )
             self.requests.append(request)
             held = self._hold_match(request)
+        text = f"reply to {request.question} #{request.number}"
         if held:
             self.held.set()
+            if body.get("stream"):
+                with contextlib.suppress(OSError):  # the client gave up (interrupted)
+                    self._drip(handler, body, text, usage)
+                return
             self._released.wait(RUN_GUARD)
         if self.delay:
             time.sleep(self.delay)  # the model's latency (a thread of its own)
-        text = f"reply to {request.question} #{request.number}"
         with contextlib.suppress(OSError):  # the client gave up (an interrupted turn)
             _send(handler, body, text, usage)
+
+    def _drip(
+        self,
+        handler: http.server.BaseHTTPRequestHandler,
+        body: dict[str, Any],
+        text: str,
+        usage: dict[str, int],
+    ) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        chunk = {"id": "c1", "created": 0, "model": body.get("model", MODEL)}
+        chunk["object"] = "chat.completion.chunk"
+
+        def event(data: dict[str, Any]) -> None:
+            handler.wfile.write(f"data: {json.dumps({**chunk, **data})}\n\n".encode())
+            handler.wfile.flush()
+
+        delta: dict[str, Any] = {"role": "assistant", "content": text}
+        event({"choices": [{"index": 0, "delta": delta}]})
+        deadline = time.monotonic() + RUN_GUARD
+        while not self._released.wait(self.drip) and time.monotonic() < deadline:
+            event({"choices": [{"index": 0, "delta": {"content": "."}}]})
+        event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        event({"choices": [], "usage": usage})
+        handler.wfile.write(b"data: [DONE]\n\n")
+        handler.wfile.flush()
 
 
 def _send(
@@ -283,7 +322,6 @@ class WorkerConfig:
             counts as ``ok``).
         renew: renew the lease while a turn runs (protocol mode; the pipeline decides
             for itself).
-        stream: use ``pipe.stream`` instead of ``execute``.
     """
 
     spec: StoreSpec
@@ -300,7 +338,6 @@ class WorkerConfig:
     turn_ids: bool = True
     retry_ambiguous: int = 0
     renew: bool = True
-    stream: bool = False
 
     def to_json(self) -> str:
         data = asdict(self)

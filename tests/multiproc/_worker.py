@@ -156,24 +156,16 @@ class PipelineTurns:
         self.pipe = Pipeline(
             StateMiddleware(
                 store,
-                on_busy=config.policy,
+                on_busy=config.policy,  # type: ignore[arg-type]
                 lease_ttl=config.lease_ttl,
-                queue_timeout=config.queue_timeout,
+                busy_timeout=config.queue_timeout,
             ),
             ProviderMiddleware(provider),
         )
 
     async def run(self, question: str, turn_id: str | None) -> str:
-        session = self.config.session
-        if self.config.stream:
-            async with self.pipe.stream(session, "user", question, turn_id=turn_id) as stream:
-                async for _ in stream:
-                    pass
-            result = stream.result
-        else:
-            result = await self.pipe.execute(session, "user", question, turn_id=turn_id)
-        replayed = result.metadata.get("replayed") if result.metadata else False
-        return "replayed" if replayed else "ok"
+        result = await self.pipe.execute(self.config.session, "user", question, turn_id=turn_id)
+        return "replayed" if result.replayed else "ok"
 
     async def aclose(self) -> None:
         await self.pipe.shutdown()

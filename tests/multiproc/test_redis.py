@@ -32,7 +32,7 @@ from tests.multiproc._harness import (
 pytestmark = pytest.mark.redis
 
 #: How the workers run their turns: "pipeline" (StateMiddleware) or "protocol".
-MODE = "protocol"
+MODE = "pipeline"
 #: Seconds the interrupted worker may take to learn of the interrupt.
 INTERRUPT_BOUND = 1.0
 
@@ -112,13 +112,21 @@ async def test_interrupt_policy_across_processes(
     assert latency <= INTERRUPT_BOUND, latency
 
 
+@pytest.mark.parametrize("holder_mode", ["protocol", "pipeline"])
 async def test_a_stalled_worker_is_fenced(
-    spec: StoreSpec, upstream: CheckingUpstream, tmp_path: Path, figures_log: list[Figures]
+    spec: StoreSpec,
+    upstream: CheckingUpstream,
+    tmp_path: Path,
+    figures_log: list[Figures],
+    holder_mode: str,
 ) -> None:
     """A worker SIGSTOPped while holding the lease loses it after its TTL; another
-    worker's turn runs; SIGCONT: the stalled worker's end_turn is refused
-    (LeaseLostError) and nothing it wrote is visible."""
-    holder = await held_turn(spec, upstream, tmp_path, lease_ttl=1.0, mode="protocol", renew=False)
+    worker's turn runs; SIGCONT: the stalled worker's turn fails with LeaseLostError
+    and nothing it wrote is visible. ``protocol``: the holder does not renew, so the
+    refusal is its ``end_turn``'s, fenced by the token; ``pipeline``: StateMiddleware
+    finds its renewal refused first."""
+    options: dict[str, Any] = {"renew": False} if holder_mode == "protocol" else {}
+    holder = await held_turn(spec, upstream, tmp_path, lease_ttl=1.0, mode=holder_mode, **options)
     holder.stop()
     try:
         upstream.release()  # its reply waits in the socket while it is frozen
@@ -131,7 +139,9 @@ async def test_a_stalled_worker_is_fenced(
     finally:
         holder.cont()
     stalled = await holder.wait()
-    figures = await checked(spec, upstream, [*successor, *stalled], "sigstop", 2)
+    figures = await checked(
+        spec, upstream, [*successor, *stalled], f"sigstop ({holder_mode} holder)", 2
+    )
     figures_log.append(figures)
     figures.assert_clean()
     assert [r["outcome"] for r in successor] == ["ok"]
