@@ -31,6 +31,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import math
 import re
 import time
 from collections import OrderedDict
@@ -50,6 +51,7 @@ from ..errors import (
     LeaseLostError,
     StoreDataError,
     StoreError,
+    StoreTimeoutError,
     StoreUnavailableError,
 )
 from ..types import Cost, Message, Usage
@@ -1554,9 +1556,14 @@ def _translate(
     detail = str(exc).rstrip(".") or type(exc).__name__
     maybe = " The write may or may not have been applied (never in part)." if op in _WRITES else ""
     if isinstance(exc, asyncio.TimeoutError):
-        return StoreUnavailableError(
+        # A StoreTimeoutError (a StoreUnavailableError): StateMiddleware reports a turn
+        # whose end_turn timed out after it was sent as ambiguous (AmbiguousTurnError).
+        return StoreTimeoutError(
             f"{where} did not answer {op} within {timeout}s.{maybe} It is overloaded, stuck "
-            f"or unreachable; {check}"
+            f"or unreachable; {check}",
+            operation=op,
+            timeout=timeout if timeout is not None else math.inf,
+            maybe_applied=op in _WRITES,
         )
     if isinstance(exc, pgexc.QueryCanceledError):
         return StoreUnavailableError(
