@@ -324,6 +324,8 @@ class PostgresStateStore(AsyncResource):
         self._listener: Any = None  # the pooled connection that LISTENs, once started
         self._listener_lock: asyncio.Lock | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        # Leases failed calls may have left held, per session: (tokens, owners).
+        self._orphans: dict[str, tuple[set[int], set[str]]] = {}
 
     @classmethod
     async def connect(
@@ -817,11 +819,17 @@ class PostgresStateStore(AsyncResource):
         generation = self._generations.get(session_id, 0)
         args = (session_id, owner, ttl, bool(load), last_n, turn_id, bool(steal), refresh)
         loop = asyncio.get_running_loop()
+        if session_id in self._orphans:
+            await self._free_orphans(session_id, owner)
         claim = loop.create_task(self._fetch("begin_turn", self._sql.begin_turn, *args))
         try:
             rows = await asyncio.shield(claim)
         except asyncio.CancelledError:
             claim.add_done_callback(lambda task: self._release_orphan(session_id, task))
+            raise
+        except StoreUnavailableError:
+            # It may have taken the lease, token unknown: free it before the next claim.
+            self._orphan(session_id, owner=owner)
             raise
         token, busy_for, stored, records, *totals = rows[0]
         ledger = _ledger(totals)
@@ -900,7 +908,13 @@ class PostgresStateStore(AsyncResource):
         )
         # Through the batcher, as append: a sent end_turn finishes before a turn's
         # cancellation is re-raised (finish_sent_writes).
-        outcome = await self._batched("end_turn", command)
+        try:
+            outcome = await self._batched("end_turn", command)
+        except StoreUnavailableError:
+            # Maybe not applied, then the lease is still ours: give it back before the
+            # session's next claim here (a no-op if the turn was stored).
+            self._orphan(session_id, token=token)
+            raise
         if outcome == 2:
             raise _lease_lost(session_id, token)
         self._waiters.wake(session_id)
@@ -918,8 +932,44 @@ class PostgresStateStore(AsyncResource):
             self._fetch("release_turn", self._sql.release_turn, session_id, token)
         )
         self._tasks_add(task)
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except StoreUnavailableError:
+            self._orphan(session_id, token=token)  # given back at the next claim here
+            raise
         self._waiters.wake(session_id)
+
+    def _orphan(
+        self, session_id: str, *, token: int | None = None, owner: str | None = None
+    ) -> None:
+        """Remember a lease this store may still hold but could not give back."""
+        tokens, owners = self._orphans.setdefault(session_id, (set(), set()))
+        if token is not None:
+            tokens.add(token)
+        if owner is not None:
+            owners.add(owner)
+        while len(self._orphans) > _MAX_GENERATIONS:  # the oldest expire by themselves
+            del self._orphans[next(iter(self._orphans))]
+
+    async def _free_orphans(self, session_id: str, owner: str) -> None:
+        """Give back the leases of the session that failed calls may have left held.
+
+        Only before a claim of the same owner, which StateMiddleware makes only once its
+        own earlier turns on the session are over: a lease of that owner is then one
+        whose claim failed. One more round trip, only after such a failure.
+        """
+        tokens, owners = self._orphans.pop(session_id)
+        try:
+            for token in sorted(tokens):
+                await self._fetch("release_turn", self._sql.release_turn, session_id, token)
+            if owner in owners:
+                await self._fetch("release_turn", self._sql.release_owner, session_id, owner)
+                owners.discard(owner)
+        except StoreError:
+            self._orphans[session_id] = (tokens, owners)
+            raise
+        if owners:  # other owners' leftovers wait for their own next claims
+            self._orphans[session_id] = (set(), owners)
 
     def _tasks_add(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -1328,6 +1378,12 @@ class _Statements:
         self.begin_turn = f'SELECT * FROM {fn}begin_turn"($1, $2, $3, $4, $5, $6, $7, $8)'
         self.end_turn = f'SELECT {fn}end_turn"($1, $2, $3::text[], $4, $5, $6, $7, $8, $9, $10)'
         self.release_turn = f'SELECT {fn}release_turn"($1, $2)'
+        # A lease whose claim's outcome was lost: freed by its owner's next claim.
+        self.release_owner = (
+            f"UPDATE {sessions} SET lease_owner = NULL, lease_expires_at = NULL, "
+            "contended = false WHERE id = $1 AND lease_owner = $2 "
+            "AND lease_expires_at IS NOT NULL"
+        )
         self.renew_turn = (
             f"UPDATE {sessions} SET lease_expires_at = clock_timestamp() + "
             "$3 * interval '1 second' WHERE id = $1 AND fence = $2 "
