@@ -210,6 +210,7 @@ class SQLiteStateStore(AsyncResource):
         self._waiters = Waiters()
         self._watches = Watches()
         self._watch_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # releases finishing in the background
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({self.path!r}, ttl={self.ttl}, closed={self._closed})"
@@ -407,20 +408,28 @@ class SQLiteStateStore(AsyncResource):
             check_turn_id(turn_id)
         now = self._clock()
         refresh = self._expiry(now) if self.refresh_ttl_on_read else None
-        token, records, ledger, stored, _, taken = await self._run(
-            "begin_turn",
-            True,
-            _begin_turn,
-            session_id,
-            owner,
-            now,
-            now + ttl,
-            bool(load),
-            last_n,
-            turn_id,
-            bool(steal),
-            refresh,
+        claim = asyncio.get_running_loop().create_task(
+            self._run(
+                "begin_turn",
+                True,
+                _begin_turn,
+                session_id,
+                owner,
+                now,
+                now + ttl,
+                bool(load),
+                last_n,
+                turn_id,
+                bool(steal),
+                refresh,
+            )
         )
+        try:
+            token, records, ledger, stored, _, taken = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # The claim finishes in its thread: a lease it took is given back.
+            claim.add_done_callback(lambda task: self._release_orphan(session_id, task))
+            raise
         totals = Ledger(*ledger)
         if stored is not None:
             turn = tuple(decode_messages(stored, session_id=session_id))
@@ -430,6 +439,20 @@ class SQLiteStateStore(AsyncResource):
         if taken is not None:
             self._watches.lost(session_id, token)  # this process's holder, told at once
         return TurnClaim(token, decode_messages(records, session_id=session_id), totals)
+
+    def _release_orphan(self, session_id: str, claim: asyncio.Task[Any]) -> None:
+        if claim.cancelled() or claim.exception() is not None or self._closed:
+            return
+        token = claim.result()[0]
+        if token is not None:
+            task = asyncio.get_running_loop().create_task(self._release_quietly(session_id, token))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _release_quietly(self, session_id: str, token: int) -> None:
+        with contextlib.suppress(StoreError):
+            await self._run("release_turn", True, _release, session_id, token)
+        self._waiters.wake(session_id)
 
     async def renew_turn(self, session_id: str, token: int, lease_ttl: float) -> bool:
         """Extend the lease to ``lease_ttl`` s from now; ``False`` if another turn took it."""
@@ -492,7 +515,15 @@ class SQLiteStateStore(AsyncResource):
         """Give the lease back without writing; a no-op if ``token`` no longer holds it."""
         check_session_id(session_id)
         check_token(token)
-        await self._run("release_turn", True, _release, session_id, token)
+        # Once started it completes even if the caller is cancelled (a cleanup that is
+        # interrupted must not leave the lease to expire).
+        task = asyncio.get_running_loop().create_task(
+            self._run("release_turn", True, _release, session_id, token)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.shield(task)
         self._waiters.wake(session_id)
 
     async def wait_turn(self, session_id: str, timeout: float) -> bool:  # noqa: ASYNC109 (the protocol)
@@ -583,6 +614,8 @@ class SQLiteStateStore(AsyncResource):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._waiters.wake_all()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._writes.aclose()
         await self._reads.aclose()
 
