@@ -5,8 +5,26 @@ use)::
 
     S.P_schema_version (version INT PRIMARY KEY, applied_at TIMESTAMPTZ)
     S.P_sessions (id TEXT PRIMARY KEY, metadata JSONB, start_seq BIGINT, next_seq BIGINT,
-                  expires_at TIMESTAMPTZ)
+                  expires_at TIMESTAMPTZ,
+                  fence BIGINT, lease_owner TEXT, lease_expires_at TIMESTAMPTZ,
+                  contended BOOLEAN,                                  -- layout 2: the lease
+                  l_turns, l_prompt, l_completion, l_cached, l_total BIGINT,
+                  l_cost DOUBLE PRECISION)                            -- layout 2: the ledger
     S.P_messages (session_id TEXT, seq BIGINT, record TEXT, PRIMARY KEY (session_id, seq))
+    S.P_turns (session_id TEXT, turn_id TEXT, first_seq BIGINT, n INT)  -- layout 2
+    S.P_fence (a sequence), S.P_begin_turn / P_end_turn / P_release_turn (plpgsql)
+
+Session leases (layout 2, :class:`~promptkit_async.statestore.TurnStore`): the lease
+lives in the session's row; it is held while ``lease_expires_at`` is in the future by
+the server's clock (``clock_timestamp()``), so processes with skewed clocks agree.
+Fencing tokens come from one sequence for all the sessions of the tables: they only
+grow, even across a session's row being purged and created again, so a token an old
+holder may still hold is never issued again; ``fence`` is the newest token of the
+session, and ``end_turn`` writes only with it. A turn id's row records where its
+messages start and how many there are; a save, fork, delete or expiry moves
+``start_seq`` past them, which forgets it. ``begin_turn``, ``end_turn`` and
+``release_turn`` are calls of server-side functions: one round trip each, under the
+session row's lock (two racing claims: exactly one wins).
 
 A session's live messages are the rows with ``start_seq <= seq < next_seq``: ``append``
 takes the next sequence numbers under the session row's lock, ``save``, ``delete`` and an
@@ -265,10 +283,22 @@ class PostgresStateStore(AsyncResource):
     or not at all, and its connection goes back to the pool only once the server has
     answered the cancellation (or is dropped).
 
+    Session leases: a busy ``begin_turn`` marks the session contended; the holder's
+    ``end_turn`` or ``release_turn`` then sends a ``NOTIFY`` (only then), in its own
+    transaction. Each store object LISTENs on one pooled connection, taken by its first
+    ``wait_turn`` or ``watch_lease`` and given back by :meth:`aclose`; a waiter hears a
+    release within one network hop, and looks again every 0.5 s should a notification
+    be lost, and when the holder's lease ends (a holder that died). A steal, or the
+    takeover of an expired lease, notifies the old holder's watchers the same way. A
+    claim whose answer was lost (its outcome unknown), or an ``end_turn`` or
+    ``release_turn`` that failed, leaves no lease behind for ``lease_ttl``: the store
+    gives it back before the same owner's next claim on the session.
+
     Failures: an unreachable, restarting or read-only server, a statement timeout, a
     serialization failure or an exhausted pool raise
     :class:`~promptkit_async.errors.StoreUnavailableError` naming the address and what to
-    check; a timed-out write may or may not have been applied (never in part). Other
+    check (:class:`~promptkit_async.errors.StoreTimeoutError` past ``timeout``); a
+    timed-out write may or may not have been applied (never in part). Other
     database errors raise :class:`~promptkit_async.errors.StoreError`. Broken
     connections are replaced on the next operation, so after a server restart the same
     store works again.

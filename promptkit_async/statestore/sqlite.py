@@ -2,8 +2,24 @@
 
 Tables (created on first use; ``PRAGMA user_version`` records the layout version)::
 
-    promptkit_sessions (id TEXT PRIMARY KEY, metadata TEXT, next_seq INTEGER, expires_at REAL)
+    promptkit_sessions (id TEXT PRIMARY KEY, metadata TEXT, next_seq INTEGER, expires_at REAL,
+                        l_turns, l_prompt, l_completion, l_cached, l_total INTEGER,
+                        l_cost REAL)                                  -- layout 2: the ledger
     promptkit_messages (session_id TEXT, seq INTEGER, record TEXT, PRIMARY KEY (session_id, seq))
+    promptkit_leases (session_id TEXT PRIMARY KEY, fence INTEGER, owner TEXT,
+                      expires_at REAL, contended INTEGER)             -- layout 2
+    promptkit_turns (session_id TEXT, turn_id TEXT, first_seq INTEGER, n INTEGER)  -- 2
+    promptkit_fence (id = 1, value INTEGER)                           -- layout 2
+
+Session leases (layout 2, :class:`~promptkit_async.statestore.TurnStore`), for several
+processes on one file: ``begin_turn`` and ``end_turn`` are ``BEGIN IMMEDIATE``
+transactions, so two racing claims are serialised by SQLite's write lock and exactly
+one wins. Fencing tokens come from the one counter of ``promptkit_fence``: they only
+grow for the whole file, so a token an old holder may still hold is never issued again.
+A session's lease row (its newest token) outlives the session by an hour, so a holder
+stalled that long is fenced too. Lease expiry is judged by the store's ``clock``, the
+wall clock by default, so every process on the file must share it (one machine: it is
+the same clock). A file of layout 1 is migrated on first use, its data kept.
 
 ``record`` is the shared JSON record of a message (see ``records``), so histories move
 between SQLite and Redis unchanged. Session ids are stored as they are (SQL parameters,
