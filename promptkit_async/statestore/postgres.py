@@ -587,7 +587,8 @@ class PostgresStateStore(AsyncResource):
         if not self._ready:
             await self._ensure_ready(op)
         # An append that was sent finishes before a turn's cancellation (see Batcher).
-        result = (await self._batcher.call((command,), write=command[0] == "append"))[0]
+        write = command[0] in ("append", "end_turn")
+        result = (await self._batcher.call((command,), write=write))[0]
         if isinstance(result, Exception):
             raise result
         return result

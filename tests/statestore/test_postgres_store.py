@@ -29,6 +29,7 @@ from promptkit_async import (
     StoreError,
     StoreUnavailableError,
 )
+from promptkit_async._concurrency import finish_sent_writes
 from promptkit_async.statestore import Ledger, PostgresStateStore
 from promptkit_async.statestore.postgres import LAYOUT_VERSION, channel_name
 from promptkit_async.statestore.records import encode_messages
@@ -627,3 +628,35 @@ async def _wait_for_lock_wait(raw: asyncpg.Connection, dsn: str) -> None:
         await asyncio.wait_for(poll(), 10)
     finally:
         await conn.close()
+
+
+async def test_a_turn_cancelled_while_its_end_turn_is_on_the_wire_waits_for_it(
+    postgres_server: PostgresServer, raw: asyncpg.Connection
+) -> None:
+    """Inside finish_sent_writes() (as StateMiddleware saves), a sent end_turn lands
+    before the caller's cancellation is re-raised, like append."""
+    schema = unique_schema()
+    async with await PostgresStateStore.connect(postgres_server.dsn, schema=schema) as store:
+        claim = await store.begin_turn("s", owner=OWNER, lease_ttl=60)
+        assert claim.token is not None
+        token = claim.token
+        lock = raw.transaction()
+        await lock.start()
+        await raw.execute(
+            f"SELECT 1 FROM \"{schema}\".promptkit_sessions WHERE id = 's' FOR UPDATE"
+        )
+
+        async def save() -> None:
+            with finish_sent_writes():
+                await store.end_turn("s", token, [user("q"), bot("a")], turn_id="t")
+
+        saving = asyncio.ensure_future(save())
+        await _wait_for_lock_wait(raw, postgres_server.dsn)  # sent, waiting for the row
+        saving.cancel()
+        done, _ = await asyncio.wait({saving}, timeout=0.3)
+        assert not done  # still waiting for its sent write
+        await lock.commit()
+        with pytest.raises(asyncio.CancelledError):
+            await saving
+        assert contents(await store.load("s")) == ["q", "a"]
+        assert await store.has_turn("s", "t")
