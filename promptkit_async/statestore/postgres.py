@@ -271,7 +271,9 @@ class PostgresStateStore(AsyncResource):
     that concurrent tasks start during one event-loop iteration travel together: one
     statement for all the loads, one for all the appends, run at once on two pooled
     connections (each operation is still atomic on its own; a server error fails the
-    operations of its statement).
+    operations of its statement). Likewise ``begin_turn`` and ``end_turn`` calls: one
+    statement for the claims, one for the ends (each call still fenced and atomic on its
+    own session; sessions are locked in id order, so batches never deadlock).
 
     Concurrency: safe to share between any number of tasks on one event loop (asyncpg
     pools are bound to their loop). Each operation is one statement, atomic on the
@@ -608,12 +610,12 @@ class PostgresStateStore(AsyncResource):
             jobs.append(self._append_batch(commands, appends, results))
         if loads:
             jobs.append(self._load_batch(commands, loads, results))
-        # A turn's end is one call of its own (it is fenced per session).
-        jobs += [
-            self._end_turn(commands[i], i, results)
-            for i, c in enumerate(commands)
-            if c[0] == "end_turn"
-        ]
+        # The turns' claims in one statement, their ends in another (each call fenced
+        # and atomic on its own session, the sessions locked in id order).
+        for op in ("begin_turn", "end_turn"):
+            indexes = [i for i, c in enumerate(commands) if c[0] == op]
+            if indexes:
+                jobs.append(self._turn_batch(op, commands, indexes, results))
         if len(jobs) == 1:
             await jobs[0]
         else:
@@ -663,14 +665,44 @@ class PostgresStateStore(AsyncResource):
         for n, i in enumerate(indexes):
             results[i] = found[n]
 
-    async def _end_turn(self, command: Command, index: int, results: list[Any]) -> None:
+    async def _turn_batch(
+        self, op: str, commands: list[Command], indexes: list[int], results: list[Any]
+    ) -> None:
+        """One call of the ``op`` function per command; several in one statement."""
+        sql = self._sql
+        # Sessions in id order (stable for one session's calls): batches never deadlock.
+        indexes = sorted(indexes, key=lambda i: commands[i][1])
         try:
-            rows = await self._run("end_turn", self._sql.end_turn, command[1:])
-            results[index] = rows[0][0]
+            if len(indexes) == 1:
+                (i,) = indexes
+                query = sql.begin_turn if op == "begin_turn" else sql.end_turn
+                rows = await self._run(op, query, commands[i][1:])
+                results[i] = rows[0] if op == "begin_turn" else rows[0][0]
+                return
+            if op == "begin_turn":
+                columns = list(zip(*(commands[i][1:] for i in indexes), strict=True))
+                rows = await self._run(op, sql.begin_turn_many, columns)
+                for row in rows:
+                    results[indexes[row[0] - 1]] = tuple(row[1:])
+                return
+            # end_turn: the records of all the calls in one array, each call's a slice.
+            records: list[str] = []
+            firsts: list[int] = []
+            lasts: list[int] = []
+            for i in indexes:
+                firsts.append(len(records) + 1)
+                records += commands[i][3]
+                lasts.append(len(records))
+            others = list(zip(*(commands[i][1:] for i in indexes), strict=True))
+            del others[2]  # the records
+            rows = await self._run(op, sql.end_turn_many, [records, firsts, lasts, *others])
+            for row in rows:
+                results[indexes[row[0] - 1]] = row[1]
         except (*_DRIVER_ERRORS, StoreError) as exc:
-            error = exc if isinstance(exc, StoreError) else self._driver_error(exc, "end_turn")
+            error = exc if isinstance(exc, StoreError) else self._driver_error(exc, op)
             error.__cause__ = None if error is exc else exc
-            results[index] = error
+            for i in indexes:
+                results[i] = error
 
     def _translate(self, exc: BaseException, op: str) -> StoreError:
         return _translate(exc, op, self._address, self.timeout, self.schema)
@@ -852,7 +884,7 @@ class PostgresStateStore(AsyncResource):
         loop = asyncio.get_running_loop()
         if session_id in self._orphans:
             await self._free_orphans(session_id, owner)
-        claim = loop.create_task(self._fetch("begin_turn", self._sql.begin_turn, *args))
+        claim = loop.create_task(self._batched("begin_turn", ("begin_turn", *args)))
         try:
             rows = await asyncio.shield(claim)
         except asyncio.CancelledError:
@@ -862,7 +894,7 @@ class PostgresStateStore(AsyncResource):
             # It may have taken the lease, token unknown: free it before the next claim.
             self._orphan(session_id, owner=owner)
             raise
-        token, busy_for, stored, records, *totals = rows[0]
+        token, busy_for, stored, records, *totals = rows
         ledger = _ledger(totals)
         if stored:
             return TurnClaim(
@@ -874,11 +906,11 @@ class PostgresStateStore(AsyncResource):
         self._watches.lost(session_id, token)  # a lease of this process, taken over
         return TurnClaim(token, decode_messages(records or [], session_id=session_id), ledger)
 
-    def _release_orphan(self, session_id: str, claim: asyncio.Task[list[Any]]) -> None:
+    def _release_orphan(self, session_id: str, claim: asyncio.Task[Any]) -> None:
         """A cancelled caller's claim finished: give back the lease it may have taken."""
         if claim.cancelled() or claim.exception() is not None or self._closed:
             return
-        token = claim.result()[0][0]
+        token = claim.result()[0]
         if token is not None:
             self._background(self._release(session_id, token))
 
@@ -1409,6 +1441,21 @@ class _Statements:
         self.begin_turn = f'SELECT * FROM {fn}begin_turn"($1, $2, $3, $4, $5, $6, $7, $8)'
         self.end_turn = f'SELECT {fn}end_turn"($1, $2, $3::text[], $4, $5, $6, $7, $8, $9, $10)'
         self.release_turn = f'SELECT {fn}release_turn"($1, $2)'
+        # Many claims or ends in one statement: one call per row, in the rows' order.
+        self.begin_turn_many = (
+            "SELECT q.i, b.* FROM unnest($1::text[], $2::text[], $3::float8[], "
+            "$4::boolean[], $5::bigint[], $6::text[], $7::boolean[], $8::float8[]) "
+            "WITH ORDINALITY AS q(id, owner, lease, load, last_n, turn, steal, refresh, i) "
+            f'CROSS JOIN LATERAL {fn}begin_turn"(q.id, q.owner, q.lease, q.load, q.last_n, '
+            "q.turn, q.steal, q.refresh) b ORDER BY q.i"
+        )
+        self.end_turn_many = (
+            f'SELECT q.i, {fn}end_turn"(q.id, q.token, ($1::text[])[q.first:q.last], '
+            "q.turn, q.ttl, q.p, q.c, q.ca, q.t, q.cost) FROM unnest($2::int[], $3::int[], "
+            "$4::text[], $5::bigint[], $6::text[], $7::float8[], $8::bigint[], $9::bigint[], "
+            "$10::bigint[], $11::bigint[], $12::float8[]) WITH ORDINALITY AS "
+            "q(first, last, id, token, turn, ttl, p, c, ca, t, cost, i) ORDER BY q.i"
+        )
         # A lease whose claim's outcome was lost: freed by its owner's next claim.
         self.release_owner = (
             f"UPDATE {sessions} SET lease_owner = NULL, lease_expires_at = NULL, "

@@ -335,7 +335,9 @@ async def test_ambiguous_turn_saves_retried_with_their_turn_ids_are_stored_once(
     try:
         await asyncio.wait_for(asyncio.gather(*(run(s) for s in sessions)), PHASE_GUARD)
         assert proxy.faults > 0
-        assert ambiguous == proxy.faults
+        # A fault hits every turn whose end_turn traveled in that statement (concurrent
+        # ends are batched into one): at least one caller each.
+        assert ambiguous >= proxy.faults
         # Each lost answer was of an applied save: its retry found it stored.
         assert replayed == ambiguous
         for session in sessions:
@@ -353,4 +355,10 @@ async def test_ambiguous_turn_saves_retried_with_their_turn_ids_are_stored_once(
     finally:
         await store.aclose()
         await proxy.aclose()
-    report.add(faults=proxy.faults, turns=len(sessions) * per_session, failed_but_stored=0)
+    report.add(
+        faults=proxy.faults,
+        turns=len(sessions) * per_session,
+        ambiguous=ambiguous,  # failed to their caller, yet stored...
+        replayed=replayed,  # ...each found stored by its retry
+        duplicates=0,
+    )

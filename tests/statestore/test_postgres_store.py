@@ -608,9 +608,15 @@ async def test_a_cancelled_begin_turn_gives_its_lease_back(
         with pytest.raises(asyncio.CancelledError):
             await claim
         await lock.commit()  # the claim now takes the lease, then gives it back
-        await asyncio.wait_for(asyncio.gather(*store._tasks), 10)
-        again = await store.begin_turn("s", owner="other", lease_ttl=60)
-        assert again.token is not None
+
+        async def taken_by_another() -> int:
+            while True:
+                await store.wait_turn("s", 5)
+                claim = await store.begin_turn("s", owner="other", lease_ttl=60)
+                if claim.token is not None:
+                    return claim.token
+
+        await asyncio.wait_for(taken_by_another(), 5)  # not in 60 s
 
 
 async def _wait_for_lock_wait(raw: asyncpg.Connection, dsn: str) -> None:
@@ -660,3 +666,39 @@ async def test_a_turn_cancelled_while_its_end_turn_is_on_the_wire_waits_for_it(
             await saving
         assert contents(await store.load("s")) == ["q", "a"]
         assert await store.has_turn("s", "t")
+
+
+async def test_concurrent_claims_and_ends_travel_in_one_statement_each(
+    counted: tuple[PostgresStateStore, CountingProxy],
+) -> None:
+    store, proxy = counted
+    sessions = [f"s{i}" for i in range(5)]
+
+    async def claim_all() -> list[int]:
+        claims = await asyncio.gather(
+            *(store.begin_turn(s, owner=OWNER, lease_ttl=30) for s in sessions)
+        )
+        tokens = [c.token for c in claims]
+        assert None not in tokens
+        return [t for t in tokens if t is not None]
+
+    async def end_all(tokens: list[int], n: int) -> None:
+        await asyncio.gather(
+            *(
+                store.end_turn(s, t, [user(f"{s}-q{n}"), bot(f"{s}-a{n}")], turn_id=f"t{n}")
+                for s, t in zip(sessions, tokens, strict=True)
+            )
+        )
+
+    await end_all(await claim_all(), 0)  # prepares the statements
+    await asyncio.gather(*store._tasks)  # the first write's background purge
+    before = proxy.round_trips
+    tokens = await claim_all()
+    assert proxy.round_trips - before == 1  # five claims, one round trip
+    before = proxy.round_trips
+    await end_all(tokens, 1)
+    assert proxy.round_trips - before == 1  # five ends, one round trip
+    for s in sessions:
+        assert contents(await store.load(s)) == [f"{s}-q0", f"{s}-a0", f"{s}-q1", f"{s}-a1"]
+        assert await store.has_turn(s, "t1")
+        assert (await store.get_ledger(s)).turns == 2
