@@ -724,7 +724,8 @@ class ExecutionResult:
         estimated_prompt_tokens: the local token estimate of what was sent, when a
             middleware computed one (compare with ``usage.prompt_tokens``).
         turn_id: the turn's idempotency key: the caller's ``turn_id=``, or the one
-            ``StateMiddleware`` generated (``None`` without a ``StateMiddleware``).
+            ``StateMiddleware`` generated over a store with session leases (else
+            ``None``).
             Retrying with it never stores the turn twice.
         replayed: ``True`` when the turn had already been stored under ``turn_id``: the
             stored reply was returned, the model was not called and nothing was stored

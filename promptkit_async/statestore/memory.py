@@ -373,10 +373,8 @@ class InMemoryStateStore(AsyncResource):
                 "end_turn needs the turn's messages; end a turn that stores nothing with "
                 "release_turn"
             )
-        if turn_id is not None and self._stored_turn(session_id, turn_id) is not None:
-            if self._holds(session_id, token) is not None:
-                self._free(session_id)
-            return  # stored already (a retried save): write nothing
+        # Fenced first: a stalled copy of a turn stored meanwhile learns it lost (its
+        # reply is not the stored one).
         if self._holds(session_id, token) is None:
             raise LeaseLostError(
                 f"session {session_id!r} was taken over by a newer turn (token {token} is "
@@ -384,6 +382,9 @@ class InMemoryStateStore(AsyncResource):
                 session_id=session_id,
                 token=token,
             )
+        if turn_id is not None and self._stored_turn(session_id, turn_id) is not None:
+            self._free(session_id)
+            return  # stored already (a retried save): write nothing
         session = self._for_write(session_id)
         if turn_id is not None:
             session.turn_ids[turn_id] = (len(session.messages), len(owned))

@@ -12,6 +12,7 @@ Round trips per operation are counted by each store's own tests, not here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any
@@ -411,6 +412,32 @@ async def test_begin_turn_with_a_stored_id_returns_that_turn_and_no_lease(ts: Tu
     assert claim.stored_turn is not None
     assert contents(claim.stored_turn) == ["q2", "a2"]
     await ts.release_turn("s", holder)
+
+
+async def test_a_stored_id_is_returned_even_when_asked_to_steal(ts: TurnStore) -> None:
+    # The retry of an interrupting turn must not interrupt the turn running now.
+    token = await taken(ts)
+    await ts.end_turn("s", token, turn(1), turn_id="t1")
+    holder = await taken(ts)
+    claim = await take(ts, turn_id="t1", steal=True)
+    assert claim.token is None
+    assert claim.stored_turn is not None
+    assert await ts.renew_turn("s", holder, LONG) is True  # still the holder's
+
+
+async def test_a_stored_id_with_a_stale_token_writes_nothing(
+    harness: StoreHarness, ts: TurnStore
+) -> None:
+    stale = await taken(ts, lease_ttl=10)
+    await harness.advance(11)
+    fresh = await taken(ts)
+    await ts.end_turn("s", fresh, turn(1), turn_id="t1")
+    # The stalled copy of the same turn wakes up: the turn is stored once either way
+    # (a store may answer "stored" or LeaseLostError: both are true).
+    with contextlib.suppress(LeaseLostError):
+        await ts.end_turn("s", stale, turn(1), turn_id="t1")
+    assert contents(await ts.load("s")) == ["q1", "a1"]
+    assert (await ts.get_ledger("s")).turns == 1
 
 
 async def test_begin_turn_with_an_unknown_id_takes_the_lease(ts: TurnStore) -> None:

@@ -8,6 +8,7 @@ multi-process tests in tests/multiproc run the same thing in real processes).
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from promptkit_async import (
     InvalidRequestError,
     LeaseLostError,
     Message,
+    MockProvider,
     Pipeline,
     ProviderMiddleware,
     ProviderRequest,
@@ -38,7 +40,12 @@ from promptkit_async import (
     Usage,
 )
 from promptkit_async.providers.base import BaseProvider
-from promptkit_async.statestore import BlobOffloadStore, InMemoryBlobStore, TurnStore
+from promptkit_async.statestore import (
+    BlobOffloadStore,
+    InMemoryBlobStore,
+    TurnStore,
+    finish_shielded,
+)
 from tests._plain_store import PlainStore
 
 
@@ -85,7 +92,7 @@ def contents(messages: Sequence[Message]) -> list[str]:
     return [str(m.content) for m in messages]
 
 
-def pipe_of(store: Any, model: Model, **options: Any) -> Pipeline:
+def pipe_of(store: Any, model: BaseProvider, **options: Any) -> Pipeline:
     return Pipeline(StateMiddleware(store, **options), ProviderMiddleware(model))
 
 
@@ -625,3 +632,128 @@ async def test_no_bookkeeping_is_left_behind(store: InMemoryStateStore, model: M
     assert state._waiting == {}
     assert store._leases == {}
     assert store._waiters == {}
+
+
+class SlowSaves(InMemoryStateStore):
+    """end_turn spans a few loop iterations (finished through finish_shielded, as the
+    contract asks), so that cancellations land during saves too."""
+
+    async def end_turn(
+        self, session_id: str, token: int, messages: Sequence[Message], **kw: Any
+    ) -> None:
+        await finish_shielded(self._slow_end(session_id, token, messages, **kw))
+
+    async def _slow_end(
+        self, session_id: str, token: int, messages: Sequence[Message], **kw: Any
+    ) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await super().end_turn(session_id, token, messages, **kw)
+
+
+async def test_a_cancellation_storm_leaves_whole_turns_and_no_lease_behind() -> None:
+    rng = random.Random(7)
+    store = SlowSaves()
+    provider = MockProvider(
+        handler=lambda r: f"reply to {r.messages[-1].content}",
+        chunk_size=4,
+        chunk_delay=0.0001,  # the model pauses between chunks: cancellations land mid-turn
+        model="gpt-4o-mini",
+    )
+    pipes = [
+        Pipeline(
+            StateMiddleware(store, lease_ttl=60, busy_timeout=30), ProviderMiddleware(provider)
+        )
+        for _ in range(3)  # three "workers" over one store
+    ]
+    sessions = [f"s{i}" for i in range(12)]
+
+    async def turn(n: int) -> None:
+        pipe, session = rng.choice(pipes), rng.choice(sessions)
+        async with pipe.stream(session, "user", f"{session} q{n}") as chunks:
+            async for _ in chunks:
+                pass
+
+    async def cancel_later(task: asyncio.Task[None], iterations: int) -> None:
+        for _ in range(iterations):  # the fault: a cancellation at a random point
+            await asyncio.sleep(0)
+        task.cancel()
+
+    tasks = [asyncio.ensure_future(turn(n)) for n in range(300)]
+    killers = [
+        asyncio.ensure_future(cancel_later(t, rng.randrange(60)))
+        for t in tasks
+        if rng.random() < 0.4
+    ]
+    outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+    await asyncio.gather(*killers)
+    assert all(o is None or isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+    assert any(isinstance(o, asyncio.CancelledError) for o in outcomes)
+    for session in sessions:
+        history = contents(await store.load(session))
+        questions = history[::2]
+        assert history[1::2] == [f"reply to {q}" for q in questions]  # whole turns only
+        assert len(set(questions)) == len(questions)  # each at most once
+        assert (await store.get_ledger(session)).turns == len(questions)
+    # Every lease was given back: a reject turn gets every session at once.
+    assert store._leases == {}
+    for session in sessions:
+        await pipes[0].execute(session, "user", "after", on_busy="reject")
+
+
+async def test_the_fast_path_creates_no_task(store: InMemoryStateStore) -> None:
+    provider = MockProvider(handler=lambda r: "ok", model="gpt-4o-mini")
+    pipe = pipe_of(store, provider)
+    loop = asyncio.get_running_loop()
+    created: list[object] = []
+    default = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        created.append(coro)
+        if default is not None:
+            return default(loop, coro, **kw)  # type: ignore[no-any-return]
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    loop.set_task_factory(counting)  # type: ignore[arg-type]
+    try:
+        for i in range(20):
+            result = await pipe.execute(f"s{i % 3}", "user", "hi")
+            assert result.turn_id is not None
+    finally:
+        loop.set_task_factory(default)
+    assert created == []
+    assert (await store.get_ledger("s0")).turns == 7
+
+
+async def test_a_pipeline_without_state_carries_the_callers_turn_id() -> None:
+    pipe = Pipeline(ProviderMiddleware(MockProvider(handler=lambda r: "ok", model="gpt-4o-mini")))
+    result = await pipe.execute("s", "user", "hi", turn_id="given")
+    assert result.turn_id == "given"
+    assert result.replayed is False
+    assert (await pipe.execute("s", "user", "hi")).turn_id is None
+
+
+def test_renewal_follows_the_middleware_to_a_new_event_loop() -> None:
+    state = StateMiddleware(InMemoryStateStore(), lease_ttl=0.2)
+
+    async def long_turn() -> int:
+        store = CountingRenewals()
+        state.store = state._turns = store  # the same middleware, a fresh store per loop
+        model = Model()
+        pipe = Pipeline(state, ProviderMiddleware(model))
+        started, release = model.gate("long")
+        turn = asyncio.ensure_future(pipe.execute("s", "user", "long"))
+        await started.wait()
+        for _ in range(2):
+            store.renewed.clear()
+            await asyncio.wait_for(store.renewed.wait(), 5)
+        release.set()
+        await turn
+        return store.renewals
+
+    def in_new_loop() -> int:
+        # A loop left while its renewal timer was armed: the timer never fires there.
+        return asyncio.run(long_turn())
+
+    assert in_new_loop() >= 2
+    assert in_new_loop() >= 2

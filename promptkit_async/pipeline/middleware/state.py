@@ -76,7 +76,7 @@ class SessionBudget:
 class _Turn:
     """One turn's lease bookkeeping (the in-process queue holds these)."""
 
-    __slots__ = ("arrived", "done", "expires", "interrupted", "lost", "renewal", "timer", "token")
+    __slots__ = ("arrived", "done", "expires", "interrupted", "lost", "renewal", "token")
 
     def __init__(self) -> None:
         self.token: int | None = None
@@ -85,7 +85,6 @@ class _Turn:
         self.done = False
         self.expires = 0.0  # when the lease expires by the loop's clock (from its sending)
         self.arrived: float | None = None  # set only when the turn had to wait
-        self.timer: asyncio.TimerHandle | None = None
         self.renewal: asyncio.Task[None] | None = None
 
     def lose(self) -> None:
@@ -119,8 +118,9 @@ class StateMiddleware:
     A worker that dies or stalls loses its lease after ``lease_ttl`` seconds without
     renewal; its fencing token then no longer matches, so if it wakes up it cannot
     write (:class:`~promptkit_async.errors.LeaseLostError`). The lease is renewed every
-    ``lease_ttl / 3`` seconds of a running turn (a timer, no task, on turns shorter
-    than that).
+    ``lease_ttl / 3`` to ``lease_ttl / 2`` seconds of a running turn, by one timer per
+    middleware that checks the running turns every ``lease_ttl / 6`` seconds: a turn
+    shorter than that costs no renewal, no timer and no task.
 
     **A turn that arrives while another runs** (``on_busy``, per pipeline; override it
     per call with ``execute(..., on_busy=...)``):
@@ -167,8 +167,8 @@ class StateMiddleware:
     and :class:`~promptkit_async.statestore.BlobOffloadStore` around one). A store that
     is not a :class:`~promptkit_async.statestore.TurnStore` (a store of your own) still
     works as before: turns are serialised within this pipeline only
-    (``"interrupt"`` included), histories are loaded and appended, turn ids are not
-    deduplicated, and ``budget`` is refused.
+    (``"interrupt"`` included), histories are loaded and appended, turn ids are neither
+    generated nor deduplicated, and ``budget`` is refused.
 
     The turn runs in the task that reads it; chunks pass through unchanged. One
     instance is safe to share between any number of tasks.
@@ -237,7 +237,9 @@ class StateMiddleware:
         self.lease_ttl = float(lease_ttl)
         self.budget = budget
         self._turns = turns
-        self._renew_every = self.lease_ttl / 3
+        # One timer per middleware renews the leases of long turns (none per turn): the
+        # loop it runs on, while turns hold leases.
+        self._ticking: asyncio.AbstractEventLoop | None = None
         # Names this process's leases in the store, for diagnostics.
         self._owner = f"{socket.gethostname()[:120]}:{os.getpid()}:{secrets.token_hex(4)}"
         # Sessions with a turn running here -> that turn, and the turns waiting for it in
@@ -302,9 +304,9 @@ class StateMiddleware:
                     ctx.messages[:0] = claim.messages
             token = claim.token
             assert token is not None
-            turn.timer = loop.call_later(
-                self._renew_every, self._renew_soon, store, session_id, turn
-            )
+            if self._ticking is not loop:
+                self._ticking = loop
+                loop.call_later(self.lease_ttl / 6, self._tick, store, loop)
             stop_watching = store.watch_lease(session_id, token, turn.lose)
             try:
                 async for chunk in next(ctx):
@@ -405,6 +407,8 @@ class StateMiddleware:
 
     def _replay(self, ctx: ExecutionContext, turn_id: str, stored: tuple[Message, ...]) -> None:
         """Answer a retried turn with its stored reply (nothing sent, nothing stored)."""
+        if not stored:  # a store of your own may keep a turn without messages
+            stored = (ctx.input, Message("assistant", ""))
         first, last = stored[0], stored[-1]
         if first.role != ctx.input.role or first.text != ctx.input.text:
             raise InvalidRequestError(
@@ -439,39 +443,43 @@ class StateMiddleware:
 
     # --- renewal, loss and release --------------------------------------------------------
 
-    def _renew_soon(self, store: TurnStore, session_id: str, turn: _Turn) -> None:
-        """The timer of a turn that outlived ``lease_ttl / 3``: renew in a task."""
-        turn.timer = None
-        if not turn.done and not turn.lost:
-            turn.renewal = asyncio.ensure_future(self._renew(store, session_id, turn))
+    def _tick(self, store: TurnStore, loop: asyncio.AbstractEventLoop) -> None:
+        """Every ``lease_ttl / 6`` s while turns hold leases: renew those a third old."""
+        if self._ticking is not loop:
+            return  # the middleware moved on to another event loop
+        now = loop.time()
+        due = now + self.lease_ttl * 2 / 3  # expires no later: renewed >= lease_ttl / 3 ago
+        running = False
+        for session_id, turn in self._holders.items():
+            if turn.token is None or turn.done or turn.lost:
+                continue
+            running = True
+            if turn.expires <= due and (turn.renewal is None or turn.renewal.done()):
+                turn.renewal = loop.create_task(self._renew(store, session_id, turn))
+        if running:
+            loop.call_later(self.lease_ttl / 6, self._tick, store, loop)
+        else:
+            self._ticking = None
 
     async def _renew(self, store: TurnStore, session_id: str, turn: _Turn) -> None:
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
+        sent = asyncio.get_running_loop().time()
         token = turn.token
         assert token is not None
         try:
-            renewed: bool | None = await store.renew_turn(session_id, token, self.lease_ttl)
+            renewed = await store.renew_turn(session_id, token, self.lease_ttl)
         except StoreError as exc:
-            # Try again at the next tick; if the store stays away past the lease's TTL,
+            # Tried again at the next tick; if the store stays away past the lease's TTL,
             # the turn's save is fenced should another turn take the session meanwhile.
             _log.debug("renewing the lease of session %r failed: %r", session_id, exc)
-            renewed = None
+            return
         if renewed:
             turn.expires = sent + self.lease_ttl
-        elif renewed is False:
+        else:
             turn.lost = True
-        if not turn.done and not turn.lost:
-            turn.timer = loop.call_later(
-                self._renew_every, self._renew_soon, store, session_id, turn
-            )
 
     def _stop_renewing(self, turn: _Turn) -> asyncio.Task[None] | None:
-        """Stop the renewal timer; the renewal still in flight, if any."""
+        """No more renewals for ``turn``; the renewal still in flight, if any."""
         turn.done = True
-        if turn.timer is not None:
-            turn.timer.cancel()
-            turn.timer = None
         renewal = turn.renewal
         return renewal if renewal is not None and not renewal.done() else None
 
