@@ -470,7 +470,9 @@ class _PromptKit(Client):
 
             assert self.config.redis_url, "the harness starts redis-server and passes its URL"
             return await RedisStateStore.connect(
-                self.config.redis_url, prefix=f"bench-{self.config.run_tag}"
+                self.config.redis_url,
+                prefix=f"bench-{self.config.run_tag}",
+                connection_class=_counting_redis_connection(),
             )
         if kind == "postgres":
             import hashlib
@@ -546,6 +548,26 @@ class PromptKitRedis(_PromptKit):
     describe = "promptkit_async Pipeline + StateMiddleware(RedisStateStore) + OpenAIProvider"
     store_kind = "redis"
     services = ("redis",)
+
+    def store_round_trips(self) -> int | None:
+        # Every write on a connection to Redis starts one round trip (a pipelined
+        # batch of many sessions' commands is one write).
+        return _REDIS_WRITES[0]
+
+
+_REDIS_WRITES = [0]
+
+
+def _counting_redis_connection() -> Any:
+    """A redis-py connection class that counts its writes (round trips)."""
+    from redis.asyncio.connection import Connection
+
+    class CountingConnection(Connection):
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            _REDIS_WRITES[0] += 1
+            await super().send_packed_command(command, check_health)
+
+    return CountingConnection
 
 
 class PromptKitPostgres(_PromptKit):

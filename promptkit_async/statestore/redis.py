@@ -8,7 +8,8 @@ Layout (``P`` is the prefix, ``E`` the session id percent-encoded, see below)::
     P:{E}:g   a hash, the ledger: turns, prompt, completion, cached, total, cost
     P:{E}:l   a hash, the session's lease: tok (fencing token), own (owner), w (a turn
               waits: publish the release); PEXPIRE = the lease TTL
-    P:{E}:f   a string, the newest fencing token issued
+    P:{E}:f   a string, the newest fencing token issued ("<token>-" once its turn ended
+              or gave the lease back: still the newest, but no longer renewable)
 
 ``{E}`` is a Redis Cluster hash tag, so all keys of a session live in one slot and every
 write touches one node atomically. ``E`` is the UTF-8 id percent-encoded with only
@@ -29,6 +30,7 @@ import hashlib
 import json
 import math
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, Union
 from urllib.parse import quote, unquote, urlsplit
@@ -114,6 +116,10 @@ local function touch()
   end
 end
 local function release(tok, chan)
+  -- The turn is over: "<token>-" stays the newest token, but renews no more.
+  if redis.call('GET', f) == tok then
+    redis.call('SET', f, tok .. '-', 'KEEPTTL')
+  end
   if redis.call('HGET', l, 'tok') == tok then
     local waiting = redis.call('HGET', l, 'w')
     redis.call('DEL', l)
@@ -145,12 +151,12 @@ elseif op == 'begin' then
     return {'busy', {}, ledger()}
   end
   local now = redis.call('TIME')
-  local newest = tonumber(redis.call('GET', f) or '0')
+  local newest = tonumber(string.match(redis.call('GET', f) or '0', '^%d+'))
   local tok = string.format('%.0f',
     math.max(newest + 1, tonumber(now[1]) * 1000000 + tonumber(now[2])))
   local waiting = held and redis.call('HGET', l, 'w')
   redis.call('DEL', l)
-  redis.call('HSET', l, 'tok', tok, 'own', ARGV[4])
+  redis.call('HSET', l, 'tok', tok, 'own', ARGV[4], 'n', ARGV[9])
   if waiting then
     redis.call('HSET', l, 'w', '1')
   end
@@ -173,13 +179,15 @@ elseif op == 'begin' then
   return {tok, history, ledger()}
 elseif op == 'end' then
   local tok, tid, chan = ARGV[3], ARGV[4], ARGV[5]
-  if tid ~= '' and redis.call('HEXISTS', t, tid) == 1 then
-    release(tok, chan)
-    return 'stored'
-  end
+  -- The fence first: a stalled copy of a turn stored meanwhile is refused, not told
+  -- its (different) reply is the stored one.
   if redis.call('GET', f) ~= tok then
     release(tok, chan)
     return 'lost'
+  end
+  if tid ~= '' and redis.call('HEXISTS', t, tid) == 1 then
+    release(tok, chan)
+    return 'stored'
   end
   push('RPUSH', m, 11, #ARGV)
   if tid ~= '' then
@@ -200,6 +208,13 @@ elseif op == 'end' then
   return 'ok'
 elseif op == 'release' then
   release(ARGV[3], ARGV[4])
+  return 'ok'
+elseif op == 'abandon' then
+  -- A begin whose reply never came: release its lease if it took one.
+  local tok = redis.call('HGET', l, 'tok')
+  if tok and redis.call('HGET', l, 'n') == ARGV[3] then
+    release(tok, ARGV[4])
+  end
   return 'ok'
 elseif op == 'renew' then
   local tok, lease = ARGV[3], tonumber(ARGV[4])
@@ -474,8 +489,10 @@ class RedisStateStore(AsyncResource):
     fencing key; ``save`` drops the turn ids and keeps the ledger; ``fork`` copies the
     ledger (the fork continues the conversation) but no turn ids. Wake-ups use Redis
     pub/sub (one subscriber connection per store, opened by the first ``wait_turn`` or
-    ``watch_lease``; plain ``PUBLISH``, which a cluster delivers to subscribers on
-    every node); see :meth:`wait_turn` for the latency bound.
+    ``watch_lease``; ``StateMiddleware`` watches every turn, so a store used by a
+    pipeline subscribes at its first turn; plain ``PUBLISH``, which a cluster delivers
+    to subscribers on every node); see :meth:`wait_turn` for the latency bound. The
+    lease scripts need Redis 6.0 or later (``SET ... KEEPTTL``).
     """
 
     def __init__(
@@ -527,6 +544,8 @@ class RedisStateStore(AsyncResource):
         self._watchers: dict[str, dict[object, tuple[str, str, Callable[[], None]]]] = {}
         # lease key -> the token taken from it by the newest steal this store heard of
         self._stolen: dict[str, str] = {}
+        # Releases of leases that failed begin_turns may hold (see _abandon).
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(
@@ -1038,7 +1057,14 @@ class RedisStateStore(AsyncResource):
         # The history the script returns: none, all, or the newest last_n.
         mode = "" if not load or last_n == 0 else "all" if last_n is None else str(last_n)
         args = ("begin", self._ttl_ms, lease_ms, owner, "1" if steal else "0", mode, tid)
-        reply = await self._script("begin_turn", keys, (*args, self._channel))
+        nonce = secrets.token_hex(8)  # names this call's lease, for _abandon
+        try:
+            reply = await self._script("begin_turn", keys, (*args, self._channel, nonce))
+        except StoreError:
+            # Sent, maybe applied, reply lost: a lease nobody will use. Release it in
+            # the background rather than let the session wait out lease_ttl.
+            self._abandon(keys, nonce, lease_ms / 1000)
+            raise
         head = _text(reply[0])
         ledger = _ledger(reply[2], session_id)
         if head == "busy":
@@ -1209,6 +1235,31 @@ class RedisStateStore(AsyncResource):
 
         return stop
 
+    def _abandon(self, keys: _Keys, nonce: str, within: float) -> None:
+        """Release the lease a failed ``begin_turn`` may have taken, retrying while the
+        server is away, for at most ``within`` seconds (then the lease has expired)."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+
+        async def abandon() -> None:
+            delay = 0.05
+            while not self._closed and loop.time() < end:
+                try:
+                    await self._script(
+                        "begin_turn", keys, ("abandon", self._ttl_ms, nonce, self._channel)
+                    )
+                    return
+                except StoreError:
+                    await asyncio.sleep(min(delay, max(end - loop.time(), 0)))
+                    delay = min(delay * 2, 1.0)
+
+        task = loop.create_task(abandon())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        task.add_done_callback(_forget)
+
     # --- signalling internals -----------------------------------------------------------
 
     async def _lease_held(self, lease: str, end: float) -> bool:
@@ -1285,7 +1336,7 @@ class RedisStateStore(AsyncResource):
         fences = [fence for _, _, (_, fence, _) in watched]
         reply = await self._call("watch_lease", [("GET", fence) for fence in fences])
         for (lease, handle, (held, _, on_lost)), newest in zip(watched, reply, strict=True):
-            if newest is None or _text(newest) != held:
+            if newest is None or _text(newest).rstrip("-") != held:
                 self._lost(lease, handle, on_lost)
 
     def _dispatch(self, data: bytes | str) -> None:
@@ -1326,6 +1377,10 @@ class RedisStateStore(AsyncResource):
             for woken in waiters:
                 if not woken.done():
                     woken.set_result(None)  # they try again and find the store closed
+        for cleanup in list(self._cleanups):
+            cleanup.cancel()  # the leases expire by their TTL
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups))
         subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None:
             subscriber.cancel()

@@ -14,7 +14,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from promptkit_async import Message, Pipeline, StoreError, StoreTimeoutError
+from promptkit_async import (
+    AmbiguousTurnError,
+    Message,
+    Pipeline,
+    StoreError,
+    StoreTimeoutError,
+)
 from promptkit_async.statestore import SessionPage, StateStore, finish_shielded
 
 PHASE_GUARD = 60.0  # seconds: a load phase (faults observed, recovery) taking longer fails
@@ -139,10 +145,24 @@ class GatedStore:
 
 
 class Load:
-    """Workers running turns non-stop on shared sessions, and what happened to each turn."""
+    """Workers running turns non-stop on shared sessions, and what happened to each turn.
+
+    With ``turn_ids``, every turn is sent with its question as ``turn_id``, and a turn
+    that fails with :class:`AmbiguousTurnError` is retried with the same id (up to
+    ``retries`` times, as its worker's next turns) until it is acknowledged, stored or
+    refused: ``ambiguous`` holds those questions, ``replayed`` counts the retries that
+    found their turn already stored.
+    """
 
     def __init__(
-        self, pipe: Pipeline, sessions: list[str], seed: int, *, hang_guard: float
+        self,
+        pipe: Pipeline,
+        sessions: list[str],
+        seed: int,
+        *,
+        hang_guard: float,
+        turn_ids: bool = False,
+        retries: int = 100,
     ) -> None:
         self.pipe = pipe
         self.hang_guard = hang_guard  # seconds: a turn taking this long counts as a hang
@@ -158,16 +178,32 @@ class Load:
         self.ok = 0
         self.fail = 0
         self.stopping = False
+        self.turn_ids = turn_ids
+        self.retries = retries
+        self.ambiguous: set[str] = set()
+        self.replayed = 0
+        self.replayed_asks: set[str] = set()  # acknowledged by a replay
         self._changed = asyncio.Condition()
 
     async def worker(self, w: int) -> None:
         i = 0
+        retry: tuple[str, str] | None = None  # (session, question) of an ambiguous turn
+        tries = 0
         while not self.stopping:
-            session = self.rng.choice(self.sessions)
-            ask = question(session, f"w{w}-{i}")
-            i += 1
+            if retry is not None:
+                session, ask = retry
+                retry = None
+            else:
+                session = self.rng.choice(self.sessions)
+                ask = question(session, f"w{w}-{i}")
+                i += 1
+                tries = 0
+            tries += 1
+            turn_id = ask if self.turn_ids else None
             try:
-                await asyncio.wait_for(self.pipe.execute(session, "user", ask), self.hang_guard)
+                result = await asyncio.wait_for(
+                    self.pipe.execute(session, "user", ask, turn_id=turn_id), self.hang_guard
+                )
             except asyncio.TimeoutError:
                 self.hangs += 1
                 self.failed.add(ask)
@@ -185,13 +221,21 @@ class Load:
                 self.failed.add(ask)
                 if isinstance(exc, StoreTimeoutError) and not exc.maybe_applied:
                     self.not_applied.add(ask)
+                if isinstance(exc, AmbiguousTurnError):
+                    self.ambiguous.add(ask)
+                    if self.turn_ids and tries <= self.retries:
+                        retry = (session, ask)
                 self.fail += 1
             except Exception as exc:  # anything untyped fails the test at the end
                 self.unexpected.append(exc)
                 self.failed.add(ask)
                 self.fail += 1
             else:
-                self.acked[session].append(ask)
+                if ask not in self.acked[session]:
+                    self.acked[session].append(ask)
+                if result.replayed:
+                    self.replayed += 1
+                    self.replayed_asks.add(ask)
                 self.ok += 1
             async with self._changed:
                 self._changed.notify_all()
@@ -217,7 +261,11 @@ async def audit(load: Load, store: StateStore) -> tuple[set[str], int]:
     for session in load.sessions:
         stored = whole_turns(await store.load(session), session)  # decodes, whole, own, once
         acked = load.acked[session]
-        assert [q for q in stored if q in set(acked)] == acked  # all there, in order
+        # All there; in acknowledgement order, except replays (acknowledged by a retry,
+        # after turns stored later than they were).
+        assert set(acked) <= set(stored)
+        in_order = [a for a in acked if a not in load.replayed_asks]
+        assert [q for q in stored if q in set(in_order)] == in_order
         assert set(stored) <= attempted  # nothing made up
         assert not set(stored) & load.not_applied  # "not applied" was true
         checked += len(stored)

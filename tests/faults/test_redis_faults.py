@@ -34,8 +34,10 @@ from promptkit_async import (
     MockProvider,
     Pipeline,
     ProviderMiddleware,
+    ProviderResponse,
     StateMiddleware,
     StoreTimeoutError,
+    Usage,
 )
 from promptkit_async.statestore import RedisStateStore
 from promptkit_async.statestore.records import decode_message
@@ -46,6 +48,7 @@ from tests.faults.conftest import Report, scales
 pytestmark = pytest.mark.redis
 
 TIMEOUT = 0.25  # the store's connect and reply timeouts
+USAGE = Usage(prompt_tokens=7, completion_tokens=3, total_tokens=10)  # every turn's
 HANG_GUARD = 20 * TIMEOUT + 5  # one turn is two store round trips; anything near this is a hang
 PHASE_GUARD = 60.0
 
@@ -140,10 +143,13 @@ async def test_redis_faults_under_load(
         socket_timeout=TIMEOUT,
         max_connections=8,
     )
-    provider = MockProvider(handler=lambda r: f"reply to {r.messages[-1].content}")
+    provider = MockProvider(
+        handler=lambda r: ProviderResponse(f"reply to {r.messages[-1].content}", usage=USAGE)
+    )
     pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
     sessions = [f"r{i}" for i in range(20 * scale)]
-    load = Load(pipe, sessions, seed=3, hang_guard=HANG_GUARD)
+    # Turn ids: an ambiguous save (AmbiguousTurnError) is retried with its id.
+    load = Load(pipe, sessions, seed=3, hang_guard=HANG_GUARD, turn_ids=True)
     workers = [asyncio.ensure_future(load.worker(w)) for w in range(8)]
     try:
         await load.until(lambda: load.ok >= 50)
@@ -153,6 +159,26 @@ async def test_redis_faults_under_load(
         await asyncio.wait_for(asyncio.gather(*workers), PHASE_GUARD)
 
     attempted, checked = await audit(load, store)
+    # Stored but never acknowledged: only turns that were told their save was ambiguous
+    # (and whose retry did not get through before the run ended).
+    stored_turns: set[str] = set()
+    for session in sessions:
+        stored_turns.update(m.content for m in await store.load(session) if m.role == "user")
+    acked = {a for asks in load.acked.values() for a in asks}
+    failed_but_stored = stored_turns - acked
+    unflagged = failed_but_stored - load.ambiguous
+    # The ledger adds up after the faults: one entry per stored turn, with its usage.
+    ledger_turns = 0
+    for session in sessions:
+        ledger = await store.get_ledger(session)
+        stored_here = await store.count(session) // 2
+        assert ledger.turns == stored_here, session
+        assert (ledger.prompt_tokens, ledger.completion_tokens, ledger.total_tokens) == (
+            USAGE.prompt_tokens * stored_here,
+            USAGE.completion_tokens * stored_here,
+            USAGE.total_tokens * stored_here,
+        ), session
+        ledger_turns += ledger.turns
     # Every raw record decodes (read around the store, straight from Redis).
     raw = aioredis.Redis(host="127.0.0.1", port=server.port)
     records = 0
@@ -168,7 +194,11 @@ async def test_redis_faults_under_load(
         turns_failed=load.fail,
         turns_checked=checked,
         records_decoded=records,
-        failed_but_stored=checked - load.ok,
+        failed_but_stored=len(failed_but_stored),
+        failed_but_stored_not_flagged_ambiguous=len(unflagged),
+        ambiguous=len(load.ambiguous),
+        ambiguous_retried_replayed=load.replayed,
+        ledger_turns=ledger_turns,
         timed_out_not_applied=len(load.not_applied),
         losses=0,
         errors=dict(load.errors),

@@ -9,8 +9,6 @@ the ledger equals the sum of the stored turns' usage. See ``_harness.py``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from tests.multiproc._harness import (
     unique_prefix,
     worker_configs,
 )
+from tests.statestore._proxy import ReplyStallProxy
 
 pytestmark = pytest.mark.redis
 
@@ -149,70 +148,6 @@ async def test_a_stalled_worker_is_fenced(
     assert figures.stored == 1
 
 
-class ReplyStallProxy:
-    """A loopback TCP proxy to Redis that, once it forwards a turn's save (the ``end``
-    script), withholds every reply for ``stall`` seconds: the save is applied by Redis,
-    but its caller times out waiting (an ambiguous outcome), as do its first retries."""
-
-    def __init__(self, upstream: int, stall: float) -> None:
-        self.upstream = upstream
-        self.stall = stall
-        self.port = 0
-        self.saves_seen = 0
-        self._open = asyncio.Event()
-        self._open.set()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> ReplyStallProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def aclose(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def _reopen_later(self) -> None:
-        self._open.clear()
-        asyncio.get_running_loop().call_later(self.stall, self._open.set)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-
-        async def requests() -> None:
-            while data := await reader.read(1 << 16):
-                if b"\r\n$3\r\nend\r\n" in data and not self.saves_seen:
-                    self.saves_seen += 1
-                    self._reopen_later()
-                up_writer.write(data)
-                await up_writer.drain()
-
-        async def replies() -> None:
-            while data := await up_reader.read(1 << 16):
-                await self._open.wait()
-                writer.write(data)
-                await writer.drain()
-
-        try:
-            await asyncio.gather(requests(), replies())
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            for w in (writer, up_writer):
-                w.close()
-                with contextlib.suppress(Exception):
-                    await w.wait_closed()
-            self._tasks.discard(task)
-
-
 async def test_an_ambiguous_save_retried_with_its_turn_id_is_stored_once(
     redis_server: RedisServer,
     upstream: CheckingUpstream,
@@ -223,7 +158,7 @@ async def test_an_ambiguous_save_retried_with_its_turn_id_is_stored_once(
     store's timeout: the turn fails as ambiguous. The worker retries with the same turn
     id until the store answers again: the retry finds the turn stored (replayed), so
     it is stored once and counted once in the ledger."""
-    proxy = await ReplyStallProxy(redis_server.port, stall=1.0).start()
+    proxy = await ReplyStallProxy(redis_server.port, b"\r\n$3\r\nend\r\n", stall=1.0).start()
     try:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         spec = StoreSpec("redis", url, unique_prefix(), {"socket_timeout": 0.3})

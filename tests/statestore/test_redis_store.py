@@ -40,7 +40,7 @@ from promptkit_async import (
 from promptkit_async.statestore import RedisStateStore
 from promptkit_async.statestore.redis import DEFAULT_TIMEOUT
 from tests._redis_server import RedisClusterServers, RedisServer, command, free_port
-from tests.statestore._proxy import CountingProxy
+from tests.statestore._proxy import CountingProxy, ReplyStallProxy
 from tests.statestore._records import EXPECTED, check_loaded, raw_records
 
 pytestmark = pytest.mark.redis
@@ -128,6 +128,15 @@ async def counted(
         await proxy.aclose()
 
 
+async def subscribed(store: RedisStateStore) -> None:
+    """Wait until the store's subscriber (started by the pipeline's first lease watch)
+    has connected and checked its watchers: its round trips are not a turn's."""
+    if store._subscriber is not None:
+        await store._listen()
+    while store._tasks:
+        await asyncio.wait(set(store._tasks))
+
+
 def round_trips(proxies: list[CountingProxy]) -> int:
     return sum(p.round_trips for p in proxies)
 
@@ -151,6 +160,7 @@ async def test_a_turn_costs_two_round_trips_and_two_commands(
     # Connect to the node of "s" (a new connection costs handshake round trips) and load
     # the script there.
     await pipeline.execute("s", "user", "warm-up")
+    await subscribed(store)
 
     before = round_trips(proxies)
     for port in ports:
@@ -158,10 +168,12 @@ async def test_a_turn_costs_two_round_trips_and_two_commands(
     for i in range(10):
         await pipeline.execute("s", "user", f"q{i}")
 
-    assert round_trips(proxies) - before == 20
     calls = command_calls(ports)
-    assert calls.get("lrange") == 10  # load: LRANGE
-    assert calls.get("evalsha") == 10  # append: one script (RPUSH + PEXPIRE inside)
+    assert round_trips(proxies) - before == 20
+    # begin_turn (lease + history + ledger) and end_turn (fenced append + release): one
+    # script each, the history read inside the first.
+    assert calls.get("evalsha") == 20, calls  # (commands inside scripts count too)
+    assert "publish" not in calls  # nobody waited
     assert "keys" not in calls
     assert contents(await store.load("s", 2)) == ["q9", "reply to q9"]
 
@@ -247,7 +259,17 @@ async def test_listing_escapes_glob_characters_in_the_prefix(redis_server: Redis
         for prefix, s in zip(prefixes, stores, strict=True):
             await s.append(f"only in {prefix}", [user("x")])
         for prefix, s in zip(prefixes, stores, strict=True):
-            assert (await s.list_sessions()).session_ids == (f"only in {prefix}",)
+            # Every page, following cursors: the shared server holds other tests' keys,
+            # so a page may come back empty before the last.
+            found: list[str] = []
+            cursor: str | None = None
+            while True:
+                page = await s.list_sessions(cursor=cursor)
+                found += page.session_ids
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert found == [f"only in {prefix}"]
     finally:
         for s in stores:
             await s.aclose()
@@ -823,10 +845,9 @@ async def test_lease_keys_share_the_session_slot_and_ttl(
     async with await RedisStateStore.connect(redis_server.url, prefix=prefix, ttl=100) as store:
         claim = await store.begin_turn("s", owner="host:1:abc", lease_ttl=10)
         assert claim.token is not None
-        assert await raw.hgetall(key["l"]) == {
-            b"tok": str(claim.token).encode(),
-            b"own": b"host:1:abc",
-        }
+        lease = await raw.hgetall(key["l"])
+        assert lease.pop(b"n")  # the taking call's nonce
+        assert lease == {b"tok": str(claim.token).encode(), b"own": b"host:1:abc"}
         assert 9_000 < await raw.pttl(key["l"]) <= 10_000
         assert 105_000 < await raw.pttl(key["f"]) <= 110_000  # session TTL + lease TTL
         await store.end_turn("s", claim.token, [user("q"), bot("a")], turn_id="id")
@@ -972,3 +993,35 @@ async def test_a_steal_from_another_store_reaches_the_watcher(
             await first.end_turn("s", token, [user("late")])
         await second.end_turn("s", stolen, [user("q")])
         assert contents(await first.load("s")) == ["q"]
+
+
+async def test_a_lease_taken_by_a_begin_whose_reply_was_lost_is_released(
+    redis_server: RedisServer,
+) -> None:
+    """begin_turn's script runs but its reply is withheld past the timeout: the caller
+    gets StoreTimeoutError (maybe applied), and the store releases the lease it may
+    have taken as soon as Redis answers again, so the session does not wait out the
+    lease TTL."""
+    proxy = await ReplyStallProxy(redis_server.port, b"\r\n$5\r\nbegin\r\n", stall=0.6).start()
+    prefix = unique_prefix()
+    try:
+        async with (
+            await RedisStateStore.connect(
+                f"127.0.0.1:{proxy.port}", prefix=prefix, socket_timeout=0.2
+            ) as stalled,
+            await RedisStateStore.connect(redis_server.url, prefix=prefix) as other,
+        ):
+            await other.append("warm-up", [user("x")])  # the server knows the script
+            with pytest.raises(StoreTimeoutError) as caught:
+                await stalled.begin_turn("s", owner="lost", lease_ttl=60)
+            assert caught.value.maybe_applied
+            assert proxy.saves_seen == 1
+            # The lost begin holds the lease (60 s) until the store releases it.
+            assert (await other.begin_turn("s", owner="next", lease_ttl=60)).token is None
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            assert await other.wait_turn("s", 10) is True  # woken by the release
+            assert loop.time() - start < 5  # not the lease's 60 s
+            assert (await other.begin_turn("s", owner="next", lease_ttl=60)).token is not None
+    finally:
+        await proxy.aclose()
