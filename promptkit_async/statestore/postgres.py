@@ -5,8 +5,26 @@ use)::
 
     S.P_schema_version (version INT PRIMARY KEY, applied_at TIMESTAMPTZ)
     S.P_sessions (id TEXT PRIMARY KEY, metadata JSONB, start_seq BIGINT, next_seq BIGINT,
-                  expires_at TIMESTAMPTZ)
+                  expires_at TIMESTAMPTZ,
+                  fence BIGINT, lease_owner TEXT, lease_expires_at TIMESTAMPTZ,
+                  contended BOOLEAN,                                  -- layout 2: the lease
+                  l_turns, l_prompt, l_completion, l_cached, l_total BIGINT,
+                  l_cost DOUBLE PRECISION)                            -- layout 2: the ledger
     S.P_messages (session_id TEXT, seq BIGINT, record TEXT, PRIMARY KEY (session_id, seq))
+    S.P_turns (session_id TEXT, turn_id TEXT, first_seq BIGINT, n INT)  -- layout 2
+    S.P_fence (a sequence), S.P_begin_turn / P_end_turn / P_release_turn (plpgsql)
+
+Session leases (layout 2, :class:`~promptkit_async.statestore.TurnStore`): the lease
+lives in the session's row; it is held while ``lease_expires_at`` is in the future by
+the server's clock (``clock_timestamp()``), so processes with skewed clocks agree.
+Fencing tokens come from one sequence for all the sessions of the tables: they only
+grow, even across a session's row being purged and created again, so a token an old
+holder may still hold is never issued again; ``fence`` is the newest token of the
+session, and ``end_turn`` writes only with it. A turn id's row records where its
+messages start and how many there are; a save, fork, delete or expiry moves
+``start_seq`` past them, which forgets it. ``begin_turn``, ``end_turn`` and
+``release_turn`` are calls of server-side functions: one round trip each, under the
+session row's lock (two racing claims: exactly one wins).
 
 A session's live messages are the rows with ``start_seq <= seq < next_seq``: ``append``
 takes the next sequence numbers under the session row's lock, ``save``, ``delete`` and an
@@ -28,10 +46,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import hashlib
 import json
+import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -44,25 +66,65 @@ from ..errors import (
     ConfigurationError,
     InvalidArgumentsError,
     InvalidRequestError,
+    LeaseLostError,
     StoreDataError,
     StoreError,
+    StoreTimeoutError,
     StoreUnavailableError,
 )
-from ..types import Message
+from ..types import Cost, Message, Usage
 from ._batch import Batcher, Command
-from ._common import check_last_n, check_limit, check_ttl, split_patch
-from .base import SessionPage
+from ._common import (
+    check_last_n,
+    check_lease_ttl,
+    check_limit,
+    check_owner,
+    check_token,
+    check_ttl,
+    check_turn_figures,
+    check_turn_id,
+    check_wait_timeout,
+    split_patch,
+)
+from ._leases import Waiters, Watches
+from .base import Ledger, SessionPage, TurnClaim
 from .records import decode_messages, encode_messages
 
 __all__ = ["LAYOUT_VERSION", "PostgresStateStore"]
 
 #: The table layout this version writes (recorded in ``P_schema_version``).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+#: The ledger's columns, in :class:`Ledger` field order.
+_LEDGER_COLUMNS = ("l_turns", "l_prompt", "l_completion", "l_cached", "l_total", "l_cost")
+
+# Set by a busy begin_turn in the task that called it: (store id, session id, releases
+# heard for the session when the claim was sent, loop time the holder's lease ends).
+_busy_mark: contextvars.ContextVar[tuple[int, str, int, float] | None] = contextvars.ContextVar(
+    "promptkit_pg_busy_mark", default=None
+)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _SWEEP_INTERVAL = 60.0
 _SWEEP_BATCH = 1000
-_WRITES = frozenset(("append", "save", "fork", "merge_metadata", "delete"))
+_WRITES = frozenset(
+    (
+        "append",
+        "save",
+        "fork",
+        "merge_metadata",
+        "delete",
+        "begin_turn",
+        "renew_turn",
+        "end_turn",
+        "release_turn",
+    )
+)
+#: A waiter looks again at least this often, should a notification be lost.
+_WAIT_FALLBACK = 0.5
+#: While the listener connection is down, watched leases are polled this often.
+_WATCH_POLL = 0.5
+#: Kept per session only for sessions with waiters lately (bounded).
+_MAX_GENERATIONS = 10_000
 _TABLE_EXISTS = (
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
     "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)"
@@ -209,7 +271,9 @@ class PostgresStateStore(AsyncResource):
     that concurrent tasks start during one event-loop iteration travel together: one
     statement for all the loads, one for all the appends, run at once on two pooled
     connections (each operation is still atomic on its own; a server error fails the
-    operations of its statement).
+    operations of its statement). Likewise ``begin_turn`` and ``end_turn`` calls: one
+    statement for the claims, one for the ends (each call still fenced and atomic on its
+    own session; sessions are locked in id order, so batches never deadlock).
 
     Concurrency: safe to share between any number of tasks on one event loop (asyncpg
     pools are bound to their loop). Each operation is one statement, atomic on the
@@ -221,10 +285,22 @@ class PostgresStateStore(AsyncResource):
     or not at all, and its connection goes back to the pool only once the server has
     answered the cancellation (or is dropped).
 
+    Session leases: a busy ``begin_turn`` marks the session contended; the holder's
+    ``end_turn`` or ``release_turn`` then sends a ``NOTIFY`` (only then), in its own
+    transaction. Each store object LISTENs on one pooled connection, taken by its first
+    ``wait_turn`` or ``watch_lease`` and given back by :meth:`aclose`; a waiter hears a
+    release within one network hop, and looks again every 0.5 s should a notification
+    be lost, and when the holder's lease ends (a holder that died). A steal, or the
+    takeover of an expired lease, notifies the old holder's watchers the same way. A
+    claim whose answer was lost (its outcome unknown), or an ``end_turn`` or
+    ``release_turn`` that failed, leaves no lease behind for ``lease_ttl``: the store
+    gives it back before the same owner's next claim on the session.
+
     Failures: an unreachable, restarting or read-only server, a statement timeout, a
     serialization failure or an exhausted pool raise
     :class:`~promptkit_async.errors.StoreUnavailableError` naming the address and what to
-    check; a timed-out write may or may not have been applied (never in part). Other
+    check (:class:`~promptkit_async.errors.StoreTimeoutError` past ``timeout``); a
+    timed-out write may or may not have been applied (never in part). Other
     database errors raise :class:`~promptkit_async.errors.StoreError`. Broken
     connections are replaced on the next operation, so after a server restart the same
     store works again.
@@ -272,6 +348,16 @@ class PostgresStateStore(AsyncResource):
         self._tasks: set[asyncio.Task[None]] = set()
         self._sql = _Statements(schema, table_prefix, self.ttl)
         self._batcher = Batcher(self._execute, max_in_flight)
+        self._waiters = Waiters()
+        self._watches = Watches()
+        # Releases notified per session (only contended sessions are notified), so a
+        # release between a busy begin_turn and its wait_turn is not missed.
+        self._generations: OrderedDict[str, int] = OrderedDict()
+        self._listener: Any = None  # the pooled connection that LISTENs, once started
+        self._listener_lock: asyncio.Lock | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        # Leases failed calls may have left held, per session: (tokens, owners).
+        self._orphans: dict[str, tuple[set[int], set[str]]] = {}
 
     @classmethod
     async def connect(
@@ -503,7 +589,8 @@ class PostgresStateStore(AsyncResource):
         if not self._ready:
             await self._ensure_ready(op)
         # An append that was sent finishes before a turn's cancellation (see Batcher).
-        result = (await self._batcher.call((command,), write=command[0] == "append"))[0]
+        write = command[0] in ("append", "end_turn")
+        result = (await self._batcher.call((command,), write=write))[0]
         if isinstance(result, Exception):
             raise result
         return result
@@ -523,6 +610,12 @@ class PostgresStateStore(AsyncResource):
             jobs.append(self._append_batch(commands, appends, results))
         if loads:
             jobs.append(self._load_batch(commands, loads, results))
+        # The turns' claims in one statement, their ends in another (each call fenced
+        # and atomic on its own session, the sessions locked in id order).
+        for op in ("begin_turn", "end_turn"):
+            indexes = [i for i, c in enumerate(commands) if c[0] == op]
+            if indexes:
+                jobs.append(self._turn_batch(op, commands, indexes, results))
         if len(jobs) == 1:
             await jobs[0]
         else:
@@ -571,6 +664,45 @@ class PostgresStateStore(AsyncResource):
             found[row[0] - 1].append(row[1])
         for n, i in enumerate(indexes):
             results[i] = found[n]
+
+    async def _turn_batch(
+        self, op: str, commands: list[Command], indexes: list[int], results: list[Any]
+    ) -> None:
+        """One call of the ``op`` function per command; several in one statement."""
+        sql = self._sql
+        # Sessions in id order (stable for one session's calls): batches never deadlock.
+        indexes = sorted(indexes, key=lambda i: commands[i][1])
+        try:
+            if len(indexes) == 1:
+                (i,) = indexes
+                query = sql.begin_turn if op == "begin_turn" else sql.end_turn
+                rows = await self._run(op, query, commands[i][1:])
+                results[i] = rows[0] if op == "begin_turn" else rows[0][0]
+                return
+            if op == "begin_turn":
+                columns = list(zip(*(commands[i][1:] for i in indexes), strict=True))
+                rows = await self._run(op, sql.begin_turn_many, columns)
+                for row in rows:
+                    results[indexes[row[0] - 1]] = tuple(row[1:])
+                return
+            # end_turn: the records of all the calls in one array, each call's a slice.
+            records: list[str] = []
+            firsts: list[int] = []
+            lasts: list[int] = []
+            for i in indexes:
+                firsts.append(len(records) + 1)
+                records += commands[i][3]
+                lasts.append(len(records))
+            others = list(zip(*(commands[i][1:] for i in indexes), strict=True))
+            del others[2]  # the records
+            rows = await self._run(op, sql.end_turn_many, [records, firsts, lasts, *others])
+            for row in rows:
+                results[indexes[row[0] - 1]] = row[1]
+        except (*_DRIVER_ERRORS, StoreError) as exc:
+            error = exc if isinstance(exc, StoreError) else self._driver_error(exc, op)
+            error.__cause__ = None if error is exc else exc
+            for i in indexes:
+                results[i] = error
 
     def _translate(self, exc: BaseException, op: str) -> StoreError:
         return _translate(exc, op, self._address, self.timeout, self.schema)
@@ -720,15 +852,373 @@ class PostgresStateStore(AsyncResource):
         self._maybe_sweep()
         return _decode_metadata(rows[0][0], session_id)
 
+    # --- the TurnStore contract: leases, turn ids, the ledger -----------------------------
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        lease_ttl: float,
+        load: bool = True,
+        last_n: int | None = None,
+        turn_id: str | None = None,
+        steal: bool = False,
+    ) -> TurnClaim:
+        """Take the session's lease if it is free (or expired, or ``steal``), with the
+        turn-id check, the history and the ledger: one call of a server-side function,
+        one round trip.
+
+        If the caller is cancelled once the call was sent, the call still completes and
+        a lease it took is released in the background (never left to expire).
+        """
+        check_session_id(session_id)
+        check_owner(owner)
+        ttl = check_lease_ttl(lease_ttl)
+        check_last_n(last_n)
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        refresh = self.ttl if self.refresh_ttl_on_read else None
+        generation = self._generations.get(session_id, 0)
+        args = (session_id, owner, ttl, bool(load), last_n, turn_id, bool(steal), refresh)
+        loop = asyncio.get_running_loop()
+        if session_id in self._orphans:
+            await self._free_orphans(session_id, owner)
+        claim = loop.create_task(self._batched("begin_turn", ("begin_turn", *args)))
+        try:
+            rows = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            claim.add_done_callback(lambda task: self._release_orphan(session_id, task))
+            raise
+        except StoreUnavailableError:
+            # It may have taken the lease, token unknown: free it before the next claim.
+            self._orphan(session_id, owner=owner)
+            raise
+        token, busy_for, stored, records, *totals = rows
+        ledger = _ledger(totals)
+        if stored:
+            return TurnClaim(
+                None, [], ledger, tuple(decode_messages(records, session_id=session_id))
+            )
+        if token is None:
+            _busy_mark.set((id(self), session_id, generation, loop.time() + float(busy_for)))
+            return TurnClaim(None, [], ledger)
+        self._watches.lost(session_id, token)  # a lease of this process, taken over
+        return TurnClaim(token, decode_messages(records or [], session_id=session_id), ledger)
+
+    def _release_orphan(self, session_id: str, claim: asyncio.Task[Any]) -> None:
+        """A cancelled caller's claim finished: give back the lease it may have taken."""
+        if claim.cancelled() or claim.exception() is not None or self._closed:
+            return
+        token = claim.result()[0]
+        if token is not None:
+            self._background(self._release(session_id, token))
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _release(self, session_id: str, token: int) -> None:
+        with contextlib.suppress(StoreError):
+            await self._fetch("release_turn", self._sql.release_turn, session_id, token)
+
+    async def renew_turn(self, session_id: str, token: int, lease_ttl: float) -> bool:
+        """Extend the lease to ``lease_ttl`` s from now (the server's clock); ``False``
+        if another turn took it."""
+        check_session_id(session_id)
+        check_token(token)
+        ttl = check_lease_ttl(lease_ttl)
+        rows = await self._fetch("renew_turn", self._sql.renew_turn, session_id, token, ttl)
+        return bool(rows)
+
+    async def end_turn(
+        self,
+        session_id: str,
+        token: int,
+        messages: Sequence[Message],
+        *,
+        turn_id: str | None = None,
+        usage: Usage | None = None,
+        cost: Cost | None = None,
+    ) -> None:
+        """Append the turn, add it to the ledger, record ``turn_id``, release the lease
+        and notify the waiters (only if some asked): one server-side function call,
+        only if ``token`` is still the session's newest.
+
+        Raises:
+            LeaseLostError: another turn took the lease since; nothing was written.
+        """
+        check_session_id(session_id)
+        check_token(token)
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        usage, cost = check_turn_figures(usage, cost)
+        records = encode_messages(messages)
+        u = usage
+        command = (
+            "end_turn",
+            session_id,
+            token,
+            records,
+            turn_id,
+            self.ttl,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.total_tokens,
+            cost.total_cost,
+        )
+        # Through the batcher, as append: a sent end_turn finishes before a turn's
+        # cancellation is re-raised (finish_sent_writes).
+        try:
+            outcome = await self._batched("end_turn", command)
+        except StoreUnavailableError:
+            # Maybe not applied, then the lease is still ours: give it back before the
+            # session's next claim here (a no-op if the turn was stored).
+            self._orphan(session_id, token=token)
+            raise
+        if outcome == 2:
+            raise _lease_lost(session_id, token)
+        self._waiters.wake(session_id)
+        self._maybe_sweep()
+
+    async def release_turn(self, session_id: str, token: int) -> None:
+        """Give the lease back without writing; a no-op if ``token`` no longer holds it.
+
+        Once sent it completes even if the caller is cancelled (the lease is never left
+        to expire because a cleanup was interrupted).
+        """
+        check_session_id(session_id)
+        check_token(token)
+        task = asyncio.get_running_loop().create_task(
+            self._fetch("release_turn", self._sql.release_turn, session_id, token)
+        )
+        self._tasks_add(task)
+        try:
+            await asyncio.shield(task)
+        except StoreUnavailableError:
+            self._orphan(session_id, token=token)  # given back at the next claim here
+            raise
+        self._waiters.wake(session_id)
+
+    def _orphan(
+        self, session_id: str, *, token: int | None = None, owner: str | None = None
+    ) -> None:
+        """Remember a lease this store may still hold but could not give back."""
+        tokens, owners = self._orphans.setdefault(session_id, (set(), set()))
+        if token is not None:
+            tokens.add(token)
+        if owner is not None:
+            owners.add(owner)
+        while len(self._orphans) > _MAX_GENERATIONS:  # the oldest expire by themselves
+            del self._orphans[next(iter(self._orphans))]
+
+    async def _free_orphans(self, session_id: str, owner: str) -> None:
+        """Give back the leases of the session that failed calls may have left held.
+
+        Only before a claim of the same owner, which StateMiddleware makes only once its
+        own earlier turns on the session are over: a lease of that owner is then one
+        whose claim failed. One more round trip, only after such a failure.
+        """
+        tokens, owners = self._orphans.pop(session_id)
+        try:
+            for token in sorted(tokens):
+                await self._fetch("release_turn", self._sql.release_turn, session_id, token)
+            if owner in owners:
+                await self._fetch("release_turn", self._sql.release_owner, session_id, owner)
+                owners.discard(owner)
+        except StoreError:
+            self._orphans[session_id] = (tokens, owners)
+            raise
+        if owners:  # other owners' leftovers wait for their own next claims
+            self._orphans[session_id] = (set(), owners)
+
+    def _tasks_add(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # Retrieved, so that a cancelled caller leaves no "never retrieved" warning.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def wait_turn(self, session_id: str, timeout: float) -> bool:
+        """Wait until the session's lease may be free, at most ``timeout`` seconds.
+
+        Signalling: LISTEN/NOTIFY on one pooled connection per store object (taken by
+        the first wait, kept until :meth:`aclose`). A busy :meth:`begin_turn` marks the
+        session contended, and the holder's release then notifies in the same
+        transaction, so a waiter hears it within one network hop. A notification that
+        is lost (the listening connection dropped) is made up for by looking again
+        every 0.5 s (one small read), and a holder that died by looking when its lease
+        expires. A release between the busy ``begin_turn`` and this call still wakes
+        it. ``True``: the lease looked free (try ``begin_turn``); ``False``:
+        ``timeout`` ran out.
+        """
+        check_session_id(session_id)
+        left = check_wait_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + left
+        woken = self._waiters.register(session_id)  # first: no wake-up is lost after this
+        try:
+            mark = _busy_mark.get()
+            lease_end: float | None = None
+            look = True  # whether to read the lease before waiting
+            if mark is not None and mark[0] == id(self) and mark[1] == session_id:
+                if self._generations.get(session_id, 0) > mark[2]:
+                    return True  # released since the busy claim was sent
+                lease_end, look = mark[3], self._listener is None
+            while True:
+                if self._listener is None:
+                    await self._start_listener(max(deadline - loop.time(), 0.001))
+                if look:
+                    rows = await self._fetch("wait_turn", self._sql.lease_left, session_id)
+                    held_for = rows[0][0] if rows else None
+                    if held_for is None or held_for <= 0:
+                        return True
+                    lease_end = loop.time() + float(held_for)
+                left = deadline - loop.time()
+                if woken.done():
+                    return True
+                if left <= 0:
+                    return False
+                # Listening: a release notifies; look again anyway every 0.5 s (a lost
+                # notification) and when the holder's lease ends (a dead holder).
+                bound = min(left, _WAIT_FALLBACK)
+                if lease_end is not None:
+                    bound = min(bound, max(lease_end - loop.time(), 0.0) + 0.005)
+                await asyncio.wait((woken,), timeout=bound)
+                if woken.done():
+                    return True
+                look = True
+        finally:
+            self._waiters.discard(session_id, woken)
+
+    async def _start_listener(self, limit: float) -> bool:
+        """LISTEN on the store's channel; True if this call started it."""
+        if self._listener_lock is None:
+            self._listener_lock = asyncio.Lock()
+        async with self._listener_lock:
+            if self._listener is not None or self._closed:
+                return False
+            if not self._ready:
+                await self._ensure_ready("wait_turn")
+            wait = limit if self.timeout is None else min(limit, self.timeout)
+            try:
+                conn = await self.pool.acquire(timeout=max(wait, 0.001))
+            except (*_DRIVER_ERRORS, StoreError):
+                return False  # waiters poll meanwhile; the next wait tries again
+            try:
+                await asyncio.wait_for(conn.add_listener(self._sql.channel, self._on_notify), wait)
+                conn.add_termination_listener(self._on_listener_lost)
+            except BaseException as exc:  # cancelled too: the connection goes back
+                conn.terminate()
+                with contextlib.suppress(*_DRIVER_ERRORS):
+                    await self.pool.release(conn, timeout=self.timeout)
+                if isinstance(exc, _DRIVER_ERRORS):
+                    return False
+                raise
+            self._listener = conn
+            return True
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        kind, rest = payload[:1], payload[1:]
+        if kind == "r":  # released while contended
+            self._generations[rest] = self._generations.pop(rest, 0) + 1
+            while len(self._generations) > _MAX_GENERATIONS:
+                self._generations.popitem(last=False)
+            self._waiters.wake(rest)
+        elif kind == "l":  # taken over: "l<newest token>:<session id>"
+            token, _, session_id = rest.partition(":")
+            with contextlib.suppress(ValueError):
+                self._watches.lost(session_id, int(token))
+
+    def _on_listener_lost(self, conn: Any) -> None:
+        if self._listener is conn:
+            self._listener = None
+        self._waiters.wake_all()  # they look again, and poll until a listener is back
+        self._ensure_watching()
+
+    def watch_lease(
+        self, session_id: str, token: int, on_lost: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call ``on_lost()`` once if another turn takes the lease ``token``.
+
+        A takeover by this store object is told at once; another process's through the
+        NOTIFY its ``begin_turn`` sends, within one network hop. Until the listening
+        connection is up (and whenever it is lost) the watched leases are polled every
+        0.5 s. Returns the function that stops watching.
+        """
+        check_session_id(session_id)
+        check_token(token)
+        if not callable(on_lost):
+            raise InvalidRequestError(f"on_lost must be callable, not {on_lost!r}")
+        self._check_open()
+        stop = self._watches.add(session_id, token, on_lost)
+        if self._listener is None:
+            self._ensure_watching()
+        return stop
+
+    def _ensure_watching(self) -> None:
+        idle = self._watch_task is None or self._watch_task.done()
+        if self._watches and not self._closed and idle:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    async def _watch_loop(self) -> None:
+        while self._watches and not self._closed:
+            if self._listener is None:
+                await self._start_listener(_WATCH_POLL)
+            ids = self._watches.sessions()
+            # One look at the fences covers what happened before the listener was up.
+            with contextlib.suppress(StoreError):
+                rows = await self._fetch("watch_lease", self._sql.fences, ids)
+                fences = {r[0]: int(r[1]) for r in rows}
+                for session_id in ids:
+                    self._watches.lost(session_id, fences.get(session_id))
+            if self._listener is not None:
+                return  # notifications tell from now on; a lost listener restarts this
+            await asyncio.sleep(_WATCH_POLL)
+
+    async def has_turn(self, session_id: str, turn_id: str) -> bool:
+        """Whether the turn ``turn_id`` is stored in the session (and not rewritten since)."""
+        check_session_id(session_id)
+        check_turn_id(turn_id)
+        rows = await self._fetch("has_turn", self._sql.has_turn, session_id, turn_id)
+        return bool(rows[0][0])
+
+    async def get_ledger(self, session_id: str) -> Ledger:
+        """The session's totals (all zero for an unknown or expired session)."""
+        check_session_id(session_id)
+        rows = await self._fetch("get_ledger", self._sql.get_ledger, session_id)
+        if not rows:
+            return Ledger()
+        return _ledger(rows[0])
+
     async def aclose(self) -> None:
         """Wait for background purges, then close the pool if this store created it.
 
         A pool passed to the constructor is left open: its owner closes it. Safe to
-        call more than once; the store refuses operations afterwards.
+        call more than once; the store refuses operations afterwards. The listening
+        connection (if any) stops listening and goes back to the pool.
         """
         if self._closed:
             return
         self._closed = True
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.remove_termination_listener(self._on_listener_lost)
+                await asyncio.wait_for(
+                    listener.remove_listener(self._sql.channel, self._on_notify), self.timeout
+                )
+            except _DRIVER_ERRORS:
+                listener.terminate()
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await self.pool.release(listener, timeout=self.timeout)
+        self._waiters.wake_all()
         await self._batcher.drain()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -744,6 +1234,8 @@ class _Statements:
         sessions = f'{s}."{prefix}sessions"'
         messages = f'{s}."{prefix}messages"'
         versions = f'{s}."{prefix}schema_version"'
+        turns = f'{s}."{prefix}turns"'
+        self.channel = channel_name(schema, prefix)
         self.where = f"{schema}.{prefix}*"
         self.lock_key = f"promptkit_async:{schema}.{prefix}"
         expires = "NULL::timestamptz" if ttl is None else f"now() + {ttl!r} * interval '1 second'"
@@ -776,6 +1268,7 @@ class _Statements:
                 "record TEXT NOT NULL, "
                 "PRIMARY KEY (session_id, seq))",
             ],
+            2: self._layout_2(s, prefix, sessions, messages),
         }
 
         # Old rows below start_seq are deleted in the same statement that hides them
@@ -788,8 +1281,14 @@ class _Statements:
         # An expired session that is written again starts empty: start past its rows
         # and forget its metadata.
         restart_seq = f"start_seq = CASE WHEN {expired} THEN s.next_seq ELSE s.start_seq END"
+        # ... and with a ledger of zeros.
+        restart_ledger = ", ".join(
+            f"{c} = CASE WHEN {expired} THEN 0 ELSE s.{c} END" for c in _LEDGER_COLUMNS
+        )
         restart = (
-            f"{restart_seq}, metadata = CASE WHEN {expired} THEN '{{}}'::jsonb ELSE s.metadata END"
+            f"{restart_seq}, "
+            f"metadata = CASE WHEN {expired} THEN '{{}}'::jsonb ELSE s.metadata END, "
+            f"{restart_ledger}"
         )
 
         self.load = (
@@ -852,17 +1351,21 @@ class _Statements:
             f"VALUES ($1, cardinality($2::text[]), {expires}) "
             "ON CONFLICT (id) DO UPDATE SET start_seq = s.next_seq, "
             f"metadata = CASE WHEN {expired} THEN '{{}}'::jsonb ELSE s.metadata END, "
+            f"{restart_ledger}, "
             "next_seq = s.next_seq + cardinality($2::text[]), expires_at = EXCLUDED.expires_at "
             "RETURNING s.start_seq AS first), "
             f"g AS ({gone('$1', 'SELECT first FROM t')}) "
             f"INSERT INTO {messages} (session_id, seq, record) "
             f"SELECT $1, t.first + r.i - 1, r.record FROM t, {rows}"
         )
-        # FOR UPDATE re-reads the newest version of the row, so "existed" is exact.
+        zero_ledger = ", ".join(f"{c} = 0" for c in _LEDGER_COLUMNS)
+        # FOR UPDATE re-reads the newest version of the row, so "existed" is exact. The
+        # row itself stays (with its fencing token), emptied.
         self.delete = (
             f"WITH o AS (SELECT s.id, {exists} AS existed FROM {sessions} s "
             "WHERE s.id = $1 FOR UPDATE), "
             f"u AS (UPDATE {sessions} s SET start_seq = s.next_seq, metadata = '{{}}', "
+            f"{zero_ledger}, "
             "expires_at = now() FROM o WHERE s.id = o.id RETURNING s.next_seq), "
             f"g AS ({gone('$1', 'SELECT next_seq FROM u')}) "
             "SELECT coalesce((SELECT existed FROM o), false)"
@@ -879,7 +1382,7 @@ class _Statements:
         self.merge = (
             f"WITH t AS (INSERT INTO {sessions} AS s (id, metadata, expires_at) "
             f"VALUES ($1, $2::text::jsonb, {expires}) "
-            f"ON CONFLICT (id) DO UPDATE SET {restart_seq}, "
+            f"ON CONFLICT (id) DO UPDATE SET {restart_seq}, {restart_ledger}, "
             f"metadata = (CASE WHEN {expired} THEN '{{}}'::jsonb ELSE s.metadata END "
             "|| EXCLUDED.metadata) - $3::text[], expires_at = EXCLUDED.expires_at "
             "RETURNING s.metadata::text AS metadata, s.start_seq), "
@@ -887,16 +1390,21 @@ class _Statements:
             "SELECT metadata FROM t"
         )
         # The source is read in the statement's snapshot; the target row is replaced
-        # under its lock (or created); an unknown source clears the target.
+        # under its lock (or created); an unknown source clears the target. The fork
+        # continues the conversation: it gets a copy of the source's ledger.
+        ledger = ", ".join(_LEDGER_COLUMNS)
+        copy_ledger = ", ".join(f"{c} = EXCLUDED.{c}" for c in _LEDGER_COLUMNS)
         self.fork = (
-            f"WITH src AS (SELECT s.metadata, s.start_seq, s.next_seq FROM {sessions} s "
+            f"WITH src AS (SELECT s.metadata, s.start_seq, s.next_seq, {ledger} FROM {sessions} s "
             f"WHERE s.id = $1 AND {exists}), "
-            f"t AS (INSERT INTO {sessions} AS s (id, metadata, next_seq, expires_at) "
-            f"SELECT $2, src.metadata, src.next_seq - src.start_seq, {expires} FROM src "
+            f"t AS (INSERT INTO {sessions} AS s (id, metadata, next_seq, expires_at, {ledger}) "
+            f"SELECT $2, src.metadata, src.next_seq - src.start_seq, {expires}, {ledger} FROM src "
             "ON CONFLICT (id) DO UPDATE SET metadata = EXCLUDED.metadata, "
             "start_seq = s.next_seq, next_seq = s.next_seq + EXCLUDED.next_seq, "
+            f"{copy_ledger}, "
             "expires_at = EXCLUDED.expires_at RETURNING s.start_seq AS first), "
             f"c AS (UPDATE {sessions} s SET start_seq = s.next_seq, metadata = '{{}}', "
+            f"{zero_ledger}, "
             "expires_at = now() WHERE s.id = $2 AND NOT EXISTS (SELECT 1 FROM src) "
             "RETURNING s.next_seq AS first), "
             f"g AS ({gone('$2', 'SELECT first FROM t UNION ALL SELECT first FROM c')}), "
@@ -912,14 +1420,260 @@ class _Statements:
         )
         # Expired sessions, and rows that hold nothing (emptied by save, delete, fork or a
         # metadata merge). SKIP LOCKED: never wait for, nor block, a session in use.
+        # A row whose lease is held, or expired less than an hour ago, stays: it holds
+        # the session's fencing token, and a holder that stalled must find it.
+        unleased = "(lease_expires_at IS NULL OR lease_expires_at < now() - interval '1 hour')"
         self.sweep_sessions = (
             f"WITH d AS (DELETE FROM {sessions} WHERE id IN (SELECT s.id FROM {sessions} s "
-            "WHERE s.expires_at <= now() OR (s.next_seq = s.start_seq "
-            "AND s.metadata = '{}'::jsonb) LIMIT $1 FOR UPDATE SKIP LOCKED) "
+            "WHERE (s.expires_at <= now() OR (s.next_seq = s.start_seq "
+            f"AND s.metadata = '{{}}'::jsonb)) AND {unleased.replace('lease_', 's.lease_')} "
+            "LIMIT $1 FOR UPDATE SKIP LOCKED) "
             "AND (expires_at <= now() OR (next_seq = start_seq AND metadata = '{}'::jsonb)) "
-            "RETURNING id) SELECT array_agg(id) FROM d"
+            f"AND {unleased} RETURNING id) SELECT array_agg(id) FROM d"
         )
-        self.sweep_messages = f"DELETE FROM {messages} WHERE session_id = ANY($1::text[])"
+        self.sweep_messages = (
+            f"WITH t AS (DELETE FROM {turns} WHERE session_id = ANY($1::text[])) "
+            f"DELETE FROM {messages} WHERE session_id = ANY($1::text[])"
+        )
+
+        # --- turns (issue 15): one server-side function call per operation ---------
+        fn = f'{s}."{prefix}'
+        self.begin_turn = f'SELECT * FROM {fn}begin_turn"($1, $2, $3, $4, $5, $6, $7, $8)'
+        self.end_turn = f'SELECT {fn}end_turn"($1, $2, $3::text[], $4, $5, $6, $7, $8, $9, $10)'
+        self.release_turn = f'SELECT {fn}release_turn"($1, $2)'
+        # Many claims or ends in one statement: one call per row, in the rows' order.
+        self.begin_turn_many = (
+            "SELECT q.i, b.* FROM unnest($1::text[], $2::text[], $3::float8[], "
+            "$4::boolean[], $5::bigint[], $6::text[], $7::boolean[], $8::float8[]) "
+            "WITH ORDINALITY AS q(id, owner, lease, load, last_n, turn, steal, refresh, i) "
+            f'CROSS JOIN LATERAL {fn}begin_turn"(q.id, q.owner, q.lease, q.load, q.last_n, '
+            "q.turn, q.steal, q.refresh) b ORDER BY q.i"
+        )
+        self.end_turn_many = (
+            f'SELECT q.i, {fn}end_turn"(q.id, q.token, ($1::text[])[q.first:q.last], '
+            "q.turn, q.ttl, q.p, q.c, q.ca, q.t, q.cost) FROM unnest($2::int[], $3::int[], "
+            "$4::text[], $5::bigint[], $6::text[], $7::float8[], $8::bigint[], $9::bigint[], "
+            "$10::bigint[], $11::bigint[], $12::float8[]) WITH ORDINALITY AS "
+            "q(first, last, id, token, turn, ttl, p, c, ca, t, cost, i) ORDER BY q.i"
+        )
+        # A lease whose claim's outcome was lost: freed by its owner's next claim.
+        self.release_owner = (
+            f"UPDATE {sessions} SET lease_owner = NULL, lease_expires_at = NULL, "
+            "contended = false WHERE id = $1 AND lease_owner = $2 "
+            "AND lease_expires_at IS NOT NULL"
+        )
+        self.renew_turn = (
+            f"UPDATE {sessions} SET lease_expires_at = clock_timestamp() + "
+            "$3 * interval '1 second' WHERE id = $1 AND fence = $2 "
+            "AND lease_expires_at IS NOT NULL RETURNING 1"
+        )
+        self.fences = f"SELECT id, fence FROM {sessions} WHERE id = ANY($1::text[])"
+        self.lease_left = (
+            "SELECT extract(epoch FROM lease_expires_at - clock_timestamp())::float8 "
+            f"FROM {sessions} WHERE id = $1"
+        )
+        self.has_turn = (
+            f"SELECT EXISTS (SELECT 1 FROM {turns} t JOIN {sessions} s ON s.id = t.session_id "
+            f"WHERE t.session_id = $1 AND t.turn_id = $2 AND {live} "
+            "AND t.first_seq >= s.start_seq AND t.first_seq + t.n <= s.next_seq)"
+        )
+        self.get_ledger = f"SELECT {ledger} FROM {sessions} s WHERE s.id = $1 AND {live}"
+
+    @staticmethod
+    def _layout_2(s: str, prefix: str, sessions: str, messages: str) -> list[str]:
+        """Layout 2 (issue 15): leases, fencing tokens, turn ids and the ledger."""
+        turns = f'{s}."{prefix}turns"'
+        fence = f'{s}."{prefix}fence"'
+        fn = f'{s}."{prefix}'
+        channel = channel_name(s.strip('"'), prefix).replace("'", "")
+        live = "(r.expires_at IS NULL OR r.expires_at > now())"
+        ledger = ", ".join(f"r.{c}" for c in _LEDGER_COLUMNS)
+        zeros = "0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::float8"
+        # The turn ``t`` of row ``r`` is stored while its messages are still live: a
+        # save, fork, delete or expiry moves start_seq past them, which forgets it.
+        stored = "t.first_seq >= r.start_seq AND t.first_seq + t.n <= r.next_seq"
+        release = (
+            f"UPDATE {sessions} SET lease_owner = NULL, lease_expires_at = NULL, "
+            "contended = false WHERE id = p_id"
+        )
+        return [
+            f"ALTER TABLE {sessions} "
+            "ADD COLUMN fence BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN lease_owner TEXT, "
+            "ADD COLUMN lease_expires_at TIMESTAMPTZ, "
+            "ADD COLUMN contended BOOLEAN NOT NULL DEFAULT false, "
+            "ADD COLUMN l_turns BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_prompt BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_completion BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_cached BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_total BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_cost DOUBLE PRECISION NOT NULL DEFAULT 0",
+            # One sequence for every session of these tables: tokens only grow, even
+            # when a session's row is purged and created again.
+            f"CREATE SEQUENCE {fence}",
+            f"CREATE TABLE {turns} ("
+            'session_id TEXT COLLATE "C" NOT NULL, '
+            'turn_id TEXT COLLATE "C" NOT NULL, '
+            "first_seq BIGINT NOT NULL, "
+            "n INT NOT NULL, "
+            "PRIMARY KEY (session_id, turn_id))",
+            # begin_turn: the turn-id check, the lease (exactly one of racing callers
+            # wins: the row lock), the history and the ledger, in one call.
+            f'CREATE FUNCTION {fn}begin_turn"(p_id text, p_owner text, p_lease float8, '
+            "p_load boolean, p_last_n bigint, p_turn text, p_steal boolean, p_refresh float8) "
+            "RETURNS TABLE (token bigint, busy_for float8, stored boolean, records text[], "
+            "l_turns bigint, l_prompt bigint, l_completion bigint, l_cached bigint, "
+            "l_total bigint, l_cost float8) "
+            "LANGUAGE plpgsql AS $body$\n"
+            f"DECLARE r {sessions}%ROWTYPE; t record; live boolean; newest bigint;\n"
+            "BEGIN\n"
+            "  IF p_turn IS NOT NULL THEN\n"
+            f"    SELECT x.first_seq, x.n INTO t FROM {turns} x "
+            "WHERE x.session_id = p_id AND x.turn_id = p_turn;\n"
+            "    IF FOUND THEN\n"
+            f"      SELECT * INTO r FROM {sessions} WHERE id = p_id;\n"
+            f"      IF FOUND AND {live} AND {stored} THEN\n"
+            "        RETURN QUERY SELECT NULL::bigint, NULL::float8, true, "
+            f"ARRAY(SELECT m.record FROM {messages} m WHERE m.session_id = p_id "
+            "AND m.seq >= t.first_seq AND m.seq < t.first_seq + t.n ORDER BY m.seq), "
+            f"{ledger};\n"
+            "        RETURN;\n"
+            "      END IF;\n"
+            "    END IF;\n"
+            "  END IF;\n"
+            f"  SELECT * INTO r FROM {sessions} WHERE id = p_id FOR UPDATE;\n"
+            "  IF NOT FOUND THEN\n"
+            f"    INSERT INTO {sessions} (id) VALUES (p_id) ON CONFLICT (id) DO NOTHING;\n"
+            f"    SELECT * INTO r FROM {sessions} WHERE id = p_id FOR UPDATE;\n"
+            "  END IF;\n"
+            f"  live := {live};\n"
+            "  IF r.lease_expires_at > clock_timestamp() AND NOT p_steal THEN\n"
+            # Busy: ask the holder's release to notify (only then does it).
+            "    IF NOT r.contended THEN\n"
+            f"      UPDATE {sessions} SET contended = true WHERE id = p_id;\n"
+            "    END IF;\n"
+            "    RETURN QUERY SELECT NULL::bigint, "
+            "extract(epoch FROM r.lease_expires_at - clock_timestamp())::float8, false, "
+            f"NULL::text[], {ledger} WHERE live UNION ALL SELECT NULL::bigint, "
+            "extract(epoch FROM r.lease_expires_at - clock_timestamp())::float8, false, "
+            f"NULL::text[], {zeros} WHERE NOT live;\n"
+            "    RETURN;\n"
+            "  END IF;\n"
+            f"  newest := nextval('{fence}');\n"
+            f"  UPDATE {sessions} SET fence = newest, lease_owner = p_owner, "
+            "lease_expires_at = clock_timestamp() + p_lease * interval '1 second', "
+            "expires_at = CASE WHEN live AND p_refresh IS NOT NULL "
+            "THEN now() + p_refresh * interval '1 second' ELSE expires_at END "
+            "WHERE id = p_id;\n"
+            # A lease taken from a holder (stolen, or expired): tell its watchers.
+            "  IF r.lease_expires_at IS NOT NULL THEN\n"
+            f"    PERFORM pg_notify('{channel}', 'l' || newest || ':' || p_id);\n"
+            "  END IF;\n"
+            "  IF NOT live THEN\n"
+            f"    RETURN QUERY SELECT newest, NULL::float8, false, '{{}}'::text[], {zeros};\n"
+            "    RETURN;\n"
+            "  END IF;\n"
+            "  RETURN QUERY SELECT newest, NULL::float8, false, CASE WHEN p_load THEN "
+            "ARRAY(SELECT x.record FROM (SELECT m.seq, m.record FROM "
+            f"{messages} m WHERE m.session_id = p_id AND m.seq >= r.start_seq "
+            "AND m.seq < r.next_seq ORDER BY m.seq DESC LIMIT p_last_n) x ORDER BY x.seq) "
+            f"ELSE '{{}}'::text[] END, {ledger};\n"
+            "END\n$body$",
+            # end_turn: 0 stored, 1 the turn id was already stored (nothing written, the
+            # lease released), 2 fenced (nothing written).
+            f'CREATE FUNCTION {fn}end_turn"(p_id text, p_token bigint, p_records text[], '
+            "p_turn text, p_ttl float8, p_prompt bigint, p_completion bigint, "
+            "p_cached bigint, p_total bigint, p_cost float8) RETURNS int "
+            "LANGUAGE plpgsql AS $body$\n"
+            f"DECLARE r {sessions}%ROWTYPE; live boolean; first bigint; "
+            "start bigint; n int := coalesce(cardinality(p_records), 0);\n"
+            "BEGIN\n"
+            f"  SELECT * INTO r FROM {sessions} WHERE id = p_id FOR UPDATE;\n"
+            "  IF NOT FOUND OR r.fence <> p_token THEN\n"
+            "    RETURN 2;\n"
+            "  END IF;\n"
+            f"  live := {live};\n"
+            f"  IF p_turn IS NOT NULL AND live AND EXISTS (SELECT 1 FROM {turns} t "
+            f"WHERE t.session_id = p_id AND t.turn_id = p_turn AND {stored}) THEN\n"
+            f"    {release} AND lease_expires_at IS NOT NULL;\n"
+            "    IF r.contended THEN\n"
+            f"      PERFORM pg_notify('{channel}', 'r' || p_id);\n"
+            "    END IF;\n"
+            "    RETURN 1;\n"
+            "  END IF;\n"
+            # An expired session that is written again starts empty (as append does).
+            "  start := CASE WHEN live THEN r.start_seq ELSE r.next_seq END;\n"
+            "  first := r.next_seq;\n"
+            f"  UPDATE {sessions} SET start_seq = start, next_seq = first + n, "
+            "metadata = CASE WHEN live THEN metadata ELSE '{}'::jsonb END, "
+            "expires_at = now() + p_ttl * interval '1 second', "
+            "l_turns = CASE WHEN live THEN l_turns ELSE 0 END + 1, "
+            "l_prompt = CASE WHEN live THEN l_prompt ELSE 0 END + p_prompt, "
+            "l_completion = CASE WHEN live THEN l_completion ELSE 0 END + p_completion, "
+            "l_cached = CASE WHEN live THEN l_cached ELSE 0 END + p_cached, "
+            "l_total = CASE WHEN live THEN l_total ELSE 0 END + p_total, "
+            "l_cost = CASE WHEN live THEN l_cost ELSE 0 END + p_cost, "
+            "lease_owner = NULL, lease_expires_at = NULL, contended = false "
+            "WHERE id = p_id;\n"
+            "  IF NOT live THEN\n"
+            f"    DELETE FROM {messages} WHERE session_id = p_id AND seq < start;\n"
+            "  END IF;\n"
+            f"  INSERT INTO {messages} (session_id, seq, record) "
+            "SELECT p_id, first + x.i - 1, x.record "
+            "FROM unnest(p_records) WITH ORDINALITY AS x(record, i);\n"
+            "  IF p_turn IS NOT NULL THEN\n"
+            f"    INSERT INTO {turns} (session_id, turn_id, first_seq, n) "
+            "VALUES (p_id, p_turn, first, n) ON CONFLICT (session_id, turn_id) "
+            "DO UPDATE SET first_seq = EXCLUDED.first_seq, n = EXCLUDED.n;\n"
+            "  END IF;\n"
+            "  IF r.contended THEN\n"
+            f"    PERFORM pg_notify('{channel}', 'r' || p_id);\n"
+            "  END IF;\n"
+            "  RETURN 0;\n"
+            "END\n$body$",
+            f'CREATE FUNCTION {fn}release_turn"(p_id text, p_token bigint) RETURNS void '
+            "LANGUAGE plpgsql AS $body$\n"
+            "DECLARE was_contended boolean;\n"
+            "BEGIN\n"
+            f"  SELECT contended INTO was_contended FROM {sessions} WHERE id = p_id "
+            "AND fence = p_token AND lease_expires_at IS NOT NULL FOR UPDATE;\n"
+            "  IF FOUND THEN\n"
+            f"    {release};\n"
+            "    IF was_contended THEN\n"
+            f"      PERFORM pg_notify('{channel}', 'r' || p_id);\n"
+            "    END IF;\n"
+            "  END IF;\n"
+            "END\n$body$",
+        ]
+
+
+def _ledger(row: Sequence[Any]) -> Ledger:
+    return Ledger(
+        turns=int(row[0]),
+        prompt_tokens=int(row[1]),
+        completion_tokens=int(row[2]),
+        cached_tokens=int(row[3]),
+        total_tokens=int(row[4]),
+        cost_usd=float(row[5]),
+    )
+
+
+def _lease_lost(session_id: str, token: int) -> LeaseLostError:
+    return LeaseLostError(
+        f"the lease of session {session_id!r} passed to another turn (token {token} is no "
+        "longer the newest): this turn was not stored, and the session holds exactly what "
+        "the other turns stored. A turn that stalls past lease_ttl loses its lease; renew "
+        "it (StateMiddleware does) or raise lease_ttl",
+        session_id=session_id,
+        token=token,
+    )
+
+
+def channel_name(schema: str, prefix: str) -> str:
+    """The LISTEN/NOTIFY channel of one set of tables (63 bytes at most, as PostgreSQL
+    requires): the stores sharing the tables share it."""
+    digest = hashlib.sha256(f"{schema}.{prefix}".encode()).hexdigest()[:24]
+    return f"promptkit_{digest}"
 
 
 def _translate(
@@ -936,9 +1690,14 @@ def _translate(
     detail = str(exc).rstrip(".") or type(exc).__name__
     maybe = " The write may or may not have been applied (never in part)." if op in _WRITES else ""
     if isinstance(exc, asyncio.TimeoutError):
-        return StoreUnavailableError(
+        # A StoreTimeoutError (a StoreUnavailableError): StateMiddleware reports a turn
+        # whose end_turn timed out after it was sent as ambiguous (AmbiguousTurnError).
+        return StoreTimeoutError(
             f"{where} did not answer {op} within {timeout}s.{maybe} It is overloaded, stuck "
-            f"or unreachable; {check}"
+            f"or unreachable; {check}",
+            operation=op,
+            timeout=timeout if timeout is not None else math.inf,
+            maybe_applied=op in _WRITES,
         )
     if isinstance(exc, pgexc.QueryCanceledError):
         return StoreUnavailableError(

@@ -31,15 +31,18 @@ import asyncpg
 import pytest
 
 from promptkit_async import (
+    Cost,
     Message,
     MockProvider,
     Pipeline,
     ProviderMiddleware,
     StateMiddleware,
     StoreUnavailableError,
+    Usage,
 )
 from promptkit_async.statestore import PostgresStateStore
 from promptkit_async.statestore.records import decode_message
+from tests._pg_proxy import AmbiguousProxy
 from tests._postgres_server import PostgresServer, server_pids
 from tests.faults._checks import Load, audit
 from tests.faults.conftest import Report, scales
@@ -275,3 +278,87 @@ async def test_a_cancelled_operation_leaves_no_stale_reply_behind(
     assert await store.count("s") == 1
     await store.aclose()
     report.add(faults=1)
+
+
+# --- ambiguous saves of turns (issue 15) --------------------------------------------------
+
+
+async def test_ambiguous_turn_saves_retried_with_their_turn_ids_are_stored_once(
+    pg: PostgresServer, report: Report
+) -> None:
+    """Every third turn's save is applied by the server but its answer is lost (the
+    connection drops): the caller cannot know. Each such turn is retried with its turn
+    id: the retry's begin_turn finds it stored, so nothing is stored twice, nothing
+    acknowledged is missing, and the ledger equals the sum of the stored turns."""
+    proxy = await AmbiguousProxy(pg.port, b'end_turn"', every=3, mode="drop").start()
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    store = await PostgresStateStore.connect(
+        dsn, schema="ambiguous", timeout=5.0, max_size=4, statement_cache_size=0
+    )
+    sessions = [f"a{i}" for i in range(4)]
+    per_session = 12
+    ambiguous = replayed = 0
+
+    def figures(n: int) -> tuple[Usage, Cost]:
+        usage = Usage(prompt_tokens=10 + n, completion_tokens=n, total_tokens=10 + 2 * n)
+        return usage, Cost(total_cost=0.001 * (n + 1))
+
+    async def run(session: str) -> None:
+        nonlocal ambiguous, replayed
+        for n in range(per_session):
+            turn_id = f"{session}-{n}"
+            usage, cost = figures(n)
+            for _ in range(10):
+                try:
+                    claim = await store.begin_turn(
+                        session, owner="faults", lease_ttl=30, turn_id=turn_id
+                    )
+                    if claim.stored_turn is not None:
+                        assert [m.content for m in claim.stored_turn] == [turn_id, f"re {turn_id}"]
+                        replayed += 1
+                        break
+                    assert claim.token is not None
+                    await store.end_turn(
+                        session,
+                        claim.token,
+                        [user(turn_id), Message("assistant", f"re {turn_id}")],
+                        turn_id=turn_id,
+                        usage=usage,
+                        cost=cost,
+                    )
+                    break
+                except StoreUnavailableError:
+                    ambiguous += 1  # the outcome is unknown: retry with the same turn id
+            else:
+                raise AssertionError(f"{turn_id} never got through")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(run(s) for s in sessions)), PHASE_GUARD)
+        assert proxy.faults > 0
+        # A fault hits every turn whose end_turn traveled in that statement (concurrent
+        # ends are batched into one): at least one caller each.
+        assert ambiguous >= proxy.faults
+        # Each lost answer was of an applied save: its retry found it stored.
+        assert replayed == ambiguous
+        for session in sessions:
+            history = [m.content for m in await store.load(session)]
+            expected = [f"{session}-{n}" for n in range(per_session)]
+            assert history[0::2] == expected  # each once, in order: no duplicate, no loss
+            assert [await store.has_turn(session, t) for t in expected] == [True] * per_session
+            ledger = await store.get_ledger(session)
+            sums = [figures(n) for n in range(per_session)]
+            assert ledger.turns == per_session
+            assert ledger.prompt_tokens == sum(u.prompt_tokens for u, _ in sums)
+            assert ledger.completion_tokens == sum(u.completion_tokens for u, _ in sums)
+            assert ledger.total_tokens == sum(u.total_tokens for u, _ in sums)
+            assert ledger.cost_usd == pytest.approx(sum(c.total_cost for _, c in sums))
+    finally:
+        await store.aclose()
+        await proxy.aclose()
+    report.add(
+        faults=proxy.faults,
+        turns=len(sessions) * per_session,
+        ambiguous=ambiguous,  # failed to their caller, yet stored...
+        replayed=replayed,  # ...each found stored by its retry
+        duplicates=0,
+    )

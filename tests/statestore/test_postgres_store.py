@@ -29,8 +29,12 @@ from promptkit_async import (
     StoreError,
     StoreUnavailableError,
 )
-from promptkit_async.statestore import PostgresStateStore
-from promptkit_async.statestore.postgres import LAYOUT_VERSION
+from promptkit_async._concurrency import finish_sent_writes
+from promptkit_async.statestore import Ledger, PostgresStateStore
+from promptkit_async.statestore.postgres import LAYOUT_VERSION, channel_name
+from promptkit_async.statestore.records import encode_messages
+from promptkit_async.types import Cost, Usage
+from tests._pg_proxy import AmbiguousProxy
 from tests._postgres_server import PostgresServer, unique_schema
 from tests._redis_server import free_port
 from tests.contract._harness import shift_postgres_ttls
@@ -81,7 +85,7 @@ async def test_a_turn_costs_two_round_trips_with_a_warm_pool(
     for turn in range(3):
         before = proxy.round_trips
         await pipeline.execute("s", "user", f"q{turn}")
-        assert proxy.round_trips - before == 2  # load, append
+        assert proxy.round_trips - before == 2  # begin_turn (lease + history), end_turn
     await pipeline.shutdown()
     assert contents(await store.load("s")) == [
         "q0",
@@ -169,7 +173,7 @@ async def test_schema_is_versioned_and_a_newer_one_is_refused(
         assert await asyncio.gather(store.migrate(), store.migrate()) == [LAYOUT_VERSION] * 2
         await store.append("s", [user("x")])
         versions = await raw.fetch(f'SELECT version FROM "{schema}".promptkit_schema_version')
-        assert [r[0] for r in versions] == [LAYOUT_VERSION]
+        assert [r[0] for r in versions] == list(range(1, LAYOUT_VERSION + 1))
 
         await raw.execute(f'INSERT INTO "{schema}".promptkit_schema_version VALUES (99)')
         newer = PostgresStateStore(pool, schema=schema)
@@ -203,9 +207,11 @@ async def test_schemas_and_prefixes_keep_applications_apart(
         "other_messages",
         "other_schema_version",
         "other_sessions",
+        "other_turns",
         "promptkit_messages",
         "promptkit_schema_version",
         "promptkit_sessions",
+        "promptkit_turns",
     ]
     with pytest.raises(ValueError, match="schema"):  # checked before any connection
         await PostgresStateStore.connect(dsn, schema='x"; DROP TABLE y; --')
@@ -420,3 +426,279 @@ def test_importing_the_library_without_asyncpg_costs_nothing_and_fails_nothing()
         check=True,
     )
     assert "pip install 'promptkit_async[postgres]'" in done.stdout
+
+
+# --- session leases, turn ids and the ledger (layout 2, issue 15) -------------------------
+
+OWNER = "test:1:abc"
+
+# The tables as layout 1 (the library before issue 15) created them, frozen here.
+_LAYOUT_1 = [
+    "CREATE SCHEMA {s}",
+    "CREATE TABLE {s}.promptkit_schema_version ("
+    "version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    'CREATE TABLE {s}.promptkit_sessions (id TEXT COLLATE "C" PRIMARY KEY, '
+    "metadata JSONB NOT NULL DEFAULT '{{}}', start_seq BIGINT NOT NULL DEFAULT 0, "
+    "next_seq BIGINT NOT NULL DEFAULT 0, expires_at TIMESTAMPTZ)",
+    'CREATE INDEX "promptkit_sessions_expiry" ON {s}.promptkit_sessions (expires_at) '
+    "WHERE expires_at IS NOT NULL",
+    'CREATE TABLE {s}.promptkit_messages (session_id TEXT COLLATE "C" NOT NULL, '
+    "seq BIGINT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (session_id, seq))",
+    "INSERT INTO {s}.promptkit_schema_version (version) VALUES (1)",
+]
+
+
+async def test_tables_of_layout_1_are_migrated_and_keep_their_data(
+    postgres_server: PostgresServer, raw: asyncpg.Connection
+) -> None:
+    schema = unique_schema()
+    for statement in _LAYOUT_1:
+        await raw.execute(statement.format(s=f'"{schema}"'))
+    records = encode_messages([user("old q"), bot("old a")])
+    await raw.execute(
+        f'INSERT INTO "{schema}".promptkit_sessions (id, metadata, next_seq) '
+        "VALUES ('old', '{\"k\": 1}', 2)"
+    )
+    await raw.executemany(
+        f'INSERT INTO "{schema}".promptkit_messages VALUES ($1, $2, $3)',
+        [("old", i, r) for i, r in enumerate(records)],
+    )
+    async with await PostgresStateStore.connect(postgres_server.dsn, schema=schema) as store:
+        assert contents(await store.load("old")) == ["old q", "old a"]
+        assert await store.get_metadata("old") == {"k": 1}
+        assert await store.get_ledger("old") == Ledger()
+        claim = await store.begin_turn("old", owner=OWNER, lease_ttl=30)
+        assert claim.token is not None
+        assert contents(claim.messages) == ["old q", "old a"]
+        await store.end_turn(
+            "old", claim.token, [user("q"), bot("a")], turn_id="t1", usage=Usage(3, 2, 5)
+        )
+        assert contents(await store.load("old")) == ["old q", "old a", "q", "a"]
+        assert await store.has_turn("old", "t1")
+        assert (await store.get_ledger("old")).total_tokens == 5
+    versions = await raw.fetch(f'SELECT version FROM "{schema}".promptkit_schema_version')
+    assert sorted(r[0] for r in versions) == [1, 2]
+
+
+async def test_begin_and_end_turn_are_one_round_trip_each(
+    counted: tuple[PostgresStateStore, CountingProxy],
+) -> None:
+    store, proxy = counted
+    warm = await store.begin_turn("warm", owner=OWNER, lease_ttl=30, turn_id="w")
+    assert warm.token is not None
+    await store.end_turn("warm", warm.token, [user("w")], turn_id="w")
+    await store.begin_turn("warm", owner=OWNER, lease_ttl=30, turn_id="w")  # stored: replay
+    await asyncio.gather(*store._tasks)  # the first write's background purge
+    trips = []
+    for n in range(3):
+        before = proxy.round_trips
+        claim = await store.begin_turn("s", owner=OWNER, lease_ttl=30, turn_id=f"t{n}")
+        assert claim.token is not None
+        busy = await store.begin_turn("s", owner="other", lease_ttl=30)
+        assert busy.token is None
+        middle = proxy.round_trips
+        await store.end_turn(
+            "s",
+            claim.token,
+            [user(f"q{n}"), bot(f"a{n}")],
+            turn_id=f"t{n}",
+            cost=Cost(total_cost=0.5),
+        )
+        replay = await store.begin_turn("s", owner=OWNER, lease_ttl=30, turn_id=f"t{n}")
+        assert replay.stored_turn is not None
+        trips.append((middle - before, proxy.round_trips - middle))
+    # begin + busy begin; end (with the NOTIFY the busy claim asked for) + replay.
+    assert trips == [(2, 2)] * 3
+    assert await store.get_ledger("s") == Ledger(turns=3, cost_usd=1.5)
+
+
+async def test_a_release_notifies_only_when_a_claim_found_the_lease_busy(
+    postgres_server: PostgresServer, raw: asyncpg.Connection
+) -> None:
+    schema = unique_schema()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+
+    def hear(*args: Any) -> None:
+        heard.put_nowait(args[3])
+
+    await raw.add_listener(channel_name(schema, "promptkit_"), hear)
+    async with await PostgresStateStore.connect(postgres_server.dsn, schema=schema) as store:
+        quiet = await store.begin_turn("quiet", owner=OWNER, lease_ttl=30)
+        assert quiet.token is not None
+        await store.end_turn("quiet", quiet.token, [user("q")])  # nobody asked: no NOTIFY
+        held = await store.begin_turn("busy", owner=OWNER, lease_ttl=30)
+        assert held.token is not None
+        assert (await store.begin_turn("busy", owner="other", lease_ttl=30)).token is None
+        await store.release_turn("busy", held.token)
+        # Notifications arrive in commit order: the first one is the contended release.
+        assert await asyncio.wait_for(heard.get(), 5) == "rbusy"
+        stolen = await store.begin_turn("busy", owner=OWNER, lease_ttl=30)
+        assert stolen.token is not None
+        thief = await store.begin_turn("busy", owner="other", lease_ttl=30, steal=True)
+        assert await asyncio.wait_for(heard.get(), 5) == f"l{thief.token}:busy"
+    await raw.remove_listener(channel_name(schema, "promptkit_"), hear)
+
+
+async def test_the_listening_connection_is_given_back_by_aclose(
+    postgres_server: PostgresServer, raw: asyncpg.Connection
+) -> None:
+    pool = await asyncpg.create_pool(postgres_server.dsn, min_size=1, max_size=3)
+    listening = (
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' "
+        "AND pid <> pg_backend_pid()"
+    )
+    try:
+        store = PostgresStateStore(pool, schema=unique_schema())
+        claim = await store.begin_turn("s", owner=OWNER, lease_ttl=30)
+        assert claim.token is not None
+        assert (await store.begin_turn("s", owner="other", lease_ttl=30)).token is None
+        assert await store.wait_turn("s", 0.05) is False  # busy all along: times out
+        assert await raw.fetchval(listening) == 1
+        assert pool.get_size() - pool.get_idle_size() == 1  # the listener holds one
+        await store.aclose()
+        assert await raw.fetchval(listening) == 0  # UNLISTENed...
+        assert pool.get_size() == pool.get_idle_size()  # ...and back in the pool
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
+async def test_a_claim_whose_answer_was_lost_does_not_hold_the_session_for_its_ttl(
+    postgres_server: PostgresServer,
+) -> None:
+    """begin_turn is applied (the lease taken) but its answer lost: the caller never
+    learns the token. The same owner's next claim frees that lease first; another
+    owner meanwhile finds the session busy, as it should."""
+    proxy = await AmbiguousProxy(postgres_server.port, b'begin_turn"', mode="drop").start()
+    schema = unique_schema()
+    lossy = await PostgresStateStore.connect(
+        f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres",
+        schema=schema,
+        statement_cache_size=0,
+    )
+    direct = await PostgresStateStore.connect(postgres_server.dsn, schema=schema)
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await lossy.begin_turn("s", owner=OWNER, lease_ttl=60)
+        assert proxy.faults == 1
+        proxy.every = 10**9  # no more faults
+        assert (await direct.begin_turn("s", owner="other", lease_ttl=60)).token is None
+        claim = await lossy.begin_turn("s", owner=OWNER, lease_ttl=60)
+        assert claim.token is not None  # not a 60 s wait
+        await lossy.end_turn("s", claim.token, [user("q"), bot("a")])
+        assert contents(await direct.load("s")) == ["q", "a"]
+    finally:
+        await lossy.aclose()
+        await direct.aclose()
+        await proxy.aclose()
+
+
+async def test_a_cancelled_begin_turn_gives_its_lease_back(
+    postgres_server: PostgresServer, raw: asyncpg.Connection
+) -> None:
+    schema = unique_schema()
+    async with await PostgresStateStore.connect(postgres_server.dsn, schema=schema) as store:
+        await store.count("s")  # the tables exist
+        # Hold the session row so that the claim waits on the server once sent.
+        lock = raw.transaction()
+        await lock.start()
+        await raw.execute(f"INSERT INTO \"{schema}\".promptkit_sessions (id) VALUES ('s')")
+        claim = asyncio.ensure_future(store.begin_turn("s", owner=OWNER, lease_ttl=60))
+        await _wait_for_lock_wait(raw, postgres_server.dsn)
+        claim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await claim
+        await lock.commit()  # the claim now takes the lease, then gives it back
+
+        async def taken_by_another() -> int:
+            while True:
+                await store.wait_turn("s", 5)
+                claim = await store.begin_turn("s", owner="other", lease_ttl=60)
+                if claim.token is not None:
+                    return claim.token
+
+        await asyncio.wait_for(taken_by_another(), 5)  # not in 60 s
+
+
+async def _wait_for_lock_wait(raw: asyncpg.Connection, dsn: str) -> None:
+    """Until some statement waits for a row lock (polling the server, bounded)."""
+    conn = await asyncpg.connect(dsn)
+
+    async def poll() -> None:
+        # Polling another process's state: nothing here can be awaited instead.
+        while not await conn.fetchval(  # noqa: ASYNC110
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        ):
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(poll(), 10)
+    finally:
+        await conn.close()
+
+
+async def test_a_turn_cancelled_while_its_end_turn_is_on_the_wire_waits_for_it(
+    postgres_server: PostgresServer, raw: asyncpg.Connection
+) -> None:
+    """Inside finish_sent_writes() (as StateMiddleware saves), a sent end_turn lands
+    before the caller's cancellation is re-raised, like append."""
+    schema = unique_schema()
+    async with await PostgresStateStore.connect(postgres_server.dsn, schema=schema) as store:
+        claim = await store.begin_turn("s", owner=OWNER, lease_ttl=60)
+        assert claim.token is not None
+        token = claim.token
+        lock = raw.transaction()
+        await lock.start()
+        await raw.execute(
+            f"SELECT 1 FROM \"{schema}\".promptkit_sessions WHERE id = 's' FOR UPDATE"
+        )
+
+        async def save() -> None:
+            with finish_sent_writes():
+                await store.end_turn("s", token, [user("q"), bot("a")], turn_id="t")
+
+        saving = asyncio.ensure_future(save())
+        await _wait_for_lock_wait(raw, postgres_server.dsn)  # sent, waiting for the row
+        saving.cancel()
+        done, _ = await asyncio.wait({saving}, timeout=0.3)
+        assert not done  # still waiting for its sent write
+        await lock.commit()
+        with pytest.raises(asyncio.CancelledError):
+            await saving
+        assert contents(await store.load("s")) == ["q", "a"]
+        assert await store.has_turn("s", "t")
+
+
+async def test_concurrent_claims_and_ends_travel_in_one_statement_each(
+    counted: tuple[PostgresStateStore, CountingProxy],
+) -> None:
+    store, proxy = counted
+    sessions = [f"s{i}" for i in range(5)]
+
+    async def claim_all() -> list[int]:
+        claims = await asyncio.gather(
+            *(store.begin_turn(s, owner=OWNER, lease_ttl=30) for s in sessions)
+        )
+        tokens = [c.token for c in claims]
+        assert None not in tokens
+        return [t for t in tokens if t is not None]
+
+    async def end_all(tokens: list[int], n: int) -> None:
+        await asyncio.gather(
+            *(
+                store.end_turn(s, t, [user(f"{s}-q{n}"), bot(f"{s}-a{n}")], turn_id=f"t{n}")
+                for s, t in zip(sessions, tokens, strict=True)
+            )
+        )
+
+    await end_all(await claim_all(), 0)  # prepares the statements
+    await asyncio.gather(*store._tasks)  # the first write's background purge
+    before = proxy.round_trips
+    tokens = await claim_all()
+    assert proxy.round_trips - before == 1  # five claims, one round trip
+    before = proxy.round_trips
+    await end_all(tokens, 1)
+    assert proxy.round_trips - before == 1  # five ends, one round trip
+    for s in sessions:
+        assert contents(await store.load(s)) == [f"{s}-q0", f"{s}-a0", f"{s}-q1", f"{s}-a1"]
+        assert await store.has_turn(s, "t1")
+        assert (await store.get_ledger(s)).turns == 2

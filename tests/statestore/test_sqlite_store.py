@@ -14,6 +14,7 @@ from promptkit_async import (
     InMemoryStateStore,
     InvalidRequestError,
     InvalidSessionIdError,
+    LeaseLostError,
     Message,
     MockProvider,
     Pipeline,
@@ -23,7 +24,9 @@ from promptkit_async import (
     StoreError,
     StoreUnavailableError,
 )
-from promptkit_async.statestore import SQLiteStateStore
+from promptkit_async.statestore import Ledger, SQLiteStateStore, TurnClaim
+from promptkit_async.statestore.records import encode_messages
+from promptkit_async.types import Usage
 from tests.statestore._records import EXPECTED, check_loaded, raw_records
 
 
@@ -168,7 +171,7 @@ async def test_wal_mode_and_layout_version(tmp_path: Path) -> None:
         await store.append("s", [user("x")])
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         db.close()
 
 
@@ -322,3 +325,125 @@ async def test_the_read_and_write_connections_never_race_to_set_up_a_new_file(
             assert contents(loaded) in ([], ["x"])  # concurrent: either order
             assert counted == 0
             assert contents(await store.load("a")) == ["x"]
+
+
+# --- session leases, turn ids and the ledger (layout 2, issue 15) -------------------------
+
+OWNER = "test:1:abc"
+
+# The file as layout 1 (the library before issue 15) created it, frozen here.
+_LAYOUT_1 = """
+CREATE TABLE promptkit_sessions (
+    id TEXT PRIMARY KEY NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    next_seq INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL
+) WITHOUT ROWID;
+CREATE INDEX promptkit_sessions_expiry
+    ON promptkit_sessions (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE promptkit_messages (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_file_of_layout_1_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_LAYOUT_1)
+    records = encode_messages([user("old q"), Message("assistant", "old a")])
+    db.execute(
+        "INSERT INTO promptkit_sessions (id, metadata, next_seq) VALUES ('old', ?, 2)", ('{"k":1}',)
+    )
+    db.executemany("INSERT INTO promptkit_messages VALUES ('old', ?, ?)", list(enumerate(records)))
+    db.commit()
+    db.close()
+    async with SQLiteStateStore(path) as store:
+        assert contents(await store.load("old")) == ["old q", "old a"]
+        assert await store.get_metadata("old") == {"k": 1}
+        assert await store.get_ledger("old") == Ledger()
+        claim = await store.begin_turn("old", owner=OWNER, lease_ttl=30)
+        assert claim.token is not None
+        assert contents(claim.messages) == ["old q", "old a"]
+        await store.end_turn("old", claim.token, [user("q")], turn_id="t1", usage=Usage(3, 2, 5))
+        assert contents(await store.load("old")) == ["old q", "old a", "q"]
+        assert await store.has_turn("old", "t1")
+        assert (await store.get_ledger("old")).total_tokens == 5
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
+async def test_two_connections_share_the_lease_by_polling(tmp_path: Path) -> None:
+    """Two store objects on one file (two connections each, as two processes would):
+    a release by one wakes the other's wait_turn through its polling, and a steal by
+    one is seen by the other's watch poll."""
+    path = tmp_path / "shared.sqlite3"
+    async with SQLiteStateStore(path) as a, SQLiteStateStore(path) as b:
+        held = await a.begin_turn("s", owner="a", lease_ttl=30)
+        assert held.token is not None
+        assert (await b.begin_turn("s", owner="b", lease_ttl=30)).token is None
+        waiting = asyncio.ensure_future(b.wait_turn("s", 10))
+        await a.end_turn("s", held.token, [user("from a")])
+        assert await waiting is True  # seen by polling: a's wake-up is a's own
+        mine = await b.begin_turn("s", owner="b", lease_ttl=30)
+        assert mine.token is not None
+        assert contents(mine.messages) == ["from a"]
+        lost = asyncio.Event()
+        stop = b.watch_lease("s", mine.token, lost.set)
+        thief = await a.begin_turn("s", owner="a", lease_ttl=30, steal=True)
+        assert thief.token is not None
+        assert thief.token > mine.token
+        await asyncio.wait_for(lost.wait(), 5)
+        stop()
+        with pytest.raises(LeaseLostError):
+            await b.end_turn("s", mine.token, [user("from b")])
+        await a.release_turn("s", thief.token)
+        assert contents(await b.load("s")) == ["from a"]
+
+
+async def test_a_cancelled_begin_turn_gives_its_lease_back(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    async with SQLiteStateStore(path) as store:
+        await store.count("s")  # the file exists
+        # Another process holds the write lock: the claim waits in its thread.
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            claim = asyncio.ensure_future(store.begin_turn("s", owner=OWNER, lease_ttl=60))
+            await _started(store)
+            claim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await claim
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        # The claim completes in its thread, then gives the lease back (not in 60 s).
+
+        async def taken_by_another() -> TurnClaim:
+            while True:
+                await store.wait_turn("s", 5)
+                claim = await store.begin_turn("s", owner="other", lease_ttl=60)
+                if claim.token is not None:
+                    return claim
+
+        again = await asyncio.wait_for(taken_by_another(), 5)
+        assert again.token is not None
+        await store.release_turn("s", again.token)
+
+
+async def _started(store: SQLiteStateStore) -> None:
+    """Until the write thread is inside a batch (it holds the connection's limiter)."""
+
+    async def poll() -> None:
+        limiter = store._writes.limiter
+        # A worker thread's progress: nothing here can be awaited instead.
+        while limiter is None or limiter.borrowed_tokens == 0:
+            await asyncio.sleep(0.005)
+            limiter = store._writes.limiter
+
+    await asyncio.wait_for(poll(), 10)
