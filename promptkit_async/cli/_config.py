@@ -186,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="print each turn's OpenTelemetry spans (model calls, tools, store) to stderr; "
         "needs opentelemetry-sdk (pip install 'promptkit-async[otel]' opentelemetry-sdk)",
     )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain input and output even on a terminal: no line editing, no Markdown",
+    )
+    parser.add_argument(
+        "--no-history",
+        action="store_true",
+        help="do not keep the lines you type in a history file (by default they are kept "
+        "in input_history beside the SQLite file, for the Up arrow in later runs)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Pacing of the demo model's stream; tests slow it down to interrupt a reply midway.
     parser.add_argument(
