@@ -15,7 +15,7 @@ plain. Nothing in this module is imported by ``import promptkit_async``.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
 import os
 import time
@@ -47,10 +47,13 @@ class TerminalFeatures:
 
 
 def _installed(module: str) -> bool:
+    # Imported, not just found: a broken installation counts as missing. Only asked on
+    # a terminal, so pipes and scripts never pay for the import.
     try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
+        importlib.import_module(module)
+    except ImportError:
         return False
+    return True
 
 
 def _isatty(stream: Any) -> bool:
