@@ -7,6 +7,12 @@ the same ``--session`` continues the conversation. With no API key set (and no
 ``--provider``) it talks to :class:`~promptkit_async.providers.demo.DemoProvider`, an
 offline rule-based model, so it works anywhere. ``promptkit-chat --help`` lists the
 options.
+
+``/image PATH``, ``/file PATH`` and ``/audio PATH`` attach a file to the next message
+(as content parts). On a terminal, with the ``chat`` extra installed
+(``pip install 'promptkit_async[chat]'``), lines are edited with prompt_toolkit (Up
+recalls earlier lines, kept in ``input_history`` beside the SQLite file) and replies are
+rendered as Markdown by rich; piped, or without the extra, input and output are plain.
 """
 
 from __future__ import annotations

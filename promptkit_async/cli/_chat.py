@@ -206,6 +206,7 @@ class Chat:
         self._replies: Replies = replies or PlainReplies(self._out)
         self._attachments: list[Attachment] = []
         self._ledger = isinstance(store, TurnStore)
+        self._turns = 0  # turns stored since the chat started or last cleared the session
 
     def write(self, text: str) -> None:
         """Write ``text`` and flush, so streamed words appear as they arrive."""
@@ -299,14 +300,18 @@ class Chat:
 
     async def session_total(self) -> float:
         """The session's total cost: from the store's ledger when it keeps one (so it
-        counts earlier runs too), else the sum of this run's turns."""
+        counts earlier runs too, since the session was last cleared), else the sum of
+        this run's turns."""
         if self._ledger:
             try:
                 ledger = await self.store.get_ledger(self.session_id)  # type: ignore[attr-defined]
             except PromptKitError:
                 pass  # a store that cannot answer now: this run's sum is still right
             else:
-                return float(ledger.cost_usd)
+                # A ledger that missed this run's turns (a pipeline storing them with
+                # plain appends) is not the session's total.
+                if ledger.turns >= self._turns:
+                    return float(ledger.cost_usd)
         return self.total_cost
 
     async def attach(self, kind: Kind, argument: str) -> None:
@@ -391,6 +396,7 @@ class Chat:
         if result is None:  # pragma: no cover - the pipeline always ends with a result
             return
         self.total_cost += result.cost.total_cost
+        self._turns += 1
         total = await self.session_total()
         replies.status(
             f"[Tokens: {result.usage.total_tokens} | This: ${result.cost.total_cost:.6f}"
@@ -420,6 +426,7 @@ class Chat:
     async def clear(self) -> None:
         """Forget the conversation (the persona stays)."""
         await self.store.delete(self.session_id)
+        self._turns = 0  # the ledger went with the session
         if self.persona.prompt:
             await self.store.merge_metadata(self.session_id, {PERSONA_KEY: self.persona.prompt})
         self.write("\n[Conversation cleared]\n\n")
