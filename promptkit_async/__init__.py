@@ -53,9 +53,11 @@ from .errors import (
 )
 from .pipeline import ExecutionContext, Middleware, Next, Pipeline, ResultStream
 from .pipeline.middleware import (
+    BusyPolicy,
     ContextWindowMiddleware,
     ProviderMiddleware,
     ProviderMiddlewareConfig,
+    SessionBudget,
     StateMiddleware,
 )
 from .pricing import ModelPricing, calculate_cost, lookup_pricing, register_pricing
@@ -120,6 +122,7 @@ __all__ = [
     "BadRequestError",
     "BaseProvider",
     "BudgetExceededError",
+    "BusyPolicy",
     "ConfigurationError",
     "ConflictError",
     "ContentPart",
@@ -174,6 +177,7 @@ __all__ = [
     "ResultStream",
     "RetryPolicy",
     "SQLiteStateStore",
+    "SessionBudget",
     "SessionBusyError",
     "SessionPage",
     "StateMiddleware",

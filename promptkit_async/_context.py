@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .types import Cost, ExecutionResult, Message, ProviderResponse, StreamChunk, TraceEvent, Usage
 
@@ -16,7 +16,12 @@ if TYPE_CHECKING:
     from .events import _Turn
     from .statestore.base import StateStore
 
-__all__ = ["ExecutionContext", "Middleware", "Next"]
+__all__ = ["BusyPolicy", "ExecutionContext", "Middleware", "Next"]
+
+#: What a turn does when another turn holds its session (see ``StateMiddleware``):
+#: ``"queue"`` waits its turn (bounded), ``"reject"`` fails at once with
+#: ``SessionBusyError``, ``"interrupt"`` stops the running turn and runs instead.
+BusyPolicy: TypeAlias = Literal["queue", "reject", "interrupt"]
 
 
 # Frozen, so every turn can start from the same zero totals.
@@ -48,6 +53,12 @@ class ExecutionContext:
         result: the turn's :class:`~promptkit_async.types.ExecutionResult`, once it ended.
         events: the turn's event publisher when its pipeline has listeners, else
             ``None`` (see :mod:`promptkit_async.events`; middleware leave it alone).
+        turn_id: the caller's idempotency key for the turn (``execute(turn_id=...)``);
+            ``StateMiddleware`` generates one when the caller gave none.
+        on_busy: the caller's :data:`BusyPolicy` for this turn, or ``None`` for the
+            pipeline's.
+        replayed: ``True`` when the turn was already stored under ``turn_id`` and
+            ``StateMiddleware`` answered with the stored reply instead of running it.
 
     A context belongs to one turn; it is not shared between turns.
     """
@@ -61,17 +72,26 @@ class ExecutionContext:
         "messages",
         "metadata",
         "new_messages",
+        "on_busy",
+        "replayed",
         "response",
         "result",
         "session_id",
         "started",
         "store",
         "trace",
+        "turn_id",
         "usage",
     )
 
     def __init__(
-        self, session_id: str, input: Message, metadata: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        input: Message,
+        metadata: dict[str, Any] | None = None,
+        *,
+        turn_id: str | None = None,
+        on_busy: BusyPolicy | None = None,
     ) -> None:
         self.session_id = session_id
         self.input = input
@@ -86,6 +106,9 @@ class ExecutionContext:
         self.store: StateStore | None = None
         self.result: ExecutionResult | None = None
         self.events: _Turn | None = None
+        self.turn_id = turn_id
+        self.on_busy = on_busy
+        self.replayed = False
         self.started = time.perf_counter()
         # The layers' chunk iterators of this turn, outermost first: the pipeline closes
         # them (innermost first) when the turn ends, however it ends.

@@ -723,6 +723,12 @@ class ExecutionResult:
         metadata: what middleware left in ``ctx.metadata``.
         estimated_prompt_tokens: the local token estimate of what was sent, when a
             middleware computed one (compare with ``usage.prompt_tokens``).
+        turn_id: the turn's idempotency key: the caller's ``turn_id=``, or the one
+            ``StateMiddleware`` generated (``None`` without a ``StateMiddleware``).
+            Retrying with it never stores the turn twice.
+        replayed: ``True`` when the turn had already been stored under ``turn_id``: the
+            stored reply was returned, the model was not called and nothing was stored
+            (``usage`` and ``cost`` are then zero).
     """
 
     session_id: str
@@ -734,6 +740,8 @@ class ExecutionResult:
     trace: tuple[TraceEvent, ...] = ()
     metadata: Mapping[str, Any] = field(default=_EMPTY)
     estimated_prompt_tokens: int | None = None
+    turn_id: str | None = None
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

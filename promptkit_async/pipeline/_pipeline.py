@@ -11,24 +11,27 @@ from typing import Any
 from typing_extensions import Self
 
 from .. import events
-from .._context import ExecutionContext, Middleware, Next
+from .._context import BusyPolicy, ExecutionContext, Middleware, Next
 from .._lifecycle import AsyncResource
 from .._validation import check_input, check_session_id
 from ..errors import (
     ConfigurationError,
     InvalidMiddlewareError,
+    InvalidRequestError,
     PipelineClosedError,
     PipelineError,
     PipelineTimeoutError,
     StreamBusyError,
 )
 from ..events import Listener, ListenerSet
+from ..statestore import check_turn_id
 from ..types import ExecutionResult, Message, MessageContent, StreamChunk
 
 __all__ = ["Pipeline", "ResultStream", "build_onion"]
 
 
 _NO_CHUNKS: tuple[StreamChunk, ...] = ()
+_BUSY_POLICIES = frozenset(("queue", "reject", "interrupt"))
 
 
 async def _terminal(ctx: ExecutionContext) -> AsyncIterator[StreamChunk]:
@@ -140,13 +143,31 @@ class Pipeline(AsyncResource):
         return self._closing
 
     def _context(
-        self, session_id: str, role: str, content: MessageContent, metadata: dict[str, Any] | None
+        self,
+        session_id: str,
+        role: str,
+        content: MessageContent,
+        metadata: dict[str, Any] | None,
+        turn_id: str | None,
+        on_busy: BusyPolicy | None,
     ) -> ExecutionContext:
         if self._closing:
             raise PipelineClosedError("the pipeline is closed; create a new one for new turns")
         check_session_id(session_id)
         check_input(role, content)
-        return ExecutionContext(session_id, Message(role, content), metadata)  # type: ignore[arg-type]
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        if on_busy is not None and on_busy not in _BUSY_POLICIES:
+            raise InvalidRequestError(
+                f"on_busy must be 'queue', 'reject', 'interrupt' or None, not {on_busy!r}"
+            )
+        return ExecutionContext(
+            session_id,
+            Message(role, content),  # type: ignore[arg-type]
+            metadata,
+            turn_id=turn_id,
+            on_busy=on_busy,
+        )
 
     async def _turn(self, ctx: ExecutionContext) -> AsyncGenerator[StreamChunk, None]:
         """One turn: the onion's chunks, then the final chunk with the result."""
@@ -189,6 +210,8 @@ class Pipeline(AsyncResource):
             trace=tuple(ctx.trace),
             metadata=ctx.metadata,
             estimated_prompt_tokens=ctx.estimated_prompt_tokens,
+            turn_id=ctx.turn_id,
+            replayed=ctx.replayed,
         )
         yield StreamChunk(
             finish_reason=response.finish_reason, usage=result.usage, final_result=result
@@ -201,22 +224,36 @@ class Pipeline(AsyncResource):
         content: MessageContent,
         *,
         metadata: dict[str, Any] | None = None,
+        turn_id: str | None = None,
+        on_busy: BusyPolicy | None = None,
     ) -> ExecutionResult:
         """Run one turn and return its result.
 
         Runs the same onion as :meth:`stream`, in the awaiting task; the streamed chunks
         are discarded.
 
+        Args:
+            turn_id: the turn's idempotency key (e.g. an HTTP ``Idempotency-Key``): a
+                turn already stored under it is not run again, its stored reply is
+                returned (``result.replayed``). ``StateMiddleware`` generates one if
+                ``None``. At most 200 printable characters.
+            on_busy: this turn's policy when another turn holds the session
+                (``"queue"``, ``"reject"``, ``"interrupt"``); ``None`` for the one
+                ``StateMiddleware`` was given.
+
         Raises:
-            InvalidRequestError: bad session id, role or content (before any I/O).
+            InvalidRequestError: bad session id, role, content, turn id or policy (before
+                any I/O).
             PipelineClosedError: after :meth:`aclose`.
+            SessionBusyError / TurnInterruptedError: see ``StateMiddleware``.
             ProviderError / StoreError: from the provider or the store; the turn is then
-                not stored at all.
+                not stored at all, except :class:`AmbiguousTurnError` (it may be: retry
+                with its ``turn_id``).
 
         Cancelling the awaiting task cancels the turn: nothing of it is stored unless
         the final save had already begun, in which case the save completes first.
         """
-        ctx = self._context(session_id, role, content, metadata)
+        ctx = self._context(session_id, role, content, metadata, turn_id, on_busy)
         async for _ in self._turn(ctx):
             pass
         assert ctx.result is not None  # _turn ends with the result or raises
@@ -229,6 +266,8 @@ class Pipeline(AsyncResource):
         content: MessageContent,
         *,
         metadata: dict[str, Any] | None = None,
+        turn_id: str | None = None,
+        on_busy: BusyPolicy | None = None,
     ) -> ResultStream:
         """Run one turn, yielding :class:`StreamChunk` objects as the model writes.
 
@@ -236,7 +275,8 @@ class Pipeline(AsyncResource):
         and runs inside the iterating task, at the pace it reads (no task or buffer of
         its own: a slow reader slows the model's stream instead of piling it up). The
         last chunk carries ``finish_reason`` and ``final_result`` and arrives after the
-        turn has been stored. Leaving ``async with``, ``aclose()``, or cancelling the
+        turn has been stored. ``turn_id`` and ``on_busy`` are as for :meth:`execute`.
+        Leaving ``async with``, ``aclose()``, or cancelling the
         reading task ends the turn (nothing stored, HTTP response closed); a stream
         dropped unfinished is closed when collected. Read it from one task at a time::
 
@@ -244,7 +284,9 @@ class Pipeline(AsyncResource):
                 async for chunk in chunks:
                     print(chunk.delta, end="")
         """
-        return ResultStream(self, self._context(session_id, role, content, metadata))
+        return ResultStream(
+            self, self._context(session_id, role, content, metadata, turn_id, on_busy)
+        )
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Refuse new turns and wait for in-flight ones to finish.

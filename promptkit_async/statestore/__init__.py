@@ -8,7 +8,8 @@
 
 All of them fulfil :class:`StateStore` with the same behaviour (``tests/contract``).
 A store of your own awaits its writes through :func:`finish_shielded`, so a write that
-has begun completes even if the turn is cancelled.
+has begun completes even if the turn is cancelled. :func:`check_turn_id` is the rule
+every turn id (idempotency key) follows, for a web handler to check a header with.
 :class:`~promptkit_async.statestore.blobs.BlobOffloadStore` wraps any of them to keep
 large image/document/audio bytes in a blob store of yours instead of in the history.
 """
@@ -16,6 +17,7 @@ large image/document/audio bytes in a blob store of yours instead of in the hist
 from typing import TYPE_CHECKING, Any
 
 from .._concurrency import finish_shielded
+from ._common import MAX_TURN_ID_LENGTH, check_turn_id
 from .base import Ledger, SessionPage, StateStore, TurnClaim, TurnStore
 from .blobs import BlobOffloadStore, BlobStore, InMemoryBlobStore
 from .memory import InMemoryStateStore
@@ -31,6 +33,7 @@ __all__ = [
     "InMemoryBlobStore",
     "InMemoryStateStore",
     "Ledger",
+    "MAX_TURN_ID_LENGTH",
     "PostgresStateStore",
     "RedisStateStore",
     "SQLiteStateStore",
@@ -38,6 +41,7 @@ __all__ = [
     "StateStore",
     "TurnClaim",
     "TurnStore",
+    "check_turn_id",
     "finish_shielded",
 ]
 

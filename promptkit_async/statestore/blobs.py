@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from typing_extensions import Self
+
+from .._concurrency import finish_shielded
 from .._lifecycle import AsyncResource
 from .._validation import check_session_id
 from ..errors import InvalidMessageError, InvalidRequestError, StoreDataError
-from ..types import AudioPart, ContentPart, DocumentPart, ImagePart, Message
-from .base import SessionPage, StateStore
+from ..types import AudioPart, ContentPart, Cost, DocumentPart, ImagePart, Message, Usage
+from .base import Ledger, SessionPage, StateStore, TurnClaim, TurnStore
 
 __all__ = ["DEFAULT_MIN_BYTES", "BlobOffloadStore", "BlobStore", "InMemoryBlobStore", "blob_key"]
 
@@ -120,7 +123,21 @@ class BlobOffloadStore(AsyncResource):
     Safe to share between tasks like the wrapped store; a blob store error propagates
     unchanged and the history is then not written. Closing this closes the wrapped
     store, not the blob store.
+
+    Session leases: when the wrapped store is a
+    :class:`~promptkit_async.statestore.TurnStore` (every store of the library is),
+    the wrapper is one too: ``BlobOffloadStore(store, blobs)`` is then an instance of
+    a subclass with the TurnStore methods, which offload on ``end_turn`` and resolve
+    ``begin_turn``'s history and stored turn. Around a store of yours that is not a
+    TurnStore, the wrapper has no such methods, so ``isinstance(wrapper, TurnStore)``
+    tells the truth and ``StateMiddleware`` falls back to plain loads and appends.
     """
+
+    def __new__(cls, store: StateStore, *args: Any, **kwargs: Any) -> Self:
+        # Only the exact class picks its flavour: a subclass of yours stays what it is.
+        if cls is BlobOffloadStore and isinstance(store, TurnStore):
+            return super().__new__(_TurnBlobOffloadStore)  # type: ignore[return-value]
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -263,3 +280,86 @@ class BlobOffloadStore(AsyncResource):
     async def aclose(self) -> None:
         """Close the wrapped store (the blob store is yours to close)."""
         await self.store.aclose()
+
+
+class _TurnBlobOffloadStore(BlobOffloadStore):
+    """A :class:`BlobOffloadStore` around a TurnStore: the TurnStore methods, forwarded."""
+
+    store: TurnStore
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        lease_ttl: float,
+        load: bool = True,
+        last_n: int | None = None,
+        turn_id: str | None = None,
+        steal: bool = False,
+    ) -> TurnClaim:
+        """The wrapped store's claim, its history and stored turn resolved if ``resolve``."""
+        claim = await self.store.begin_turn(
+            session_id,
+            owner=owner,
+            lease_ttl=lease_ttl,
+            load=load,
+            last_n=last_n,
+            turn_id=turn_id,
+            steal=steal,
+        )
+        if not self.resolve:
+            return claim
+        try:
+            messages = await self._resolve(session_id, claim.messages)
+            stored = claim.stored_turn
+            if stored is not None:
+                stored = tuple(await self._resolve(session_id, list(stored)))
+        except BaseException:
+            if claim.token is not None:  # the caller never sees the token: give it back
+                await finish_shielded(self.store.release_turn(session_id, claim.token))
+            raise
+        return replace(claim, messages=messages, stored_turn=stored)
+
+    async def renew_turn(self, session_id: str, token: int, lease_ttl: float) -> bool:
+        """Extend the lease (as the wrapped store)."""
+        return await self.store.renew_turn(session_id, token, lease_ttl)
+
+    async def end_turn(
+        self,
+        session_id: str,
+        token: int,
+        messages: Sequence[Message],
+        *,
+        turn_id: str | None = None,
+        usage: Usage | None = None,
+        cost: Cost | None = None,
+    ) -> None:
+        """Offload large parts, then end the turn (a fenced turn may leave its blobs
+        unreferenced, like a failed append)."""
+        offloaded = await self._offload(session_id, messages)
+        await self.store.end_turn(
+            session_id, token, offloaded, turn_id=turn_id, usage=usage, cost=cost
+        )
+
+    async def release_turn(self, session_id: str, token: int) -> None:
+        """Give the lease back (as the wrapped store)."""
+        await self.store.release_turn(session_id, token)
+
+    async def wait_turn(self, session_id: str, timeout: float) -> bool:
+        """Wait for the lease (as the wrapped store)."""
+        return await self.store.wait_turn(session_id, timeout)
+
+    def watch_lease(
+        self, session_id: str, token: int, on_lost: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Watch the lease (as the wrapped store)."""
+        return self.store.watch_lease(session_id, token, on_lost)
+
+    async def has_turn(self, session_id: str, turn_id: str) -> bool:
+        """Whether the turn is stored (as the wrapped store)."""
+        return await self.store.has_turn(session_id, turn_id)
+
+    async def get_ledger(self, session_id: str) -> Ledger:
+        """The session's totals (as the wrapped store)."""
+        return await self.store.get_ledger(session_id)

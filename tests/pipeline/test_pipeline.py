@@ -7,6 +7,7 @@ import gc
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -34,6 +35,7 @@ from promptkit_async import (
 )
 from promptkit_async.statestore import finish_shielded
 from promptkit_async.types import Message
+from tests._plain_store import PlainStore
 
 
 class GatedProvider(BaseProvider):
@@ -491,7 +493,7 @@ async def test_one_stream_is_read_by_one_task_at_a_time(store: InMemoryStateStor
 
 async def test_a_failed_save_during_aclose_is_raised(store: InMemoryStateStore) -> None:
     class FailingSave(InMemoryStateStore):
-        async def append(self, session_id: str, messages: object) -> None:
+        async def end_turn(self, session_id: str, token: int, messages: object, **kw: Any) -> None:
             await asyncio.sleep(0)
             raise OSError("disk gone")
 
@@ -586,7 +588,7 @@ async def test_a_timeout_inside_a_middleware_that_does_not_expire_changes_nothin
     assert [m.content for m in await store.load("s")] == ["hi", "done"]
 
 
-class TimedAppendStore(InMemoryStateStore):
+class TimedAppendStore(PlainStore):
     """A custom store whose append waits on a stuck disk under its own timeout."""
 
     def __init__(self, timeout: Callable[[float], AbstractAsyncContextManager[object]]) -> None:
@@ -600,14 +602,37 @@ class TimedAppendStore(InMemoryStateStore):
     async def _write(self, session_id: str, messages: Sequence[Message]) -> None:
         async with self.timeout(0.05):
             await self.disk.wait()
-        await super().append(session_id, messages)
+        await self.inner.append(session_id, messages)
 
 
+class TimedEndStore(InMemoryStateStore):
+    """A store with session leases whose end_turn waits on a stuck disk under its own
+    timeout."""
+
+    def __init__(self, timeout: Callable[[float], AbstractAsyncContextManager[object]]) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.disk = asyncio.Event()
+
+    async def end_turn(
+        self, session_id: str, token: int, messages: Sequence[Message], **kw: Any
+    ) -> None:
+        await finish_shielded(self._write(session_id, token, messages, **kw))
+
+    async def _write(
+        self, session_id: str, token: int, messages: Sequence[Message], **kw: Any
+    ) -> None:
+        async with self.timeout(0.05):
+            await self.disk.wait()
+        await super().end_turn(session_id, token, messages, **kw)
+
+
+@pytest.mark.parametrize("kind", [TimedAppendStore, TimedEndStore])
 @pytest.mark.parametrize("scope", [_asyncio_timeout, _fail_after])
 async def test_a_timeout_inside_a_custom_stores_append_fires(
-    scope: Callable[[float], AbstractAsyncContextManager[object]],
+    scope: Callable[[float], AbstractAsyncContextManager[object]], kind: Any
 ) -> None:
-    store = TimedAppendStore(scope)
+    store = kind(scope)
     provider = CountingProvider(n=2)
     for gate in provider.gates:
         gate.set()

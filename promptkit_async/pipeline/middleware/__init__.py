@@ -2,11 +2,13 @@
 
 from .context_window import ContextWindowMiddleware
 from .provider import ProviderMiddleware, ProviderMiddlewareConfig
-from .state import StateMiddleware
+from .state import BusyPolicy, SessionBudget, StateMiddleware
 
 __all__ = [
+    "BusyPolicy",
     "ContextWindowMiddleware",
     "ProviderMiddleware",
     "ProviderMiddlewareConfig",
+    "SessionBudget",
     "StateMiddleware",
 ]

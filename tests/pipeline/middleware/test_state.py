@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -102,7 +103,7 @@ async def test_provider_error_stores_nothing_and_session_recovers(
 
 
 class SlowAppendStore(InMemoryStateStore):
-    """A store whose append waits for a signal (to cancel mid-save), written as the
+    """A store whose turn save waits for a signal (to cancel mid-save), written as the
     StateStore contract asks of a store that suspends: through ``finish_shielded``."""
 
     def __init__(self) -> None:
@@ -110,13 +111,17 @@ class SlowAppendStore(InMemoryStateStore):
         self.appending = asyncio.Event()
         self.proceed = asyncio.Event()
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> None:
-        await finish_shielded(self._write(session_id, messages))
+    async def end_turn(
+        self, session_id: str, token: int, messages: Sequence[Message], **kw: Any
+    ) -> None:
+        await finish_shielded(self._write(session_id, token, messages, **kw))
 
-    async def _write(self, session_id: str, messages: Sequence[Message]) -> None:
+    async def _write(
+        self, session_id: str, token: int, messages: Sequence[Message], **kw: Any
+    ) -> None:
         self.appending.set()
         await self.proceed.wait()
-        await super().append(session_id, messages)
+        await super().end_turn(session_id, token, messages, **kw)
 
 
 async def test_cancellation_during_save_completes_the_save_then_cancels() -> None:
@@ -137,7 +142,8 @@ async def test_locks_are_released_for_finished_sessions(store: InMemoryStateStor
     state = StateMiddleware(store)
     pipe = Pipeline(state, ProviderMiddleware(MockProvider(handler=lambda r: "ok")))
     await asyncio.gather(*(pipe.execute(f"s{i}", "user", "hi") for i in range(50)))
-    assert state._turns == {}
+    assert state._holders == {}
+    assert state._waiting == {}
 
 
 async def test_max_history_messages_limits_what_is_loaded(store: InMemoryStateStore) -> None:
@@ -194,4 +200,5 @@ async def test_turns_run_in_arrival_order_and_cancelled_waiters_pass_the_session
             await turns[name]
     assert started == ["a", "d"]
     assert [m.content for m in await store.load("s")] == ["a", "reply to a", "d", "reply to d"]
-    assert state._turns == {}
+    assert state._holders == {}
+    assert state._waiting == {}
