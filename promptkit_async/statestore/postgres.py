@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import hashlib
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -44,25 +47,64 @@ from ..errors import (
     ConfigurationError,
     InvalidArgumentsError,
     InvalidRequestError,
+    LeaseLostError,
     StoreDataError,
     StoreError,
     StoreUnavailableError,
 )
-from ..types import Message
+from ..types import Cost, Message, Usage
 from ._batch import Batcher, Command
-from ._common import check_last_n, check_limit, check_ttl, split_patch
-from .base import SessionPage
+from ._common import (
+    check_last_n,
+    check_lease_ttl,
+    check_limit,
+    check_owner,
+    check_token,
+    check_ttl,
+    check_turn_figures,
+    check_turn_id,
+    check_wait_timeout,
+    split_patch,
+)
+from ._leases import Waiters, Watches
+from .base import Ledger, SessionPage, TurnClaim
 from .records import decode_messages, encode_messages
 
 __all__ = ["LAYOUT_VERSION", "PostgresStateStore"]
 
 #: The table layout this version writes (recorded in ``P_schema_version``).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+#: The ledger's columns, in :class:`Ledger` field order.
+_LEDGER_COLUMNS = ("l_turns", "l_prompt", "l_completion", "l_cached", "l_total", "l_cost")
+
+# Set by a busy begin_turn in the task that called it: (store id, session id, releases
+# heard for the session when the claim was sent, loop time the holder's lease ends).
+_busy_mark: contextvars.ContextVar[tuple[int, str, int, float] | None] = contextvars.ContextVar(
+    "promptkit_pg_busy_mark", default=None
+)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _SWEEP_INTERVAL = 60.0
 _SWEEP_BATCH = 1000
-_WRITES = frozenset(("append", "save", "fork", "merge_metadata", "delete"))
+_WRITES = frozenset(
+    (
+        "append",
+        "save",
+        "fork",
+        "merge_metadata",
+        "delete",
+        "begin_turn",
+        "renew_turn",
+        "end_turn",
+        "release_turn",
+    )
+)
+#: A waiter looks again at least this often, should a notification be lost.
+_WAIT_FALLBACK = 0.5
+#: While the listener connection is down, watched leases are polled this often.
+_WATCH_POLL = 0.5
+#: Kept per session only for sessions with waiters lately (bounded).
+_MAX_GENERATIONS = 10_000
 _TABLE_EXISTS = (
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
     "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)"
@@ -272,6 +314,14 @@ class PostgresStateStore(AsyncResource):
         self._tasks: set[asyncio.Task[None]] = set()
         self._sql = _Statements(schema, table_prefix, self.ttl)
         self._batcher = Batcher(self._execute, max_in_flight)
+        self._waiters = Waiters()
+        self._watches = Watches()
+        # Releases notified per session (only contended sessions are notified), so a
+        # release between a busy begin_turn and its wait_turn is not missed.
+        self._generations: OrderedDict[str, int] = OrderedDict()
+        self._listener: Any = None  # the pooled connection that LISTENs, once started
+        self._listener_lock: asyncio.Lock | None = None
+        self._watch_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(
@@ -523,6 +573,12 @@ class PostgresStateStore(AsyncResource):
             jobs.append(self._append_batch(commands, appends, results))
         if loads:
             jobs.append(self._load_batch(commands, loads, results))
+        # A turn's end is one call of its own (it is fenced per session).
+        jobs += [
+            self._end_turn(commands[i], i, results)
+            for i, c in enumerate(commands)
+            if c[0] == "end_turn"
+        ]
         if len(jobs) == 1:
             await jobs[0]
         else:
@@ -571,6 +627,15 @@ class PostgresStateStore(AsyncResource):
             found[row[0] - 1].append(row[1])
         for n, i in enumerate(indexes):
             results[i] = found[n]
+
+    async def _end_turn(self, command: Command, index: int, results: list[Any]) -> None:
+        try:
+            rows = await self._run("end_turn", self._sql.end_turn, command[1:])
+            results[index] = rows[0][0]
+        except (*_DRIVER_ERRORS, StoreError) as exc:
+            error = exc if isinstance(exc, StoreError) else self._driver_error(exc, "end_turn")
+            error.__cause__ = None if error is exc else exc
+            results[index] = error
 
     def _translate(self, exc: BaseException, op: str) -> StoreError:
         return _translate(exc, op, self._address, self.timeout, self.schema)
@@ -720,15 +785,323 @@ class PostgresStateStore(AsyncResource):
         self._maybe_sweep()
         return _decode_metadata(rows[0][0], session_id)
 
+    # --- the TurnStore contract: leases, turn ids, the ledger -----------------------------
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        lease_ttl: float,
+        load: bool = True,
+        last_n: int | None = None,
+        turn_id: str | None = None,
+        steal: bool = False,
+    ) -> TurnClaim:
+        """Take the session's lease if it is free (or expired, or ``steal``), with the
+        turn-id check, the history and the ledger: one call of a server-side function,
+        one round trip.
+
+        If the caller is cancelled once the call was sent, the call still completes and
+        a lease it took is released in the background (never left to expire).
+        """
+        check_session_id(session_id)
+        check_owner(owner)
+        ttl = check_lease_ttl(lease_ttl)
+        check_last_n(last_n)
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        refresh = self.ttl if self.refresh_ttl_on_read else None
+        generation = self._generations.get(session_id, 0)
+        args = (session_id, owner, ttl, bool(load), last_n, turn_id, bool(steal), refresh)
+        loop = asyncio.get_running_loop()
+        claim = loop.create_task(self._fetch("begin_turn", self._sql.begin_turn, *args))
+        try:
+            rows = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            claim.add_done_callback(lambda task: self._release_orphan(session_id, task))
+            raise
+        token, busy_for, stored, records, *totals = rows[0]
+        ledger = _ledger(totals)
+        if stored:
+            return TurnClaim(
+                None, [], ledger, tuple(decode_messages(records, session_id=session_id))
+            )
+        if token is None:
+            _busy_mark.set((id(self), session_id, generation, loop.time() + float(busy_for)))
+            return TurnClaim(None, [], ledger)
+        self._watches.lost(session_id, token)  # a lease of this process, taken over
+        return TurnClaim(token, decode_messages(records or [], session_id=session_id), ledger)
+
+    def _release_orphan(self, session_id: str, claim: asyncio.Task[list[Any]]) -> None:
+        """A cancelled caller's claim finished: give back the lease it may have taken."""
+        if claim.cancelled() or claim.exception() is not None or self._closed:
+            return
+        token = claim.result()[0][0]
+        if token is not None:
+            self._background(self._release(session_id, token))
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _release(self, session_id: str, token: int) -> None:
+        with contextlib.suppress(StoreError):
+            await self._fetch("release_turn", self._sql.release_turn, session_id, token)
+
+    async def renew_turn(self, session_id: str, token: int, lease_ttl: float) -> bool:
+        """Extend the lease to ``lease_ttl`` s from now (the server's clock); ``False``
+        if another turn took it."""
+        check_session_id(session_id)
+        check_token(token)
+        ttl = check_lease_ttl(lease_ttl)
+        rows = await self._fetch("renew_turn", self._sql.renew_turn, session_id, token, ttl)
+        return bool(rows)
+
+    async def end_turn(
+        self,
+        session_id: str,
+        token: int,
+        messages: Sequence[Message],
+        *,
+        turn_id: str | None = None,
+        usage: Usage | None = None,
+        cost: Cost | None = None,
+    ) -> None:
+        """Append the turn, add it to the ledger, record ``turn_id``, release the lease
+        and notify the waiters (only if some asked): one server-side function call,
+        only if ``token`` is still the session's newest.
+
+        Raises:
+            LeaseLostError: another turn took the lease since; nothing was written.
+        """
+        check_session_id(session_id)
+        check_token(token)
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        usage, cost = check_turn_figures(usage, cost)
+        records = encode_messages(messages)
+        u = usage
+        command = (
+            "end_turn",
+            session_id,
+            token,
+            records,
+            turn_id,
+            self.ttl,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.total_tokens,
+            cost.total_cost,
+        )
+        # Through the batcher, as append: a sent end_turn finishes before a turn's
+        # cancellation is re-raised (finish_sent_writes).
+        outcome = await self._batched("end_turn", command)
+        if outcome == 2:
+            raise _lease_lost(session_id, token)
+        self._waiters.wake(session_id)
+        self._maybe_sweep()
+
+    async def release_turn(self, session_id: str, token: int) -> None:
+        """Give the lease back without writing; a no-op if ``token`` no longer holds it.
+
+        Once sent it completes even if the caller is cancelled (the lease is never left
+        to expire because a cleanup was interrupted).
+        """
+        check_session_id(session_id)
+        check_token(token)
+        task = asyncio.get_running_loop().create_task(
+            self._fetch("release_turn", self._sql.release_turn, session_id, token)
+        )
+        self._tasks_add(task)
+        await asyncio.shield(task)
+        self._waiters.wake(session_id)
+
+    def _tasks_add(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # Retrieved, so that a cancelled caller leaves no "never retrieved" warning.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def wait_turn(self, session_id: str, timeout: float) -> bool:
+        """Wait until the session's lease may be free, at most ``timeout`` seconds.
+
+        Signalling: LISTEN/NOTIFY on one pooled connection per store object (taken by
+        the first wait, kept until :meth:`aclose`). A busy :meth:`begin_turn` marks the
+        session contended, and the holder's release then notifies in the same
+        transaction, so a waiter hears it within one network hop. A notification that
+        is lost (the listening connection dropped) is made up for by looking again
+        every 0.5 s (one small read), and a holder that died by looking when its lease
+        expires. A release between the busy ``begin_turn`` and this call still wakes
+        it. ``True``: the lease looked free (try ``begin_turn``); ``False``:
+        ``timeout`` ran out.
+        """
+        check_session_id(session_id)
+        left = check_wait_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + left
+        woken = self._waiters.register(session_id)  # first: no wake-up is lost after this
+        try:
+            mark = _busy_mark.get()
+            lease_end: float | None = None
+            look = True  # whether to read the lease before waiting
+            if mark is not None and mark[0] == id(self) and mark[1] == session_id:
+                if self._generations.get(session_id, 0) > mark[2]:
+                    return True  # released since the busy claim was sent
+                lease_end, look = mark[3], self._listener is None
+            while True:
+                if self._listener is None:
+                    await self._start_listener(max(deadline - loop.time(), 0.001))
+                if look:
+                    rows = await self._fetch("wait_turn", self._sql.lease_left, session_id)
+                    held_for = rows[0][0] if rows else None
+                    if held_for is None or held_for <= 0:
+                        return True
+                    lease_end = loop.time() + float(held_for)
+                left = deadline - loop.time()
+                if woken.done():
+                    return True
+                if left <= 0:
+                    return False
+                # Listening: a release notifies; look again anyway every 0.5 s (a lost
+                # notification) and when the holder's lease ends (a dead holder).
+                bound = min(left, _WAIT_FALLBACK)
+                if lease_end is not None:
+                    bound = min(bound, max(lease_end - loop.time(), 0.0) + 0.005)
+                await asyncio.wait((woken,), timeout=bound)
+                if woken.done():
+                    return True
+                look = True
+        finally:
+            self._waiters.discard(session_id, woken)
+
+    async def _start_listener(self, limit: float) -> bool:
+        """LISTEN on the store's channel; True if this call started it."""
+        if self._listener_lock is None:
+            self._listener_lock = asyncio.Lock()
+        async with self._listener_lock:
+            if self._listener is not None or self._closed:
+                return False
+            if not self._ready:
+                await self._ensure_ready("wait_turn")
+            wait = limit if self.timeout is None else min(limit, self.timeout)
+            try:
+                conn = await self.pool.acquire(timeout=max(wait, 0.001))
+            except (*_DRIVER_ERRORS, StoreError):
+                return False  # waiters poll meanwhile; the next wait tries again
+            try:
+                await asyncio.wait_for(conn.add_listener(self._sql.channel, self._on_notify), wait)
+                conn.add_termination_listener(self._on_listener_lost)
+            except _DRIVER_ERRORS:
+                conn.terminate()
+                with contextlib.suppress(*_DRIVER_ERRORS):
+                    await self.pool.release(conn, timeout=self.timeout)
+                return False
+            self._listener = conn
+            return True
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        kind, rest = payload[:1], payload[1:]
+        if kind == "r":  # released while contended
+            self._generations[rest] = self._generations.pop(rest, 0) + 1
+            while len(self._generations) > _MAX_GENERATIONS:
+                self._generations.popitem(last=False)
+            self._waiters.wake(rest)
+        elif kind == "l":  # taken over: "l<newest token>:<session id>"
+            token, _, session_id = rest.partition(":")
+            with contextlib.suppress(ValueError):
+                self._watches.lost(session_id, int(token))
+
+    def _on_listener_lost(self, conn: Any) -> None:
+        if self._listener is conn:
+            self._listener = None
+        self._waiters.wake_all()  # they look again, and poll until a listener is back
+        self._ensure_watching()
+
+    def watch_lease(
+        self, session_id: str, token: int, on_lost: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call ``on_lost()`` once if another turn takes the lease ``token``.
+
+        A takeover by this store object is told at once; another process's through the
+        NOTIFY its ``begin_turn`` sends, within one network hop. Until the listening
+        connection is up (and whenever it is lost) the watched leases are polled every
+        0.5 s. Returns the function that stops watching.
+        """
+        check_session_id(session_id)
+        check_token(token)
+        if not callable(on_lost):
+            raise InvalidRequestError(f"on_lost must be callable, not {on_lost!r}")
+        self._check_open()
+        stop = self._watches.add(session_id, token, on_lost)
+        if self._listener is None:
+            self._ensure_watching()
+        return stop
+
+    def _ensure_watching(self) -> None:
+        idle = self._watch_task is None or self._watch_task.done()
+        if self._watches and not self._closed and idle:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    async def _watch_loop(self) -> None:
+        while self._watches and not self._closed:
+            if self._listener is None:
+                await self._start_listener(_WATCH_POLL)
+            ids = self._watches.sessions()
+            # One look at the fences covers what happened before the listener was up.
+            with contextlib.suppress(StoreError):
+                rows = await self._fetch("watch_lease", self._sql.fences, ids)
+                fences = {r[0]: int(r[1]) for r in rows}
+                for session_id in ids:
+                    self._watches.lost(session_id, fences.get(session_id))
+            if self._listener is not None:
+                return  # notifications tell from now on; a lost listener restarts this
+            await asyncio.sleep(_WATCH_POLL)
+
+    async def has_turn(self, session_id: str, turn_id: str) -> bool:
+        """Whether the turn ``turn_id`` is stored in the session (and not rewritten since)."""
+        check_session_id(session_id)
+        check_turn_id(turn_id)
+        rows = await self._fetch("has_turn", self._sql.has_turn, session_id, turn_id)
+        return bool(rows[0][0])
+
+    async def get_ledger(self, session_id: str) -> Ledger:
+        """The session's totals (all zero for an unknown or expired session)."""
+        check_session_id(session_id)
+        rows = await self._fetch("get_ledger", self._sql.get_ledger, session_id)
+        if not rows:
+            return Ledger()
+        return _ledger(rows[0])
+
     async def aclose(self) -> None:
         """Wait for background purges, then close the pool if this store created it.
 
         A pool passed to the constructor is left open: its owner closes it. Safe to
-        call more than once; the store refuses operations afterwards.
+        call more than once; the store refuses operations afterwards. The listening
+        connection (if any) stops listening and goes back to the pool.
         """
         if self._closed:
             return
         self._closed = True
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.remove_termination_listener(self._on_listener_lost)
+                await asyncio.wait_for(
+                    listener.remove_listener(self._sql.channel, self._on_notify), self.timeout
+                )
+            except _DRIVER_ERRORS:
+                listener.terminate()
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await self.pool.release(listener, timeout=self.timeout)
+        self._waiters.wake_all()
         await self._batcher.drain()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -744,6 +1117,8 @@ class _Statements:
         sessions = f'{s}."{prefix}sessions"'
         messages = f'{s}."{prefix}messages"'
         versions = f'{s}."{prefix}schema_version"'
+        turns = f'{s}."{prefix}turns"'
+        self.channel = channel_name(schema, prefix)
         self.where = f"{schema}.{prefix}*"
         self.lock_key = f"promptkit_async:{schema}.{prefix}"
         expires = "NULL::timestamptz" if ttl is None else f"now() + {ttl!r} * interval '1 second'"
@@ -776,6 +1151,7 @@ class _Statements:
                 "record TEXT NOT NULL, "
                 "PRIMARY KEY (session_id, seq))",
             ],
+            2: self._layout_2(s, prefix, sessions, messages),
         }
 
         # Old rows below start_seq are deleted in the same statement that hides them
@@ -788,8 +1164,14 @@ class _Statements:
         # An expired session that is written again starts empty: start past its rows
         # and forget its metadata.
         restart_seq = f"start_seq = CASE WHEN {expired} THEN s.next_seq ELSE s.start_seq END"
+        # ... and with a ledger of zeros.
+        restart_ledger = ", ".join(
+            f"{c} = CASE WHEN {expired} THEN 0 ELSE s.{c} END" for c in _LEDGER_COLUMNS
+        )
         restart = (
-            f"{restart_seq}, metadata = CASE WHEN {expired} THEN '{{}}'::jsonb ELSE s.metadata END"
+            f"{restart_seq}, "
+            f"metadata = CASE WHEN {expired} THEN '{{}}'::jsonb ELSE s.metadata END, "
+            f"{restart_ledger}"
         )
 
         self.load = (
@@ -852,17 +1234,21 @@ class _Statements:
             f"VALUES ($1, cardinality($2::text[]), {expires}) "
             "ON CONFLICT (id) DO UPDATE SET start_seq = s.next_seq, "
             f"metadata = CASE WHEN {expired} THEN '{{}}'::jsonb ELSE s.metadata END, "
+            f"{restart_ledger}, "
             "next_seq = s.next_seq + cardinality($2::text[]), expires_at = EXCLUDED.expires_at "
             "RETURNING s.start_seq AS first), "
             f"g AS ({gone('$1', 'SELECT first FROM t')}) "
             f"INSERT INTO {messages} (session_id, seq, record) "
             f"SELECT $1, t.first + r.i - 1, r.record FROM t, {rows}"
         )
-        # FOR UPDATE re-reads the newest version of the row, so "existed" is exact.
+        zero_ledger = ", ".join(f"{c} = 0" for c in _LEDGER_COLUMNS)
+        # FOR UPDATE re-reads the newest version of the row, so "existed" is exact. The
+        # row itself stays (with its fencing token), emptied.
         self.delete = (
             f"WITH o AS (SELECT s.id, {exists} AS existed FROM {sessions} s "
             "WHERE s.id = $1 FOR UPDATE), "
             f"u AS (UPDATE {sessions} s SET start_seq = s.next_seq, metadata = '{{}}', "
+            f"{zero_ledger}, "
             "expires_at = now() FROM o WHERE s.id = o.id RETURNING s.next_seq), "
             f"g AS ({gone('$1', 'SELECT next_seq FROM u')}) "
             "SELECT coalesce((SELECT existed FROM o), false)"
@@ -879,7 +1265,7 @@ class _Statements:
         self.merge = (
             f"WITH t AS (INSERT INTO {sessions} AS s (id, metadata, expires_at) "
             f"VALUES ($1, $2::text::jsonb, {expires}) "
-            f"ON CONFLICT (id) DO UPDATE SET {restart_seq}, "
+            f"ON CONFLICT (id) DO UPDATE SET {restart_seq}, {restart_ledger}, "
             f"metadata = (CASE WHEN {expired} THEN '{{}}'::jsonb ELSE s.metadata END "
             "|| EXCLUDED.metadata) - $3::text[], expires_at = EXCLUDED.expires_at "
             "RETURNING s.metadata::text AS metadata, s.start_seq), "
@@ -887,16 +1273,21 @@ class _Statements:
             "SELECT metadata FROM t"
         )
         # The source is read in the statement's snapshot; the target row is replaced
-        # under its lock (or created); an unknown source clears the target.
+        # under its lock (or created); an unknown source clears the target. The fork
+        # continues the conversation: it gets a copy of the source's ledger.
+        ledger = ", ".join(_LEDGER_COLUMNS)
+        copy_ledger = ", ".join(f"{c} = EXCLUDED.{c}" for c in _LEDGER_COLUMNS)
         self.fork = (
-            f"WITH src AS (SELECT s.metadata, s.start_seq, s.next_seq FROM {sessions} s "
+            f"WITH src AS (SELECT s.metadata, s.start_seq, s.next_seq, {ledger} FROM {sessions} s "
             f"WHERE s.id = $1 AND {exists}), "
-            f"t AS (INSERT INTO {sessions} AS s (id, metadata, next_seq, expires_at) "
-            f"SELECT $2, src.metadata, src.next_seq - src.start_seq, {expires} FROM src "
+            f"t AS (INSERT INTO {sessions} AS s (id, metadata, next_seq, expires_at, {ledger}) "
+            f"SELECT $2, src.metadata, src.next_seq - src.start_seq, {expires}, {ledger} FROM src "
             "ON CONFLICT (id) DO UPDATE SET metadata = EXCLUDED.metadata, "
             "start_seq = s.next_seq, next_seq = s.next_seq + EXCLUDED.next_seq, "
+            f"{copy_ledger}, "
             "expires_at = EXCLUDED.expires_at RETURNING s.start_seq AS first), "
             f"c AS (UPDATE {sessions} s SET start_seq = s.next_seq, metadata = '{{}}', "
+            f"{zero_ledger}, "
             "expires_at = now() WHERE s.id = $2 AND NOT EXISTS (SELECT 1 FROM src) "
             "RETURNING s.next_seq AS first), "
             f"g AS ({gone('$2', 'SELECT first FROM t UNION ALL SELECT first FROM c')}), "
@@ -912,14 +1303,239 @@ class _Statements:
         )
         # Expired sessions, and rows that hold nothing (emptied by save, delete, fork or a
         # metadata merge). SKIP LOCKED: never wait for, nor block, a session in use.
+        # A row whose lease is held, or expired less than an hour ago, stays: it holds
+        # the session's fencing token, and a holder that stalled must find it.
+        unleased = "(lease_expires_at IS NULL OR lease_expires_at < now() - interval '1 hour')"
         self.sweep_sessions = (
             f"WITH d AS (DELETE FROM {sessions} WHERE id IN (SELECT s.id FROM {sessions} s "
-            "WHERE s.expires_at <= now() OR (s.next_seq = s.start_seq "
-            "AND s.metadata = '{}'::jsonb) LIMIT $1 FOR UPDATE SKIP LOCKED) "
+            "WHERE (s.expires_at <= now() OR (s.next_seq = s.start_seq "
+            f"AND s.metadata = '{{}}'::jsonb)) AND {unleased.replace('lease_', 's.lease_')} "
+            "LIMIT $1 FOR UPDATE SKIP LOCKED) "
             "AND (expires_at <= now() OR (next_seq = start_seq AND metadata = '{}'::jsonb)) "
-            "RETURNING id) SELECT array_agg(id) FROM d"
+            f"AND {unleased} RETURNING id) SELECT array_agg(id) FROM d"
         )
-        self.sweep_messages = f"DELETE FROM {messages} WHERE session_id = ANY($1::text[])"
+        self.sweep_messages = (
+            f"WITH t AS (DELETE FROM {turns} WHERE session_id = ANY($1::text[])) "
+            f"DELETE FROM {messages} WHERE session_id = ANY($1::text[])"
+        )
+
+        # --- turns (issue 15): one server-side function call per operation ---------
+        fn = f'{s}."{prefix}'
+        self.begin_turn = f'SELECT * FROM {fn}begin_turn"($1, $2, $3, $4, $5, $6, $7, $8)'
+        self.end_turn = f'SELECT {fn}end_turn"($1, $2, $3::text[], $4, $5, $6, $7, $8, $9, $10)'
+        self.release_turn = f'SELECT {fn}release_turn"($1, $2)'
+        self.renew_turn = (
+            f"UPDATE {sessions} SET lease_expires_at = clock_timestamp() + "
+            "$3 * interval '1 second' WHERE id = $1 AND fence = $2 "
+            "AND lease_expires_at IS NOT NULL RETURNING 1"
+        )
+        self.fences = f"SELECT id, fence FROM {sessions} WHERE id = ANY($1::text[])"
+        self.lease_left = (
+            "SELECT extract(epoch FROM lease_expires_at - clock_timestamp())::float8 "
+            f"FROM {sessions} WHERE id = $1"
+        )
+        self.has_turn = (
+            f"SELECT EXISTS (SELECT 1 FROM {turns} t JOIN {sessions} s ON s.id = t.session_id "
+            f"WHERE t.session_id = $1 AND t.turn_id = $2 AND {live} "
+            "AND t.first_seq >= s.start_seq AND t.first_seq + t.n <= s.next_seq)"
+        )
+        self.get_ledger = f"SELECT {ledger} FROM {sessions} s WHERE s.id = $1 AND {live}"
+
+    @staticmethod
+    def _layout_2(s: str, prefix: str, sessions: str, messages: str) -> list[str]:
+        """Layout 2 (issue 15): leases, fencing tokens, turn ids and the ledger."""
+        turns = f'{s}."{prefix}turns"'
+        fence = f'{s}."{prefix}fence"'
+        fn = f'{s}."{prefix}'
+        channel = channel_name(s.strip('"'), prefix).replace("'", "")
+        live = "(r.expires_at IS NULL OR r.expires_at > now())"
+        ledger = ", ".join(f"r.{c}" for c in _LEDGER_COLUMNS)
+        zeros = "0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::float8"
+        # The turn ``t`` of row ``r`` is stored while its messages are still live: a
+        # save, fork, delete or expiry moves start_seq past them, which forgets it.
+        stored = "t.first_seq >= r.start_seq AND t.first_seq + t.n <= r.next_seq"
+        release = (
+            f"UPDATE {sessions} SET lease_owner = NULL, lease_expires_at = NULL, "
+            "contended = false WHERE id = p_id"
+        )
+        return [
+            f"ALTER TABLE {sessions} "
+            "ADD COLUMN fence BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN lease_owner TEXT, "
+            "ADD COLUMN lease_expires_at TIMESTAMPTZ, "
+            "ADD COLUMN contended BOOLEAN NOT NULL DEFAULT false, "
+            "ADD COLUMN l_turns BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_prompt BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_completion BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_cached BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_total BIGINT NOT NULL DEFAULT 0, "
+            "ADD COLUMN l_cost DOUBLE PRECISION NOT NULL DEFAULT 0",
+            # One sequence for every session of these tables: tokens only grow, even
+            # when a session's row is purged and created again.
+            f"CREATE SEQUENCE {fence}",
+            f"CREATE TABLE {turns} ("
+            'session_id TEXT COLLATE "C" NOT NULL, '
+            'turn_id TEXT COLLATE "C" NOT NULL, '
+            "first_seq BIGINT NOT NULL, "
+            "n INT NOT NULL, "
+            "PRIMARY KEY (session_id, turn_id))",
+            # begin_turn: the turn-id check, the lease (exactly one of racing callers
+            # wins: the row lock), the history and the ledger, in one call.
+            f'CREATE FUNCTION {fn}begin_turn"(p_id text, p_owner text, p_lease float8, '
+            "p_load boolean, p_last_n bigint, p_turn text, p_steal boolean, p_refresh float8) "
+            "RETURNS TABLE (token bigint, busy_for float8, stored boolean, records text[], "
+            "l_turns bigint, l_prompt bigint, l_completion bigint, l_cached bigint, "
+            "l_total bigint, l_cost float8) "
+            "LANGUAGE plpgsql AS $body$\n"
+            f"DECLARE r {sessions}%ROWTYPE; t record; live boolean; newest bigint;\n"
+            "BEGIN\n"
+            "  IF p_turn IS NOT NULL THEN\n"
+            f"    SELECT x.first_seq, x.n INTO t FROM {turns} x "
+            "WHERE x.session_id = p_id AND x.turn_id = p_turn;\n"
+            "    IF FOUND THEN\n"
+            f"      SELECT * INTO r FROM {sessions} WHERE id = p_id;\n"
+            f"      IF FOUND AND {live} AND {stored} THEN\n"
+            "        RETURN QUERY SELECT NULL::bigint, NULL::float8, true, "
+            f"ARRAY(SELECT m.record FROM {messages} m WHERE m.session_id = p_id "
+            "AND m.seq >= t.first_seq AND m.seq < t.first_seq + t.n ORDER BY m.seq), "
+            f"{ledger};\n"
+            "        RETURN;\n"
+            "      END IF;\n"
+            "    END IF;\n"
+            "  END IF;\n"
+            f"  SELECT * INTO r FROM {sessions} WHERE id = p_id FOR UPDATE;\n"
+            "  IF NOT FOUND THEN\n"
+            f"    INSERT INTO {sessions} (id) VALUES (p_id) ON CONFLICT (id) DO NOTHING;\n"
+            f"    SELECT * INTO r FROM {sessions} WHERE id = p_id FOR UPDATE;\n"
+            "  END IF;\n"
+            f"  live := {live};\n"
+            "  IF r.lease_expires_at > clock_timestamp() AND NOT p_steal THEN\n"
+            # Busy: ask the holder's release to notify (only then does it).
+            "    IF NOT r.contended THEN\n"
+            f"      UPDATE {sessions} SET contended = true WHERE id = p_id;\n"
+            "    END IF;\n"
+            "    RETURN QUERY SELECT NULL::bigint, "
+            "extract(epoch FROM r.lease_expires_at - clock_timestamp())::float8, false, "
+            f"NULL::text[], {ledger} WHERE live UNION ALL SELECT NULL::bigint, "
+            "extract(epoch FROM r.lease_expires_at - clock_timestamp())::float8, false, "
+            f"NULL::text[], {zeros} WHERE NOT live;\n"
+            "    RETURN;\n"
+            "  END IF;\n"
+            f"  newest := nextval('{fence}');\n"
+            f"  UPDATE {sessions} SET fence = newest, lease_owner = p_owner, "
+            "lease_expires_at = clock_timestamp() + p_lease * interval '1 second', "
+            "expires_at = CASE WHEN live AND p_refresh IS NOT NULL "
+            "THEN now() + p_refresh * interval '1 second' ELSE expires_at END "
+            "WHERE id = p_id;\n"
+            # A lease taken from a holder (stolen, or expired): tell its watchers.
+            "  IF r.lease_expires_at IS NOT NULL THEN\n"
+            f"    PERFORM pg_notify('{channel}', 'l' || newest || ':' || p_id);\n"
+            "  END IF;\n"
+            "  IF NOT live THEN\n"
+            f"    RETURN QUERY SELECT newest, NULL::float8, false, '{{}}'::text[], {zeros};\n"
+            "    RETURN;\n"
+            "  END IF;\n"
+            "  RETURN QUERY SELECT newest, NULL::float8, false, CASE WHEN p_load THEN "
+            "ARRAY(SELECT x.record FROM (SELECT m.seq, m.record FROM "
+            f"{messages} m WHERE m.session_id = p_id AND m.seq >= r.start_seq "
+            "AND m.seq < r.next_seq ORDER BY m.seq DESC LIMIT p_last_n) x ORDER BY x.seq) "
+            f"ELSE '{{}}'::text[] END, {ledger};\n"
+            "END\n$body$",
+            # end_turn: 0 stored, 1 the turn id was already stored (nothing written, the
+            # lease released), 2 fenced (nothing written).
+            f'CREATE FUNCTION {fn}end_turn"(p_id text, p_token bigint, p_records text[], '
+            "p_turn text, p_ttl float8, p_prompt bigint, p_completion bigint, "
+            "p_cached bigint, p_total bigint, p_cost float8) RETURNS int "
+            "LANGUAGE plpgsql AS $body$\n"
+            f"DECLARE r {sessions}%ROWTYPE; live boolean; first bigint; "
+            "start bigint; n int := coalesce(cardinality(p_records), 0);\n"
+            "BEGIN\n"
+            f"  SELECT * INTO r FROM {sessions} WHERE id = p_id FOR UPDATE;\n"
+            "  IF NOT FOUND OR r.fence <> p_token THEN\n"
+            "    RETURN 2;\n"
+            "  END IF;\n"
+            f"  live := {live};\n"
+            f"  IF p_turn IS NOT NULL AND live AND EXISTS (SELECT 1 FROM {turns} t "
+            f"WHERE t.session_id = p_id AND t.turn_id = p_turn AND {stored}) THEN\n"
+            f"    {release} AND lease_expires_at IS NOT NULL;\n"
+            "    IF r.contended THEN\n"
+            f"      PERFORM pg_notify('{channel}', 'r' || p_id);\n"
+            "    END IF;\n"
+            "    RETURN 1;\n"
+            "  END IF;\n"
+            # An expired session that is written again starts empty (as append does).
+            "  start := CASE WHEN live THEN r.start_seq ELSE r.next_seq END;\n"
+            "  first := r.next_seq;\n"
+            f"  UPDATE {sessions} SET start_seq = start, next_seq = first + n, "
+            "metadata = CASE WHEN live THEN metadata ELSE '{}'::jsonb END, "
+            "expires_at = now() + p_ttl * interval '1 second', "
+            "l_turns = CASE WHEN live THEN l_turns ELSE 0 END + 1, "
+            "l_prompt = CASE WHEN live THEN l_prompt ELSE 0 END + p_prompt, "
+            "l_completion = CASE WHEN live THEN l_completion ELSE 0 END + p_completion, "
+            "l_cached = CASE WHEN live THEN l_cached ELSE 0 END + p_cached, "
+            "l_total = CASE WHEN live THEN l_total ELSE 0 END + p_total, "
+            "l_cost = CASE WHEN live THEN l_cost ELSE 0 END + p_cost, "
+            "lease_owner = NULL, lease_expires_at = NULL, contended = false "
+            "WHERE id = p_id;\n"
+            "  IF NOT live THEN\n"
+            f"    DELETE FROM {messages} WHERE session_id = p_id AND seq < start;\n"
+            "  END IF;\n"
+            f"  INSERT INTO {messages} (session_id, seq, record) "
+            "SELECT p_id, first + x.i - 1, x.record "
+            "FROM unnest(p_records) WITH ORDINALITY AS x(record, i);\n"
+            "  IF p_turn IS NOT NULL THEN\n"
+            f"    INSERT INTO {turns} (session_id, turn_id, first_seq, n) "
+            "VALUES (p_id, p_turn, first, n) ON CONFLICT (session_id, turn_id) "
+            "DO UPDATE SET first_seq = EXCLUDED.first_seq, n = EXCLUDED.n;\n"
+            "  END IF;\n"
+            "  IF r.contended THEN\n"
+            f"    PERFORM pg_notify('{channel}', 'r' || p_id);\n"
+            "  END IF;\n"
+            "  RETURN 0;\n"
+            "END\n$body$",
+            f'CREATE FUNCTION {fn}release_turn"(p_id text, p_token bigint) RETURNS void '
+            "LANGUAGE plpgsql AS $body$\n"
+            "DECLARE was_contended boolean;\n"
+            "BEGIN\n"
+            f"  SELECT contended INTO was_contended FROM {sessions} WHERE id = p_id "
+            "AND fence = p_token AND lease_expires_at IS NOT NULL FOR UPDATE;\n"
+            "  IF FOUND THEN\n"
+            f"    {release};\n"
+            "    IF was_contended THEN\n"
+            f"      PERFORM pg_notify('{channel}', 'r' || p_id);\n"
+            "    END IF;\n"
+            "  END IF;\n"
+            "END\n$body$",
+        ]
+
+
+def _ledger(row: Sequence[Any]) -> Ledger:
+    return Ledger(
+        turns=int(row[0]),
+        prompt_tokens=int(row[1]),
+        completion_tokens=int(row[2]),
+        cached_tokens=int(row[3]),
+        total_tokens=int(row[4]),
+        cost_usd=float(row[5]),
+    )
+
+
+def _lease_lost(session_id: str, token: int) -> LeaseLostError:
+    return LeaseLostError(
+        f"the lease of session {session_id!r} passed to another turn (token {token} is no "
+        "longer the newest): this turn was not stored, and the session holds exactly what "
+        "the other turns stored. A turn that stalls past lease_ttl loses its lease; renew "
+        "it (StateMiddleware does) or raise lease_ttl",
+        session_id=session_id,
+        token=token,
+    )
+
+
+def channel_name(schema: str, prefix: str) -> str:
+    """The LISTEN/NOTIFY channel of one set of tables (63 bytes at most, as PostgreSQL
+    requires): the stores sharing the tables share it."""
+    digest = hashlib.sha256(f"{schema}.{prefix}".encode()).hexdigest()[:24]
+    return f"promptkit_{digest}"
 
 
 def _translate(

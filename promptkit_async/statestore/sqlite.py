@@ -12,6 +12,7 @@ never string formatting), so any id is safe.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,18 +29,32 @@ import anyio.to_thread
 
 from .._lifecycle import AsyncResource
 from .._validation import check_session_id
-from ..errors import StoreDataError, StoreError, StoreTimeoutError, StoreUnavailableError
-from ..types import Message
+from ..errors import (
+    InvalidRequestError,
+    LeaseLostError,
+    StoreDataError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
+from ..types import Cost, Message, Usage
 from ._batch import Batcher, Command, Expired
 from ._common import (
     check_last_n,
+    check_lease_ttl,
     check_limit,
+    check_owner,
     check_seconds,
+    check_token,
     check_ttl,
+    check_turn_figures,
+    check_turn_id,
+    check_wait_timeout,
     dumps_value,
     split_patch,
 )
-from .base import SessionPage
+from ._leases import Waiters, Watches
+from .base import Ledger, SessionPage, TurnClaim
 from .records import decode_messages, encode_messages
 
 __all__ = ["SQLiteStateStore"]
@@ -47,9 +62,12 @@ __all__ = ["SQLiteStateStore"]
 T = TypeVar("T")
 
 #: The table layout this version writes (stored in ``PRAGMA user_version``).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
-_SCHEMA = """
+# Each layout's statements, applied in order from the file's version to LAYOUT_VERSION
+# (a new file runs them all), in one write transaction.
+_MIGRATIONS: dict[int, str] = {
+    1: """
 CREATE TABLE IF NOT EXISTS promptkit_sessions (
     id TEXT PRIMARY KEY NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
@@ -64,12 +82,58 @@ CREATE TABLE IF NOT EXISTS promptkit_messages (
     record TEXT NOT NULL,
     PRIMARY KEY (session_id, seq)
 );
-"""
+""",
+    # Issue 15: session leases with fencing tokens, turn ids, the per-session ledger.
+    2: """
+ALTER TABLE promptkit_sessions ADD COLUMN l_turns INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE promptkit_sessions ADD COLUMN l_prompt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE promptkit_sessions ADD COLUMN l_completion INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE promptkit_sessions ADD COLUMN l_cached INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE promptkit_sessions ADD COLUMN l_total INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE promptkit_sessions ADD COLUMN l_cost REAL NOT NULL DEFAULT 0.0;
+CREATE TABLE IF NOT EXISTS promptkit_fence (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO promptkit_fence (id, value) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS promptkit_leases (
+    session_id TEXT PRIMARY KEY NOT NULL,
+    fence INTEGER NOT NULL,
+    owner TEXT,
+    expires_at REAL,
+    contended INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS promptkit_turns (
+    session_id TEXT NOT NULL,
+    turn_id TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (session_id, turn_id)
+) WITHOUT ROWID;
+""",
+}
 
 # A session row counts only while it has not expired.
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _SWEEP_INTERVAL = 60.0
-_WRITES = frozenset(("append", "save", "delete", "fork", "merge_metadata"))
+_WRITES = frozenset(
+    (
+        "append",
+        "save",
+        "delete",
+        "fork",
+        "merge_metadata",
+        "begin_turn",
+        "renew_turn",
+        "end_turn",
+        "release_turn",
+    )
+)
+#: Waiting for a lease: the first poll at once, then every 5 ms doubling up to 50 ms.
+_POLL_FIRST = 0.005
+_POLL_MAX = 0.05
+#: Watched leases (the interrupt policy) are polled this often, by one task per store.
+_WATCH_INTERVAL = 0.05
 
 
 class SQLiteStateStore(AsyncResource):
@@ -143,6 +207,9 @@ class SQLiteStateStore(AsyncResource):
             self._reads = _Worker(_Database(self.path, self.busy_timeout, setup, read_only=True))
         self._closed = False
         self._next_sweep = 0.0
+        self._waiters = Waiters()
+        self._watches = Watches()
+        self._watch_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({self.path!r}, ttl={self.ttl}, closed={self._closed})"
@@ -317,11 +384,205 @@ class SQLiteStateStore(AsyncResource):
         )
         return _decode_metadata(text, session_id)
 
+    # --- the TurnStore contract: leases, turn ids, the ledger ---------------------------
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        lease_ttl: float,
+        load: bool = True,
+        last_n: int | None = None,
+        turn_id: str | None = None,
+        steal: bool = False,
+    ) -> TurnClaim:
+        """Take the session's lease if it is free (or expired, or ``steal``), in one
+        transaction with the turn-id check and the history and ledger reads."""
+        check_session_id(session_id)
+        check_owner(owner)
+        ttl = check_lease_ttl(lease_ttl)
+        check_last_n(last_n)
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        now = self._clock()
+        refresh = self._expiry(now) if self.refresh_ttl_on_read else None
+        token, records, ledger, stored, _, taken = await self._run(
+            "begin_turn",
+            True,
+            _begin_turn,
+            session_id,
+            owner,
+            now,
+            now + ttl,
+            bool(load),
+            last_n,
+            turn_id,
+            bool(steal),
+            refresh,
+        )
+        totals = Ledger(*ledger)
+        if stored is not None:
+            turn = tuple(decode_messages(stored, session_id=session_id))
+            return TurnClaim(None, [], totals, turn)
+        if token is None:
+            return TurnClaim(None, [], totals)
+        if taken is not None:
+            self._watches.lost(session_id, token)  # this process's holder, told at once
+        return TurnClaim(token, decode_messages(records, session_id=session_id), totals)
+
+    async def renew_turn(self, session_id: str, token: int, lease_ttl: float) -> bool:
+        """Extend the lease to ``lease_ttl`` s from now; ``False`` if another turn took it."""
+        check_session_id(session_id)
+        check_token(token)
+        ttl = check_lease_ttl(lease_ttl)
+        until = self._clock() + ttl
+        return await self._run("renew_turn", True, _renew_turn, session_id, token, until)
+
+    async def end_turn(
+        self,
+        session_id: str,
+        token: int,
+        messages: Sequence[Message],
+        *,
+        turn_id: str | None = None,
+        usage: Usage | None = None,
+        cost: Cost | None = None,
+    ) -> None:
+        """Append the turn, add it to the ledger, record ``turn_id`` and release the
+        lease, in one transaction, only if ``token`` is still the session's newest.
+
+        Raises:
+            LeaseLostError: another turn took the lease since; nothing was written.
+        """
+        check_session_id(session_id)
+        check_token(token)
+        if turn_id is not None:
+            check_turn_id(turn_id)
+        usage, cost = check_turn_figures(usage, cost)
+        records = encode_messages(messages)
+        u = usage
+        totals = (
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.total_tokens,
+            cost.total_cost,
+        )
+        now = self._clock()
+        expires, sweep = self._expiry(now), self._sweep_due(now)
+        outcome = await self._run(
+            "end_turn",
+            True,
+            _end_turn,
+            session_id,
+            token,
+            records,
+            turn_id,
+            totals,
+            now,
+            expires,
+            sweep,
+        )
+        if outcome == "lost":
+            raise _lease_lost(session_id, token)
+        self._waiters.wake(session_id)
+
+    async def release_turn(self, session_id: str, token: int) -> None:
+        """Give the lease back without writing; a no-op if ``token`` no longer holds it."""
+        check_session_id(session_id)
+        check_token(token)
+        await self._run("release_turn", True, _release, session_id, token)
+        self._waiters.wake(session_id)
+
+    async def wait_turn(self, session_id: str, timeout: float) -> bool:  # noqa: ASYNC109 (the protocol)
+        """Wait until the session's lease may be free, at most ``timeout`` seconds.
+
+        Signalling: a release by this store object wakes its waiters at once; other
+        processes' releases (and expired leases) are seen by polling the lease row on
+        the read connection (never blocked by writers): at once, then every 5 ms
+        doubling up to 50 ms. So a waiter notices a release within about 50 ms plus one
+        read. ``True`` when the lease looked free, ``False`` when ``timeout`` ran out.
+        """
+        check_session_id(session_id)
+        left = check_wait_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + left
+        woken = self._waiters.register(session_id)  # before the first check: no lost wake-up
+        interval = _POLL_FIRST
+        try:
+            while True:
+                if woken.done():
+                    return True
+                state = await self._run("wait_turn", False, _lease_state, [session_id])
+                entry = state.get(session_id)
+                if entry is None or entry[1] is None or entry[1] <= self._clock():
+                    return True
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                await asyncio.wait((woken,), timeout=min(interval, left))
+                interval = min(interval * 2, _POLL_MAX)
+        finally:
+            self._waiters.discard(session_id, woken)
+
+    def watch_lease(
+        self, session_id: str, token: int, on_lost: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call ``on_lost()`` once if another turn takes the lease ``token``.
+
+        A steal by this store object is told at once; another process's by one poll
+        task per store (running only while something is watched), every 50 ms, so
+        within about 50 ms plus one read. Returns the function that stops watching.
+        """
+        check_session_id(session_id)
+        check_token(token)
+        if not callable(on_lost):
+            raise InvalidRequestError(f"on_lost must be callable, not {on_lost!r}")
+        if self._closed:
+            raise StoreError("this SQLiteStateStore is closed; create a new one")
+        stop = self._watches.add(session_id, token, on_lost)
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop())
+        return stop
+
+    async def _watch_loop(self) -> None:
+        while self._watches and not self._closed:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            ids = self._watches.sessions()
+            if not ids or self._closed:
+                return
+            try:
+                state = await self._run("watch_lease", False, _lease_state, ids)
+            except StoreError:
+                continue  # the file is busy or gone for now: look again at the next tick
+            for session_id in ids:
+                entry = state.get(session_id)
+                self._watches.lost(session_id, None if entry is None else entry[0])
+
+    async def has_turn(self, session_id: str, turn_id: str) -> bool:
+        """Whether the turn ``turn_id`` is stored in the session (and not rewritten since)."""
+        check_session_id(session_id)
+        check_turn_id(turn_id)
+        return await self._run("has_turn", False, _has_turn, session_id, turn_id, self._clock())
+
+    async def get_ledger(self, session_id: str) -> Ledger:
+        """The session's totals (all zero for an unknown or expired session)."""
+        check_session_id(session_id)
+        row = await self._run("get_ledger", False, _ledger_row, session_id, self._clock())
+        return Ledger(*row)
+
     async def aclose(self) -> None:
         """Wait for operations in flight, then close the database. Safe to repeat."""
         if self._closed:
             return
         self._closed = True
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._waiters.wake_all()
         await self._writes.aclose()
         await self._reads.aclose()
 
@@ -482,9 +743,10 @@ class _Database:
                             f"{self.path} was written by a newer promptkit_async (layout "
                             f"{version}, this one knows {LAYOUT_VERSION}); upgrade"
                         )
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    for step in range(version + 1, LAYOUT_VERSION + 1):
+                        for statement in _MIGRATIONS[step].split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
             if self.read_only:
                 conn.execute("PRAGMA query_only=ON")  # a bug here must not write
@@ -541,7 +803,9 @@ def _session(conn: sqlite3.Connection, session_id: str, now: float) -> tuple[str
 
 
 def _purge(conn: sqlite3.Connection, session_id: str) -> None:
+    # The lease row stays: its fencing token must outlive the session (see _sweep).
     conn.execute("DELETE FROM promptkit_messages WHERE session_id = ?", (session_id,))
+    conn.execute("DELETE FROM promptkit_turns WHERE session_id = ?", (session_id,))
     conn.execute("DELETE FROM promptkit_sessions WHERE id = ?", (session_id,))
 
 
@@ -550,6 +814,19 @@ def _sweep(conn: sqlite3.Connection, now: float) -> None:
         "DELETE FROM promptkit_messages WHERE session_id IN "
         "(SELECT id FROM promptkit_sessions WHERE expires_at <= ?)",
         (now,),
+    )
+    conn.execute(
+        "DELETE FROM promptkit_turns WHERE session_id IN "
+        "(SELECT id FROM promptkit_sessions WHERE expires_at <= ?)",
+        (now,),
+    )
+    # Lease rows of sessions that are gone, free or expired for long: a holder stalled
+    # for longer than _LEASE_GRACE then finds no row, and is fenced all the same.
+    conn.execute(
+        "DELETE FROM promptkit_leases WHERE (expires_at IS NULL OR expires_at <= ?) "
+        "AND NOT EXISTS (SELECT 1 FROM promptkit_sessions s WHERE s.id = session_id "
+        "AND (s.expires_at IS NULL OR s.expires_at > ?))",
+        (now - _LEASE_GRACE, now),
     )
     conn.execute("DELETE FROM promptkit_sessions WHERE expires_at <= ?", (now,))
 
@@ -626,14 +903,18 @@ def _save(
 ) -> None:
     session = _session(conn, session_id, now)
     conn.execute("DELETE FROM promptkit_messages WHERE session_id = ?", (session_id,))
+    # The turn ids' positions would be stale: a rewritten history forgets them.
+    conn.execute("DELETE FROM promptkit_turns WHERE session_id = ?", (session_id,))
     metadata = "{}" if session is None else session[0]
     if not records and metadata == "{}":
         conn.execute("DELETE FROM promptkit_sessions WHERE id = ?", (session_id,))
         return
     _insert(conn, session_id, 0, records)
+    # An upsert, not a replace: the ledger is kept.
     conn.execute(
-        "INSERT OR REPLACE INTO promptkit_sessions (id, metadata, next_seq, expires_at) "
-        "VALUES (?, ?, ?, ?)",
+        "INSERT INTO promptkit_sessions (id, metadata, next_seq, expires_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET metadata = excluded.metadata, "
+        "next_seq = excluded.next_seq, expires_at = excluded.expires_at",
         (session_id, metadata, len(records), expires),
     )
 
@@ -684,9 +965,12 @@ def _fork(
         "SELECT ?, seq, record FROM promptkit_messages WHERE session_id = ?",
         (target_id, source_id),
     ).rowcount
+    # The fork continues the conversation: it gets a copy of the source's ledger.
     conn.execute(
-        "INSERT INTO promptkit_sessions (id, metadata, next_seq, expires_at) VALUES (?, ?, ?, ?)",
-        (target_id, source[0], source[1], expires),
+        f"INSERT INTO promptkit_sessions (id, metadata, next_seq, expires_at, {_LEDGER_COLUMNS}) "
+        f"SELECT ?, metadata, next_seq, ?, {_LEDGER_COLUMNS} FROM promptkit_sessions "
+        "WHERE id = ?",
+        (target_id, expires, source_id),
     )
     return int(copied)
 
@@ -726,3 +1010,190 @@ def _merge(
         (session_id, text, expires),
     )
     return text
+
+
+# --- turns: leases, fencing, turn ids, the ledger (issue 15) ----------------------------
+
+#: How the ledger's columns are read, in :class:`Ledger` field order.
+_LEDGER_COLUMNS = "l_turns, l_prompt, l_completion, l_cached, l_total, l_cost"
+_NO_LEDGER = (0, 0, 0, 0, 0, 0.0)
+#: A lease row (its fencing token) outlives its lease by this long once its session is
+#: gone, so a holder that stalled is still fenced rather than told the session is new.
+_LEASE_GRACE = 3600.0
+
+
+def _ledger_row(conn: sqlite3.Connection, session_id: str, now: float) -> tuple[Any, ...]:
+    row = conn.execute(
+        f"SELECT {_LEDGER_COLUMNS} FROM promptkit_sessions WHERE id = ? AND {_LIVE}",
+        (session_id, now),
+    ).fetchone()
+    return _NO_LEDGER if row is None else tuple(row)
+
+
+def _stored_turn(
+    conn: sqlite3.Connection, session_id: str, turn_id: str, now: float
+) -> list[str] | None:
+    """The records of the stored turn ``turn_id`` of a live session, or None."""
+    row = conn.execute(
+        "SELECT t.first_seq, t.n FROM promptkit_turns t JOIN promptkit_sessions s "
+        f"ON s.id = t.session_id WHERE t.session_id = ? AND t.turn_id = ? AND {_LIVE}",
+        (session_id, turn_id, now),
+    ).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(
+        "SELECT record FROM promptkit_messages WHERE session_id = ? AND seq >= ? AND seq < ? "
+        "ORDER BY seq",
+        (session_id, row[0], row[0] + row[1]),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _begin_turn(
+    conn: sqlite3.Connection,
+    session_id: str,
+    owner: str,
+    now: float,
+    lease_until: float,
+    load: bool,
+    last_n: int | None,
+    turn_id: str | None,
+    steal: bool,
+    refresh: float | None,
+) -> tuple[int | None, list[str], tuple[Any, ...], list[str] | None, float | None, int | None]:
+    """(token, records, ledger, stored turn, busy until, token taken over) in one
+    transaction: the turn id check, the lease and the history read together."""
+    if turn_id is not None:
+        stored = _stored_turn(conn, session_id, turn_id, now)
+        if stored is not None:
+            return None, [], _ledger_row(conn, session_id, now), stored, None, None
+    lease = conn.execute(
+        "SELECT fence, expires_at FROM promptkit_leases WHERE session_id = ?", (session_id,)
+    ).fetchone()
+    held = lease is not None and lease[1] is not None and lease[1] > now
+    if held and not steal:
+        # Tell the holder's release to wake the waiters (other processes poll anyway).
+        conn.execute(
+            "UPDATE promptkit_leases SET contended = 1 WHERE session_id = ?", (session_id,)
+        )
+        return None, [], _ledger_row(conn, session_id, now), None, float(lease[1]), None
+    # One counter for the whole file: tokens only grow, even across a session deleted
+    # and created again, so a token an old holder may still hold is never issued again.
+    token = int(
+        conn.execute(
+            "UPDATE promptkit_fence SET value = value + 1 WHERE id = 1 RETURNING value"
+        ).fetchone()[0]
+    )
+    conn.execute(
+        "INSERT INTO promptkit_leases (session_id, fence, owner, expires_at, contended) "
+        "VALUES (?, ?, ?, ?, 0) ON CONFLICT (session_id) DO UPDATE SET "
+        "fence = excluded.fence, owner = excluded.owner, expires_at = excluded.expires_at",
+        (session_id, token, owner, lease_until),
+    )
+    records = _load(conn, session_id, last_n, now, refresh) if load else []
+    taken = int(lease[0]) if lease is not None and lease[1] is not None else None
+    return token, records, _ledger_row(conn, session_id, now), None, None, taken
+
+
+def _holds(conn: sqlite3.Connection, session_id: str, token: int) -> bool:
+    row = conn.execute(
+        "SELECT fence FROM promptkit_leases WHERE session_id = ?", (session_id,)
+    ).fetchone()
+    return row is not None and row[0] == token
+
+
+def _release(conn: sqlite3.Connection, session_id: str, token: int) -> bool:
+    """Free the lease ``token`` holds; whether a waiter asked to be woken."""
+    row = conn.execute(
+        "UPDATE promptkit_leases SET owner = NULL, expires_at = NULL, contended = 0 "
+        "WHERE session_id = ? AND fence = ? AND expires_at IS NOT NULL RETURNING contended",
+        (session_id, token),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _renew_turn(conn: sqlite3.Connection, session_id: str, token: int, lease_until: float) -> bool:
+    # An expired lease nobody took since is still this turn's: renewing it is safe.
+    row = conn.execute(
+        "UPDATE promptkit_leases SET expires_at = ? "
+        "WHERE session_id = ? AND fence = ? AND expires_at IS NOT NULL RETURNING 1",
+        (lease_until, session_id, token),
+    ).fetchone()
+    return row is not None
+
+
+def _end_turn(
+    conn: sqlite3.Connection,
+    session_id: str,
+    token: int,
+    records: list[str],
+    turn_id: str | None,
+    ledger: tuple[int, int, int, int, float],
+    now: float,
+    expires: float | None,
+    sweep: bool,
+) -> str:
+    """``"lost"`` (fenced, nothing written), ``"stored"`` (the turn id was already
+    stored: only the lease is released) or ``"ok"``."""
+    if not _holds(conn, session_id, token):
+        return "lost"
+    if sweep:
+        _sweep(conn, now)
+    if turn_id is not None and _stored_turn(conn, session_id, turn_id, now) is not None:
+        _release(conn, session_id, token)
+        return "stored"
+    session = _session(conn, session_id, now)
+    first = 0 if session is None else session[1]
+    _insert(conn, session_id, first, records)
+    prompt, completion, cached, total, cost = ledger
+    conn.execute(
+        "INSERT INTO promptkit_sessions (id, next_seq, expires_at, l_turns, l_prompt, "
+        "l_completion, l_cached, l_total, l_cost) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET next_seq = excluded.next_seq, "
+        "expires_at = excluded.expires_at, l_turns = l_turns + 1, "
+        "l_prompt = l_prompt + excluded.l_prompt, "
+        "l_completion = l_completion + excluded.l_completion, "
+        "l_cached = l_cached + excluded.l_cached, l_total = l_total + excluded.l_total, "
+        "l_cost = l_cost + excluded.l_cost",
+        (session_id, first + len(records), expires, prompt, completion, cached, total, cost),
+    )
+    if turn_id is not None:
+        conn.execute(
+            "INSERT OR REPLACE INTO promptkit_turns (session_id, turn_id, first_seq, n) "
+            "VALUES (?, ?, ?, ?)",
+            (session_id, turn_id, first, len(records)),
+        )
+    _release(conn, session_id, token)
+    return "ok"
+
+
+def _lease_state(
+    conn: sqlite3.Connection, session_ids: list[str]
+) -> dict[str, tuple[int, float | None]]:
+    """(newest token, lease expiry or None when free) of each session that has a lease row."""
+    marks = ",".join("?" * len(session_ids))
+    rows = conn.execute(
+        f"SELECT session_id, fence, expires_at FROM promptkit_leases WHERE session_id IN ({marks})",
+        session_ids,
+    ).fetchall()
+    return {r[0]: (int(r[1]), r[2]) for r in rows}
+
+
+def _has_turn(conn: sqlite3.Connection, session_id: str, turn_id: str, now: float) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM promptkit_turns t JOIN promptkit_sessions s ON s.id = t.session_id "
+        f"WHERE t.session_id = ? AND t.turn_id = ? AND {_LIVE}",
+        (session_id, turn_id, now),
+    ).fetchone()
+    return row is not None
+
+
+def _lease_lost(session_id: str, token: int) -> LeaseLostError:
+    return LeaseLostError(
+        f"the lease of session {session_id!r} passed to another turn (token {token} is no "
+        "longer the newest): this turn was not stored, and the session holds exactly what "
+        "the other turns stored. A turn that stalls past lease_ttl loses its lease; renew "
+        "it (StateMiddleware does) or raise lease_ttl",
+        session_id=session_id,
+        token=token,
+    )

@@ -79,10 +79,12 @@ async def shift_postgres_ttls(dsn: str, schemas: list[str], seconds: float) -> N
     conn = await asyncpg.connect(dsn)
     try:
         for schema in schemas:
+            # Session expiry and (layout 2) lease expiry alike.
             await conn.execute(
                 f'UPDATE "{schema}".promptkit_sessions '
-                "SET expires_at = expires_at - $1 * interval '1 second' "
-                "WHERE expires_at IS NOT NULL",
+                "SET expires_at = expires_at - $1 * interval '1 second', "
+                "lease_expires_at = lease_expires_at - $1 * interval '1 second' "
+                "WHERE expires_at IS NOT NULL OR lease_expires_at IS NOT NULL",
                 float(seconds),
             )
     finally:

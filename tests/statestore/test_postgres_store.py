@@ -169,7 +169,7 @@ async def test_schema_is_versioned_and_a_newer_one_is_refused(
         assert await asyncio.gather(store.migrate(), store.migrate()) == [LAYOUT_VERSION] * 2
         await store.append("s", [user("x")])
         versions = await raw.fetch(f'SELECT version FROM "{schema}".promptkit_schema_version')
-        assert [r[0] for r in versions] == [LAYOUT_VERSION]
+        assert [r[0] for r in versions] == list(range(1, LAYOUT_VERSION + 1))
 
         await raw.execute(f'INSERT INTO "{schema}".promptkit_schema_version VALUES (99)')
         newer = PostgresStateStore(pool, schema=schema)
@@ -203,9 +203,11 @@ async def test_schemas_and_prefixes_keep_applications_apart(
         "other_messages",
         "other_schema_version",
         "other_sessions",
+        "other_turns",
         "promptkit_messages",
         "promptkit_schema_version",
         "promptkit_sessions",
+        "promptkit_turns",
     ]
     with pytest.raises(ValueError, match="schema"):  # checked before any connection
         await PostgresStateStore.connect(dsn, schema='x"; DROP TABLE y; --')

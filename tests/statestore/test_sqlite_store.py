@@ -168,7 +168,7 @@ async def test_wal_mode_and_layout_version(tmp_path: Path) -> None:
         await store.append("s", [user("x")])
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         db.close()
 
 
