@@ -47,6 +47,7 @@ async def test_total_survives_a_restart_with_a_ledger() -> None:
     first, first_exit = await run_chat(store, "My name is Alice\nI love pizza\n")
     [(this1, total1), (this2, total2)] = first
     assert this1 > 0
+    assert total1 == pytest.approx(this1, abs=1e-6)
     assert total2 == pytest.approx(this1 + this2, abs=2e-6)
     assert first_exit == pytest.approx(total2, abs=1e-6)
 
@@ -72,3 +73,32 @@ async def test_without_a_ledger_the_total_is_this_runs() -> None:
     [(this, total)], exit_total = await run_chat(store, "What's my name?\n")
     assert total == pytest.approx(this, abs=1e-6)
     assert exit_total == pytest.approx(this, abs=1e-6)
+
+
+def test_total_survives_a_restart_on_sqlite(spawn_chat: Spawn) -> None:
+    def turn(child: pexpect.spawn, line: str) -> tuple[float, float]:
+        child.expect_exact("You: ")
+        child.sendline(line)
+        child.expect(TOKENS)
+        return float(child.match.group(1)), float(child.match.group(2))
+
+    def leave(child: pexpect.spawn) -> float:
+        child.expect_exact("You: ")
+        child.sendline("exit")
+        child.expect(EXIT)
+        total = float(child.match.group(1))
+        child.expect(pexpect.EOF)
+        return total
+
+    # The default store: SQLite, in the test's data directory.
+    args = ("--session", "money", "--model", "gpt-4o-mini")
+    child = spawn_chat(*args)
+    this1, _ = turn(child, "My name is Alice")
+    this2, total2 = turn(child, "I love pizza")
+    assert total2 == pytest.approx(this1 + this2, abs=2e-6)
+    assert leave(child) == pytest.approx(total2, abs=1e-6)
+
+    child = spawn_chat(*args)
+    this3, total3 = turn(child, "What's my name?")
+    assert total3 == pytest.approx(total2 + this3, abs=2e-6)
+    assert leave(child) == pytest.approx(total3, abs=1e-6)
