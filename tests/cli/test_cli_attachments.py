@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -12,7 +13,6 @@ from typing import Any
 
 import pexpect
 import pytest
-import respx
 
 from promptkit_async import (
     AudioPart,
@@ -32,6 +32,7 @@ from promptkit_async.cli._attach import (
     read_attachment,
 )
 from promptkit_async.providers.openai import OpenAIProvider
+from tests._fake_openai import FakeOpenAI
 
 Spawn = Callable[..., pexpect.spawn]
 
@@ -247,40 +248,20 @@ def test_file_audio_detach_and_bad_paths(spawn_chat: Spawn, tmp_path: Path) -> N
 def _openai_sends_images() -> bool:
     """Whether this installation's OpenAI provider puts image parts on the wire (the
     providers' part mapping, issue 17, lands on its own branch)."""
-    import asyncio
 
-    async def probe() -> bool:
-        with respx.mock(assert_all_called=False) as mock:
-            route = mock.post("https://probe.invalid/v1/chat/completions").respond(
-                200,
-                json={
-                    "id": "p",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": "gpt-4o-mini",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "ok"},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                },
-            )
-            provider = OpenAIProvider(
-                "gpt-4o-mini", api_key="k", base_url="https://probe.invalid/v1"
-            )
-            async with Pipeline(ProviderMiddleware(provider)) as pipe:
-                try:
-                    await pipe.execute("probe", "user", ["x", ImagePart(PNG)])
-                except InvalidRequestError:
-                    return False
-                finally:
-                    await provider.aclose()
-            return route.called
+    async def probe(url: str) -> None:
+        provider = OpenAIProvider("gpt-4o-mini", api_key="k", base_url=url)
+        async with Pipeline(ProviderMiddleware(provider)) as pipe:
+            try:
+                await pipe.execute("probe", "user", ["x", ImagePart(PNG)])
+            except InvalidRequestError:
+                pass
+            finally:
+                await provider.aclose()
 
-    return asyncio.run(probe())
+    with FakeOpenAI() as server:
+        asyncio.run(probe(server.url))
+        return bool(server.requests)
 
 
 def test_image_reaches_an_openai_compatible_upstream(
