@@ -155,7 +155,11 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
         features = terminal_features(sys.stdin, out, env, plain=args.plain)
         prompt = None
         if features.line_editing:
-            prompt = PromptInput(None if args.no_history else db.parent / HISTORY_FILE)
+            try:
+                prompt = PromptInput(None if args.no_history else db.parent / HISTORY_FILE)
+            except OSError as exc:
+                say(f"Note:    the input history is not kept ({exc}).")
+                prompt = PromptInput(None)
         replies: Replies | None = MarkdownReplies(out) if features.markdown else None
         chat = Chat(
             None,

@@ -207,3 +207,13 @@ def test_importing_the_library_imports_neither() -> None:
         check=True,
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_history_that_cannot_be_kept_is_said_not_fatal(spawn_chat: Spawn, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    env = {**XTERM, "PROMPTKIT_CHAT_DB": str(blocker / "chat.db")}
+    child = spawn_chat("--store", "memory", env=env)
+    child.expect_exact("Note:    the input history is not kept (")
+    assert "Hello Alice!" in reply(child, "My name is Alice")
+    quit_chat(child)
