@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -166,25 +167,53 @@ class PlainReplies:
         self._write(f"\n\n{text}\n\n")
 
 
+# Settle leading blocks only past this many characters of unsettled text: short replies
+# render whole (cheap), long ones stay cheap per redraw.
+_SETTLE_AFTER = 2000
+# A blank line, then a paragraph or a heading (not a list, quote, table, rule or fence,
+# which may continue or change how the block before renders).
+_NEXT_BLOCK = re.compile(r"\n\n(?=#{1,6} |(?![-*+>|] |\d+[.)] |[-*_]{3}|```|~~~)[^\s])")
+_LINK_ID = re.compile(r"\x1b\]8;id=[^;]*;")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)", re.MULTILINE)
+
+
+def _boundary(text: str) -> int | None:
+    """Where the last complete block of ``text`` ends (outside code fences), if anywhere."""
+    last = None
+    for match in _NEXT_BLOCK.finditer(text):
+        if len(_FENCE.findall(text, 0, match.start())) % 2 == 0:
+            last = match.start()
+    return last
+
+
 class MarkdownReplies:
     """The reply rendered as Markdown by rich while it streams.
 
-    The text so far is re-rendered at most every ``interval`` seconds (longer when
-    rendering takes longer, so a long reply stays responsive). Rendered lines above the
-    last ``window`` are printed once, for good; only the last few are redrawn in place
-    (a ``rich.live.Live`` region), so a reply taller than the screen scrolls normally.
+    The text so far is re-rendered at most every ``interval`` seconds, and only after
+    ``pace`` times as long as the last redraw took (so by default rendering takes at
+    most a fifth of the time, however slow it gets). Rendered lines above the last
+    ``window`` are printed once, for good; only the last few are redrawn in place (a
+    ``rich.live.Live`` region), so a reply taller than the screen scrolls normally.
+    Once the text is long, its complete leading blocks (paragraphs, headings, closed
+    code blocks) are settled: printed and no longer re-rendered, so a redraw costs about
+    the same however long the reply (rendering 4 KB of Markdown takes ~20 ms, 40 KB
+    ~160-400 ms).
+
+    Used from one task; rendering runs in it (no thread).
     """
 
-    def __init__(self, out: TextIO, *, interval: float = 0.05) -> None:
+    def __init__(self, out: TextIO, *, interval: float = 0.05, pace: float = 4.0) -> None:
         from rich.console import Console
 
         self._console: Any = Console(file=out, highlight=False, soft_wrap=False)
         self._interval = interval
+        self._pace = pace
         self._text = ""
         self._printed = 0
         self._live: Any = None
         self._last = 0.0
         self._delay = interval
+        self._tried: int | None = None  # the last block boundary _settle() looked at
 
     def begin(self) -> None:
         """Print the ``Bot:`` label and open the live region."""
@@ -192,6 +221,7 @@ class MarkdownReplies:
         from rich.text import Text
 
         self._text, self._printed, self._last, self._delay = "", 0, 0.0, self._interval
+        self._tried = None
         self._console.print()
         self._console.print("Bot:", style="bold", markup=False)
         self._live = Live(
@@ -204,7 +234,7 @@ class MarkdownReplies:
         )
         self._live.start()
 
-    def _lines(self) -> list[str]:
+    def _lines(self, text: str) -> list[str]:
         from rich.console import Console
         from rich.markdown import Markdown
 
@@ -216,14 +246,18 @@ class MarkdownReplies:
             width=self._console.width,
             highlight=False,
         )
-        console.print(Markdown(self._text))
-        # Paragraphs come padded to the full width: drop the (unstyled) padding.
-        return [line.rstrip(" ") for line in buffer.getvalue().splitlines()]
+        console.print(Markdown(text))
+        # Paragraphs come padded to the full width: drop the (unstyled) padding. Links
+        # carry a random id per render: drop it, so equal text renders to equal lines.
+        rendered = _LINK_ID.sub("\x1b]8;;", buffer.getvalue())
+        return [line.rstrip(" ") for line in rendered.splitlines()]
 
     def _render(self, final: bool) -> None:
         from rich.text import Text
 
-        lines = self._lines()
+        lines = self._lines(self._text)
+        if not final and len(self._text) > _SETTLE_AFTER:
+            lines = self._settle(lines)
         # Keep the redrawn tail shorter than the screen: the live region can only be
         # redrawn while all of it is visible.
         window = max(3, min(30, self._console.height - 4))
@@ -232,6 +266,36 @@ class MarkdownReplies:
             self._live.console.print(Text.from_ansi("\n".join(lines[self._printed : settled])))
             self._printed = settled
         self._live.update(Text.from_ansi("\n".join(lines[settled:])), refresh=True)
+
+    def _settle(self, lines: list[str]) -> list[str]:
+        """Print the complete blocks before the last block boundary for good and keep
+        only the rest as the text to render; returns the rest's lines.
+
+        Only when rendering the two parts apart gives exactly the lines of the whole
+        (a blank line between): otherwise (a list or table going on, say) nothing changes.
+        """
+        from rich.text import Text
+
+        cut = _boundary(self._text)
+        if cut is None or cut == self._tried:
+            return lines
+        self._tried = cut
+        head = self._lines(self._text[:cut])
+        n = len(head) + 1  # and the blank line between blocks
+        rest = self._text[cut:].lstrip("\n")
+        if (
+            lines[: n - 1] != head
+            or len(lines) <= n
+            or lines[n - 1]
+            or self._lines(rest) != lines[n:]
+        ):
+            return lines
+        if self._printed < n:
+            self._live.console.print(Text.from_ansi("\n".join(lines[self._printed : n])))
+            self._printed = n
+        self._printed -= n
+        self._text, self._tried = rest, None
+        return lines[n:]
 
     def add(self, delta: str) -> None:
         """Take a chunk; redraw if the last redraw is old enough."""
@@ -242,7 +306,7 @@ class MarkdownReplies:
         self._render(final=False)
         took = time.monotonic() - now
         self._last = time.monotonic()
-        self._delay = max(self._interval, 4 * took)
+        self._delay = max(self._interval, self._pace * took)
 
     def end(self) -> None:
         """Render the whole reply and close the live region (also after an error or
@@ -262,7 +326,7 @@ class MarkdownReplies:
         is rendered for good first, so the line lands after it."""
         if self._live is not None and self._text:
             self._render(final=True)
-            self._text, self._printed = "", 0
+            self._text, self._printed, self._tried = "", 0, None
         console = self._live.console if self._live is not None else self._console
         console.print(text.strip("\n"), markup=False, style="dim")
 
