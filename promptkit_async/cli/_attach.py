@@ -112,13 +112,18 @@ def _part(kind: Kind, data: bytes, name: str, shown: str) -> ContentPart:
 
 
 def _path(argument: str) -> str:
-    """The path typed after the command: quotes and backslash escapes (as a terminal
-    pastes a dropped file) are undone when they make one word."""
+    """The path typed after the command: quotes and, on POSIX, backslash escapes (as a
+    terminal pastes a dropped file) are undone when they make one word."""
+    text = argument.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    if os.name == "nt":  # backslashes separate directories there
+        return text
     try:
-        words = shlex.split(argument)
+        words = shlex.split(text)
     except ValueError:
-        return argument
-    return words[0] if len(words) == 1 else argument
+        return text
+    return words[0] if len(words) == 1 else text
 
 
 def _read(typed: str, limit: int) -> tuple[Path, bytes]:
