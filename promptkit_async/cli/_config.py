@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "In the chat: 'exit' quits, 'clear' (or /clear) forgets the conversation, "
-            "/history shows it, /system <prompt> sets a persona, /help lists commands. "
+            "/history shows it, /system <prompt> sets a persona, /image PATH or /file PATH "
+            "attaches a file to your next message, /help lists commands. "
             "Ctrl-C stops the reply being written (nothing of it is saved); Ctrl-D quits."
         ),
     )
