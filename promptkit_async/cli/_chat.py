@@ -271,7 +271,8 @@ class Chat:
         while True:
             line = await self._readline()
             if line is None:  # Ctrl-D
-                self.write("\n")
+                if self._prompt is None:
+                    self.write("\n")  # end the prompt's line (the prompt ends its own)
                 return
             text = line.strip()
             if not text:
