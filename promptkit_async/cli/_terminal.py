@@ -177,6 +177,13 @@ _LINK_ID = re.compile(r"\x1b\]8;id=[^;]*;")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)", re.MULTILINE)
 
 
+def _text(lines: list[str]) -> Any:
+    """Rendered lines as one rich ``Text``, empty lines (a last one too) kept."""
+    from rich.text import Text
+
+    return Text("\n").join(Text.from_ansi(line) for line in lines)
+
+
 def _boundary(text: str) -> int | None:
     """Where the last complete block of ``text`` ends (outside code fences), if anywhere."""
     last = None
@@ -253,7 +260,6 @@ class MarkdownReplies:
         return [line.rstrip(" ") for line in rendered.splitlines()]
 
     def _render(self, final: bool) -> None:
-        from rich.text import Text
 
         lines = self._lines(self._text)
         if not final and len(self._text) > _SETTLE_AFTER:
@@ -263,9 +269,9 @@ class MarkdownReplies:
         window = max(3, min(30, self._console.height - 4))
         settled = len(lines) if final else max(self._printed, len(lines) - window)
         if settled > self._printed:
-            self._live.console.print(Text.from_ansi("\n".join(lines[self._printed : settled])))
+            self._live.console.print(_text(lines[self._printed : settled]))
             self._printed = settled
-        self._live.update(Text.from_ansi("\n".join(lines[settled:])), refresh=True)
+        self._live.update(_text(lines[settled:]), refresh=True)
 
     def _settle(self, lines: list[str]) -> list[str]:
         """Print the complete blocks before the last block boundary for good and keep
@@ -274,7 +280,6 @@ class MarkdownReplies:
         Only when rendering the two parts apart gives exactly the lines of the whole
         (a blank line between): otherwise (a list or table going on, say) nothing changes.
         """
-        from rich.text import Text
 
         cut = _boundary(self._text)
         if cut is None or cut == self._tried:
@@ -291,7 +296,7 @@ class MarkdownReplies:
         ):
             return lines
         if self._printed < n:
-            self._live.console.print(Text.from_ansi("\n".join(lines[self._printed : n])))
+            self._live.console.print(_text(lines[self._printed : n]))
             self._printed = n
         self._printed -= n
         self._text, self._tried = rest, None
