@@ -7,6 +7,12 @@ the same ``--session`` continues the conversation. With no API key set (and no
 ``--provider``) it talks to :class:`~promptkit_async.providers.demo.DemoProvider`, an
 offline rule-based model, so it works anywhere. ``promptkit-chat --help`` lists the
 options.
+
+``/image PATH``, ``/file PATH`` and ``/audio PATH`` attach a file to the next message
+(as content parts). On a terminal, with the ``chat`` extra installed
+(``pip install 'promptkit_async[chat]'``), lines are edited with prompt_toolkit (Up
+recalls earlier lines, kept in ``input_history`` beside the SQLite file) and replies are
+rendered as Markdown by rich; piped, or without the extra, input and output are plain.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ..pipeline import Middleware, Pipeline
 from ..pipeline.middleware import ProviderMiddleware, ProviderMiddlewareConfig, StateMiddleware
 from ..providers import GenerationConfig
 from ..tools import ToolPolicy, ToolRegistry
-from ._chat import PERSONA_KEY, Chat, Persona
+from ._chat import PERSONA_KEY, Chat, Persona, name_attachments
 from ._config import (
     KEY_VARIABLES,
     UsageError,
@@ -38,8 +44,12 @@ from ._config import (
     environment,
     open_store,
 )
+from ._terminal import MarkdownReplies, PromptInput, Replies, terminal_features
 
 __all__ = ["main"]
+
+# The lines typed at the prompt, beside the SQLite file (whatever the store).
+HISTORY_FILE = "input_history"
 
 
 def _context_window(
@@ -124,7 +134,7 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
             persona.prompt = args.system
             await store.merge_metadata(session_id, {PERSONA_KEY: args.system})
 
-        layers: list[Middleware] = [StateMiddleware(store), persona]
+        layers: list[Middleware] = [StateMiddleware(store), name_attachments, persona]
         try:
             window = _context_window(args.max_context_tokens, provider.model, args.max_tokens, out)
         except UsageError as exc:
@@ -142,7 +152,25 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
             stack.push_async_callback(server.aclose)
         tools = ToolRegistry(servers) if servers else None
         config = ProviderMiddlewareConfig(GenerationConfig(max_tokens=args.max_tokens))
-        chat = Chat(None, store, persona, session_id, stdout=out, tools=tools)
+        features = terminal_features(sys.stdin, out, env, plain=args.plain)
+        prompt = None
+        if features.line_editing:
+            try:
+                prompt = PromptInput(None if args.no_history else db.parent / HISTORY_FILE)
+            except OSError as exc:
+                say(f"Note:    the input history is not kept ({exc}).")
+                prompt = PromptInput(None)
+        replies: Replies | None = MarkdownReplies(out) if features.markdown else None
+        chat = Chat(
+            None,
+            store,
+            persona,
+            session_id,
+            stdout=out,
+            tools=tools,
+            prompt=prompt,
+            replies=replies,
+        )
         policy = ToolPolicy(require_approval={"*"}, approve=chat.show_tool_call)
         layers.append(ProviderMiddleware(provider, tools, policy, config=config))
         listeners: list[Listener] = []
@@ -178,6 +206,11 @@ async def _amain(argv: Sequence[str] | None, env: Mapping[str, str], out: TextIO
                 say(f"MCP:     {server.name}: not connected ({exc}); retried on first use")
             else:
                 say(f"MCP:     {server.name}: {len(server.tools)} tool(s), /tools lists them")
+        if features.missing:
+            say(
+                f"Tip:     pip install 'promptkit_async[chat]' ({' and '.join(features.missing)})"
+                " for line editing, input history and Markdown replies."
+            )
         say(
             "Commands: 'exit' to quit, 'clear' to reset the conversation, /help for more. "
             "Ctrl-C stops a reply.\n"

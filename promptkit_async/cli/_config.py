@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "In the chat: 'exit' quits, 'clear' (or /clear) forgets the conversation, "
-            "/history shows it, /system <prompt> sets a persona, /help lists commands. "
+            "/history shows it, /system <prompt> sets a persona, /image PATH or /file PATH "
+            "attaches a file to your next message, /help lists commands. "
             "Ctrl-C stops the reply being written (nothing of it is saved); Ctrl-D quits."
         ),
     )
@@ -185,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print each turn's OpenTelemetry spans (model calls, tools, store) to stderr; "
         "needs opentelemetry-sdk (pip install 'promptkit-async[otel]' opentelemetry-sdk)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain input and output even on a terminal: no line editing, no Markdown",
+    )
+    parser.add_argument(
+        "--no-history",
+        action="store_true",
+        help="do not keep the lines you type in a history file (by default they are kept "
+        "in input_history beside the SQLite file, for the Up arrow in later runs)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Pacing of the demo model's stream; tests slow it down to interrupt a reply midway.

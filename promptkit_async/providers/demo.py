@@ -25,9 +25,18 @@ from dataclasses import dataclass
 
 from typing_extensions import Unpack
 
+from .._media import image_size
 from ..errors import ConfigurationError
 from ..pricing import ModelPricing
-from ..types import Message, ProviderResponse, StreamChunk, Usage
+from ..types import (
+    AudioPart,
+    DocumentPart,
+    ImagePart,
+    Message,
+    ProviderResponse,
+    StreamChunk,
+    Usage,
+)
 from .base import BaseProvider, ProviderIdentity, ProviderRequest
 
 __all__ = ["DemoProvider"]
@@ -144,6 +153,8 @@ def answer(messages: Sequence[Message]) -> str:
     text = last.text.strip()
     facts = _facts(messages)
     reply = _reply(text, facts)
+    if not isinstance(last.content, str) and (seen := _attachments(last)):
+        reply = seen if reply.startswith(_GENERIC) else f"{seen} {reply}"
     if "pirate" in _persona(messages):
         reply = "Arr! " + reply
     return reply
@@ -200,9 +211,33 @@ def _reply(text: str, facts: _Facts) -> str:
     if _THANKS.search(text):
         return "You're welcome!"
     return (
-        f"I'm only a demo model, so I can't really answer that (you said: {text!r}). "
+        f"{_GENERIC} (you said: {text!r}). "
         "Tell me your name or what you love, then ask me about it: the conversation's "
         "memory comes from the pipeline, not from me."
+    )
+
+
+_GENERIC = "I'm only a demo model, so I can't really answer that"
+
+
+def _attachments(message: Message) -> str:
+    """What the demo model says about a message's images, documents and audio."""
+    seen = []
+    for part in message.parts:
+        if isinstance(part, ImagePart):
+            kind = (part.media_type or "image/?").rpartition("/")[2].upper()
+            size = image_size(part.data) if part.data else None
+            seen.append(f"an image ({kind}" + (f", {size[0]}x{size[1]})" if size else ")"))
+        elif isinstance(part, DocumentPart):
+            seen.append(f"a document ({part.filename or part.media_type})")
+        elif isinstance(part, AudioPart):
+            seen.append(f"an audio clip ({part.format})")
+    if not seen:
+        return ""
+    them, stay = ("it", "it stays") if len(seen) == 1 else ("them", "they stay")
+    return (
+        f"You sent me {' and '.join(seen)}. I'm an offline demo model, so I can't look "
+        f"inside {them}, but {stay} in the conversation's history."
     )
 
 

@@ -106,3 +106,34 @@ async def test_default_demo_model_is_free() -> None:
 def test_rejects_negative_delay() -> None:
     with pytest.raises(ValueError, match="chunk_delay"):
         DemoProvider(chunk_delay=-1)
+
+
+def test_attachments_are_acknowledged_not_read() -> None:
+    from promptkit_async import AudioPart, DocumentPart, ImagePart
+
+    png = bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e221bc330000000049454e44ae426082"
+    )
+    # A question the demo cannot answer: the acknowledgement is the whole reply.
+    assert answer([Message("user", ["What is in this picture?", ImagePart(png)])]) == (
+        "You sent me an image (PNG, 1x1). I'm an offline demo model, so I can't look "
+        "inside it, but it stays in the conversation's history."
+    )
+    # A statement it understands: acknowledged, then answered as usual.
+    reply = answer(
+        [
+            Message(
+                "user",
+                [
+                    "My name is Bob",
+                    DocumentPart(b"%PDF-1.4", filename="report.pdf"),
+                    AudioPart(b"RIFF0000WAVE", format="wav"),
+                ],
+            )
+        ]
+    )
+    assert reply.startswith("You sent me a document (report.pdf) and an audio clip (wav).")
+    assert reply.endswith("Hello Bob! It's nice to meet you.")
+    # Text alone: unchanged.
+    assert answer([Message("user", "My name is Bob")]) == "Hello Bob! It's nice to meet you."
