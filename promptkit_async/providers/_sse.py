@@ -101,18 +101,20 @@ class SSEDecoder:
             return []  # nothing new (and not the "\n" half of a split "\r\n")
         if (
             chunk[:6] == b"data: "
-            and chunk.find(b"\n") == len(chunk) - 2
-            and chunk[-1:] == b"\n"
+            and chunk[-2:] == b"\n\n"
             and self._started
             and not (self._partial or self._data or self._skip_lf)
             and self._event is None
-            and b"\r" not in chunk
             and len(chunk) <= self._limit
+            and b"\r" not in chunk
         ):
-            # The usual chunk: exactly one whole "data: ...\n\n" event, nothing pending.
-            return [
-                ServerSentEvent(chunk[6:-2].decode("utf-8", "replace"), "message", self._last_id)
-            ]
+            # The usual read: whole "data: ...\n\n" events (one, or several that arrived
+            # together), nothing pending. Split on the separator; if the chunk holds no
+            # other line break, each piece is exactly one event's one data line.
+            texts = chunk[6:-2].decode("utf-8", "replace").split("\n\ndata: ")
+            if chunk.count(b"\n") == 2 * len(texts):
+                last_id = self._last_id
+                return [ServerSentEvent(text, "message", last_id) for text in texts]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
