@@ -83,7 +83,7 @@ import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, NoReturn, Protocol
 
 import aiohttp
@@ -856,9 +856,24 @@ class HTTPProvider(BaseProvider):
             return idle, "idle"
         return read, "read"
 
-    async def _attempt(self, call: _Call, read_body: bool) -> tuple[_Response, bytes]:
+    def _attempt(
+        self, call: _Call, read_body: bool
+    ) -> Coroutine[Any, Any, tuple[_Response, bytes]]:
         """One attempt: the response and its body (read whole and closed, unless it is
         a 2xx and not ``read_body``: then returned open, body unread, ``b""``).
+
+        A plain function choosing the coroutine to await (a stream over our transport:
+        :meth:`_attempt_stream`), so a streamed turn keeps one frame less alive.
+        """
+        if call.stream and self._transport is not None:
+            gap, reason = self._gap(True)
+            if gap is not None:
+                return self._attempt_stream(call, gap, reason)
+        return self._attempt_whole(call, read_body)
+
+    async def _attempt_whole(self, call: _Call, read_body: bool) -> tuple[_Response, bytes]:
+        """One attempt that is not a stream over our transport with a limit (see
+        :meth:`_attempt`).
 
         Over our transport one ``asyncio.timeout`` scope bounds the attempt: ``connect``
         plus the read (streaming: the shorter of read and idle) limit until the headers
@@ -878,8 +893,6 @@ class HTTPProvider(BaseProvider):
                 return response, await self._read_whole(response)
             gap, reason = self._gap(call.stream)
             timeouts = self._timeouts
-            if call.stream and gap is not None:
-                return await self._attempt_stream(call, gap, reason)
             wait = None  # connecting (and the pool wait), then the wait for the headers
             if gap is not None:
                 wait = gap + (timeouts.get("connect") or 0.0)
@@ -1147,15 +1160,21 @@ class HTTPProvider(BaseProvider):
             parts.append(part)
         return self._scrub(b"".join(parts))
 
-    async def _send(self, call: _Call, *, read_body: bool) -> tuple[_Response, bytes]:
+    def _send(
+        self, call: _Call, *, read_body: bool
+    ) -> Coroutine[Any, Any, tuple[_Response, bytes]]:
         """Send the call's request with retries until a 2xx arrives, within the call's
         deadline (one ``asyncio.timeout_at`` scope around the attempts and waits).
 
         With ``read_body`` the whole body is read (and the response closed) inside the
-        retry loop; otherwise the response is returned open, its body unread.
+        retry loop; otherwise the response is returned open, its body unread. (A plain
+        function returning the coroutine to await: no frame of its own without a deadline.)
         """
         if call.deadline is None:
-            return await self._attempts(call, read_body)
+            return self._attempts(call, read_body)
+        return self._attempts_by_deadline(call, read_body)
+
+    async def _attempts_by_deadline(self, call: _Call, read_body: bool) -> tuple[_Response, bytes]:
         try:
             async with _timeout_at(call.deadline):
                 return await self._attempts(call, read_body)
@@ -1353,7 +1372,7 @@ class SSEStream:
         self._call = call
         self._loop = asyncio.get_running_loop()
         self._decoder = SSEDecoder()
-        self._events: deque[ServerSentEvent] = deque()
+        self._events: deque[ServerSentEvent] | None = None  # for __anext__ only
         self._delivered = False
         self._done = False
         self._ending = False
@@ -1399,6 +1418,8 @@ class SSEStream:
             batch = await self.next_batch()
             if not batch:
                 raise StopAsyncIteration
+            if events is None:
+                events = self._events = deque()
             events.extend(batch)
         return events.popleft()
 
@@ -1570,7 +1591,8 @@ class SSEStream:
     async def aclose(self) -> None:
         """Close the HTTP response now and stop the call's timer. Safe to call twice."""
         self._done = True
-        self._events.clear()
+        if self._events is not None:
+            self._events.clear()
         await self._drop_response()
 
 
