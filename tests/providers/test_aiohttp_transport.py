@@ -601,3 +601,96 @@ async def test_a_slow_reader_is_not_an_idle_stream() -> None:
             assert "".join(seen) == "Hello there!"
     finally:
         await server.aclose()
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the timers scheduled on it (``call_later`` included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timers = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        self.timers += 1
+        return super().call_at(when, callback, *args, context=context)
+
+
+def test_a_providers_streams_share_one_timer() -> None:
+    # Every streamed attempt is timed (the headers, each read of the body) by one clock
+    # per provider: streams one after another schedule no timer of their own.
+
+    async def main(loop: _CountingLoop) -> tuple[int, int]:
+        server = await srv.ScriptedServer().start()
+        try:
+            async with OpenAIProvider(
+                "openai", "m", "sk-test", base_url=server.url, max_retries=0
+            ) as provider:
+                first = [c async for c in provider.stream(HELLO)]  # connects, sets the clock
+                assert first[-1].response is not None
+                before = loop.timers
+                for _ in range(20):
+                    chunks = [c async for c in provider.stream(HELLO)]
+                    assert chunks[-1].response is not None
+                return before, loop.timers
+        finally:
+            await server.aclose()
+
+    loop = _CountingLoop()
+    try:
+        before, after = loop.run_until_complete(main(loop))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+    assert after - before <= 2  # (aiohttp's own keep-alive clean-up may add one)
+
+
+async def test_streams_on_one_clock_each_keep_their_own_idle_limit() -> None:
+    # Two streams of one provider share its clock: the one that went silent first fails
+    # first, and the other is not failed early when the clock wakes for the first.
+    idle = 0.3
+    got_first = asyncio.Event()
+    server = await srv.ScriptedServer().start()
+    server.push(srv.stall(), _two_events_then_silence(got_first))
+    loop = asyncio.get_running_loop()
+    try:
+        async with OpenAIProvider(
+            "openai",
+            "m",
+            "sk-test",
+            base_url=server.url,
+            max_retries=0,
+            stream_idle_timeout=idle,
+        ) as provider:
+
+            async def silent() -> float:
+                with pytest.raises(StreamIdleTimeoutError):
+                    [c async for c in provider.stream(HELLO)]
+                return loop.time()
+
+            seen: list[str] = []
+            last_read: list[float] = []
+
+            async def read() -> None:
+                async for chunk in provider.stream(HELLO):
+                    if chunk.delta:
+                        seen.append(chunk.delta)
+                        last_read.append(loop.time())
+                        got_first.set()
+
+            async def talkative() -> float:
+                with pytest.raises(StreamIdleTimeoutError):
+                    await read()
+                return loop.time()
+
+            first = asyncio.create_task(silent())
+            await asyncio.wait_for(server.wait_for(lambda: len(server.requests) == 1), 10)
+            started = loop.time()
+            second_failed = await asyncio.wait_for(talkative(), 10)
+            first_failed = await asyncio.wait_for(first, 10)
+        assert seen == ["one ", "two"]
+        assert first_failed <= second_failed
+        assert first_failed - started < idle + 0.25  # on time, not a gap late
+        # The talkative stream waited its whole limit after its last event.
+        assert second_failed - last_read[-1] >= idle - 0.01
+    finally:
+        await server.aclose()
