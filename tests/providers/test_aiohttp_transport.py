@@ -645,52 +645,62 @@ def test_a_providers_streams_share_one_timer() -> None:
 
 
 async def test_streams_on_one_clock_each_keep_their_own_idle_limit() -> None:
-    # Two streams of one provider share its clock: the one that went silent first fails
-    # first, and the other is not failed early when the clock wakes for the first.
+    # Two streams of one provider share its clock. The silent one fails on time; the
+    # other, waiting (for less than its limit) when the clock fires for the first, is not
+    # failed with it, and later fails its own limit after its own last event.
     idle = 0.3
-    got_first = asyncio.Event()
+    silent_failed = asyncio.Event()
+
+    async def one_then_two_after_the_other_failed(request: srv.Request, conn: srv.Conn) -> bool:
+        await conn.head(200)
+        await conn.chunk(srv.delta("one "))
+        await silent_failed.wait()
+        await conn.chunk(srv.delta("two"))
+        await conn.until_client_leaves()
+        return False
+
     server = await srv.ScriptedServer().start()
-    server.push(srv.stall(), _two_events_then_silence(got_first))
+    server.push(srv.stall(), one_then_two_after_the_other_failed)
     loop = asyncio.get_running_loop()
     try:
         async with OpenAIProvider(
-            "openai",
-            "m",
-            "sk-test",
-            base_url=server.url,
-            max_retries=0,
+            "openai", "m", "sk-test", base_url=server.url, max_retries=0,
             stream_idle_timeout=idle,
-        ) as provider:
+        ) as provider:  # fmt: skip
 
             async def silent() -> float:
-                with pytest.raises(StreamIdleTimeoutError):
-                    [c async for c in provider.stream(HELLO)]
-                return loop.time()
+                try:
+                    with pytest.raises(StreamIdleTimeoutError):
+                        [c async for c in provider.stream(HELLO)]
+                    return loop.time()
+                finally:
+                    silent_failed.set()
 
             seen: list[str] = []
-            last_read: list[float] = []
+            arrived: list[float] = []
 
             async def read() -> None:
                 async for chunk in provider.stream(HELLO):
                     if chunk.delta:
                         seen.append(chunk.delta)
-                        last_read.append(loop.time())
-                        got_first.set()
+                        arrived.append(loop.time())
 
             async def talkative() -> float:
                 with pytest.raises(StreamIdleTimeoutError):
                     await read()
                 return loop.time()
 
+            started = loop.time()
             first = asyncio.create_task(silent())
             await asyncio.wait_for(server.wait_for(lambda: len(server.requests) == 1), 10)
-            started = loop.time()
+            # The scenario, not a synchronisation: the second stream's silence starts half
+            # a limit later, so it is mid-wait when the clock fires for the first.
+            await asyncio.sleep(idle / 2)
             second_failed = await asyncio.wait_for(talkative(), 10)
             first_failed = await asyncio.wait_for(first, 10)
-        assert seen == ["one ", "two"]
-        assert first_failed <= second_failed
-        assert first_failed - started < idle + 0.25  # on time, not a gap late
-        # The talkative stream waited its whole limit after its last event.
-        assert second_failed - last_read[-1] >= idle - 0.01
+        assert seen == ["one ", "two"]  # not failed when the clock fired for the other
+        assert idle - 0.01 <= first_failed - started < idle + 0.25  # on time
+        assert arrived[-1] >= first_failed
+        assert second_failed - arrived[-1] >= idle - 0.01  # its whole limit, from its own read
     finally:
         await server.aclose()
