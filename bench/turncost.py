@@ -13,7 +13,9 @@ loop, like ``bench.run``'s worker, and reports per turn
 * collections per 1,000 turns (generation 0 counts allocations minus frees of tracked
   objects: fewer objects per turn, fewer collections);
 * with ``--live``, the tracked objects alive per session in flight at the half-way
-  point, by type (what a turn keeps alive while it waits).
+  point, by type (what a turn keeps alive while it waits); the census's own CPU and the
+  collections during it are left out of the figures, but the heap it walks is not left
+  untouched: compare figures from runs without ``--live``.
 
 A client named ``NAME@baseline`` runs from the ``--baseline`` checkout. Figures go to
 stdout only (a diagnostic, not a table of ``docs/benchmarks.md``).
@@ -47,6 +49,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     await client.open()
     sessions, turns = args.sessions, args.turns
     done = [0]
+    counting = [True]
+    excluded = [0.0]  # CPU seconds of the census, left out of the figures
     live: dict[str, float] = {}
     before: Counter[str] = Counter()
 
@@ -66,10 +70,15 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             await client.turn(state, f"hello {index} {t}")
             done[0] += 1
             if args.live and done[0] == sessions * turns // 2:
+                # Not counted: neither the census's CPU nor the collections it causes.
+                counting[0] = False
+                spent_before = time.process_time()
                 grown = census() - before
                 live["total"] = sum(grown.values()) / sessions
                 for name, count in grown.most_common(args.live_top):
                     live[name] = count / sessions
+                excluded[0] += time.process_time() - spent_before
+                counting[0] = True
 
     await converse(-1)  # warm-up: imports, first-call caches, the pool
     gc.collect()
@@ -80,6 +89,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     started = [0.0]
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if not counting[0]:
+            return
         if phase == "start":
             started[0] = time.thread_time()
         else:
@@ -89,7 +100,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     gc.callbacks.append(on_gc)
     cpu = time.process_time()
     await asyncio.gather(*(converse(i) for i in range(sessions)))
-    cpu = time.process_time() - cpu
+    cpu = time.process_time() - cpu - excluded[0]
     gc.callbacks.remove(on_gc)
     await client.aclose()
     n = sessions * turns
