@@ -36,6 +36,9 @@ class _NoChunks(AsyncIterator[StreamChunk]):
     async def __anext__(self) -> StreamChunk:
         raise StopAsyncIteration
 
+    async def aclose(self) -> None:
+        """Nothing to close (there so that ``aclosing(next(ctx))`` works, as before)."""
+
 
 _NO_CHUNKS = _NoChunks()
 
