@@ -12,6 +12,8 @@ __all__ = ["AsyncResource"]
 class AsyncResource:
     """Mixin: ``async with obj:`` returns ``obj`` and awaits ``obj.aclose()`` on exit."""
 
+    __slots__ = ()  # so that a subclass may use __slots__ (a per-turn ResultStream does)
+
     async def aclose(self) -> None:
         """Release what this object owns (nothing, unless a subclass says otherwise)."""
 

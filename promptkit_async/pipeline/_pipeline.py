@@ -31,14 +31,28 @@ from ..types import ExecutionResult, Message, MessageContent, StreamChunk
 __all__ = ["Pipeline", "ResultStream", "build_onion"]
 
 
-_NO_CHUNKS: tuple[StreamChunk, ...] = ()
 _BUSY_POLICIES = frozenset(("queue", "reject", "interrupt"))
 
 
-async def _terminal(ctx: ExecutionContext) -> AsyncIterator[StreamChunk]:
-    """The innermost ``next``: there is nothing after the last middleware."""
-    for chunk in _NO_CHUNKS:
-        yield chunk
+class _NoChunks(AsyncIterator[StreamChunk]):
+    """An async iterator that is already exhausted (one, shared: it has no state)."""
+
+    __slots__ = ()
+
+    async def __anext__(self) -> StreamChunk:
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Nothing to close (there so that ``aclosing(next(ctx))`` works, as before)."""
+
+
+_NO_CHUNKS = _NoChunks()
+
+
+def _terminal(ctx: ExecutionContext) -> AsyncIterator[StreamChunk]:
+    """The innermost ``next``: there is nothing after the last middleware (no
+    generator per turn: the last layer iterates this shared, empty iterator)."""
+    return _NO_CHUNKS
 
 
 def _check(layer: object) -> None:
@@ -349,6 +363,8 @@ class ResultStream(AsyncResource, AsyncIterator[StreamChunk]):
     its clean-up; a stream that is simply dropped is closed when collected.
     ``result`` holds the :class:`ExecutionResult` after the last chunk.
     """
+
+    __slots__ = ("_chunks", "_ctx", "_finished", "_reading", "_started")
 
     def __init__(self, pipeline: Pipeline, ctx: ExecutionContext) -> None:
         self._ctx = ctx

@@ -13,14 +13,14 @@ sends requests with :meth:`HTTPProvider._post_json` (whole JSON answer) or
   translation of transport errors (:meth:`HTTPProvider._connection_error`);
 * timeouts: standard scopes, a few per call, none per read. A whole answer: one
   ``asyncio.timeout`` scope per attempt (connecting, the headers, then rescheduled once
-  for the body). A stream: one timer per attempt (:class:`_StreamTimer`) for
-  ``stream_idle_timeout`` (on by default, 120 s; or the read timeout if shorter): it
-  reschedules the ``asyncio.timeout(None)`` scope around the wait for the headers if
-  they are late, then closes the response when a read of the body overstays (aiohttp's
-  public ``close()``: no task is cancelled). The call's total ``deadline``: one
-  ``asyncio.timeout_at`` scope around the attempts and waits (and the stream's timer for
-  its body). The caller's own ``asyncio.timeout`` / ``anyio.fail_after`` around a call or
-  a stream fire as in plain asyncio;
+  for the body). A stream: a :class:`_StreamTimer` per attempt, kept by one timer per
+  provider and loop (:class:`_Clock`), for ``stream_idle_timeout`` (on by default,
+  120 s; or the read timeout if shorter): it reschedules the ``asyncio.timeout(None)``
+  scope around the wait for the headers if they are late, then closes the response when
+  a read of the body overstays (aiohttp's public ``close()``: no task is cancelled).
+  The call's total ``deadline``: one ``asyncio.timeout_at`` scope around the attempts
+  and waits (and the stream's timer for its body). The caller's own ``asyncio.timeout``
+  / ``anyio.fail_after`` around a call or a stream fire as in plain asyncio;
 * retries: 408 / 409 / 429 / 5xx and connection errors, waiting as the failed response asks
   (``retry-after-ms``, ``Retry-After``) or with jittered exponential backoff, each failed
   response closed before the wait, never once a streamed event has reached the provider,
@@ -83,7 +83,7 @@ import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, NoReturn, Protocol
 
 import aiohttp
@@ -337,43 +337,91 @@ def _error_message(body: Any) -> tuple[str | None, object]:
     return None, None
 
 
+class _Clock:
+    """One timer for every streamed attempt of a provider on one event loop.
+
+    Each attempt's :class:`_StreamTimer` registers here; the clock keeps one
+    ``loop.call_at`` handle, due when the earliest timer could next be overdue, and on
+    firing asks every timer whether it is overdue (which fires it) or when to look again.
+    Waits start and end constantly (every read of every stream) but only move a limit
+    later, so the handle is rarely moved: about one check per ``gap`` seconds, instead of
+    a timer object (and, on uvloop, a libuv timer) created and cancelled per attempt.
+    """
+
+    __slots__ = ("_handle", "_timers", "_when", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._timers: set[_StreamTimer] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = math.inf  # when the handle fires (inf: no handle)
+
+    def add(self, timer: _StreamTimer, due: float) -> None:
+        self._timers.add(timer)
+        self.wake(due)
+
+    def discard(self, timer: _StreamTimer) -> None:
+        self._timers.discard(timer)  # (the handle may fire for nothing: harmless)
+
+    def wake(self, due: float) -> None:
+        """Look at the timers at ``due`` at the latest."""
+        if due < self._when:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._when = due
+            self._handle = self.loop.call_at(due, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        self._when = math.inf
+        now = self.loop.time() + 0.001  # the loop may run a timer a hair early
+        timers = self._timers
+        earliest = math.inf
+        for timer in list(timers):  # (a timer firing may close a response: copy first)
+            due = timer.check(now)
+            if due is None:
+                timers.discard(timer)
+            elif due < earliest:
+                earliest = due
+        if earliest != math.inf:
+            self.wake(earliest)
+
+    def close(self) -> None:
+        self._timers.clear()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._when = math.inf
+
+
 class _StreamTimer:
-    """The limits of one streamed attempt over our transport, on one lazy timer.
+    """The limits of one streamed attempt over our transport, kept by the provider's
+    :class:`_Clock` (no timer object of its own).
 
     A wait records when it began (``since``; ``None`` while nobody waits). First the wait
     for the headers, connecting included: it runs in an ``asyncio.timeout(None)`` scope
-    (:meth:`watch`) that the timer reschedules to "now" if the headers are ``gap``
-    seconds late, so the scope itself cancels and raises, as a standard scope does. Then
-    each read of the body (:meth:`reading`): an overdue read, or the call's deadline, has
-    the timer close the response (aiohttp's public ``ClientResponse.close()``), which
-    fails the waiting read at once, and ``fired`` says why; no task is cancelled there.
+    (:meth:`watch`) that is rescheduled to "now" if the headers are ``gap`` seconds late,
+    so the scope itself cancels and raises, as a standard scope does. Then each read of
+    the body (:meth:`reading`): an overdue read, or the call's deadline, has the response
+    closed (aiohttp's public ``ClientResponse.close()``), which fails the waiting read at
+    once, and ``fired`` says why; no task is cancelled there.
 
-    One timer per attempt, moved at most once per ``gap`` seconds of silence: a scope
-    with a deadline per read (``asyncio.timeout``) costs a timer each, ~11 per turn.
+    Starting or ending a wait is two attribute writes (a scope with a deadline per read,
+    ``asyncio.timeout``, costs a timer each, ~11 per turn).
     """
 
-    __slots__ = (
-        "_close",
-        "_handle",
-        "_loop",
-        "_scope",
-        "deadline",
-        "fired",
-        "gap",
-        "reason",
-        "since",
-    )
+    __slots__ = ("_clock", "_close", "_scope", "deadline", "fired", "gap", "reason", "since")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, gap: float, reason: str) -> None:
-        self._loop = loop
+    def __init__(self, clock: _Clock, gap: float, reason: str) -> None:
+        self._clock = clock
         self.gap = gap  # the longest wait for the headers, then for each piece of the body
         self.reason = reason  # what an overrun is reported as: "idle", "read", "end"
         self.deadline: float | None = None  # the call's, on the loop's clock (body only)
         self.fired: str | None = None
-        self.since: float | None = loop.time()  # the headers are awaited from now
+        self.since: float | None = clock.loop.time()  # the headers are awaited from now
         self._scope: Any = None  # the headers' scope, while they are awaited
         self._close: Callable[[], None] | None = None  # the response, once it is there
-        self._handle: asyncio.TimerHandle | None = loop.call_at(self.since + gap, self._check)
+        clock.add(self, self.since + gap)
 
     def watch(self, scope: Any) -> None:
         """The scope around the wait for the headers (``None`` once they arrived)."""
@@ -386,24 +434,15 @@ class _StreamTimer:
         self._close = close
         if deadline is not None:
             self.deadline = deadline
-            handle = self._handle
-            if handle is None or deadline < handle.when():
-                self._reschedule(deadline)
+            self._clock.wake(deadline)
 
-    def _reschedule(self, when: float | None) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
+    def check(self, now: float) -> float | None:
+        """The clock's question: fire if a limit has passed (then ``None``), else say
+        when this timer could next be overdue."""
         deadline = self.deadline
-        if deadline is not None and (when is None or deadline < when):
-            when = deadline
-        self._handle = None if when is None else self._loop.call_at(when, self._check)
-
-    def _check(self) -> None:
-        self._handle = None
-        now = self._loop.time() + 0.001  # the loop may run a timer a hair early
-        if self.deadline is not None and now >= self.deadline and self._close is not None:
+        if deadline is not None and now >= deadline and self._close is not None:
             self._fire("deadline")
-            return
+            return None
         since = self.since
         if since is None:
             due = now + self.gap  # nobody waits now; look again a gap later
@@ -411,13 +450,13 @@ class _StreamTimer:
             due = since + self.gap
             if now >= due:
                 self._fire(self.reason)
-                return
-        self._reschedule(due)
+                return None
+        return due if deadline is None or due < deadline else deadline
 
     def _fire(self, reason: str) -> None:
         self.fired = reason
         if self._scope is not None:
-            _move(self._scope, self._loop.time())  # the scope cancels, and says so
+            _move(self._scope, self._clock.loop.time())  # the scope cancels, and says so
         elif self._close is not None:
             self._close()
 
@@ -427,14 +466,10 @@ class _StreamTimer:
             return
         self.gap = gap
         self.reason = reason
-        handle = self._handle
-        if handle is None or handle.when() > self._loop.time() + gap:
-            self._reschedule(self._loop.time() + gap)
+        self._clock.wake(self._clock.loop.time() + gap)
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._clock.discard(self)
 
 
 class _Response(Protocol):
@@ -650,8 +685,8 @@ class HTTPProvider(BaseProvider):
         api_key_env: the environment variable read when ``api_key`` is ``None``.
 
     Timeouts and cancellation: our limits are ``asyncio.timeout`` scopes (per attempt and
-    per call) plus, for a stream over our transport, one timer per attempt that
-    reschedules the headers' scope or closes the response when a wait overstays; none
+    per call) plus, for streams over our transport, one timer per provider that
+    reschedules an attempt's headers' scope or closes the response when a wait overstays; none
     of them cancels anything but its own scope, so the caller's ``asyncio.timeout`` /
     ``anyio.fail_after`` / task-group cancellation around a call or a stream fires
     exactly as in plain asyncio.
@@ -738,6 +773,7 @@ class HTTPProvider(BaseProvider):
             self._transport = AiohttpTransport()
         self._client = http_client
         self._closed = False
+        self._clock: _Clock | None = None  # the streams' timers, on the loop in use
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -777,6 +813,8 @@ class HTTPProvider(BaseProvider):
     async def aclose(self) -> None:
         """Close the transport if this provider created it. Safe to call twice."""
         self._closed = True
+        if self._clock is not None:
+            self._clock.close()
         if self._transport is not None:
             await self._transport.aclose()
 
@@ -818,9 +856,24 @@ class HTTPProvider(BaseProvider):
             return idle, "idle"
         return read, "read"
 
-    async def _attempt(self, call: _Call, read_body: bool) -> tuple[_Response, bytes]:
+    def _attempt(
+        self, call: _Call, read_body: bool
+    ) -> Coroutine[Any, Any, tuple[_Response, bytes]]:
         """One attempt: the response and its body (read whole and closed, unless it is
         a 2xx and not ``read_body``: then returned open, body unread, ``b""``).
+
+        A plain function choosing the coroutine to await (a stream over our transport:
+        :meth:`_attempt_stream`), so a streamed turn keeps one frame less alive.
+        """
+        if call.stream and self._transport is not None:
+            gap, reason = self._gap(True)
+            if gap is not None:
+                return self._attempt_stream(call, gap, reason)
+        return self._attempt_whole(call, read_body)
+
+    async def _attempt_whole(self, call: _Call, read_body: bool) -> tuple[_Response, bytes]:
+        """One attempt that is not a stream over our transport with a limit (see
+        :meth:`_attempt`).
 
         Over our transport one ``asyncio.timeout`` scope bounds the attempt: ``connect``
         plus the read (streaming: the shorter of read and idle) limit until the headers
@@ -840,8 +893,6 @@ class HTTPProvider(BaseProvider):
                 return response, await self._read_whole(response)
             gap, reason = self._gap(call.stream)
             timeouts = self._timeouts
-            if call.stream and gap is not None:
-                return await self._attempt_stream(call, gap, reason)
             wait = None  # connecting (and the pool wait), then the wait for the headers
             if gap is not None:
                 wait = gap + (timeouts.get("connect") or 0.0)
@@ -874,7 +925,11 @@ class HTTPProvider(BaseProvider):
         (connecting included), timed by the attempt's :class:`_StreamTimer`, which then
         goes with a 2xx to its :class:`SSEStream` (``call.timer``) to time the body."""
         assert self._transport is not None
-        timer = _StreamTimer(asyncio.get_running_loop(), gap, reason)
+        loop = asyncio.get_running_loop()
+        clock = self._clock
+        if clock is None or clock.loop is not loop:
+            clock = self._clock = _Clock(loop)
+        timer = _StreamTimer(clock, gap, reason)
         response: _Response | None = None
         try:
             try:
@@ -1105,15 +1160,21 @@ class HTTPProvider(BaseProvider):
             parts.append(part)
         return self._scrub(b"".join(parts))
 
-    async def _send(self, call: _Call, *, read_body: bool) -> tuple[_Response, bytes]:
+    def _send(
+        self, call: _Call, *, read_body: bool
+    ) -> Coroutine[Any, Any, tuple[_Response, bytes]]:
         """Send the call's request with retries until a 2xx arrives, within the call's
         deadline (one ``asyncio.timeout_at`` scope around the attempts and waits).
 
         With ``read_body`` the whole body is read (and the response closed) inside the
-        retry loop; otherwise the response is returned open, its body unread.
+        retry loop; otherwise the response is returned open, its body unread. (A plain
+        function returning the coroutine to await: no frame of its own without a deadline.)
         """
         if call.deadline is None:
-            return await self._attempts(call, read_body)
+            return self._attempts(call, read_body)
+        return self._attempts_by_deadline(call, read_body)
+
+    async def _attempts_by_deadline(self, call: _Call, read_body: bool) -> tuple[_Response, bytes]:
         try:
             async with _timeout_at(call.deadline):
                 return await self._attempts(call, read_body)
@@ -1311,7 +1372,7 @@ class SSEStream:
         self._call = call
         self._loop = asyncio.get_running_loop()
         self._decoder = SSEDecoder()
-        self._events: deque[ServerSentEvent] = deque()
+        self._events: deque[ServerSentEvent] | None = None  # for __anext__ only
         self._delivered = False
         self._done = False
         self._ending = False
@@ -1357,6 +1418,8 @@ class SSEStream:
             batch = await self.next_batch()
             if not batch:
                 raise StopAsyncIteration
+            if events is None:
+                events = self._events = deque()
             events.extend(batch)
         return events.popleft()
 
@@ -1528,7 +1591,8 @@ class SSEStream:
     async def aclose(self) -> None:
         """Close the HTTP response now and stop the call's timer. Safe to call twice."""
         self._done = True
-        self._events.clear()
+        if self._events is not None:
+            self._events.clear()
         await self._drop_response()
 
 

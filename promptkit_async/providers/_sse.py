@@ -73,11 +73,13 @@ class SSEDecoder:
 
     def __init__(self, max_event_size: int = MAX_EVENT_SIZE) -> None:
         self._limit = max_event_size
-        self._partial: list[bytes] = []  # the pieces of an incomplete trailing line
+        # Made on first use (most streams never need them): the pieces of an incomplete
+        # trailing line, and the data lines of an event still open.
+        self._partial: list[bytes] | None = None
         self._partial_size = 0
         self._skip_lf = False  # the previous chunk ended in "\r": drop a leading "\n"
         self._started = False  # the byte-order mark check is done
-        self._data: list[str] = []
+        self._data: list[str] | None = None
         self._size = 0  # characters held by the first ``_counted`` lines of self._data
         self._counted = 0
         self._event: str | None = None
@@ -101,18 +103,21 @@ class SSEDecoder:
             return []  # nothing new (and not the "\n" half of a split "\r\n")
         if (
             chunk[:6] == b"data: "
-            and chunk.find(b"\n") == len(chunk) - 2
-            and chunk[-1:] == b"\n"
-            and self._started
+            and chunk[-2:] == b"\n\n"
             and not (self._partial or self._data or self._skip_lf)
             and self._event is None
-            and b"\r" not in chunk
             and len(chunk) <= self._limit
+            and b"\r" not in chunk
         ):
-            # The usual chunk: exactly one whole "data: ...\n\n" event, nothing pending.
-            return [
-                ServerSentEvent(chunk[6:-2].decode("utf-8", "replace"), "message", self._last_id)
-            ]
+            # The usual read: whole "data: ...\n\n" events (one, or several that arrived
+            # together), nothing pending (not even part of a byte-order mark: it would be
+            # in _partial). Split on the separator; if the chunk holds no other line
+            # break, each piece is exactly one event's one data line.
+            texts = chunk[6:-2].decode("utf-8", "replace").split("\n\ndata: ")
+            if chunk.count(b"\n") == 2 * len(texts):
+                self._started = True
+                last_id = self._last_id
+                return [ServerSentEvent(text, "message", last_id) for text in texts]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -146,6 +151,8 @@ class SSEDecoder:
             return []
         if end + 1 < len(chunk):
             tail = chunk[end + 1 :]
+            if partial is None:
+                partial = self._partial = []
             partial.append(tail)
             self._partial_size = len(tail)
             if len(tail) > self._limit:
@@ -158,21 +165,24 @@ class SSEDecoder:
 
     def flush(self) -> list[ServerSentEvent]:
         """End of stream: decode a trailing partial line and dispatch a pending event."""
-        tail = b"".join(self._partial)
-        self._partial.clear()
+        if not (self._partial or self._data) and self._event is None:
+            return []  # nothing pending (the usual end)
+        tail = b"".join(self._partial or ())
+        self._partial = None
         lines = [tail.decode("utf-8", "replace")] if tail else []
         lines.append("")
         return self._lines(lines)
 
     def _keep_partial(self, piece: bytes) -> None:
+        if self._partial is None:
+            self._partial = []
         self._partial.append(piece)
         self._partial_size = len(piece)
         if self._partial_size > self._limit:
             self._too_large()
 
     def _too_large(self) -> None:
-        self._partial.clear()
-        self._data.clear()
+        self._partial = self._data = None
         self._size = self._counted = 0
         raise APIResponseError(
             f"the event stream sent a line or an event longer than {self._limit} "
@@ -182,6 +192,8 @@ class SSEDecoder:
     def _lines(self, lines: list[str]) -> list[ServerSentEvent]:
         events: list[ServerSentEvent] = []
         data = self._data
+        if data is None:
+            data = self._data = []
         for line in lines:
             if not line:
                 if data or self._event is not None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+from typing import Any
 
 import aiohttp
 import httpx
@@ -90,14 +91,15 @@ class RawResponse(httpx.AsyncByteStream):
         self.status = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
 
-    async def read(self) -> bytes:
-        """The next piece of the body as it arrives; ``b""`` at its end.
+    def read(self) -> Coroutine[Any, Any, bytes]:
+        """The next piece of the body as it arrives; ``b""`` at its end (await it).
 
-        No async generator per chunk (unlike ``__aiter__``), for the providers' readers.
+        No async generator per chunk (unlike ``__aiter__``), nor a coroutine of ours
+        around aiohttp's read: one frame less between a provider's reader and the socket.
         Closing the response (:meth:`close`, e.g. from a timer callback) makes a waiting
         read fail at once with ``aiohttp.ClientConnectionError``.
         """
-        return await self._response.content.readany()
+        return self._response.content.readany()
 
     def close(self) -> None:
         """Close the response now (synchronously; safe to call twice)."""
@@ -187,6 +189,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # Per URL: where and how to send (yarl URL, ssl argument, proxy), worked out once.
         self._targets: dict[str, tuple[URL, ssl.SSLContext | bool, str | None]] = {}
         self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
+        self._last_target: tuple[object, tuple[URL, ssl.SSLContext | bool, str | None]] | None
+        self._last_target = None
         self._closed = False
 
     def _create_session(self) -> aiohttp.ClientSession:
@@ -257,6 +261,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return found
 
     def _target(self, url: httpx.URL | str) -> tuple[URL, ssl.SSLContext | bool, str | None]:
+        last = self._last_target
+        if last is not None and last[0] is url:
+            return last[1]  # a provider sends to one URL object again and again
         text = str(url)
         found = self._targets.get(text)
         if found is None:
@@ -269,6 +276,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 self._ssl_context() if parsed.scheme == "https" else True,
                 self._proxy_for(parsed),
             )
+        self._last_target = (url, found)
         return found
 
     async def send(

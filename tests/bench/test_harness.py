@@ -209,3 +209,43 @@ def test_merge_keeps_only_runs_not_repeated(smoke_record: dict[str, Any]) -> Non
             assert r["turns_per_s"] == old[(r["client"], r["loop"])]["turns_per_s"]
     assert merged["merged_commands"] == [f"{stored['date']}: {stored['command']}"]
     assert {e["client"] for e in merged["summary"]} == {c for c, _ in pairs}
+
+
+def test_turncost_smoke() -> None:
+    # The GC and live-object diagnostic runs both kinds of client against the upstream.
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.turncost",
+            "--clients",
+            "aiohttp,promptkit-memory",
+            "--profile",
+            "instant",
+            "--sessions",
+            "20",
+            "--turns",
+            "2",
+            "--repeat",
+            "1",
+            "--loop",
+            "asyncio",
+            "--live",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    rows = {line.split()[0]: line for line in lines if "CPU/turn ms" in line}
+    assert set(rows) == {"aiohttp", "promptkit-memory"}
+    assert all("collections per 1000 turns" in row for row in rows.values())
+    # A live-object census (objects per session in flight, by type) for each client.
+    totals = [float(line.split()[0]) for line in lines if line.endswith("  total")]
+    assert len(totals) == 2
+    assert all(total > 0 for total in totals)

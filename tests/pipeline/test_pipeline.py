@@ -6,7 +6,7 @@ import asyncio
 import gc
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -681,3 +681,21 @@ async def test_a_middleware_that_stops_early_closes_the_layers_inside_it(
     assert result.response.content == "partial "
     assert provider.closed == 1  # closed before execute returned, not later by the GC
     assert [m.content for m in await store.load("s")] == ["hi", "partial "]
+
+
+async def test_the_last_layers_next_is_an_empty_stream_that_closes() -> None:
+    # The innermost ``next`` is shared and stateless (no generator per turn), yet behaves
+    # as an empty async generator would: nothing to read, and aclose() works.
+    seen: list[list[StreamChunk]] = []
+
+    async def last(ctx: ExecutionContext, next: Next) -> AsyncIterator[StreamChunk]:
+        for _ in range(2):  # twice: the shared end has no state to run out of
+            async with aclosing(next(ctx)) as rest:
+                seen.append([chunk async for chunk in rest])
+        async for chunk in ProviderMiddleware(MockProvider(handler=lambda r: "hi"))(ctx, next):
+            yield chunk
+
+    async with Pipeline(last) as pipe:
+        result = await pipe.execute("s", "user", "Hi")
+    assert result.response.content == "hi"
+    assert seen == [[], []]

@@ -601,3 +601,106 @@ async def test_a_slow_reader_is_not_an_idle_stream() -> None:
             assert "".join(seen) == "Hello there!"
     finally:
         await server.aclose()
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the timers scheduled on it (``call_later`` included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timers = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        self.timers += 1
+        return super().call_at(when, callback, *args, context=context)
+
+
+def test_a_providers_streams_share_one_timer() -> None:
+    # Every streamed attempt is timed (the headers, each read of the body) by one clock
+    # per provider: streams one after another schedule no timer of their own.
+
+    async def main(loop: _CountingLoop) -> tuple[int, int]:
+        server = await srv.ScriptedServer().start()
+        try:
+            async with OpenAIProvider(
+                "openai", "m", "sk-test", base_url=server.url, max_retries=0
+            ) as provider:
+                first = [c async for c in provider.stream(HELLO)]  # connects, sets the clock
+                assert first[-1].response is not None
+                before = loop.timers
+                for _ in range(20):
+                    chunks = [c async for c in provider.stream(HELLO)]
+                    assert chunks[-1].response is not None
+                return before, loop.timers
+        finally:
+            await server.aclose()
+
+    loop = _CountingLoop()
+    try:
+        before, after = loop.run_until_complete(main(loop))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+    assert after - before <= 2  # (aiohttp's own keep-alive clean-up may add one)
+
+
+async def test_streams_on_one_clock_each_keep_their_own_idle_limit() -> None:
+    # Two streams of one provider share its clock. The silent one fails on time; the
+    # other, waiting (for less than its limit) when the clock fires for the first, is not
+    # failed with it, and later fails its own limit after its own last event.
+    idle = 0.3
+    silent_failed = asyncio.Event()
+
+    async def one_then_two_after_the_other_failed(request: srv.Request, conn: srv.Conn) -> bool:
+        await conn.head(200)
+        await conn.chunk(srv.delta("one "))
+        await silent_failed.wait()
+        await conn.chunk(srv.delta("two"))
+        await conn.until_client_leaves()
+        return False
+
+    server = await srv.ScriptedServer().start()
+    server.push(srv.stall(), one_then_two_after_the_other_failed)
+    loop = asyncio.get_running_loop()
+    try:
+        async with OpenAIProvider(
+            "openai", "m", "sk-test", base_url=server.url, max_retries=0,
+            stream_idle_timeout=idle,
+        ) as provider:  # fmt: skip
+
+            async def silent() -> float:
+                try:
+                    with pytest.raises(StreamIdleTimeoutError):
+                        [c async for c in provider.stream(HELLO)]
+                    return loop.time()
+                finally:
+                    silent_failed.set()
+
+            seen: list[str] = []
+            arrived: list[float] = []
+
+            async def read() -> None:
+                async for chunk in provider.stream(HELLO):
+                    if chunk.delta:
+                        seen.append(chunk.delta)
+                        arrived.append(loop.time())
+
+            async def talkative() -> float:
+                with pytest.raises(StreamIdleTimeoutError):
+                    await read()
+                return loop.time()
+
+            started = loop.time()
+            first = asyncio.create_task(silent())
+            await asyncio.wait_for(server.wait_for(lambda: len(server.requests) == 1), 10)
+            # The scenario, not a synchronisation: the second stream's silence starts half
+            # a limit later, so it is mid-wait when the clock fires for the first.
+            await asyncio.sleep(idle / 2)
+            second_failed = await asyncio.wait_for(talkative(), 10)
+            first_failed = await asyncio.wait_for(first, 10)
+        assert seen == ["one ", "two"]  # not failed when the clock fired for the other
+        assert idle - 0.01 <= first_failed - started < idle + 0.25  # on time
+        assert arrived[-1] >= first_failed
+        assert second_failed - arrived[-1] >= idle - 0.01  # its whole limit, from its own read
+    finally:
+        await server.aclose()

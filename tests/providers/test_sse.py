@@ -155,3 +155,54 @@ def test_whole_event_chunks_keep_pending_fields() -> None:
         ("multi\nline", "message", "7"),
         ("é", "message", "7"),
     ]
+
+
+# Lines an event stream may carry; whole reads of them take the decoder's fast path when
+# they are only "data: ...\n\n" events, and its general path otherwise.
+_LINES = st.sampled_from(
+    [
+        b"data: plain",
+        b'data: {"k": "\xc3\xa9"}',
+        b"data:nospace",
+        b"data: ",
+        b"data",
+        b"data: \xff",
+        b"data: two  spaces",
+        b": comment",
+        b"event: named",
+        b"id: 4",
+        b"retry: 10",
+        b"",
+    ]
+)
+
+
+@given(st.lists(st.lists(_LINES, min_size=1, max_size=3), min_size=1, max_size=8))
+def test_several_events_in_one_read_match_byte_by_byte(events: list[list[bytes]]) -> None:
+    # Reads often hold several whole events (the reader was busy while they arrived):
+    # decoded in one feed they must give what a byte-at-a-time feed gives.
+    stream = b"".join(b"\n".join(lines) + b"\n\n" for lines in events)
+    one_by_one = decode(*(stream[i : i + 1] for i in range(len(stream))))
+    assert decode(stream) == one_by_one
+    decoder = SSEDecoder()
+    decoder.feed(b"data: warm-up\n\n")  # past the byte-order mark check, like a live stream
+    assert decoder.feed(stream) + decoder.flush() == one_by_one
+
+
+def test_several_data_events_in_one_read() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"id: 3\n\n")
+    assert decoder.feed(b"data: a\n\ndata: b\xc3\xa9\n\ndata: \n\n") == [
+        ServerSentEvent("a", "message", "3"),
+        ServerSentEvent("b\u00e9", "message", "3"),
+        ServerSentEvent("", "message", "3"),
+    ]
+    # Not only "data: " events: the general path decides.
+    assert decoder.feed(b"data: a\ndata: b\n\ndata: c\n\n") == [
+        ServerSentEvent("a\nb", "message", "3"),
+        ServerSentEvent("c", "message", "3"),
+    ]
+    assert decoder.feed(b"data: a\n\n: keep-alive\n\ndata: c\n\n") == [
+        ServerSentEvent("a", "message", "3"),
+        ServerSentEvent("c", "message", "3"),
+    ]
