@@ -140,7 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--live", action="store_true", help="count live objects per turn")
     args = parser.parse_args(argv)
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "bench.upstream", "--profile", args.profile, "--cpu", "0"],
+        # The upstream runs on the clients' loop, as bench.run does (uvloop is a bench
+        # extra: a test run with only the test extra uses asyncio throughout).
+        [
+            *(sys.executable, "-m", "bench.upstream", "--profile", args.profile),
+            *("--loop", args.loop, "--cpu", "0"),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
