@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import re
@@ -20,8 +19,6 @@ from promptkit_async import (
     ImagePart,
     InvalidRequestError,
     Message,
-    Pipeline,
-    ProviderMiddleware,
     TextPart,
 )
 from promptkit_async.cli._attach import (
@@ -31,8 +28,6 @@ from promptkit_async.cli._attach import (
     describe_part,
     read_attachment,
 )
-from promptkit_async.providers.openai import OpenAIProvider
-from tests._fake_openai import FakeOpenAI
 
 Spawn = Callable[..., pexpect.spawn]
 
@@ -245,30 +240,9 @@ def test_file_audio_detach_and_bad_paths(spawn_chat: Spawn, tmp_path: Path) -> N
     child.expect(pexpect.EOF)
 
 
-def _openai_sends_images() -> bool:
-    """Whether this installation's OpenAI provider puts image parts on the wire (the
-    providers' part mapping, issue 17, lands on its own branch)."""
-
-    async def probe(url: str) -> None:
-        provider = OpenAIProvider("gpt-4o-mini", api_key="k", base_url=url)
-        async with Pipeline(ProviderMiddleware(provider)) as pipe:
-            try:
-                await pipe.execute("probe", "user", ["x", ImagePart(PNG)])
-            except InvalidRequestError:
-                pass
-            finally:
-                await provider.aclose()
-
-    with FakeOpenAI() as server:
-        asyncio.run(probe(server.url))
-        return bool(server.requests)
-
-
 def test_image_reaches_an_openai_compatible_upstream(
     spawn_chat: Spawn, fake_openai: Any, tmp_path: Path
 ) -> None:
-    if not _openai_sends_images():
-        pytest.skip("this installation's OpenAI provider does not send image parts yet")
     picture = tmp_path / "cat.png"
     picture.write_bytes(PNG)
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.url}
