@@ -1,6 +1,6 @@
 """Turns on one session from many OS processes sharing one PostgreSQL schema.
 
-The scenarios of ``_sql_scenarios.py`` (queue, reject, interrupt, a SIGSTOPped holder
+The scenarios of ``_scenarios.py`` (queue, reject, interrupt, a SIGSTOPped holder
 fenced) with every worker on the shared test server and a schema of its own per test,
 plus an ambiguous save: the server applies a turn's ``end_turn`` but its answer is held
 back past the store's timeout; the worker retries with the same turn id and the retry
@@ -15,7 +15,7 @@ import pytest
 
 from tests._pg_proxy import AmbiguousProxy
 from tests._postgres_server import PostgresServer, unique_schema
-from tests.multiproc import _sql_scenarios as scenarios
+from tests.multiproc import _scenarios as scenarios
 from tests.multiproc._harness import CheckingUpstream, Figures, StoreSpec, checked, held_turn
 
 pytestmark = pytest.mark.postgres

@@ -1,30 +1,28 @@
 """Turns on one session from many OS processes sharing Redis or a Redis Cluster.
 
-Each test starts worker processes (``_worker.py``) that run turns on ONE session through
-the store, against a loopback upstream that logs what every request carried, then
-checks: every stored turn's request carried exactly the stored conversation before it,
-no acknowledged turn is missing, none is stored twice, no refused turn is stored, and
-the ledger equals the sum of the stored turns' usage. See ``_harness.py``.
+The scenarios every shared store runs are in ``_scenarios.py``: each starts worker
+processes (``_worker.py``) that run turns on ONE session through the store, against a
+loopback upstream that logs what every request carried, then checks: every stored
+turn's request carried exactly the stored conversation before it, no acknowledged turn
+is missing, none is stored twice, no refused turn is stored, and the ledger equals the
+sum of the stored turns' usage. See ``_harness.py``. The ambiguous-save case is here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests._redis_server import RedisServer
+from tests.multiproc import _scenarios as scenarios
 from tests.multiproc._harness import (
     CheckingUpstream,
     Figures,
     StoreSpec,
-    Worker,
     checked,
     held_turn,
-    run_workers,
     unique_prefix,
-    worker_configs,
 )
 from tests.statestore._proxy import ReplyStallProxy
 
@@ -32,8 +30,6 @@ pytestmark = pytest.mark.redis
 
 #: How the workers run their turns: "pipeline" (StateMiddleware) or "protocol".
 MODE = "pipeline"
-#: Seconds the interrupted worker may take to learn of the interrupt.
-INTERRUPT_BOUND = 1.0
 
 KINDS = [pytest.param("redis", id="redis"), pytest.param("redis-cluster", id="redis-cluster")]
 
@@ -48,67 +44,19 @@ def spec(request: pytest.FixtureRequest) -> StoreSpec:
 async def test_queued_turns_from_many_processes_see_the_whole_conversation(
     spec: StoreSpec, upstream: CheckingUpstream, tmp_path: Path, figures_log: list[Figures]
 ) -> None:
-    """N processes x M turns on one session, queue policy: every turn waits for the one
-    before it, in whichever process: the k-th stored turn saw 2k-1 messages."""
-    upstream.delay = 0.01  # the model's latency, so that turns contend for the lease
-    configs = worker_configs(
-        spec, upstream, "shared", tmp_path, processes=4, turns=8, mode=MODE, tasks=2
-    )
-    results = await run_workers([Worker(c) for c in configs])
-    figures = await checked(spec, upstream, results, "queue", len(configs))
-    figures_log.append(figures)
-    figures.assert_clean()
-    assert figures.acknowledged == figures.stored == 4 * 8
+    await scenarios.queued_turns(spec, upstream, tmp_path, figures_log)
 
 
 async def test_reject_policy_across_processes(
     spec: StoreSpec, upstream: CheckingUpstream, tmp_path: Path, figures_log: list[Figures]
 ) -> None:
-    """While one process holds the session, turns of other processes under ``reject``
-    fail with SessionBusyError at once, and nothing of them is stored."""
-    holder = await held_turn(spec, upstream, tmp_path, mode=MODE)
-    try:
-        configs = worker_configs(
-            spec, upstream, "shared", tmp_path, processes=2, turns=3, mode=MODE, policy="reject"
-        )
-        rejected = await run_workers([Worker(c) for c in configs])
-    finally:
-        upstream.release()
-    results = [*rejected, *await holder.wait()]
-    figures = await checked(spec, upstream, results, "reject", 3)
-    figures_log.append(figures)
-    figures.assert_clean()
-    assert [r["outcome"] for r in rejected] == ["busy"] * 6
-    assert figures.stored == 1
-    # Rejected turns never reached the model.
-    assert sorted(r.question for r in upstream.requests) == ["holder-0"]
+    await scenarios.rejected_turns(spec, upstream, tmp_path, figures_log)
 
 
 async def test_interrupt_policy_across_processes(
     spec: StoreSpec, upstream: CheckingUpstream, tmp_path: Path, figures_log: list[Figures]
 ) -> None:
-    """A turn under ``interrupt`` takes the session from a turn running in another
-    process: that turn stops with TurnInterruptedError within the bound, and stores
-    nothing; the interrupting turn is stored."""
-    holder = await held_turn(spec, upstream, tmp_path, mode=MODE)
-    try:
-        (config,) = worker_configs(
-            spec, upstream, "shared", tmp_path, processes=1, turns=1, mode=MODE, policy="interrupt"
-        )
-        interrupting = await run_workers([Worker(config)])
-        interrupted = await holder.wait()
-    finally:
-        upstream.release()
-    figures = await checked(spec, upstream, [*interrupting, *interrupted], "interrupt", 2)
-    figures_log.append(figures)
-    figures.assert_clean()
-    assert [r["outcome"] for r in interrupting] == ["ok"]
-    assert [r["outcome"] for r in interrupted] == ["interrupted"]
-    # Learned within the bound, counted from the interrupting turn's call (an upper
-    # bound of the time since its steal).
-    latency = (interrupted[0]["t1"] - interrupting[0]["t0"]) / 1e9
-    figures.interrupt_latency_s = round(latency, 3)
-    assert latency <= INTERRUPT_BOUND, latency
+    await scenarios.interrupted_turn(spec, upstream, tmp_path, figures_log)
 
 
 @pytest.mark.parametrize("holder_mode", ["protocol", "pipeline"])
@@ -119,33 +67,7 @@ async def test_a_stalled_worker_is_fenced(
     figures_log: list[Figures],
     holder_mode: str,
 ) -> None:
-    """A worker SIGSTOPped while holding the lease loses it after its TTL; another
-    worker's turn runs; SIGCONT: the stalled worker's turn fails with LeaseLostError
-    and nothing it wrote is visible. ``protocol``: the holder does not renew, so the
-    refusal is its ``end_turn``'s, fenced by the token; ``pipeline``: StateMiddleware
-    finds its renewal refused first."""
-    options: dict[str, Any] = {"renew": False} if holder_mode == "protocol" else {}
-    holder = await held_turn(spec, upstream, tmp_path, lease_ttl=1.0, mode=holder_mode, **options)
-    holder.stop()
-    try:
-        upstream.release()  # its reply waits in the socket while it is frozen
-        (config,) = worker_configs(
-            spec, upstream, "shared", tmp_path, processes=1, turns=1, mode=MODE
-        )
-        # Queued behind the frozen holder until its lease expires (the store's poll
-        # notices the expiry), then runs.
-        successor = await run_workers([Worker(config)])
-    finally:
-        holder.cont()
-    stalled = await holder.wait()
-    figures = await checked(
-        spec, upstream, [*successor, *stalled], f"sigstop ({holder_mode} holder)", 2
-    )
-    figures_log.append(figures)
-    figures.assert_clean()
-    assert [r["outcome"] for r in successor] == ["ok"]
-    assert [r["outcome"] for r in stalled] == ["fenced"], stalled
-    assert figures.stored == 1
+    await scenarios.stalled_worker(spec, upstream, tmp_path, figures_log, holder_mode)
 
 
 async def test_an_ambiguous_save_retried_with_its_turn_id_is_stored_once(

@@ -1,6 +1,6 @@
 """Turns on one session from many OS processes sharing one SQLite file (WAL).
 
-The scenarios of ``_sql_scenarios.py`` (queue, reject, interrupt, a SIGSTOPped holder
+The scenarios of ``_scenarios.py`` (queue, reject, interrupt, a SIGSTOPped holder
 fenced), with the workers opening the same database file in ``tmp_path``. Leases are
 seen across processes by polling the lease row (the store's docstring bounds it).
 The ambiguous-save scenario is PostgreSQL's and Redis's: a local file has no
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.multiproc import _sql_scenarios as scenarios
+from tests.multiproc import _scenarios as scenarios
 from tests.multiproc._harness import CheckingUpstream, Figures, StoreSpec
 
 

@@ -1,6 +1,6 @@
-"""The multi-process scenarios run against SQLite (several processes on one file) and
-PostgreSQL (several processes on one schema): the same ones as ``test_redis.py``, on
-R's harness (``_harness.py``), each a coroutine that a store's test module calls with
+"""The multi-process scenarios every shared store runs (Redis and Redis Cluster, SQLite
+with several processes on one file, PostgreSQL with several processes on one schema),
+on the harness (``_harness.py``): each a coroutine that a store's test module calls with
 its own :class:`StoreSpec`.
 
 Every scenario checks the stored session against what the upstream saw and what the
