@@ -19,6 +19,9 @@ class CountingProxy:
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
         self.round_trips = 0
+        # (connection number, first bytes) of each round trip, to tell whose it was.
+        self.requests: list[tuple[int, bytes]] = []
+        self._accepted = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -46,12 +49,15 @@ class CountingProxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         self._writers.update((writer, up_writer))
         waiting = False
+        self._accepted += 1
+        connection = self._accepted
 
         async def requests() -> None:
             nonlocal waiting
             while data := await reader.read(1 << 16):
                 if not waiting:
                     self.round_trips += 1
+                    self.requests.append((connection, data[:120]))
                     waiting = True
                 up_writer.write(data)
                 await up_writer.drain()

@@ -143,6 +143,22 @@ def round_trips(proxies: list[CountingProxy]) -> int:
     return sum(p.round_trips for p in proxies)
 
 
+def turn_requests(proxies: list[CountingProxy], marks: list[int]) -> list[bytes]:
+    """The round trips made since ``marks`` (each proxy's request count) by turns: not
+    the subscriber's (its connection carried a SUBSCRIBE), nor the one check of the
+    watched leases it makes if it had to subscribe again (a lone GET), which no turn
+    makes. The first bytes of each, so a failure shows what the extra one was."""
+    found: list[bytes] = []
+    for proxy, mark in zip(proxies, marks, strict=True):
+        subscriber = {c for c, head in proxy.requests if b"SUBSCRIBE" in head.upper()}
+        found += [
+            head
+            for c, head in proxy.requests[mark:]
+            if c not in subscriber and not head.startswith(b"*2\r\n$3\r\nGET\r\n")
+        ]
+    return found
+
+
 def command_calls(ports: list[int]) -> dict[str, int]:
     """Calls per command since the last CONFIG RESETSTAT, summed over the nodes."""
     calls: dict[str, int] = {}
@@ -177,14 +193,15 @@ async def test_a_turn_costs_two_round_trips_and_two_commands(
     await pipeline.execute("s", "user", "warm-up")
     await subscribed(store)
 
-    before = round_trips(proxies)
+    marks = [len(p.requests) for p in proxies]
     for port in ports:
         command(port, "CONFIG", "RESETSTAT")
     for i in range(10):
         await pipeline.execute("s", "user", f"q{i}")
 
     calls = command_calls(ports)
-    assert round_trips(proxies) - before == 20
+    requests = turn_requests(proxies, marks)
+    assert len(requests) == 20, requests
     # begin_turn (lease + history + ledger) and end_turn (fenced append + release): one
     # script each, the history read inside the first.
     assert calls.get("evalsha") == 20, calls  # (commands inside scripts count too)
