@@ -25,11 +25,17 @@ format, media outside a user message, bytes still in a blob store) raises
 :class:`~promptkit_async.errors.UnsupportedContentError` (or ``InvalidMessageError``
 for a blob) before any request is sent.
 
-Reasoning: Chat Completions returns no reasoning text, only its token count
+Reasoning: OpenAI's Chat Completions returns no reasoning text, only its token count
 (``usage.completion_tokens_details.reasoning_tokens`` → ``Usage.reasoning_tokens``,
-inside ``completion_tokens`` and priced as output). A :class:`ThinkingPart` in the
-history (written by another provider) is left out of the request: its signature means
-nothing here.
+inside ``completion_tokens`` and priced as output). Compatible servers that do return
+it (DeepSeek, vLLM, Ollama, OpenRouter: ``reasoning_content``, or ``reasoning``, beside
+``content`` in each delta or in the message) have it kept on
+``ProviderResponse.thinking`` as one :class:`ThinkingPart` (``provider="openai"``, no
+signature), so it is stored with the turn. It is not sent back: a :class:`ThinkingPart`
+in the history is left out of the request (DeepSeek refuses reasoning sent back, and a
+signature from another provider means nothing here). A ``reasoning_content`` that is
+not a string is an :class:`~promptkit_async.errors.APIResponseError`; a ``reasoning``
+field of another type (some servers use the name for an object) is ignored.
 """
 
 from __future__ import annotations
@@ -43,7 +49,16 @@ from typing_extensions import Unpack
 from .._interop import openai_part
 from .._structured import ResponseFormat, ResponseFormatLike
 from ..errors import InvalidRequestError
-from ..types import ContentPart, Message, StreamChunk, ToolCallDelta, ToolDefinition, Usage
+from ..types import (
+    ContentPart,
+    Message,
+    ProviderResponse,
+    StreamChunk,
+    ThinkingPart,
+    ToolCallDelta,
+    ToolDefinition,
+    Usage,
+)
 from ._shape import ShapeError, optional_str, token_count
 from ._wire import (
     ProviderOptions,
@@ -146,6 +161,17 @@ def _finish(reason: Any) -> str | None:
     return _FINISH_REASONS.get(reason, reason)
 
 
+def _reasoning(fields: dict[str, Any], where: str) -> str | None:
+    """The reasoning text of a delta or message, from a compatible server (see above)."""
+    text = fields.get("reasoning_content")
+    if text is None:
+        text = fields.get("reasoning")
+        return text if type(text) is str else None
+    if type(text) is not str:
+        raise ShapeError(f"{where}.reasoning_content is {type(text).__name__}, not a string")
+    return text
+
+
 def _first_choice(payload: dict[str, Any]) -> dict[str, Any] | None:
     choices = payload.get("choices")
     if not choices:
@@ -193,8 +219,17 @@ def _message_text(message: dict[str, Any], where: str) -> str | None:
 class _Reader(WireReader):
     """Reads Chat Completions chunks (``choices[0].delta``) or a whole completion."""
 
-    __slots__ = ()
+    __slots__ = ("_reasoning",)
     incomplete = "the stream ended before the model finished (no finish_reason, no [DONE])"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reasoning: list[str] | None = None  # a compatible server's reasoning text
+
+    def _think(self, text: str) -> None:
+        if self._reasoning is None:
+            self._reasoning = []
+        self._reasoning.append(text)
 
     def _head(self, payload: dict[str, Any]) -> None:
         if payload.get("error"):
@@ -233,6 +268,10 @@ class _Reader(WireReader):
         text = delta.get("content") or delta.get("refusal")
         if text and type(text) is not str:
             raise ShapeError(f"choices[0].delta.content is {type(text).__name__}, not a string")
+        if "reasoning_content" in delta or "reasoning" in delta:
+            thought = _reasoning(delta, "choices[0].delta")
+            if thought:
+                self._think(thought)
         fragments = delta.get("tool_calls")
         return self.emit(text, _tool_deltas(fragments) if fragments else None)
 
@@ -252,6 +291,9 @@ class _Reader(WireReader):
         refusal = optional_str(message.get("refusal"), "choices[0].message.refusal")
         if refusal:
             self.parts.append(refusal)
+        thought = _reasoning(message, "choices[0].message")
+        if thought:
+            self._think(thought)
         calls = message.get("tool_calls")
         if calls:
             deltas = _tool_deltas(calls)
@@ -260,6 +302,11 @@ class _Reader(WireReader):
             self.add_calls(deltas)
         self.finish = _finish(choice.get("finish_reason"))
         self.complete = True
+
+    def response(self, request_id: str | None, trace: Sequence[Any], raw: Any) -> ProviderResponse:
+        if self._reasoning:
+            self.thinking = [ThinkingPart("".join(self._reasoning), provider="openai")]
+        return super().response(request_id, trace, raw)
 
 
 class OpenAIProvider(WireProvider):

@@ -261,6 +261,103 @@ async def test_openai_reasoning_tokens_in_usage_and_cost(provider, router, fakes
     assert response.cost.output_cost == pytest.approx(250 * price.output_per_mtok / 1e6)
 
 
+def compatible_reasoning(fakes: Any, field: str, stream: bool, value: Any = None) -> Any:
+    """A compatible server's answer whose reasoning comes in ``field`` (DeepSeek and
+    vLLM: ``reasoning_content``; OpenRouter, newer vLLM: ``reasoning``), before the text:
+    streamed in two pieces, or whole; ``value`` replaces the reasoning when given."""
+
+    def piece(text: Any, content: str | None = None) -> bytes:
+        delta: dict[str, Any] = {"role": "assistant", "content": content, field: text}
+        payload = {
+            "id": "chatcmpl-r1",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": "deepseek-reasoner",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    if not stream:
+        body = {
+            "id": "chatcmpl-r1",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": "deepseek-reasoner",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": "9.11 < 9.9",
+                        field: "Compare 11 and 90 hundredths." if value is None else value,
+                    },
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 30, "total_tokens": 40},
+        }
+        return httpx.Response(200, json=body)
+    first, second = ("Compare 11 and ", "90 hundredths.") if value is None else (value, "")
+    return fakes.sse_response(
+        fakes.sse(
+            piece(first),
+            piece(second),
+            piece(None, "9.11 < 9.9"),
+            fakes.chunk(finish_reason="stop"),
+            fakes.chunk(usage_=openai_usage(10, 30, 0)),
+        )
+    )
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_a_compatible_servers_reasoning_text_is_kept_and_not_sent_back(
+    provider, router, fakes, stream, field
+) -> None:
+    route = router.post(fakes.CHAT_URL).mock(
+        return_value=compatible_reasoning(fakes, field, stream)
+    )
+    question = Message("user", "Which is larger, 9.11 or 9.9?")
+    response = await answer(provider, ProviderRequest([question]), stream)
+    assert response.content == "9.11 < 9.9"
+    assert response.thinking == (ThinkingPart("Compare 11 and 90 hundredths.", provider="openai"),)
+    reply = response.to_message()
+    assert reply.content == (
+        ThinkingPart("Compare 11 and 90 hundredths.", provider="openai"),
+        TextPart("9.11 < 9.9"),
+    )
+    # The next turn sends the reply's text only: DeepSeek refuses reasoning sent back.
+    route.mock(return_value=openai_reply(fakes, stream))
+    await answer(provider, ProviderRequest([question, reply, Message("user", "Why?")]), stream)
+    body = sent(route)
+    fakes.validate_request(body, stream=stream)
+    assert body["messages"][1] == {"role": "assistant", "content": "9.11 < 9.9"}
+    assert "hundredths" not in route.calls.last.request.content.decode()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_reasoning_content_of_the_wrong_type_is_an_api_response_error(
+    provider, router, fakes, stream
+) -> None:
+    router.post(fakes.CHAT_URL).mock(
+        return_value=compatible_reasoning(fakes, "reasoning_content", stream, value=["not", "text"])
+    )
+    with pytest.raises(APIResponseError, match="reasoning_content is list"):
+        await answer(provider, ProviderRequest([Message("user", "Think.")]), stream)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_reasoning_object_is_ignored(provider, router, fakes, stream) -> None:
+    # Some servers use "reasoning" for an object (effort, summary...): not text to keep.
+    router.post(fakes.CHAT_URL).mock(
+        return_value=compatible_reasoning(fakes, "reasoning", stream, value={"effort": "low"})
+    )
+    response = await answer(provider, ProviderRequest([Message("user", "Think.")]), stream)
+    assert response.content == "9.11 < 9.9"
+    assert response.thinking == ()
+    assert response.to_message().content == "9.11 < 9.9"
+
+
 # --- Anthropic ----------------------------------------------------------------------------
 
 
