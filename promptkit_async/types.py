@@ -787,10 +787,12 @@ class ExecutionResult:
 class StreamChunk:
     """One piece of a streamed turn.
 
-    Every chunk but the last carries text in ``delta`` (or tool-call fragments). The
-    provider's last chunk carries ``response``; the pipeline's last chunk carries
-    ``finish_reason``, ``usage`` and ``final_result``, and arrives only once the turn has
-    been stored.
+    Every chunk but the last carries text in ``delta``, tool-call fragments, or a piece
+    of the model's reasoning in ``thinking`` (reasoning models stream it before the
+    answer; it is not part of the reply's text, and the whole of it is on the final
+    response's ``thinking``). The provider's last chunk carries ``response``; the
+    pipeline's last chunk carries ``finish_reason``, ``usage`` and ``final_result``, and
+    arrives only once the turn has been stored.
     """
 
     delta: str = ""
@@ -799,3 +801,4 @@ class StreamChunk:
     usage: Usage | None = None
     response: ProviderResponse | None = None
     final_result: ExecutionResult | None = None
+    thinking: str = ""

@@ -273,9 +273,15 @@ class WireReader:
             self.events.expect_end(self.provider.end_grace)
 
     def emit(
-        self, text: str | None, deltas: tuple[ToolCallDelta, ...] | None = None
+        self,
+        text: str | None,
+        deltas: tuple[ToolCallDelta, ...] | None = None,
+        thinking: str | None = None,
     ) -> StreamChunk | None:
-        """The chunk for one event's text and tool-call fragments (already checked)."""
+        """The chunk for one event's text, tool-call fragments and reasoning (already
+        checked; the format keeps the reasoning for the response itself)."""
+        if thinking:
+            return self._emit_thinking(text, deltas, thinking)
         if not text and not deltas:
             return None
         if self.first is None:
@@ -288,6 +294,18 @@ class WireReader:
             return StreamChunk(tool_call_deltas=deltas)
         self.parts.append(text)  # type: ignore[arg-type]
         return StreamChunk(delta=text)  # type: ignore[arg-type]
+
+    def _emit_thinking(
+        self, text: str | None, deltas: tuple[ToolCallDelta, ...] | None, thinking: str
+    ) -> StreamChunk:
+        # Off the text-only path: only reasoning models stream reasoning.
+        if self.first is None:
+            self.first = time.perf_counter() - self.started
+        if deltas:
+            self.add_calls(deltas)
+        if text:
+            self.parts.append(text)
+        return StreamChunk(delta=text or "", tool_call_deltas=deltas or (), thinking=thinking)
 
     def add_calls(self, deltas: Sequence[ToolCallDelta]) -> None:
         """Take in tool-call fragments (or whole calls) without making a chunk."""

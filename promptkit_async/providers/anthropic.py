@@ -44,7 +44,8 @@ Extended thinking: ``thinking`` blocks (streamed as ``thinking_delta`` and
 ``signature_delta``) and ``redacted_thinking`` blocks become the reply's
 :class:`~promptkit_async.types.ThinkingPart` objects (``text`` and ``signature``, or
 ``redacted`` data; ``provider="anthropic"``), in order, on ``ProviderResponse.thinking``
-and first in the assistant message's parts. An assistant message's thinking goes back
+and first in the assistant message's parts (streamed, each ``thinking_delta`` also
+arrives in a chunk's ``thinking``). An assistant message's thinking goes back
 exactly as it came, ahead of its text and ``tool_use`` blocks, as the API requires in a
 tool loop; thinking without a signature or written by another provider is left out (the
 API would reject it), and thinking never goes out in a user turn. Enable thinking with
@@ -283,15 +284,19 @@ class _Reader(WireReader):
             entry[0].append(text)
         entry[1] = optional_str(block.get("signature"), "a thinking block's signature") or None
 
-    def _thinking_delta(self, payload: dict[str, Any], delta: dict[str, Any], kind: str) -> None:
+    def _thinking_delta(
+        self, payload: dict[str, Any], delta: dict[str, Any], kind: str
+    ) -> str | None:
+        """Keep a piece of a thinking block; its text, to stream (``None`` for none)."""
         entry = self._thought(payload.get("index", -1))
         if kind == "thinking_delta":
             text = optional_str(delta.get("thinking"), "a thinking_delta's thinking")
             if text:
                 entry[0].append(text)
-        else:
-            signature = optional_str(delta.get("signature"), "a signature_delta's signature")
-            entry[1] = (entry[1] or "") + signature if signature else entry[1]
+            return text
+        signature = optional_str(delta.get("signature"), "a signature_delta's signature")
+        entry[1] = (entry[1] or "") + signature if signature else entry[1]
+        return None
 
     def _count(self, data: Any) -> None:
         if data is None:
@@ -338,8 +343,9 @@ class _Reader(WireReader):
                 self._pending.pop(index, None)
                 return self.emit(None, (ToolCallDelta(index, arguments=fragment),))
             if delta_kind == "thinking_delta" or delta_kind == "signature_delta":
-                # Reasoning is kept for the response (and replay), not streamed as text.
-                self._thinking_delta(payload, delta, delta_kind)
+                # Reasoning is kept for the response (and replay), and streamed apart
+                # from the text (chunks' ``thinking``).
+                return self.emit(None, None, self._thinking_delta(payload, delta, delta_kind))
             return None  # citations deltas are not part of the reply
         if kind == "content_block_start":
             block = object_at(payload, "content_block")

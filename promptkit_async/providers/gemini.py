@@ -55,6 +55,7 @@ Reasoning: thought summaries (parts marked ``thought``, sent when
 text; they become the reply's :class:`~promptkit_async.types.ThinkingPart` objects
 (``provider="gemini"``, consecutive pieces joined, a ``thoughtSignature`` closing one),
 first in the assistant message, and go back as ``thought`` parts with their signatures.
+Streamed, each thought's text also arrives in the chunks' ``thinking``.
 A signature on a reply's text part is kept as a text-less ``ThinkingPart`` and goes back
 on the text; one that arrives on an empty part after the calls of a tool-calling answer
 (as streamed answers may send it) belongs to the first call and travels in its id (see
@@ -336,6 +337,7 @@ class _Reader(WireReader):
             elif type(parts) is not list:
                 raise ShapeError("candidates[0].content.parts is not a list")
         text = ""
+        thinking = None
         calls: list[ToolCallDelta] | None = None
         for part in parts:
             if type(part) is not dict:
@@ -352,6 +354,8 @@ class _Reader(WireReader):
                 if ("thoughtSignature" in part or part.get("thought")) and self._reasoning(
                     part, piece
                 ):
+                    if piece:  # streamed apart from the text (chunks' ``thinking``)
+                        thinking = thinking + piece if thinking else piece
                     continue
             if piece:
                 if type(piece) is not str:
@@ -360,7 +364,7 @@ class _Reader(WireReader):
         reason = candidate.get("finishReason")
         if reason is not None and type(reason) is not str:
             raise ShapeError(f"finishReason is {type(reason).__name__}, not a string")
-        chunk = self.emit(text, tuple(calls) if calls else None)
+        chunk = self.emit(text, tuple(calls) if calls else None, thinking)
         if reason and not self.complete:
             self.finish = _finish(reason)
             self._finished()

@@ -29,13 +29,14 @@ Reasoning: OpenAI's Chat Completions returns no reasoning text, only its token c
 (``usage.completion_tokens_details.reasoning_tokens`` → ``Usage.reasoning_tokens``,
 inside ``completion_tokens`` and priced as output). Compatible servers that do return
 it (DeepSeek, vLLM, Ollama, OpenRouter: ``reasoning_content``, or ``reasoning``, beside
-``content`` in each delta or in the message) have it kept on
-``ProviderResponse.thinking`` as one :class:`ThinkingPart` (``provider="openai"``, no
-signature), so it is stored with the turn. It is not sent back: a :class:`ThinkingPart`
-in the history is left out of the request (DeepSeek refuses reasoning sent back, and a
-signature from another provider means nothing here). A ``reasoning_content`` that is
-not a string is an :class:`~promptkit_async.errors.APIResponseError`; a ``reasoning``
-field of another type (some servers use the name for an object) is ignored.
+``content`` in each delta or in the message) have it streamed in the chunks'
+``thinking`` and kept on ``ProviderResponse.thinking`` as one :class:`ThinkingPart`
+(``provider="openai"``, no signature), so it is stored with the turn. It is not sent
+back: a :class:`ThinkingPart` in the history is left out of the request (DeepSeek
+refuses reasoning sent back, and a signature from another provider means nothing here).
+A ``reasoning_content`` that is not a string is an
+:class:`~promptkit_async.errors.APIResponseError`; a ``reasoning`` field of another type
+(some servers use the name for an object) is ignored.
 """
 
 from __future__ import annotations
@@ -268,12 +269,13 @@ class _Reader(WireReader):
         text = delta.get("content") or delta.get("refusal")
         if text and type(text) is not str:
             raise ShapeError(f"choices[0].delta.content is {type(text).__name__}, not a string")
+        thought = None
         if "reasoning_content" in delta or "reasoning" in delta:
             thought = _reasoning(delta, "choices[0].delta")
             if thought:
                 self._think(thought)
         fragments = delta.get("tool_calls")
-        return self.emit(text, _tool_deltas(fragments) if fragments else None)
+        return self.emit(text, _tool_deltas(fragments) if fragments else None, thought)
 
     def parse(self, payload: dict[str, Any]) -> None:
         self._head(payload)

@@ -141,6 +141,26 @@ def sse(*chunks: ChatCompletionChunk | bytes, done: bool = True) -> bytes:
     return out + (b"data: [DONE]\n\n" if done else b"")
 
 
+def reasoning_chunk(text: Any, field: str = "reasoning_content") -> bytes:
+    """One event of a compatible server's streamed reasoning (DeepSeek and vLLM put it in
+    ``reasoning_content``, OpenRouter in ``reasoning``), beside an empty ``content``; the
+    SDK's types have no such field, so the event is written by hand."""
+    payload = {
+        "id": "chatcmpl-r1",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": "deepseek-reasoner",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": None, field: text},
+                "finish_reason": None,
+            }
+        ],
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
 def hello_stream(text: str = "Hello there!", *, cached: int = 0) -> bytes:
     """A typical streamed answer: role chunk, text in pieces, finish, usage, [DONE]."""
     pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
@@ -247,6 +267,7 @@ class Fakes:
     chunk = staticmethod(chunk)
     completion = staticmethod(completion)
     hello_stream = staticmethod(hello_stream)
+    reasoning_chunk = staticmethod(reasoning_chunk)
     sse = staticmethod(sse)
     sse_response = staticmethod(sse_response)
     usage = staticmethod(usage)

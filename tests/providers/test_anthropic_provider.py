@@ -216,7 +216,7 @@ async def test_streamed_tool_calls_two_in_one_message(anthropic_provider, router
     ]
 
 
-async def test_pings_thinking_and_unknown_events_are_skipped(
+async def test_pings_and_unknown_events_are_skipped_and_thinking_streams_apart(
     anthropic_provider, router, afakes
 ) -> None:
     thinking = (
@@ -239,9 +239,10 @@ async def test_pings_thinking_and_unknown_events_are_skipped(
     )
     router.post(afakes.URL).mock(return_value=afakes.sse_response(body))
     chunks = await collect(anthropic_provider, HELLO)
-    assert [c.delta for c in chunks[:-1]] == ["Answer"]
+    assert [(c.thinking, c.delta) for c in chunks[:-1]] == [("hmm", ""), ("", "Answer")]
     assert chunks[-1].response is not None
     assert chunks[-1].response.content == "Answer"
+    assert [t.text for t in chunks[-1].response.thinking] == ["hmm"]
 
 
 @pytest.mark.parametrize(

@@ -265,18 +265,6 @@ def compatible_reasoning(fakes: Any, field: str, stream: bool, value: Any = None
     """A compatible server's answer whose reasoning comes in ``field`` (DeepSeek and
     vLLM: ``reasoning_content``; OpenRouter, newer vLLM: ``reasoning``), before the text:
     streamed in two pieces, or whole; ``value`` replaces the reasoning when given."""
-
-    def piece(text: Any, content: str | None = None) -> bytes:
-        delta: dict[str, Any] = {"role": "assistant", "content": content, field: text}
-        payload = {
-            "id": "chatcmpl-r1",
-            "object": "chat.completion.chunk",
-            "created": 1_700_000_000,
-            "model": "deepseek-reasoner",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-        }
-        return b"data: " + json.dumps(payload).encode() + b"\n\n"
-
     if not stream:
         body = {
             "id": "chatcmpl-r1",
@@ -300,9 +288,9 @@ def compatible_reasoning(fakes: Any, field: str, stream: bool, value: Any = None
     first, second = ("Compare 11 and ", "90 hundredths.") if value is None else (value, "")
     return fakes.sse_response(
         fakes.sse(
-            piece(first),
-            piece(second),
-            piece(None, "9.11 < 9.9"),
+            fakes.reasoning_chunk(first, field),
+            fakes.reasoning_chunk(second, field),
+            fakes.chunk("9.11 < 9.9"),
             fakes.chunk(finish_reason="stop"),
             fakes.chunk(usage_=openai_usage(10, 30, 0)),
         )
@@ -318,7 +306,18 @@ async def test_a_compatible_servers_reasoning_text_is_kept_and_not_sent_back(
         return_value=compatible_reasoning(fakes, field, stream)
     )
     question = Message("user", "Which is larger, 9.11 or 9.9?")
-    response = await answer(provider, ProviderRequest([question]), stream)
+    if stream:
+        chunks = await collect(provider, ProviderRequest([question]))
+        # The reasoning streams first, apart from the reply's text.
+        assert [(c.thinking, c.delta) for c in chunks[:-1]] == [
+            ("Compare 11 and ", ""),
+            ("90 hundredths.", ""),
+            ("", "9.11 < 9.9"),
+        ]
+        response = chunks[-1].response
+        assert response is not None
+    else:
+        response = await provider.complete(ProviderRequest([question]))
     assert response.content == "9.11 < 9.9"
     assert response.thinking == (ThinkingPart("Compare 11 and 90 hundredths.", provider="openai"),)
     reply = response.to_message()
@@ -506,8 +505,12 @@ async def test_anthropic_thinking_is_kept_on_the_response(
     request = ProviderRequest([Message("user", "Hi")])
     if stream:
         chunks = await collect(anthropic_provider, request)
-        # Reasoning is not streamed as reply text.
-        assert [c.delta for c in chunks[:-1]] == ["Hello", " there!"]
+        # Reasoning streams apart from the reply text, first.
+        assert [c.delta for c in chunks[:-1] if c.delta] == ["Hello", " there!"]
+        thinking = [c.thinking for c in chunks[:-1] if c.thinking]
+        assert "".join(thinking) == "The user wants a greeting."
+        assert chunks[len(thinking)].delta == "Hello"
+        assert not any(c.thinking and c.delta for c in chunks)
         response = chunks[-1].response
         assert response is not None
     else:

@@ -103,16 +103,19 @@ async def test_usage_with_cache_and_thoughts_and_its_cost(gemini_provider, route
     assert cost.total_cost == pytest.approx(cost.input_cost + cost.cached_cost + cost.output_cost)
 
 
-async def test_thought_parts_are_not_reply_text(gemini_provider, router, gfakes) -> None:
+async def test_thought_parts_are_not_reply_text_and_stream_apart(
+    gemini_provider, router, gfakes
+) -> None:
     body = gfakes.sse(
         gfakes.response(gfakes.text("Let me think...", thought=True), finish=None),
         gfakes.response(gfakes.text("42"), usage_=gfakes.usage()),
     )
     router.post(gfakes.STREAM_URL).mock(return_value=gfakes.sse_response(body))
     chunks = await collect(gemini_provider, HELLO)
-    assert [c.delta for c in chunks[:-1]] == ["42"]
+    assert [(c.thinking, c.delta) for c in chunks[:-1]] == [("Let me think...", ""), ("", "42")]
     assert chunks[-1].response is not None
     assert chunks[-1].response.content == "42"
+    assert [t.text for t in chunks[-1].response.thinking] == ["Let me think..."]
 
 
 async def test_streamed_function_calls_two_in_one_message(gemini_provider, router, gfakes) -> None:

@@ -11,7 +11,12 @@ import pytest
 from openai.types import CompletionUsage
 from openai.types.completion_usage import CompletionTokensDetails
 
-from promptkit_async.errors import IncompleteStreamError, InternalServerError, RateLimitError
+from promptkit_async.errors import (
+    IncompleteStreamError,
+    InternalServerError,
+    RateLimitError,
+    TurnInterruptedError,
+)
 from promptkit_async.pipeline import Pipeline
 from promptkit_async.pipeline.middleware import (
     ProviderMiddleware,
@@ -281,3 +286,51 @@ async def test_reasoning_tokens_across_a_tool_loop_and_foreign_thinking_left_out
             }
         ],
     }
+
+
+def reasoning_stream(fakes, *pieces: str, answer: str = "9.9") -> bytes:
+    return fakes.sse(
+        *(fakes.reasoning_chunk(piece) for piece in pieces),
+        fakes.chunk(answer),
+        fakes.chunk(finish_reason="stop"),
+        fakes.chunk(usage_=fakes.usage(10, 30)),
+    )
+
+
+async def test_reasoning_streams_through_the_pipeline_and_is_stored(
+    pipe, store, router, fakes
+) -> None:
+    router.post(fakes.CHAT_URL).mock(
+        return_value=fakes.sse_response(reasoning_stream(fakes, "Compare ", "tenths."))
+    )
+    async with pipe, pipe.stream("s", "user", "9.11 or 9.9?") as chunks:
+        seen = [(c.thinking, c.delta) async for c in chunks if c.final_result is None]
+    assert seen == [("Compare ", ""), ("tenths.", ""), ("", "9.9")]
+    stored = await store.load("s")
+    assert stored[-1].content == (
+        ThinkingPart("Compare tenths.", provider="openai"),
+        TextPart("9.9"),
+    )
+
+
+async def test_an_interrupt_stops_a_turn_while_it_streams_reasoning(
+    pipe, store, router, fakes
+) -> None:
+    # The interrupted turn notices at its next chunk, a reasoning chunk here: it does not
+    # run on to the end of a long reasoning phase, and stores nothing.
+    router.post(fakes.CHAT_URL).mock(
+        side_effect=[
+            fakes.sse_response(reasoning_stream(fakes, "one ", "two ", "three", answer="late")),
+            fakes.sse_response(fakes.hello_stream("Interrupting.")),
+        ]
+    )
+    async with pipe:
+        first = pipe.stream("s", "user", "Think long.")
+        chunk = await first.__anext__()
+        assert chunk.thinking == "one "
+        result = await pipe.execute("s", "user", "Never mind.", on_busy="interrupt")
+        assert result.response.content == "Interrupting."
+        with pytest.raises(TurnInterruptedError):
+            await first.__anext__()  # the next reasoning chunk
+        await first.aclose()
+    assert [m.text for m in await store.load("s")] == ["Never mind.", "Interrupting."]
