@@ -280,32 +280,19 @@ class WireReader:
     ) -> StreamChunk | None:
         """The chunk for one event's text, tool-call fragments and reasoning (already
         checked; the format keeps the reasoning for the response itself)."""
-        if thinking:
-            return self._emit_thinking(text, deltas, thinking)
-        if not text and not deltas:
+        if not text and not deltas and not thinking:
             return None
-        if self.first is None:
-            self.first = time.perf_counter() - self.started
-        if deltas:
-            self.add_calls(deltas)
-            if text:
-                self.parts.append(text)
-                return StreamChunk(delta=text, tool_call_deltas=deltas)
-            return StreamChunk(tool_call_deltas=deltas)
-        self.parts.append(text)  # type: ignore[arg-type]
-        return StreamChunk(delta=text)  # type: ignore[arg-type]
-
-    def _emit_thinking(
-        self, text: str | None, deltas: tuple[ToolCallDelta, ...] | None, thinking: str
-    ) -> StreamChunk:
-        # Off the text-only path: only reasoning models stream reasoning.
         if self.first is None:
             self.first = time.perf_counter() - self.started
         if deltas:
             self.add_calls(deltas)
         if text:
             self.parts.append(text)
-        return StreamChunk(delta=text or "", tool_call_deltas=deltas or (), thinking=thinking)
+        if thinking or deltas:
+            return StreamChunk(
+                delta=text or "", tool_call_deltas=deltas or (), thinking=thinking or ""
+            )
+        return StreamChunk(delta=text)  # type: ignore[arg-type]
 
     def add_calls(self, deltas: Sequence[ToolCallDelta]) -> None:
         """Take in tool-call fragments (or whole calls) without making a chunk."""
