@@ -17,6 +17,10 @@ loop, like ``bench.run``'s worker, and reports per turn
   collections during it are left out of the figures, but the heap it walks is not left
   untouched: compare figures from runs without ``--live``.
 
+``--gc-off`` runs the turns with the cyclic collector disabled: what a turn costs besides
+the collector (the difference from a normal run is the collector's whole share, including
+what its work does to the caches).
+
 A client named ``NAME@baseline`` runs from the ``--baseline`` checkout. Figures go to
 stdout only (a diagnostic, not a table of ``docs/benchmarks.md``).
 """
@@ -82,6 +86,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
     await converse(-1)  # warm-up: imports, first-call caches, the pool
     gc.collect()
+    if args.gc_off:
+        gc.disable()  # what a turn costs besides the collector (memory grows meanwhile)
     if args.live:
         before.update(census())
     spent = {0: 0.0, 1: 0.0, 2: 0.0}
@@ -121,6 +127,7 @@ def _child(argv: list[str]) -> None:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--loop", default="uvloop")
     parser.add_argument("--live", action="store_true")
+    parser.add_argument("--gc-off", action="store_true")
     parser.add_argument("--live-top", type=int, default=25)
     args = parser.parse_args(argv)
     raise_fd_limit()
@@ -138,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", help="another checkout, for NAME@baseline clients")
     parser.add_argument("--live", action="store_true", help="count live objects per turn")
+    parser.add_argument(
+        "--gc-off", action="store_true", help="run the turns with the cyclic collector off"
+    )
     args = parser.parse_args(argv)
     upstream = subprocess.Popen(
         # The upstream runs on the clients' loop, as bench.run does (uvloop is a bench
@@ -177,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                     "--loop",
                     args.loop,
                     *(["--live"] if args.live else []),
+                    *(["--gc-off"] if args.gc_off else []),
                 ]
                 if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
                     command = ["taskset", "-c", "1", *command]
