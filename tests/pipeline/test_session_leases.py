@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ class Model(BaseProvider):
         self.gates: dict[str, asyncio.Event] = {}
         self.calls = 0
         self.failing: set[str] = set()  # these turns raise once released
+        self.cancelled: set[str] = set()  # turns whose wait at the gate was cancelled
 
     def gate(self, text: str) -> tuple[asyncio.Event, asyncio.Event]:
         """(started, release) events for the turn whose message is ``text``."""
@@ -74,7 +76,11 @@ class Model(BaseProvider):
         yield StreamChunk(delta=f"{text}:")
         if text in self.started:
             self.started[text].set()
-            await self.gates[text].wait()
+            try:
+                await self.gates[text].wait()
+            except asyncio.CancelledError:
+                self.cancelled.add(text)
+                raise
         if text in self.failing:
             raise RuntimeError("model broke")
         yield StreamChunk(delta="done")
@@ -225,6 +231,89 @@ async def test_interrupt_stops_a_running_streamed_turn_which_stores_nothing(
     # The session works on as usual.
     await one.execute("s", "user", "after")
     assert model.seen["after"][-3:] == ["new", "new:done", "after"]
+
+
+needs_uncancel = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="without Task.uncancel an interrupt waits for a chunk"
+)
+
+
+@needs_uncancel
+@pytest.mark.parametrize("same_pipeline", [True, False], ids=["in-process", "across"])
+async def test_an_interrupt_stops_a_turn_waiting_on_the_model_at_once(
+    store: InMemoryStateStore, model: Model, same_pipeline: bool
+) -> None:
+    """The old turn waits on a model that never answers: the interrupt cancels that wait
+    (the model's call is cancelled), the turn raises TurnInterruptedError and stores
+    nothing; the reader's task is left as it was (no cancellation pending)."""
+    one = pipe_of(store, model)
+    two = one if same_pipeline else pipe_of(store, model)
+    started, _never = model.gate("old")
+    left: list[int] = []
+
+    async def old_turn() -> None:
+        try:
+            await one.execute("s", "user", "old")
+        finally:
+            task = asyncio.current_task()
+            assert task is not None
+            left.append(task.cancelling())
+
+    old = asyncio.ensure_future(old_turn())
+    await started.wait()
+    result = await asyncio.wait_for(two.execute("s", "user", "new", on_busy="interrupt"), 5)
+    assert result.response.content == "new:done"
+    with pytest.raises(TurnInterruptedError):
+        await asyncio.wait_for(old, 5)  # the gate is never opened
+    assert model.cancelled == {"old"}
+    assert left == [0]
+    assert contents(await store.load("s")) == ["new", "new:done"]
+
+
+@needs_uncancel
+async def test_a_callers_timeout_around_an_interrupted_turn_is_not_confused(
+    store: InMemoryStateStore, model: Model
+) -> None:
+    pipe = pipe_of(store, model)
+    started, _never = model.gate("old")
+    caught: list[BaseException] = []
+
+    async def old_turn() -> None:
+        try:
+            async with asyncio.timeout(30):  # the caller's own, far off
+                await pipe.execute("s", "user", "old")
+        except BaseException as exc:
+            caught.append(exc)
+        # After the interrupt, the caller's next timeout works as usual.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await asyncio.Event().wait()
+
+    old = asyncio.ensure_future(old_turn())
+    await started.wait()
+    await pipe.execute("s", "user", "new", on_busy="interrupt")
+    await asyncio.wait_for(old, 5)
+    assert [type(e) for e in caught] == [TurnInterruptedError]
+
+
+@needs_uncancel
+async def test_a_callers_cancellation_racing_an_interrupt_stays_a_cancellation(
+    store: InMemoryStateStore, model: Model
+) -> None:
+    pipe = pipe_of(store, model)
+    started, _never = model.gate("old")
+    old = asyncio.ensure_future(pipe.execute("s", "user", "old"))
+    await started.wait()
+    new = asyncio.ensure_future(pipe.execute("s", "user", "new", on_busy="interrupt"))
+    # The interrupting turn's first step takes the session and cancels the old turn's
+    # wait; the caller cancels the old turn too before that task runs again.
+    await asyncio.sleep(0)
+    assert not old.done()
+    old.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await old
+    assert (await asyncio.wait_for(new, 5)).response.content == "new:done"
+    assert contents(await store.load("s")) == ["new", "new:done"]
 
 
 class DeafStore(InMemoryStateStore):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 import httpx
 import pytest
@@ -333,4 +334,31 @@ async def test_an_interrupt_stops_a_turn_while_it_streams_reasoning(
         with pytest.raises(TurnInterruptedError):
             await first.__anext__()  # the next reasoning chunk
         await first.aclose()
+    assert [m.text for m in await store.load("s")] == ["Never mind.", "Interrupting."]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="needs Task.uncancel")
+async def test_an_interrupt_closes_a_non_streamed_calls_response_at_once(
+    provider, store, router, fakes
+) -> None:
+    # The model has sent its headers, never its body: the interrupted turn stops without
+    # waiting for it, and its HTTP response is closed.
+    stalled = fakes.TrackedStream([b'{"id": '], after="hang")
+    router.post(fakes.CHAT_URL).mock(
+        side_effect=[
+            httpx.Response(200, headers={"content-type": "application/json"}, stream=stalled),
+            httpx.Response(200, json=fakes.completion("Interrupting.")),
+        ]
+    )
+    async with Pipeline(
+        StateMiddleware(store),
+        ProviderMiddleware(provider, config=ProviderMiddlewareConfig(stream=False)),
+    ) as pipe:
+        first = asyncio.ensure_future(pipe.execute("s", "user", "Think long."))
+        await stalled.stalled.wait()
+        result = await pipe.execute("s", "user", "Never mind.", on_busy="interrupt")
+        assert result.response.content == "Interrupting."
+        with pytest.raises(TurnInterruptedError):
+            await asyncio.wait_for(first, 5)
+    assert stalled.closed
     assert [m.text for m in await store.load("s")] == ["Never mind.", "Interrupting."]

@@ -9,9 +9,11 @@ import math
 import os
 import secrets
 import socket
+import sys
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from ... import events
 from ..._concurrency import finish_sent_writes, finish_shielded, settle
@@ -78,7 +80,18 @@ class SessionBudget:
 class _Turn:
     """One turn's lease bookkeeping (the in-process queue holds these)."""
 
-    __slots__ = ("arrived", "done", "expires", "interrupted", "lost", "renewal", "token")
+    __slots__ = (
+        "arrived",
+        "cancelled",
+        "cancelling",
+        "done",
+        "expires",
+        "interrupted",
+        "lost",
+        "renewal",
+        "token",
+        "waiting",
+    )
 
     def __init__(self) -> None:
         self.token: int | None = None
@@ -88,9 +101,30 @@ class _Turn:
         self.expires = 0.0  # when the lease expires by the loop's clock (from its sending)
         self.arrived: float | None = None  # set only when the turn had to wait
         self.renewal: asyncio.Task[None] | None = None
+        # The task running the rest of the pipeline while the turn waits on it (not while
+        # a chunk is with the reader), and the one we cancelled when the lease went.
+        self.waiting: asyncio.Task[Any] | None = None
+        self.cancelled: asyncio.Task[Any] | None = None
+        self.cancelling = 0
 
     def lose(self) -> None:
+        """The lease passed to another turn: stop this one now if it is waiting on the
+        model (or a tool...), by cancelling that wait, as ``asyncio.timeout`` would."""
         self.lost = True
+        task = self.waiting
+        # Task.uncancel (3.11+) tells our cancellation apart from a caller's, as
+        # asyncio.timeout does; without it a lost lease is noticed at the next chunk.
+        if sys.version_info >= (3, 11) and task is not None and self.cancelled is None:
+            self.cancelled, self.cancelling = task, task.cancelling()
+            task.cancel("the session's lease passed to another turn")
+
+    def ours(self) -> bool:
+        """For a CancelledError from the wait: whether it is only the one :meth:`lose`
+        made (then the turn ends as interrupted); a caller's cancellation stays one."""
+        task, self.cancelled = self.cancelled, None
+        if sys.version_info >= (3, 11) and task is not None:
+            return task.uncancel() <= self.cancelling
+        return False
 
 
 def _give_up(handed: asyncio.Future[bool]) -> None:
@@ -137,10 +171,16 @@ class StateMiddleware:
       off to 50 ms), memory futures (at once).
     * ``"reject"``: :class:`~promptkit_async.errors.SessionBusyError` at once.
     * ``"interrupt"``: take the session from the running turn, even in another process,
-      and run now. The interrupted turn raises
-      :class:`~promptkit_async.errors.TurnInterruptedError` at its next chunk (or, at the
-      latest, when it tries to store), and stores nothing; the new turn sees the history
-      without it.
+      and run now. The interrupted turn stops at once and raises
+      :class:`~promptkit_async.errors.TurnInterruptedError`, and stores nothing; the new
+      turn sees the history without it. "At once": a turn waiting on the rest of the
+      pipeline (the model's answer, its first chunk, a tool) has that wait cancelled,
+      which closes the model's HTTP response; a turn whose reader holds a chunk stops at
+      its next read. The cancellation is the turn's own, told apart from any of the
+      caller's as ``asyncio.timeout`` does (``Task.uncancel``): a caller's timeout or
+      cancellation is never taken for an interrupt, nor the other way round. (On Python
+      3.10, which lacks ``Task.uncancel``, the turn stops at its next chunk, or at the
+      latest when it tries to store.)
 
     A turn whose lease expired because its worker stalled (rather than being
     interrupted) raises :class:`~promptkit_async.errors.LeaseLostError` instead.
@@ -312,7 +352,19 @@ class StateMiddleware:
                 loop.call_later(self.lease_ttl / 6, self._tick, store, loop)
             stop_watching = store.watch_lease(session_id, token, turn.lose)
             try:
-                async for chunk in next(ctx):
+                chunks = next(ctx)
+                while True:
+                    turn.waiting = asyncio.current_task()
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.CancelledError:
+                        if turn.ours():
+                            raise self._lost(session_id, turn) from None
+                        raise
+                    finally:
+                        turn.waiting = None
                     if turn.lost:
                         raise self._lost(session_id, turn)
                     yield chunk
@@ -484,7 +536,7 @@ class StateMiddleware:
         if renewed:
             turn.expires = sent + self.lease_ttl
         else:
-            turn.lost = True
+            turn.lose()  # another turn holds the session: this one cannot store
 
     def _stop_renewing(self, turn: _Turn) -> asyncio.Task[None] | None:
         """No more renewals for ``turn``; the renewal still in flight, if any."""
@@ -494,6 +546,7 @@ class StateMiddleware:
 
     def _lost(self, session_id: str, turn: _Turn) -> PromptKitError:
         """The error of a turn whose lease passed to another turn."""
+        turn.ours()  # a cancellation of ours that the pipeline swallowed: take it back
         if not turn.interrupted and asyncio.get_running_loop().time() >= turn.expires:
             return LeaseLostError(
                 f"the lease of session {session_id!r} expired while this turn ran (its "
@@ -539,7 +592,8 @@ class StateMiddleware:
         """A turn of this pipeline holds the session: apply the policy."""
         if policy == "interrupt":
             holder = self._holders[session_id]
-            holder.interrupted = holder.lost = True
+            holder.interrupted = True
+            holder.lose()
             self._holders[session_id] = turn  # its _leave will not hand the session on
             return
         if policy == "reject":
@@ -609,7 +663,19 @@ class StateMiddleware:
                 events.history_loaded(ctx, len(history), since)
                 if history:
                     ctx.messages[:0] = history
-            async for chunk in next(ctx):
+            chunks = next(ctx)
+            while True:  # as in _leased
+                turn.waiting = asyncio.current_task()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    if turn.ours():
+                        raise self._lost(session_id, turn) from None
+                    raise
+                finally:
+                    turn.waiting = None
                 if turn.lost:
                     raise self._lost(session_id, turn)
                 yield chunk
