@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import sys
+from asyncio import current_task
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -352,25 +353,25 @@ class StateMiddleware:
                 loop.call_later(self.lease_ttl / 6, self._tick, store, loop)
             stop_watching = store.watch_lease(session_id, token, turn.lose)
             try:
-                chunks = next(ctx)
-                while True:
-                    turn.waiting = asyncio.current_task()
-                    try:
-                        chunk = await chunks.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    except asyncio.CancelledError:
-                        if turn.ours():
-                            raise self._lost(session_id, turn) from None
-                        raise
-                    finally:
-                        turn.waiting = None
+                # ``waiting``: the task running the rest of the pipeline, set while the
+                # turn waits on it (any task may read the stream, so it is looked up
+                # again after each chunk), cleared while the reader holds a chunk.
+                turn.waiting = current_task(loop)
+                async for chunk in next(ctx):
+                    turn.waiting = None
                     if turn.lost:
                         raise self._lost(session_id, turn)
                     yield chunk
+                    turn.waiting = current_task(loop)
+                turn.waiting = None
                 if turn.lost:
                     raise self._lost(session_id, turn)
+            except asyncio.CancelledError:
+                if turn.ours():  # the interrupt's own cancellation (see _Turn.lose)
+                    raise self._lost(session_id, turn) from None
+                raise
             finally:
+                turn.waiting = None
                 stop_watching()
                 pending = self._stop_renewing(turn)
                 if pending is not None:
@@ -663,22 +664,22 @@ class StateMiddleware:
                 events.history_loaded(ctx, len(history), since)
                 if history:
                     ctx.messages[:0] = history
-            chunks = next(ctx)
-            while True:  # as in _leased
-                turn.waiting = asyncio.current_task()
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-                except asyncio.CancelledError:
-                    if turn.ours():
-                        raise self._lost(session_id, turn) from None
-                    raise
-                finally:
+            loop = asyncio.get_running_loop()
+            try:  # as in _leased
+                turn.waiting = current_task(loop)
+                async for chunk in next(ctx):
                     turn.waiting = None
-                if turn.lost:
-                    raise self._lost(session_id, turn)
-                yield chunk
+                    if turn.lost:
+                        raise self._lost(session_id, turn)
+                    yield chunk
+                    turn.waiting = current_task(loop)
+                turn.waiting = None
+            except asyncio.CancelledError:
+                if turn.ours():
+                    raise self._lost(session_id, turn) from None
+                raise
+            finally:
+                turn.waiting = None
             if turn.lost:
                 raise self._lost(session_id, turn)
             if ctx.response is not None and ctx.new_messages:
