@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", help="another checkout, for NAME@baseline clients")
     parser.add_argument("--live", action="store_true", help="count live objects per turn")
+    parser.add_argument("--live-top", type=int, default=25, help="types listed by --live")
     parser.add_argument(
         "--gc-off", action="store_true", help="run the turns with the cyclic collector off"
     )
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                     str(args.turns),
                     "--loop",
                     args.loop,
-                    *(["--live"] if args.live else []),
+                    *(["--live", "--live-top", str(args.live_top)] if args.live else []),
                     *(["--gc-off"] if args.gc_off else []),
                 ]
                 if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:

@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from .._lifecycle import AsyncResource
@@ -444,12 +445,7 @@ class InMemoryStateStore(AsyncResource):
             handle = asyncio.get_running_loop().call_soon(on_lost)
             return handle.cancel
         lease.watchers.append(on_lost)
-
-        def stop() -> None:
-            with contextlib.suppress(ValueError):
-                lease.watchers.remove(on_lost)
-
-        return stop
+        return partial(_unwatch, lease.watchers, on_lost)  # (one object, not a closure)
 
     async def has_turn(self, session_id: str, turn_id: str) -> bool:
         """Whether the turn ``turn_id`` is stored in the session."""
@@ -462,6 +458,11 @@ class InMemoryStateStore(AsyncResource):
         """The session's totals (zero for an unknown session)."""
         check_session_id(session_id)
         return self._ledger(session_id)
+
+
+def _unwatch(watchers: list[Callable[[], None]], on_lost: Callable[[], None]) -> None:
+    with contextlib.suppress(ValueError):
+        watchers.remove(on_lost)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

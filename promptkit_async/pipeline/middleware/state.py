@@ -348,6 +348,9 @@ class StateMiddleware:
                     ctx.messages[:0] = claim.messages
             token = claim.token
             assert token is not None
+            # Not kept through the turn: every object a turn holds across its awaits is
+            # scanned by the collector while a thousand turns are in flight.
+            del claim
             if self._ticking is not loop:
                 self._ticking = loop
                 loop.call_later(self.lease_ttl / 6, self._tick, store, loop)
