@@ -22,6 +22,8 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.auth: list[str] = []
+        #: Streamed before the text as ``reasoning_content`` deltas (as DeepSeek does).
+        self.reasoning = ""
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,6 +63,11 @@ class FakeOpenAI:
                 base["model"] = body["model"]
                 words = text.split(" ")
                 events = [
+                    {**base, "choices": [{"index": 0, "delta": {"reasoning_content": w + " "}}]}
+                    for w in fake.reasoning.split(" ")
+                    if fake.reasoning
+                ]
+                events += [
                     {**base, "choices": [{"index": 0, "delta": {"content": w + " "}}]}
                     for w in words[:-1]
                 ]

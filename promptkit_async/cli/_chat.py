@@ -385,6 +385,8 @@ class Chat:
                 self.session_id, "user", content, metadata=metadata
             ) as chunks:
                 async for chunk in chunks:
+                    if chunk.thinking:
+                        replies.think(chunk.thinking)
                     if chunk.delta:
                         replies.add(chunk.delta)
                 result = chunks.result

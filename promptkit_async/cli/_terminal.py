@@ -132,6 +132,7 @@ class Replies(Protocol):
 
     def begin(self) -> None: ...
     def add(self, delta: str) -> None: ...
+    def think(self, text: str) -> None: ...
     def end(self) -> None: ...
     def note(self, text: str) -> None: ...
     def status(self, text: str) -> None: ...
@@ -154,6 +155,9 @@ class PlainReplies:
     def add(self, delta: str) -> None:
         """Print a chunk."""
         self._write(delta)
+
+    def think(self, text: str) -> None:
+        """Reasoning is left out: plain output (a pipe) carries the answer alone."""
 
     def end(self) -> None:
         """Nothing to finish."""
@@ -216,6 +220,7 @@ class MarkdownReplies:
         self._interval = interval
         self._pace = pace
         self._text = ""
+        self._thought = ""  # reasoning streamed before the answer, not yet printed
         self._printed = 0
         self._live: Any = None
         self._last = 0.0
@@ -228,7 +233,7 @@ class MarkdownReplies:
         from rich.text import Text
 
         self._text, self._printed, self._last, self._delay = "", 0, 0.0, self._interval
-        self._tried = None
+        self._tried, self._thought = None, ""
         self._console.print()
         self._console.print("Bot:", style="bold", markup=False)
         self._live = Live(
@@ -302,8 +307,29 @@ class MarkdownReplies:
         self._text, self._tried = rest, None
         return lines[n:]
 
+    def think(self, text: str) -> None:
+        """Take a piece of the model's reasoning: shown dimmed in the live region while
+        it streams, then printed for good above the answer once the answer begins."""
+        from rich.text import Text
+
+        self._thought += text
+        now = time.monotonic()
+        if self._live is None or self._text or now - self._last < self._delay:
+            return
+        self._live.update(Text(self._thought, style="dim"), refresh=True)
+        self._last = now
+
+    def _print_thought(self) -> None:
+        from rich.text import Text
+
+        thought, self._thought = self._thought, ""
+        self._live.update(Text(""), refresh=False)
+        self._live.console.print(Text(thought.strip("\n"), style="dim"))
+
     def add(self, delta: str) -> None:
         """Take a chunk; redraw if the last redraw is old enough."""
+        if self._thought and self._live is not None:
+            self._print_thought()
         self._text += delta
         now = time.monotonic()
         if self._live is None or now - self._last < self._delay:
@@ -320,6 +346,8 @@ class MarkdownReplies:
         if live is None:
             return
         try:
+            if self._thought:
+                self._print_thought()  # reasoning and no answer (cut off, say)
             if self._text:
                 self._render(final=False)  # the tail stays in the region stop() leaves
         finally:

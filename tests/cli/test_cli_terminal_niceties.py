@@ -135,6 +135,34 @@ def test_piped_output_is_the_plain_stream(chat_env: dict[str, str], fake_openai:
     assert "Tip:" not in done.stdout
 
 
+def test_streamed_reasoning_shows_dimmed_above_the_answer(
+    spawn_chat: Spawn, fake_openai: Any, chat_env: dict[str, str]
+) -> None:
+    fake_openai.reasoning = "Weighing the options carefully."
+    env = {**XTERM, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.url}
+    child = spawn_chat("--store", "memory", env=env)
+    text = reply(child, "Pick one")
+    thought = text.find("Weighing the options carefully.")
+    answer = text.find("You sent 1 message(s)")
+    assert 0 <= thought < answer  # the reasoning first, then the answer
+    assert "\x1b[2m" in text[:thought]  # dimmed
+    quit_chat(child)
+
+    # Piped, the output is the answer alone, as before.
+    done = subprocess.run(
+        [sys.executable, "-m", "promptkit_async", "--store", "memory"],
+        input="Pick one\n",
+        env={**chat_env, **env},
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "Bot: You sent 1 message(s); the first: Pick one\n" in done.stdout
+    assert "Weighing" not in done.stdout
+
+
 @pytest.fixture
 def without_chat_extra(tmp_path: Path) -> dict[str, str]:
     """An environment in which ``import prompt_toolkit`` and ``import rich`` fail."""
