@@ -20,10 +20,11 @@ store's pool ``statement_cache_size=0`` (asyncpg then parses each time).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+
+from tests._loopback_proxy import LoopbackProxy
 
 
-class AmbiguousProxy:
+class AmbiguousProxy(LoopbackProxy):
     """Forwards ``127.0.0.1:<port>`` to ``127.0.0.1:<upstream>``; see the module docstring."""
 
     def __init__(
@@ -36,46 +37,20 @@ class AmbiguousProxy:
         stall: float = 1.0,
     ) -> None:
         assert mode in ("drop", "stall")
-        self.upstream = upstream
+        super().__init__(upstream, stall=stall)
         self.marker = marker
         self.every = every
         self.mode = mode
-        self.stall = stall
-        self.port = 0
         self.executions = 0  # executions of the marked statement seen
         self.faults = 0  # of which made ambiguous
-        self._open = asyncio.Event()
-        self._open.set()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> AmbiguousProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def aclose(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        self._open.set()
-        for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def _reopen_later(self) -> None:
-        self._open.clear()
-        asyncio.get_running_loop().call_later(self.stall, self._open.set)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-        self._writers.update((writer, up_writer))
+    async def _forward(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
         armed = False
         drop_next_answer = asyncio.Event()
 
@@ -93,7 +68,7 @@ class AmbiguousProxy:
                         if self.mode == "drop":
                             drop_next_answer.set()
                         else:
-                            self._reopen_later()
+                            self.stall_answers()
                 up_writer.write(data)
                 await up_writer.drain()
             up_writer.close()
@@ -105,22 +80,10 @@ class AmbiguousProxy:
                     writer.close()
                     up_writer.close()
                     return
-                await self._open.wait()
-                writer.write(data)
-                await writer.drain()
+                await self.pass_answer(writer, data)
             writer.close()  # the server closed: so does the client's side
 
-        try:
-            await asyncio.gather(requests(), answers())
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            for w in (writer, up_writer):
-                w.close()
-                with contextlib.suppress(Exception):
-                    await w.wait_closed()
-                self._writers.discard(w)
-            self._tasks.discard(task)
+        await asyncio.gather(requests(), answers())
 
 
 def _message_kinds(data: bytes) -> list[bytes]:
