@@ -1,10 +1,7 @@
-"""Turns on one session from many OS processes sharing one PostgreSQL schema.
-
-The scenarios of ``_scenarios.py`` (queue, reject, interrupt, a SIGSTOPped holder
-fenced) with every worker on the shared test server and a schema of its own per test,
-plus an ambiguous save: the server applies a turn's ``end_turn`` but its answer is held
-back past the store's timeout; the worker retries with the same turn id and the retry
-finds the turn stored.
+"""An ambiguous save across processes on PostgreSQL: the server applies a turn's
+``end_turn`` but its answer is held back past the store's timeout; the worker retries
+with the same turn id and the retry finds the turn stored. (The scenarios every shared
+store runs are in ``test_scenarios.py``.)
 """
 
 from __future__ import annotations
@@ -19,40 +16,6 @@ from tests.multiproc import _scenarios as scenarios
 from tests.multiproc._harness import CheckingUpstream, Figures, StoreSpec, checked, held_turn
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def spec(postgres_server: PostgresServer) -> StoreSpec:
-    return StoreSpec("postgres", postgres_server.dsn, unique_schema())
-
-
-async def test_queued_turns_from_many_processes_see_the_whole_conversation(
-    spec: StoreSpec, upstream: CheckingUpstream, tmp_path: Path, figures_log: list[Figures]
-) -> None:
-    await scenarios.queued_turns(spec, upstream, tmp_path, figures_log)
-
-
-async def test_reject_policy_across_processes(
-    spec: StoreSpec, upstream: CheckingUpstream, tmp_path: Path, figures_log: list[Figures]
-) -> None:
-    await scenarios.rejected_turns(spec, upstream, tmp_path, figures_log)
-
-
-async def test_interrupt_policy_across_processes(
-    spec: StoreSpec, upstream: CheckingUpstream, tmp_path: Path, figures_log: list[Figures]
-) -> None:
-    await scenarios.interrupted_turn(spec, upstream, tmp_path, figures_log)
-
-
-@pytest.mark.parametrize("holder_mode", ["protocol", "pipeline"])
-async def test_a_stalled_worker_is_fenced(
-    spec: StoreSpec,
-    upstream: CheckingUpstream,
-    tmp_path: Path,
-    figures_log: list[Figures],
-    holder_mode: str,
-) -> None:
-    await scenarios.stalled_worker(spec, upstream, tmp_path, figures_log, holder_mode)
 
 
 async def test_an_ambiguous_save_retried_with_its_turn_id_is_stored_once(
